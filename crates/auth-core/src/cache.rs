@@ -1,0 +1,530 @@
+//! A TTL cache of verification outcomes, keyed by digest.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+
+use crate::{Digest, DigestHasher, VerifyError};
+
+/// A monotonic clock, injectable for tests.
+pub trait Clock: Send + Sync + fmt::Debug {
+    /// The current instant.
+    fn now(&self) -> Instant;
+}
+
+/// The real monotonic clock ([`Instant::now`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    #[inline]
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// A clock that moves only when told to.
+///
+/// ```
+/// use auth_core::{Clock, ManualClock};
+/// use std::time::Duration;
+///
+/// let clock = ManualClock::new();
+/// let t0 = clock.now();
+/// clock.advance(Duration::from_secs(5));
+/// assert_eq!(clock.now() - t0, Duration::from_secs(5));
+/// ```
+#[derive(Debug)]
+pub struct ManualClock {
+    base: Instant,
+    offset_nanos: AtomicU64,
+}
+
+impl ManualClock {
+    /// A clock standing at the current instant.
+    pub fn new() -> Self {
+        Self {
+            base: Instant::now(),
+            offset_nanos: AtomicU64::new(0),
+        }
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        self.offset_nanos.fetch_add(nanos, Ordering::SeqCst);
+    }
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Instant {
+        self.base + Duration::from_nanos(self.offset_nanos.load(Ordering::SeqCst))
+    }
+}
+
+/// A definite "no" that may be cached. "Could not decide"
+/// ([`VerifyError::Unavailable`]) has no `Denial`, so an error can never be
+/// cached as "invalid".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Denial {
+    /// Not a known key.
+    Invalid,
+    /// A known key past its expiry.
+    Expired,
+    /// A disabled or revoked key.
+    Disabled,
+}
+
+impl Denial {
+    /// The denial of a verification error; `None` for `Unavailable`.
+    pub fn from_error(error: VerifyError) -> Option<Self> {
+        match error {
+            VerifyError::Invalid => Some(Self::Invalid),
+            VerifyError::Expired => Some(Self::Expired),
+            VerifyError::Disabled => Some(Self::Disabled),
+            VerifyError::Unavailable => None,
+        }
+    }
+}
+
+impl From<Denial> for VerifyError {
+    fn from(d: Denial) -> Self {
+        match d {
+            Denial::Invalid => Self::Invalid,
+            Denial::Expired => Self::Expired,
+            Denial::Disabled => Self::Disabled,
+        }
+    }
+}
+
+/// What a cache holds for a digest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CacheEntry<V> {
+    /// The key was accepted.
+    Granted(V),
+    /// The key was refused.
+    Denied(Denial),
+}
+
+/// Proof that a fill started at a given generation; see [`Cache::ticket`].
+#[derive(Clone, Copy, Debug)]
+pub struct FillTicket {
+    digest: Digest,
+    generation: u64,
+}
+
+/// A cache of verification outcomes keyed by digest.
+///
+/// Fills are two-step: take a [`ticket`](Cache::ticket) *before* asking the
+/// source, [`fill`](Cache::fill) with it after. An
+/// [`invalidate`](Cache::invalidate) or [`clear`](Cache::clear) in between
+/// voids the ticket, so a revocation racing an in-flight fill can never bring
+/// a "granted" entry back.
+pub trait Cache<V>: Send + Sync {
+    /// The live entry for `digest`, if any.
+    fn get(&self, digest: &Digest) -> Option<CacheEntry<V>>;
+    /// A ticket for filling `digest` later.
+    fn ticket(&self, digest: &Digest) -> FillTicket;
+    /// Stores `entry` unless the ticket was voided; returns whether it was stored.
+    fn fill(&self, ticket: FillTicket, entry: CacheEntry<V>) -> bool;
+    /// Drops the entry for `digest` and voids outstanding tickets for it.
+    fn invalidate(&self, digest: &Digest);
+    /// Drops every entry and voids every outstanding ticket.
+    fn clear(&self);
+    /// How many entries (granted and denied, live or not yet evicted).
+    fn len(&self) -> usize;
+    /// Whether the cache holds no entry.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Sizes and lifetimes of a [`TtlCache`].
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    /// Most granted entries held (default 100,000).
+    pub capacity: usize,
+    /// Most denied entries held, separately, so a flood of random invalid
+    /// keys cannot evict hot valid ones (default 10,000).
+    pub negative_capacity: usize,
+    /// Lifetime of a granted entry (default 60 s).
+    pub ttl: Duration,
+    /// Lifetime of a denied entry (default 10 s).
+    pub negative_ttl: Duration,
+    /// Lock shards (rounded up to a power of two; default 64).
+    pub shards: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 100_000,
+            negative_capacity: 10_000,
+            ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(10),
+            shards: 64,
+        }
+    }
+}
+
+struct Shard<V> {
+    granted: HashMap<Digest, (V, Instant), DigestHasher>,
+    denied: HashMap<Digest, (Denial, Instant), DigestHasher>,
+    generation: u64,
+}
+
+/// The default [`Cache`]: sharded maps behind read-write locks.
+///
+/// - Readers of different shards never meet; readers of one shard share a
+///   read lock. Eviction works on one shard at a time, so it never stalls
+///   every caller.
+/// - Granted and denied entries have their own bounds and TTLs.
+/// - Expiry uses a monotonic [`Clock`].
+///
+/// ```
+/// use auth_core::{Cache, CacheConfig, CacheEntry, Digest, TtlCache};
+///
+/// let cache: TtlCache<&str> = TtlCache::new(CacheConfig::default());
+/// let d = Digest::of(b"key");
+/// let ticket = cache.ticket(&d);
+/// cache.invalidate(&d); // a revocation lands while the fill is in flight
+/// assert!(!cache.fill(ticket, CacheEntry::Granted("svc")));
+/// assert!(cache.get(&d).is_none());
+///
+/// let ticket = cache.ticket(&d);
+/// assert!(cache.fill(ticket, CacheEntry::Granted("svc")));
+/// assert_eq!(cache.get(&d), Some(CacheEntry::Granted("svc")));
+/// ```
+pub struct TtlCache<V> {
+    shards: Box<[RwLock<Shard<V>>]>,
+    shard_mask: usize,
+    per_shard: usize,
+    per_shard_negative: usize,
+    ttl: Duration,
+    negative_ttl: Duration,
+    clock: Arc<dyn Clock>,
+}
+
+impl<V> fmt::Debug for TtlCache<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TtlCache")
+            .field("shards", &self.shards.len())
+            .field("ttl", &self.ttl)
+            .field("negative_ttl", &self.negative_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How many entries an eviction looks at before choosing one.
+const EVICTION_SAMPLE: usize = 8;
+
+impl<V: Clone + Send + Sync> TtlCache<V> {
+    /// A cache on the system clock.
+    pub fn new(config: CacheConfig) -> Self {
+        Self::with_clock(config, Arc::new(SystemClock))
+    }
+
+    /// A cache on the given clock.
+    pub fn with_clock(config: CacheConfig, clock: Arc<dyn Clock>) -> Self {
+        let shards = config.shards.clamp(1, 1 << 16).next_power_of_two();
+        let per_shard = config.capacity.div_ceil(shards).max(1);
+        let per_shard_negative = config.negative_capacity.div_ceil(shards).max(1);
+        let hasher = DigestHasher::new();
+        let shards: Box<[_]> = (0..shards)
+            .map(|_| {
+                RwLock::new(Shard {
+                    granted: HashMap::with_hasher(hasher),
+                    denied: HashMap::with_hasher(hasher),
+                    generation: 0,
+                })
+            })
+            .collect();
+        Self {
+            shard_mask: shards.len() - 1,
+            shards,
+            per_shard,
+            per_shard_negative,
+            ttl: config.ttl,
+            negative_ttl: config.negative_ttl,
+            clock,
+        }
+    }
+
+    /// The clock this cache reads.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    #[inline]
+    fn shard(&self, digest: &Digest) -> &RwLock<Shard<V>> {
+        // The last byte picks the shard; the maps hash the first eight.
+        &self.shards[usize::from(digest.as_bytes()[31]) & self.shard_mask]
+    }
+}
+
+/// Removes one entry from a full map: an expired one among a small sample if
+/// there is one, else the sampled one closest to expiry.
+fn evict_one<T>(map: &mut HashMap<Digest, (T, Instant), DigestHasher>, now: Instant) {
+    let victim = map
+        .iter()
+        .take(EVICTION_SAMPLE)
+        .min_by_key(|(_, (_, expires))| {
+            if *expires <= now {
+                None
+            } else {
+                Some(*expires)
+            }
+        })
+        .map(|(d, _)| *d);
+    if let Some(d) = victim {
+        map.remove(&d);
+    }
+}
+
+impl<V: Clone + Send + Sync> Cache<V> for TtlCache<V> {
+    #[inline]
+    fn get(&self, digest: &Digest) -> Option<CacheEntry<V>> {
+        let now = self.clock.now();
+        let shard = self.shard(digest).read();
+        if let Some((v, expires)) = shard.granted.get(digest) {
+            return (now < *expires).then(|| CacheEntry::Granted(v.clone()));
+        }
+        match shard.denied.get(digest) {
+            Some((d, expires)) if now < *expires => Some(CacheEntry::Denied(*d)),
+            _ => None,
+        }
+    }
+
+    fn ticket(&self, digest: &Digest) -> FillTicket {
+        FillTicket {
+            digest: *digest,
+            generation: self.shard(digest).read().generation,
+        }
+    }
+
+    fn fill(&self, ticket: FillTicket, entry: CacheEntry<V>) -> bool {
+        let now = self.clock.now();
+        let mut shard = self.shard(&ticket.digest).write();
+        if shard.generation != ticket.generation {
+            return false;
+        }
+        let d = ticket.digest;
+        match entry {
+            CacheEntry::Granted(v) => {
+                shard.denied.remove(&d);
+                if !shard.granted.contains_key(&d) && shard.granted.len() >= self.per_shard {
+                    evict_one(&mut shard.granted, now);
+                }
+                shard.granted.insert(d, (v, now + self.ttl));
+            }
+            CacheEntry::Denied(denial) => {
+                // The newer answer wins: a denial drops any grant held for
+                // the digest (on doubt, deny).
+                shard.granted.remove(&d);
+                if !shard.denied.contains_key(&d) && shard.denied.len() >= self.per_shard_negative {
+                    evict_one(&mut shard.denied, now);
+                }
+                shard.denied.insert(d, (denial, now + self.negative_ttl));
+            }
+        }
+        true
+    }
+
+    fn invalidate(&self, digest: &Digest) {
+        let mut shard = self.shard(digest).write();
+        shard.granted.remove(digest);
+        shard.denied.remove(digest);
+        shard.generation = shard.generation.wrapping_add(1);
+    }
+
+    fn clear(&self) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.write();
+            shard.granted.clear();
+            shard.denied.clear();
+            shard.generation = shard.generation.wrapping_add(1);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                let s = s.read();
+                s.granted.len() + s.denied.len()
+            })
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(clock: &Arc<ManualClock>, config: CacheConfig) -> TtlCache<u32> {
+        TtlCache::with_clock(config, clock.clone())
+    }
+
+    fn put(c: &TtlCache<u32>, d: &Digest, e: CacheEntry<u32>) -> bool {
+        c.fill(c.ticket(d), e)
+    }
+
+    #[test]
+    fn granted_and_denied_expire_on_their_own_ttl() {
+        let clock = Arc::new(ManualClock::new());
+        let c = cache(
+            &clock,
+            CacheConfig {
+                ttl: Duration::from_secs(60),
+                negative_ttl: Duration::from_secs(10),
+                ..CacheConfig::default()
+            },
+        );
+        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+        assert!(put(&c, &a, CacheEntry::Granted(1)));
+        assert!(put(&c, &b, CacheEntry::Denied(Denial::Invalid)));
+        clock.advance(Duration::from_secs(9));
+        assert_eq!(c.get(&a), Some(CacheEntry::Granted(1)));
+        assert_eq!(c.get(&b), Some(CacheEntry::Denied(Denial::Invalid)));
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(c.get(&b), None, "negative entry outlived its TTL");
+        clock.advance(Duration::from_secs(49));
+        assert_eq!(c.get(&a), Some(CacheEntry::Granted(1)));
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(c.get(&a), None, "positive entry outlived its TTL");
+    }
+
+    #[test]
+    fn invalidate_and_clear_void_tickets() {
+        let clock = Arc::new(ManualClock::new());
+        let c = cache(&clock, CacheConfig::default());
+        let d = Digest::of(b"k");
+        let t = c.ticket(&d);
+        c.invalidate(&d);
+        assert!(!c.fill(t, CacheEntry::Granted(1)));
+        assert_eq!(c.get(&d), None);
+
+        let t = c.ticket(&d);
+        c.clear();
+        assert!(!c.fill(t, CacheEntry::Granted(1)));
+        assert_eq!(c.get(&d), None);
+
+        assert!(put(&c, &d, CacheEntry::Granted(1)));
+        c.invalidate(&d);
+        assert_eq!(c.get(&d), None);
+        assert!(put(&c, &d, CacheEntry::Granted(2)));
+        c.clear();
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn bounded_and_negative_flood_spares_granted() {
+        let clock = Arc::new(ManualClock::new());
+        let c = cache(
+            &clock,
+            CacheConfig {
+                capacity: 64,
+                negative_capacity: 64,
+                shards: 4,
+                ..CacheConfig::default()
+            },
+        );
+        let hot: Vec<Digest> = (0..40u32).map(|i| Digest::of(&i.to_le_bytes())).collect();
+        for (i, d) in hot.iter().enumerate() {
+            put(&c, d, CacheEntry::Granted(i as u32));
+        }
+        for i in 0..100_000u32 {
+            let d = Digest::of(format!("junk{i}").as_bytes());
+            put(&c, &d, CacheEntry::Denied(Denial::Invalid));
+        }
+        let hits = hot.iter().filter(|d| c.get(d).is_some()).count();
+        assert_eq!(hits, hot.len(), "denied flood evicted granted entries");
+        assert!(
+            c.len() <= 64 + 64 + 8,
+            "cache grew past its bounds: {}",
+            c.len()
+        );
+        // Granted entries are bounded too.
+        for i in 0..10_000u32 {
+            put(
+                &c,
+                &Digest::of(format!("g{i}").as_bytes()),
+                CacheEntry::Granted(i),
+            );
+        }
+        assert!(c.len() <= 64 + 64 + 8);
+    }
+
+    #[test]
+    fn eviction_prefers_expired_entries() {
+        let clock = Arc::new(ManualClock::new());
+        let c = cache(
+            &clock,
+            CacheConfig {
+                capacity: 4,
+                shards: 1,
+                ..CacheConfig::default()
+            },
+        );
+        let old: Vec<Digest> = (0..3u8).map(|i| Digest::of(&[i])).collect();
+        let keep = Digest::of(b"keep");
+        for d in &old {
+            put(&c, d, CacheEntry::Granted(0));
+        }
+        clock.advance(Duration::from_secs(30));
+        put(&c, &keep, CacheEntry::Granted(1));
+        clock.advance(Duration::from_secs(31)); // the first three have expired
+        for i in 0..3u8 {
+            put(&c, &Digest::of(&[100 + i]), CacheEntry::Granted(2));
+        }
+        assert_eq!(c.get(&keep), Some(CacheEntry::Granted(1)));
+    }
+
+    #[test]
+    fn denial_from_error_never_caches_unavailable() {
+        assert_eq!(Denial::from_error(VerifyError::Unavailable), None);
+        assert_eq!(
+            Denial::from_error(VerifyError::Disabled),
+            Some(Denial::Disabled)
+        );
+        assert_eq!(VerifyError::from(Denial::Expired), VerifyError::Expired);
+    }
+
+    #[test]
+    fn concurrent_readers_and_writers() {
+        let c = Arc::new(TtlCache::<u32>::new(CacheConfig::default()));
+        let keys: Vec<Digest> = (0..256u32).map(|i| Digest::of(&i.to_le_bytes())).collect();
+        std::thread::scope(|s| {
+            for t in 0..4u32 {
+                let c = &c;
+                let keys = &keys;
+                s.spawn(move || {
+                    for round in 0..2_000u32 {
+                        let d = &keys[((round * 7 + t) % 256) as usize];
+                        match round % 4 {
+                            0 => {
+                                c.fill(c.ticket(d), CacheEntry::Granted(round));
+                            }
+                            1 => c.invalidate(d),
+                            _ => {
+                                let _ = c.get(d);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        assert!(c.len() <= 256);
+    }
+}

@@ -1,0 +1,303 @@
+//! Verifiers built from verifiers: a cache in front ([`Cached`]), a second
+//! opinion when the first is down ([`Fallback`]), a format check before any
+//! lookup ([`FormatChecked`]) and a slot filled after start ([`Deferred`]).
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+
+use crate::verifier::BoxFuture;
+use crate::{
+    ApiKeyFormat, Cache, CacheConfig, CacheEntry, Credential, Denial, Digest, Principal, TtlCache,
+    Verifier, VerifyContext, VerifyError, VerifyResult,
+};
+
+/// A TTL cache in front of any verifier, keyed by the credential's digest.
+///
+/// - A hit for a granted key is re-checked against the live record where
+///   the inner verifier offers a cheap [`recheck`](Verifier::recheck) (as
+///   [`HashedKeyStore`](crate::HashedKeyStore) does), so the cache can never
+///   grant what the store denies.
+/// - Denials are cached on their own, shorter TTL; errors are never cached.
+/// - Fills carry a ticket: an [`invalidate`](Cached::invalidate) racing a
+///   fill wins.
+///
+/// The inner verifier's answer must not depend on the request context other
+/// than through the principal's scopes (which the guard checks per route).
+///
+/// ```
+/// use auth_core::{Cached, CacheConfig, Credential, KeySet, Principal, Verifier, VerifyContext};
+///
+/// let keys = KeySet::new().with_key("k", Principal::new("svc")).unwrap();
+/// let cached = Cached::new(keys, CacheConfig::default());
+/// let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// let cred = Credential::new("k");
+/// assert!(rt.block_on(cached.verify(&cred, &VerifyContext::default())).is_ok());
+/// assert_eq!(cached.cache().len(), 1);
+/// cached.invalidate(cred.digest());
+/// assert_eq!(cached.cache().len(), 0);
+/// ```
+pub struct Cached<V> {
+    inner: V,
+    cache: Arc<dyn Cache<Arc<Principal>>>,
+}
+
+impl<V: Verifier> Cached<V> {
+    /// `inner` behind a [`TtlCache`] with `config`.
+    pub fn new(inner: V, config: CacheConfig) -> Self {
+        Self::with_cache(inner, Arc::new(TtlCache::new(config)))
+    }
+
+    /// `inner` behind a cache of your own.
+    pub fn with_cache(inner: V, cache: Arc<dyn Cache<Arc<Principal>>>) -> Self {
+        Self { inner, cache }
+    }
+
+    /// Drops the cached outcome for a key (call after a write to the source).
+    pub fn invalidate(&self, digest: &Digest) {
+        self.cache.invalidate(digest);
+    }
+
+    /// Drops every cached outcome.
+    pub fn clear(&self) {
+        self.cache.clear();
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &Arc<dyn Cache<Arc<Principal>>> {
+        &self.cache
+    }
+
+    /// The wrapped verifier.
+    pub fn inner(&self) -> &V {
+        &self.inner
+    }
+
+    fn remember(&self, ticket: crate::FillTicket, result: &VerifyResult) {
+        match result {
+            Ok(p) => {
+                self.cache.fill(ticket, CacheEntry::Granted(Arc::clone(p)));
+            }
+            Err(e) => {
+                if let Some(denial) = Denial::from_error(*e) {
+                    self.cache.fill(ticket, CacheEntry::Denied(denial));
+                }
+            }
+        }
+    }
+}
+
+impl<V> fmt::Debug for Cached<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cached")
+            .field("entries", &self.cache.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl<V: Verifier> Verifier for Cached<V> {
+    async fn verify(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> VerifyResult {
+        let digest = credential.digest();
+        match self.cache.get(digest) {
+            Some(CacheEntry::Granted(principal)) => {
+                let ticket = self.cache.ticket(digest);
+                let Some(recheck) = self.inner.recheck(digest, &principal) else {
+                    return Ok(principal);
+                };
+                let live = recheck.await;
+                // A denial replaces the grant; a success leaves the entry as
+                // it is (no write lock on the hit path).
+                if live.is_err() {
+                    self.remember(ticket, &live);
+                }
+                return live;
+            }
+            Some(CacheEntry::Denied(denial)) => return Err(denial.into()),
+            None => {}
+        }
+        let ticket = self.cache.ticket(digest);
+        let result = self.inner.verify(credential, ctx).await;
+        self.remember(ticket, &result);
+        result
+    }
+
+    fn known_digests(&self) -> Option<Vec<Digest>> {
+        self.inner.known_digests()
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner.is_ready()
+    }
+}
+
+/// Asks `B` only when `A` could not decide ([`VerifyError::Unavailable`]) —
+/// never when `A` answered "invalid", so a local fallback cannot resurrect
+/// a key the primary revoked.
+///
+/// Offers no [`recheck`](Verifier::recheck): put [`Cached`] inside (around
+/// `A`), not outside.
+///
+/// ```
+/// use auth_core::{verifier_fn, Credential, Fallback, KeySet, Principal, Verifier, VerifyContext, VerifyError};
+///
+/// let down = verifier_fn(|_: &Credential| Err(VerifyError::Unavailable));
+/// let local = KeySet::new().with_key("k", Principal::new("local")).unwrap();
+/// let v = Fallback::new(down, local);
+/// let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// let p = rt.block_on(v.verify(&Credential::new("k"), &VerifyContext::default()));
+/// assert_eq!(p.unwrap().id(), "local");
+/// ```
+#[derive(Debug)]
+pub struct Fallback<A, B> {
+    primary: A,
+    fallback: B,
+}
+
+impl<A: Verifier, B: Verifier> Fallback<A, B> {
+    /// `primary`, then `fallback` when the primary is unavailable.
+    pub fn new(primary: A, fallback: B) -> Self {
+        Self { primary, fallback }
+    }
+}
+
+#[async_trait]
+impl<A: Verifier, B: Verifier> Verifier for Fallback<A, B> {
+    async fn verify(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> VerifyResult {
+        match self.primary.verify(credential, ctx).await {
+            Err(VerifyError::Unavailable) => {
+                tracing::warn!("primary verifier unavailable; asking the fallback");
+                self.fallback.verify(credential, ctx).await
+            }
+            decided => decided,
+        }
+    }
+
+    fn known_digests(&self) -> Option<Vec<Digest>> {
+        match (self.primary.known_digests(), self.fallback.known_digests()) {
+            (None, None) => None,
+            (a, b) => Some(a.into_iter().chain(b).flatten().collect()),
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        self.primary.is_ready() || self.fallback.is_ready()
+    }
+}
+
+/// Refuses credentials that are not well-formed [`ApiKeyFormat`] keys
+/// (wrong prefix, length or checksum) before the inner verifier — and so
+/// any store or remote service — is asked.
+#[derive(Debug)]
+pub struct FormatChecked<V> {
+    inner: V,
+    format: ApiKeyFormat,
+}
+
+impl<V: Verifier> FormatChecked<V> {
+    /// `inner`, reached only by keys of `format`.
+    pub fn new(inner: V, format: ApiKeyFormat) -> Self {
+        Self { inner, format }
+    }
+}
+
+#[async_trait]
+impl<V: Verifier> Verifier for FormatChecked<V> {
+    async fn verify(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> VerifyResult {
+        if !self.format.is_well_formed(credential.expose()) {
+            return Err(VerifyError::Invalid);
+        }
+        self.inner.verify(credential, ctx).await
+    }
+
+    fn recheck<'a>(
+        &'a self,
+        digest: &'a Digest,
+        cached: &'a Arc<Principal>,
+    ) -> Option<BoxFuture<'a, VerifyResult>> {
+        self.inner.recheck(digest, cached)
+    }
+
+    fn known_digests(&self) -> Option<Vec<Digest>> {
+        self.inner.known_digests()
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner.is_ready()
+    }
+}
+
+/// A verifier set after start: not ready (503) until [`set`](Deferred::set),
+/// for keys that are loaded or generated in the background.
+///
+/// ```
+/// use auth_core::{Deferred, StaticKey, Verifier};
+///
+/// let slot: Deferred<StaticKey> = Deferred::new();
+/// assert!(!slot.is_ready());
+/// slot.set(StaticKey::new("k").unwrap()).unwrap();
+/// assert!(slot.is_ready());
+/// ```
+pub struct Deferred<V> {
+    slot: OnceLock<V>,
+}
+
+impl<V: Verifier> Deferred<V> {
+    /// An empty slot.
+    pub fn new() -> Self {
+        Self {
+            slot: OnceLock::new(),
+        }
+    }
+
+    /// Fills the slot; gives the verifier back if it was already set.
+    pub fn set(&self, verifier: V) -> Result<(), V> {
+        self.slot.set(verifier)
+    }
+
+    /// The verifier, once set.
+    pub fn get(&self) -> Option<&V> {
+        self.slot.get()
+    }
+}
+
+impl<V: Verifier> Default for Deferred<V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<V> fmt::Debug for Deferred<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Deferred")
+            .field("ready", &self.slot.get().is_some())
+            .finish()
+    }
+}
+
+#[async_trait]
+impl<V: Verifier> Verifier for Deferred<V> {
+    async fn verify(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> VerifyResult {
+        match self.slot.get() {
+            Some(v) => v.verify(credential, ctx).await,
+            None => Err(VerifyError::Unavailable),
+        }
+    }
+
+    fn recheck<'a>(
+        &'a self,
+        digest: &'a Digest,
+        cached: &'a Arc<Principal>,
+    ) -> Option<BoxFuture<'a, VerifyResult>> {
+        self.slot.get()?.recheck(digest, cached)
+    }
+
+    fn known_digests(&self) -> Option<Vec<Digest>> {
+        self.slot.get()?.known_digests()
+    }
+
+    fn is_ready(&self) -> bool {
+        self.slot.get().is_some_and(Verifier::is_ready)
+    }
+}

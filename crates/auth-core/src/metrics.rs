@@ -1,0 +1,104 @@
+//! Counters of decisions by outcome, readable from code so that adapters and
+//! services can export them to whatever metrics system they use.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A counter on its own cache line, so that outcomes counted from different
+/// cores do not contend.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Padded(AtomicU64);
+
+/// Live counters of one guard.
+#[derive(Debug, Default)]
+pub struct DecisionCounters {
+    allowed: Padded,
+    passed: Padded,
+    missing: Padded,
+    malformed: Padded,
+    invalid: Padded,
+    forbidden: Padded,
+    limited: Padded,
+    unavailable: Padded,
+    not_ready: Padded,
+    report_only: Padded,
+}
+
+/// A snapshot of [`DecisionCounters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DecisionCounts {
+    /// Authenticated and let through.
+    pub allowed: u64,
+    /// Let through without authentication: public path, CORS preflight or
+    /// open mode.
+    pub passed: u64,
+    /// No credential.
+    pub missing: u64,
+    /// Malformed or duplicated credential.
+    pub malformed: u64,
+    /// Unknown, expired or revoked key.
+    pub invalid: u64,
+    /// Valid key lacking the route's scope.
+    pub forbidden: u64,
+    /// Over the rate limit.
+    pub limited: u64,
+    /// A backend could not decide.
+    pub unavailable: u64,
+    /// Refused while not initialised.
+    pub not_ready: u64,
+    /// Would have been refused, let through by report-only mode (also
+    /// counted under the outcome that would have applied).
+    pub report_only: u64,
+}
+
+/// The outcomes that are counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Allowed,
+    Passed,
+    Missing,
+    Malformed,
+    Invalid,
+    Forbidden,
+    Limited,
+    Unavailable,
+    NotReady,
+    ReportOnly,
+}
+
+impl DecisionCounters {
+    #[inline]
+    pub(crate) fn count(&self, outcome: Outcome) {
+        let c = match outcome {
+            Outcome::Allowed => &self.allowed,
+            Outcome::Passed => &self.passed,
+            Outcome::Missing => &self.missing,
+            Outcome::Malformed => &self.malformed,
+            Outcome::Invalid => &self.invalid,
+            Outcome::Forbidden => &self.forbidden,
+            Outcome::Limited => &self.limited,
+            Outcome::Unavailable => &self.unavailable,
+            Outcome::NotReady => &self.not_ready,
+            Outcome::ReportOnly => &self.report_only,
+        };
+        c.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The current values.
+    pub fn snapshot(&self) -> DecisionCounts {
+        let r = |c: &Padded| c.0.load(Ordering::Relaxed);
+        DecisionCounts {
+            allowed: r(&self.allowed),
+            passed: r(&self.passed),
+            missing: r(&self.missing),
+            malformed: r(&self.malformed),
+            invalid: r(&self.invalid),
+            forbidden: r(&self.forbidden),
+            limited: r(&self.limited),
+            unavailable: r(&self.unavailable),
+            not_ready: r(&self.not_ready),
+            report_only: r(&self.report_only),
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! Keys kept only as SHA-256 digests in a store: the [`KeyStore`] trait,
+//! an in-memory store, and the [`HashedKeyStore`] verifier over any store.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use parking_lot::RwLock;
+
+use crate::verifier::BoxFuture;
+use crate::{
+    Credential, Digest, DigestHasher, Principal, RateLimitPolicy, Verifier, VerifyContext,
+    VerifyError, VerifyResult,
+};
+
+/// A stored key: everything but the key itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// The record's id (stable across scope or limit changes).
+    pub id: String,
+    /// SHA-256 digest of the key.
+    pub digest: Digest,
+    /// The principal (owner) the key authenticates as.
+    pub principal_id: String,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// Rate limit for the key, if any.
+    pub rate_limit: Option<RateLimitPolicy>,
+    /// When the key stops being valid, if ever.
+    pub expires_at: Option<SystemTime>,
+    /// Whether the key was disabled (revoked).
+    pub disabled: bool,
+}
+
+impl KeyRecord {
+    /// A live, unrestricted record.
+    pub fn new(id: impl Into<String>, digest: Digest, principal_id: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            digest,
+            principal_id: principal_id.into(),
+            scopes: Vec::new(),
+            rate_limit: None,
+            expires_at: None,
+            disabled: false,
+        }
+    }
+
+    /// Decides the record against `now`: the principal it grants, or why not.
+    pub fn decide(&self, now: SystemTime) -> VerifyResult {
+        if self.disabled {
+            return Err(VerifyError::Disabled);
+        }
+        if self.expires_at.is_some_and(|at| now >= at) {
+            return Err(VerifyError::Expired);
+        }
+        let mut p = Principal::new(self.principal_id.clone())
+            .with_key_id(self.id.clone())
+            .with_scopes(self.scopes.iter().cloned());
+        if let Some(limit) = self.rate_limit {
+            p = p.with_rate_limit(limit);
+        }
+        Ok(Arc::new(p))
+    }
+}
+
+/// A failure of the store itself (database down, pool exhausted). Always
+/// maps to [`VerifyError::Unavailable`]: never to "invalid", never to allow.
+#[derive(Debug, thiserror::Error)]
+#[error("key store unavailable: {0}")]
+pub struct StoreError(pub String);
+
+/// Where key records live. Database stores come in their own crates.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    /// The record whose digest is `digest` (one indexed lookup).
+    async fn find_by_digest(&self, digest: &Digest) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// The record with this id, where the store can fetch by id cheaply.
+    /// `None` (the default) means it cannot, and caches trust their TTL.
+    fn find_by_id<'a>(
+        &'a self,
+        _id: &'a str,
+    ) -> Option<BoxFuture<'a, Result<Option<KeyRecord>, StoreError>>> {
+        None
+    }
+}
+
+#[async_trait]
+impl<S: KeyStore + ?Sized> KeyStore for Arc<S> {
+    async fn find_by_digest(&self, digest: &Digest) -> Result<Option<KeyRecord>, StoreError> {
+        (**self).find_by_digest(digest).await
+    }
+
+    fn find_by_id<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> Option<BoxFuture<'a, Result<Option<KeyRecord>, StoreError>>> {
+        (**self).find_by_id(id)
+    }
+}
+
+/// An in-memory [`KeyStore`], for tests, single processes and examples.
+///
+/// ```
+/// use auth_core::{ApiKey, KeyRecord, MemoryKeyStore};
+///
+/// let store = MemoryKeyStore::new();
+/// let key = ApiKey::generate().unwrap();
+/// store.insert(KeyRecord::new("k1", key.digest(), "svc-a"));
+/// assert!(store.disable("k1"));
+/// assert!(store.get("k1").unwrap().disabled);
+/// ```
+#[derive(Default)]
+pub struct MemoryKeyStore {
+    inner: RwLock<MemoryInner>,
+}
+
+#[derive(Default)]
+struct MemoryInner {
+    by_digest: HashMap<Digest, KeyRecord, DigestHasher>,
+    id_to_digest: HashMap<String, Digest>,
+}
+
+impl MemoryKeyStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Inserts or replaces a record (by id and by digest).
+    pub fn insert(&self, record: KeyRecord) {
+        let mut inner = self.inner.write();
+        if let Some(old) = inner.id_to_digest.insert(record.id.clone(), record.digest) {
+            inner.by_digest.remove(&old);
+        }
+        inner.by_digest.insert(record.digest, record);
+    }
+
+    /// The record with this id.
+    pub fn get(&self, id: &str) -> Option<KeyRecord> {
+        let inner = self.inner.read();
+        let d = inner.id_to_digest.get(id)?;
+        inner.by_digest.get(d).cloned()
+    }
+
+    /// Changes a record in place; returns whether it exists.
+    pub fn update(&self, id: &str, change: impl FnOnce(&mut KeyRecord)) -> bool {
+        let mut inner = self.inner.write();
+        let Some(d) = inner.id_to_digest.get(id).copied() else {
+            return false;
+        };
+        match inner.by_digest.get_mut(&d) {
+            Some(record) => {
+                change(record);
+                // The digest is the index: it must not change in place.
+                record.digest = d;
+                record.id = id.to_owned();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Disables a record; returns whether it exists.
+    pub fn disable(&self, id: &str) -> bool {
+        self.update(id, |r| r.disabled = true)
+    }
+
+    /// Removes a record; returns it if it existed.
+    pub fn remove(&self, id: &str) -> Option<KeyRecord> {
+        let mut inner = self.inner.write();
+        let d = inner.id_to_digest.remove(id)?;
+        inner.by_digest.remove(&d)
+    }
+
+    /// How many records.
+    pub fn len(&self) -> usize {
+        self.inner.read().by_digest.len()
+    }
+
+    /// Whether the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl fmt::Debug for MemoryKeyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryKeyStore")
+            .field("records", &self.len())
+            .finish()
+    }
+}
+
+#[async_trait]
+impl KeyStore for MemoryKeyStore {
+    async fn find_by_digest(&self, digest: &Digest) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(self.inner.read().by_digest.get(digest).cloned())
+    }
+
+    fn find_by_id<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> Option<BoxFuture<'a, Result<Option<KeyRecord>, StoreError>>> {
+        let record = self.get(id);
+        Some(Box::pin(async move { Ok(record) }))
+    }
+}
+
+/// A verifier over a [`KeyStore`] that holds keys only as SHA-256 digests.
+///
+/// Verification is one lookup by digest, a constant-time confirmation of the
+/// digest, then the record's state (disabled → `Disabled`, past
+/// `expires_at` → `Expired`). A store error is `Unavailable`, never
+/// "invalid" and never a grant. Wrapped in [`Cached`](crate::Cached), a
+/// cache hit is re-checked against the live record by id, so the cache can
+/// never grant what the store denies.
+///
+/// ```
+/// use auth_core::{ApiKey, Credential, HashedKeyStore, KeyRecord, MemoryKeyStore, Verifier, VerifyContext, VerifyError};
+/// use std::sync::Arc;
+///
+/// let store = Arc::new(MemoryKeyStore::new());
+/// let key = ApiKey::generate().unwrap();
+/// store.insert(KeyRecord::new("k1", key.digest(), "svc-a"));
+/// let verifier = HashedKeyStore::new(store.clone());
+///
+/// let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// let cred = Credential::new(key.expose());
+/// assert_eq!(rt.block_on(verifier.verify(&cred, &VerifyContext::default())).unwrap().id(), "svc-a");
+/// store.disable("k1");
+/// assert_eq!(rt.block_on(verifier.verify(&cred, &VerifyContext::default())).unwrap_err(), VerifyError::Disabled);
+/// ```
+pub struct HashedKeyStore<S> {
+    store: S,
+    now: fn() -> SystemTime,
+}
+
+impl<S: KeyStore> HashedKeyStore<S> {
+    /// A verifier over `store`.
+    pub fn new(store: S) -> Self {
+        Self {
+            store,
+            now: SystemTime::now,
+        }
+    }
+
+    /// Uses another wall clock for expiry (tests).
+    pub fn with_wall_clock(mut self, now: fn() -> SystemTime) -> Self {
+        self.now = now;
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    fn decide(&self, digest: &Digest, record: Option<KeyRecord>) -> VerifyResult {
+        match record {
+            // The store matched on the digest; confirm in constant time so
+            // that a store with a loose index cannot grant a near miss.
+            Some(r) if bool::from(r.digest.ct_eq(digest)) => r.decide((self.now)()),
+            _ => Err(VerifyError::Invalid),
+        }
+    }
+}
+
+impl<S> fmt::Debug for HashedKeyStore<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HashedKeyStore").finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl<S: KeyStore> Verifier for HashedKeyStore<S> {
+    async fn verify(&self, credential: &Credential, _ctx: &VerifyContext<'_>) -> VerifyResult {
+        let digest = credential.digest();
+        match self.store.find_by_digest(digest).await {
+            Ok(record) => self.decide(digest, record),
+            Err(e) => {
+                tracing::warn!(error = %e, "key store unavailable");
+                Err(VerifyError::Unavailable)
+            }
+        }
+    }
+
+    fn recheck<'a>(
+        &'a self,
+        digest: &'a Digest,
+        cached: &'a Arc<Principal>,
+    ) -> Option<BoxFuture<'a, VerifyResult>> {
+        let Some(id) = cached.key_id() else {
+            // Without a record id there is nothing cheap to re-check; a full
+            // lookup is as cheap as a miss, so ask the store by digest.
+            return Some(Box::pin(async move {
+                match self.store.find_by_digest(digest).await {
+                    Ok(record) => self.decide(digest, record),
+                    Err(_) => Err(VerifyError::Unavailable),
+                }
+            }));
+        };
+        let fetch = self.store.find_by_id(id)?;
+        Some(Box::pin(async move {
+            match fetch.await {
+                Ok(record) => self.decide(digest, record),
+                Err(e) => {
+                    tracing::warn!(error = %e, "key store unavailable");
+                    Err(VerifyError::Unavailable)
+                }
+            }
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    fn verify<S: KeyStore>(v: &HashedKeyStore<S>, key: &str) -> VerifyResult {
+        block_on(v.verify(&Credential::new(key), &VerifyContext::default()))
+    }
+
+    struct Failing;
+
+    #[async_trait]
+    impl KeyStore for Failing {
+        async fn find_by_digest(&self, _: &Digest) -> Result<Option<KeyRecord>, StoreError> {
+            Err(StoreError("connection refused".into()))
+        }
+    }
+
+    #[test]
+    fn states_of_a_record() {
+        let store = Arc::new(MemoryKeyStore::new());
+        let mut r = KeyRecord::new("k1", Digest::of(b"key-1"), "svc");
+        r.scopes = vec!["read".into()];
+        r.rate_limit = Some(RateLimitPolicy::new(10, Duration::from_secs(1)));
+        store.insert(r);
+        let v = HashedKeyStore::new(store.clone());
+        let p = verify(&v, "key-1").unwrap();
+        assert_eq!(p.id(), "svc");
+        assert_eq!(p.key_id(), Some("k1"));
+        assert!(p.has_scope("read"));
+        assert_eq!(p.rate_limit().unwrap().requests, 10);
+        assert_eq!(verify(&v, "key-2").unwrap_err(), VerifyError::Invalid);
+
+        store.update("k1", |r| {
+            r.expires_at = Some(SystemTime::now() - Duration::from_secs(1))
+        });
+        assert_eq!(verify(&v, "key-1").unwrap_err(), VerifyError::Expired);
+        store.update("k1", |r| {
+            r.expires_at = Some(SystemTime::now() + Duration::from_secs(3600))
+        });
+        assert!(verify(&v, "key-1").is_ok());
+        store.disable("k1");
+        assert_eq!(verify(&v, "key-1").unwrap_err(), VerifyError::Disabled);
+        store.remove("k1");
+        assert_eq!(verify(&v, "key-1").unwrap_err(), VerifyError::Invalid);
+    }
+
+    #[test]
+    fn store_errors_are_unavailable() {
+        let v = HashedKeyStore::new(Failing);
+        assert_eq!(
+            verify(&v, "anything").unwrap_err(),
+            VerifyError::Unavailable
+        );
+    }
+
+    #[test]
+    fn recheck_reads_the_live_record() {
+        let store = Arc::new(MemoryKeyStore::new());
+        let d = Digest::of(b"key-1");
+        store.insert(KeyRecord::new("k1", d, "svc"));
+        let v = HashedKeyStore::new(store.clone());
+        let p = verify(&v, "key-1").unwrap();
+        assert!(block_on(v.recheck(&d, &p).unwrap()).is_ok());
+        store.disable("k1");
+        assert_eq!(
+            block_on(v.recheck(&d, &p).unwrap()).unwrap_err(),
+            VerifyError::Disabled
+        );
+        // A record replaced under the same id by another key is not a match.
+        store.insert(KeyRecord::new("k1", Digest::of(b"other"), "svc"));
+        assert_eq!(
+            block_on(v.recheck(&d, &p).unwrap()).unwrap_err(),
+            VerifyError::Invalid
+        );
+    }
+
+    #[test]
+    fn memory_store_keeps_indexes_consistent() {
+        let s = MemoryKeyStore::new();
+        s.insert(KeyRecord::new("a", Digest::of(b"1"), "p"));
+        s.insert(KeyRecord::new("a", Digest::of(b"2"), "p"));
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.get("a").unwrap().digest, Digest::of(b"2"));
+        assert!(!s.update("missing", |r| r.disabled = true));
+        assert!(s.remove("a").is_some());
+        assert!(s.is_empty());
+    }
+}

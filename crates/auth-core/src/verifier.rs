@@ -1,0 +1,279 @@
+//! Who a caller is: the [`Verifier`] trait, the [`Principal`] it yields and
+//! the typed ways it can fail.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::{Credential, Digest};
+
+/// A rate-limit policy: at most `requests` per `window`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RateLimitPolicy {
+    /// Requests admitted per window (at least 1).
+    pub requests: u32,
+    /// The window length (at least 1 ms).
+    pub window: Duration,
+}
+
+impl RateLimitPolicy {
+    /// `requests` per `window`. Zero values are raised to the smallest
+    /// meaningful ones (1 request, 1 ms) so a policy can never divide by zero.
+    pub fn new(requests: u32, window: Duration) -> Self {
+        Self {
+            requests: requests.max(1),
+            window: window.max(Duration::from_millis(1)),
+        }
+    }
+}
+
+/// An authenticated caller.
+///
+/// ```
+/// use auth_core::Principal;
+///
+/// let p = Principal::new("svc-a").with_scopes(["read", "write"]).with_label("team", "core");
+/// assert!(p.has_scope("read"));
+/// assert!(!p.has_scope("admin"));
+/// assert_eq!(p.label("team"), Some("core"));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    id: String,
+    key_id: Option<String>,
+    scopes: Vec<String>,
+    rate_limit: Option<RateLimitPolicy>,
+    labels: BTreeMap<String, String>,
+}
+
+impl Principal {
+    /// A principal with this id, no scopes, no rate limit and no labels.
+    pub fn new(id: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            key_id: None,
+            scopes: Vec::new(),
+            rate_limit: None,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// Adds scopes.
+    pub fn with_scopes<I, S>(mut self, scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.scopes.extend(scopes.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets the rate-limit policy enforced for this principal.
+    pub fn with_rate_limit(mut self, policy: RateLimitPolicy) -> Self {
+        self.rate_limit = Some(policy);
+        self
+    }
+
+    /// Adds a free-form label (team, tier, …).
+    pub fn with_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Records the id of the key record this principal was verified from, so
+    /// that a cache can re-check the live record.
+    pub fn with_key_id(mut self, key_id: impl Into<String>) -> Self {
+        self.key_id = Some(key_id.into());
+        self
+    }
+
+    /// The caller's id (service name, user id, owner).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The id of the key record, where the verifier has one.
+    pub fn key_id(&self) -> Option<&str> {
+        self.key_id.as_deref()
+    }
+
+    /// The granted scopes.
+    pub fn scopes(&self) -> &[String] {
+        &self.scopes
+    }
+
+    /// Whether `scope` was granted.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+
+    /// The rate-limit policy, if any.
+    pub fn rate_limit(&self) -> Option<RateLimitPolicy> {
+        self.rate_limit
+    }
+
+    /// A label's value.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels.get(key).map(String::as_str)
+    }
+
+    /// All labels.
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        &self.labels
+    }
+}
+
+/// What a verifier knows of the request besides the credential.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VerifyContext<'a> {
+    /// The routed path.
+    pub path: &'a str,
+    /// The scope the route requires, if any. Verifiers may pass it on (a
+    /// remote service may want it); the guard checks it locally either way.
+    pub required_scope: Option<&'a str>,
+}
+
+/// Why a credential was not accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// Not a known key (→ 401 `invalid_token`).
+    Invalid,
+    /// A known key past its expiry (→ 401 `invalid_token`).
+    Expired,
+    /// A known key that was disabled or revoked (→ 401 `invalid_token`).
+    Disabled,
+    /// The verifier could not decide: backend down, not loaded yet (→ 503).
+    /// Never cached, never treated as "invalid".
+    Unavailable,
+}
+
+impl VerifyError {
+    /// Whether this is a definite "no" (as opposed to "could not decide").
+    pub fn is_denial(self) -> bool {
+        !matches!(self, Self::Unavailable)
+    }
+
+    /// A short, fixed reason for logs and counters.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Invalid => "invalid",
+            Self::Expired => "expired",
+            Self::Disabled => "disabled",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// The result of a verification.
+pub type VerifyResult = Result<Arc<Principal>, VerifyError>;
+
+/// A boxed future, for the optional [`Verifier::recheck`] hook.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Decides who a credential belongs to.
+///
+/// Implementations: [`StaticKey`](crate::StaticKey), [`KeySet`](crate::KeySet),
+/// [`KeyFile`](crate::KeyFile), [`HashedKeyStore`](crate::HashedKeyStore), and
+/// the combinators [`Cached`](crate::Cached), [`Fallback`](crate::Fallback) and
+/// [`FormatChecked`](crate::FormatChecked). A closure
+/// `Fn(&Credential) -> VerifyResult` becomes one through [`verifier_fn`].
+///
+/// ```
+/// use auth_core::{verifier_fn, Credential, Principal, Verifier, VerifyContext, VerifyError};
+/// use std::sync::Arc;
+///
+/// let v = verifier_fn(|c: &Credential| {
+///     if c.expose() == b"letmein" {
+///         Ok(Arc::new(Principal::new("demo")))
+///     } else {
+///         Err(VerifyError::Invalid)
+///     }
+/// });
+/// let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// let p = rt.block_on(v.verify(&Credential::new("letmein"), &VerifyContext::default()));
+/// assert_eq!(p.unwrap().id(), "demo");
+/// ```
+#[async_trait]
+pub trait Verifier: Send + Sync {
+    /// Verifies `credential`.
+    async fn verify(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> VerifyResult;
+
+    /// Re-checks a grant held in a cache against the live source, where
+    /// that is cheap (a fetch by id). `None` (the default) means the source
+    /// offers no such check and the cache may trust its entry until the TTL.
+    fn recheck<'a>(
+        &'a self,
+        _digest: &'a Digest,
+        _cached: &'a Arc<Principal>,
+    ) -> Option<BoxFuture<'a, VerifyResult>> {
+        None
+    }
+
+    /// The digests of every key this verifier accepts, where it knows them
+    /// up front. Used to refuse a key shared by two keyrings at start.
+    fn known_digests(&self) -> Option<Vec<Digest>> {
+        None
+    }
+
+    /// Whether the verifier is ready to answer. A guard in
+    /// [`Mode::Uninitialised`](crate::Mode) answers 503 until it is.
+    fn is_ready(&self) -> bool {
+        true
+    }
+}
+
+/// A verifier made from a closure; see [`verifier_fn`].
+#[derive(Clone)]
+pub struct FnVerifier<F>(F);
+
+impl<F> std::fmt::Debug for FnVerifier<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FnVerifier")
+    }
+}
+
+/// Turns a closure `Fn(&Credential) -> VerifyResult` into a [`Verifier`].
+pub fn verifier_fn<F>(f: F) -> FnVerifier<F>
+where
+    F: Fn(&Credential) -> VerifyResult + Send + Sync,
+{
+    FnVerifier(f)
+}
+
+#[async_trait]
+impl<F> Verifier for FnVerifier<F>
+where
+    F: Fn(&Credential) -> VerifyResult + Send + Sync,
+{
+    async fn verify(&self, credential: &Credential, _ctx: &VerifyContext<'_>) -> VerifyResult {
+        (self.0)(credential)
+    }
+}
+
+#[async_trait]
+impl<V: Verifier + ?Sized> Verifier for Arc<V> {
+    async fn verify(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> VerifyResult {
+        (**self).verify(credential, ctx).await
+    }
+
+    fn recheck<'a>(
+        &'a self,
+        digest: &'a Digest,
+        cached: &'a Arc<Principal>,
+    ) -> Option<BoxFuture<'a, VerifyResult>> {
+        (**self).recheck(digest, cached)
+    }
+
+    fn known_digests(&self) -> Option<Vec<Digest>> {
+        (**self).known_digests()
+    }
+
+    fn is_ready(&self) -> bool {
+        (**self).is_ready()
+    }
+}
