@@ -3,74 +3,12 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::RwLock;
 
-use crate::{Digest, DigestHasher, VerifyError};
-
-/// A monotonic clock, injectable for tests.
-pub trait Clock: Send + Sync + fmt::Debug {
-    /// The current instant.
-    fn now(&self) -> Instant;
-}
-
-/// The real monotonic clock ([`Instant::now`]).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    #[inline]
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-}
-
-/// A clock that moves only when told to.
-///
-/// ```
-/// use auth_core::{Clock, ManualClock};
-/// use std::time::Duration;
-///
-/// let clock = ManualClock::new();
-/// let t0 = clock.now();
-/// clock.advance(Duration::from_secs(5));
-/// assert_eq!(clock.now() - t0, Duration::from_secs(5));
-/// ```
-#[derive(Debug)]
-pub struct ManualClock {
-    base: Instant,
-    offset_nanos: AtomicU64,
-}
-
-impl ManualClock {
-    /// A clock standing at the current instant.
-    pub fn new() -> Self {
-        Self {
-            base: Instant::now(),
-            offset_nanos: AtomicU64::new(0),
-        }
-    }
-
-    /// Moves the clock forward.
-    pub fn advance(&self, by: Duration) {
-        let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
-        self.offset_nanos.fetch_add(nanos, Ordering::SeqCst);
-    }
-}
-
-impl Default for ManualClock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Instant {
-        self.base + Duration::from_nanos(self.offset_nanos.load(Ordering::SeqCst))
-    }
-}
+use crate::clock::nanos;
+use crate::{Clock, CoarseClock, Digest, DigestHasher, VerifyError};
 
 /// A definite "no" that may be cached. "Could not decide"
 /// ([`VerifyError::Unavailable`]) has no `Denial`, so an error can never be
@@ -150,6 +88,27 @@ pub trait Cache<V>: Send + Sync {
     }
 }
 
+impl<V, C: Cache<V> + ?Sized> Cache<V> for Arc<C> {
+    fn get(&self, digest: &Digest) -> Option<CacheEntry<V>> {
+        (**self).get(digest)
+    }
+    fn ticket(&self, digest: &Digest) -> FillTicket {
+        (**self).ticket(digest)
+    }
+    fn fill(&self, ticket: FillTicket, entry: CacheEntry<V>) -> bool {
+        (**self).fill(ticket, entry)
+    }
+    fn invalidate(&self, digest: &Digest) {
+        (**self).invalidate(digest)
+    }
+    fn clear(&self) {
+        (**self).clear()
+    }
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+}
+
 /// Sizes and lifetimes of a [`TtlCache`].
 #[derive(Clone, Debug)]
 pub struct CacheConfig {
@@ -179,8 +138,9 @@ impl Default for CacheConfig {
 }
 
 struct Shard<V> {
-    granted: HashMap<Digest, (V, Instant), DigestHasher>,
-    denied: HashMap<Digest, (Denial, Instant), DigestHasher>,
+    // Values with their expiry, in nanoseconds of the cache's clock.
+    granted: HashMap<Digest, (V, u64), DigestHasher>,
+    denied: HashMap<Digest, (Denial, u64), DigestHasher>,
     generation: u64,
 }
 
@@ -190,7 +150,8 @@ struct Shard<V> {
 ///   read lock. Eviction works on one shard at a time, so it never stalls
 ///   every caller.
 /// - Granted and denied entries have their own bounds and TTLs.
-/// - Expiry uses a monotonic [`Clock`].
+/// - Expiry uses a monotonic [`Clock`]: [`CoarseClock`] by default, so an
+///   entry may outlive its TTL by one scheduler tick (a few ms).
 ///
 /// ```
 /// use auth_core::{Cache, CacheConfig, CacheEntry, Digest, TtlCache};
@@ -211,8 +172,8 @@ pub struct TtlCache<V> {
     shard_mask: usize,
     per_shard: usize,
     per_shard_negative: usize,
-    ttl: Duration,
-    negative_ttl: Duration,
+    ttl: u64,
+    negative_ttl: u64,
     clock: Arc<dyn Clock>,
 }
 
@@ -220,8 +181,8 @@ impl<V> fmt::Debug for TtlCache<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TtlCache")
             .field("shards", &self.shards.len())
-            .field("ttl", &self.ttl)
-            .field("negative_ttl", &self.negative_ttl)
+            .field("ttl", &Duration::from_nanos(self.ttl))
+            .field("negative_ttl", &Duration::from_nanos(self.negative_ttl))
             .finish_non_exhaustive()
     }
 }
@@ -230,9 +191,9 @@ impl<V> fmt::Debug for TtlCache<V> {
 const EVICTION_SAMPLE: usize = 8;
 
 impl<V: Clone + Send + Sync> TtlCache<V> {
-    /// A cache on the system clock.
+    /// A cache on the [`CoarseClock`].
     pub fn new(config: CacheConfig) -> Self {
-        Self::with_clock(config, Arc::new(SystemClock))
+        Self::with_clock(config, Arc::new(CoarseClock))
     }
 
     /// A cache on the given clock.
@@ -255,8 +216,8 @@ impl<V: Clone + Send + Sync> TtlCache<V> {
             shards,
             per_shard,
             per_shard_negative,
-            ttl: config.ttl,
-            negative_ttl: config.negative_ttl,
+            ttl: nanos(config.ttl),
+            negative_ttl: nanos(config.negative_ttl),
             clock,
         }
     }
@@ -275,7 +236,7 @@ impl<V: Clone + Send + Sync> TtlCache<V> {
 
 /// Removes one entry from a full map: an expired one among a small sample if
 /// there is one, else the sampled one closest to expiry.
-fn evict_one<T>(map: &mut HashMap<Digest, (T, Instant), DigestHasher>, now: Instant) {
+fn evict_one<T>(map: &mut HashMap<Digest, (T, u64), DigestHasher>, now: u64) {
     let victim = map
         .iter()
         .take(EVICTION_SAMPLE)
@@ -295,7 +256,7 @@ fn evict_one<T>(map: &mut HashMap<Digest, (T, Instant), DigestHasher>, now: Inst
 impl<V: Clone + Send + Sync> Cache<V> for TtlCache<V> {
     #[inline]
     fn get(&self, digest: &Digest) -> Option<CacheEntry<V>> {
-        let now = self.clock.now();
+        let now = nanos(self.clock.now());
         let shard = self.shard(digest).read();
         if let Some((v, expires)) = shard.granted.get(digest) {
             return (now < *expires).then(|| CacheEntry::Granted(v.clone()));
@@ -314,7 +275,7 @@ impl<V: Clone + Send + Sync> Cache<V> for TtlCache<V> {
     }
 
     fn fill(&self, ticket: FillTicket, entry: CacheEntry<V>) -> bool {
-        let now = self.clock.now();
+        let now = nanos(self.clock.now());
         let mut shard = self.shard(&ticket.digest).write();
         if shard.generation != ticket.generation {
             return false;
@@ -326,7 +287,7 @@ impl<V: Clone + Send + Sync> Cache<V> for TtlCache<V> {
                 if !shard.granted.contains_key(&d) && shard.granted.len() >= self.per_shard {
                     evict_one(&mut shard.granted, now);
                 }
-                shard.granted.insert(d, (v, now + self.ttl));
+                shard.granted.insert(d, (v, now.saturating_add(self.ttl)));
             }
             CacheEntry::Denied(denial) => {
                 // The newer answer wins: a denial drops any grant held for
@@ -335,7 +296,9 @@ impl<V: Clone + Send + Sync> Cache<V> for TtlCache<V> {
                 if !shard.denied.contains_key(&d) && shard.denied.len() >= self.per_shard_negative {
                     evict_one(&mut shard.denied, now);
                 }
-                shard.denied.insert(d, (denial, now + self.negative_ttl));
+                shard
+                    .denied
+                    .insert(d, (denial, now.saturating_add(self.negative_ttl)));
             }
         }
         true
@@ -371,6 +334,7 @@ impl<V: Clone + Send + Sync> Cache<V> for TtlCache<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ManualClock;
 
     fn cache(clock: &Arc<ManualClock>, config: CacheConfig) -> TtlCache<u32> {
         TtlCache::with_clock(config, clock.clone())

@@ -27,7 +27,7 @@ use crate::{
 /// than through the principal's scopes (which the guard checks per route).
 ///
 /// ```
-/// use auth_core::{Cached, CacheConfig, Credential, KeySet, Principal, Verifier, VerifyContext};
+/// use auth_core::{Cache, Cached, CacheConfig, Credential, KeySet, Principal, Verifier, VerifyContext};
 ///
 /// let keys = KeySet::new().with_key("k", Principal::new("svc")).unwrap();
 /// let cached = Cached::new(keys, CacheConfig::default());
@@ -38,19 +38,21 @@ use crate::{
 /// cached.invalidate(cred.digest());
 /// assert_eq!(cached.cache().len(), 0);
 /// ```
-pub struct Cached<V> {
+pub struct Cached<V, C = TtlCache<Arc<Principal>>> {
     inner: V,
-    cache: Arc<dyn Cache<Arc<Principal>>>,
+    cache: C,
 }
 
 impl<V: Verifier> Cached<V> {
     /// `inner` behind a [`TtlCache`] with `config`.
     pub fn new(inner: V, config: CacheConfig) -> Self {
-        Self::with_cache(inner, Arc::new(TtlCache::new(config)))
+        Self::with_cache(inner, TtlCache::new(config))
     }
+}
 
-    /// `inner` behind a cache of your own.
-    pub fn with_cache(inner: V, cache: Arc<dyn Cache<Arc<Principal>>>) -> Self {
+impl<V: Verifier, C: Cache<Arc<Principal>>> Cached<V, C> {
+    /// `inner` behind a cache of your own (an `Arc<dyn Cache<_>>` works).
+    pub fn with_cache(inner: V, cache: C) -> Self {
         Self { inner, cache }
     }
 
@@ -65,7 +67,7 @@ impl<V: Verifier> Cached<V> {
     }
 
     /// The cache.
-    pub fn cache(&self) -> &Arc<dyn Cache<Arc<Principal>>> {
+    pub fn cache(&self) -> &C {
         &self.cache
     }
 
@@ -88,7 +90,7 @@ impl<V: Verifier> Cached<V> {
     }
 }
 
-impl<V> fmt::Debug for Cached<V> {
+impl<V, C: Cache<Arc<Principal>>> fmt::Debug for Cached<V, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cached")
             .field("entries", &self.cache.len())
@@ -96,17 +98,28 @@ impl<V> fmt::Debug for Cached<V> {
     }
 }
 
+impl<V: Verifier, C: Cache<Arc<Principal>>> Cached<V, C> {
+    /// The cached answer, if the cache can give it without waiting.
+    /// `Err(principal)`: a grant that must be re-checked first.
+    #[inline]
+    fn lookup(&self, digest: &Digest) -> Option<Result<VerifyResult, Arc<Principal>>> {
+        match self.cache.get(digest)? {
+            CacheEntry::Granted(p) if self.inner.rechecks() => Some(Err(p)),
+            CacheEntry::Granted(p) => Some(Ok(Ok(p))),
+            CacheEntry::Denied(denial) => Some(Ok(Err(denial.into()))),
+        }
+    }
+}
+
 #[async_trait]
-impl<V: Verifier> Verifier for Cached<V> {
+impl<V: Verifier, C: Cache<Arc<Principal>>> Verifier for Cached<V, C> {
     async fn verify(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> VerifyResult {
         let digest = credential.digest();
-        match self.cache.get(digest) {
-            Some(CacheEntry::Granted(principal)) => {
+        match self.lookup(digest) {
+            Some(Ok(answer)) => return answer,
+            Some(Err(principal)) => {
                 let ticket = self.cache.ticket(digest);
-                let Some(recheck) = self.inner.recheck(digest, &principal) else {
-                    return Ok(principal);
-                };
-                let live = recheck.await;
+                let live = self.inner.recheck(digest, &principal).await;
                 // A denial replaces the grant; a success leaves the entry as
                 // it is (no write lock on the hit path).
                 if live.is_err() {
@@ -114,13 +127,26 @@ impl<V: Verifier> Verifier for Cached<V> {
                 }
                 return live;
             }
-            Some(CacheEntry::Denied(denial)) => return Err(denial.into()),
             None => {}
         }
         let ticket = self.cache.ticket(digest);
         let result = self.inner.verify(credential, ctx).await;
         self.remember(ticket, &result);
         result
+    }
+
+    fn verify_now(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> Option<VerifyResult> {
+        let digest = credential.digest();
+        match self.lookup(digest) {
+            Some(Ok(answer)) => Some(answer),
+            Some(Err(_)) => None,
+            None => {
+                let ticket = self.cache.ticket(digest);
+                let result = self.inner.verify_now(credential, ctx)?;
+                self.remember(ticket, &result);
+                Some(result)
+            }
+        }
     }
 
     fn known_digests(&self) -> Option<Vec<Digest>> {
@@ -174,6 +200,15 @@ impl<A: Verifier, B: Verifier> Verifier for Fallback<A, B> {
         }
     }
 
+    fn verify_now(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> Option<VerifyResult> {
+        // Only a primary that decides at once answers here; anything else
+        // takes the async path, which asks the fallback.
+        match self.primary.verify_now(credential, ctx)? {
+            Err(VerifyError::Unavailable) => None,
+            decided => Some(decided),
+        }
+    }
+
     fn known_digests(&self) -> Option<Vec<Digest>> {
         match (self.primary.known_digests(), self.fallback.known_digests()) {
             (None, None) => None,
@@ -211,11 +246,22 @@ impl<V: Verifier> Verifier for FormatChecked<V> {
         self.inner.verify(credential, ctx).await
     }
 
+    fn verify_now(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> Option<VerifyResult> {
+        if !self.format.is_well_formed(credential.expose()) {
+            return Some(Err(VerifyError::Invalid));
+        }
+        self.inner.verify_now(credential, ctx)
+    }
+
+    fn rechecks(&self) -> bool {
+        self.inner.rechecks()
+    }
+
     fn recheck<'a>(
         &'a self,
         digest: &'a Digest,
         cached: &'a Arc<Principal>,
-    ) -> Option<BoxFuture<'a, VerifyResult>> {
+    ) -> BoxFuture<'a, VerifyResult> {
         self.inner.recheck(digest, cached)
     }
 
@@ -285,12 +331,26 @@ impl<V: Verifier> Verifier for Deferred<V> {
         }
     }
 
+    fn verify_now(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> Option<VerifyResult> {
+        match self.slot.get() {
+            Some(v) => v.verify_now(credential, ctx),
+            None => Some(Err(VerifyError::Unavailable)),
+        }
+    }
+
+    fn rechecks(&self) -> bool {
+        self.slot.get().is_some_and(Verifier::rechecks)
+    }
+
     fn recheck<'a>(
         &'a self,
         digest: &'a Digest,
         cached: &'a Arc<Principal>,
-    ) -> Option<BoxFuture<'a, VerifyResult>> {
-        self.slot.get()?.recheck(digest, cached)
+    ) -> BoxFuture<'a, VerifyResult> {
+        match self.slot.get() {
+            Some(v) => v.recheck(digest, cached),
+            None => Box::pin(std::future::ready(Err(VerifyError::Unavailable))),
+        }
     }
 
     fn known_digests(&self) -> Option<Vec<Digest>> {

@@ -4,7 +4,6 @@
 //! rules below ([`CredentialSources::extract`]) decide what the caller sent.
 
 use std::fmt;
-use std::sync::OnceLock;
 
 use zeroize::Zeroizing;
 
@@ -14,7 +13,8 @@ use crate::Digest;
 ///
 /// `Debug` and `Display` print `Credential(<redacted>)`; the bytes are
 /// zeroized when the value is dropped. The SHA-256 digest is computed once,
-/// on first use, and shared by every verifier and cache that asks for it.
+/// when the credential is made (every verifier and cache needs it), and
+/// shared by all of them.
 ///
 /// ```
 /// use auth_core::Credential;
@@ -26,17 +26,17 @@ use crate::Digest;
 /// ```
 pub struct Credential {
     secret: Zeroizing<Vec<u8>>,
-    digest: OnceLock<Digest>,
+    digest: Digest,
 }
 
 impl Credential {
     /// Wraps presented bytes. Extraction through [`CredentialSources`] is the
     /// normal way in; this is for tests and custom sources.
     pub fn new(secret: impl Into<Vec<u8>>) -> Self {
-        Self {
-            secret: Zeroizing::new(secret.into()),
-            digest: OnceLock::new(),
-        }
+        let secret = Zeroizing::new(secret.into());
+        // Hashed eagerly: a lazy cell costs an atomic handshake per request.
+        let digest = Digest::of(&secret);
+        Self { secret, digest }
     }
 
     /// The presented bytes. Named so that every use stands out in review.
@@ -44,10 +44,10 @@ impl Credential {
         &self.secret
     }
 
-    /// The SHA-256 digest of the presented bytes, computed once.
+    /// The SHA-256 digest of the presented bytes.
     #[inline]
     pub fn digest(&self) -> &Digest {
-        self.digest.get_or_init(|| Digest::of(&self.secret))
+        &self.digest
     }
 
     /// A short non-secret handle for logs: the first 8 hex chars of the digest.
@@ -523,10 +523,9 @@ mod tests {
     }
 
     #[test]
-    fn credential_is_redacted_and_digest_memoised() {
+    fn credential_is_redacted_and_digested() {
         let c = Credential::new("topsecret");
         assert!(!format!("{c:?}{c}").contains("topsecret"));
-        assert!(std::ptr::eq(c.digest(), c.digest()));
         assert_eq!(*c.digest(), Digest::of(b"topsecret"));
         let req = get().header("x-api-key", "topsecret");
         assert!(!format!("{req:?}").contains("topsecret"));

@@ -148,6 +148,14 @@ impl Verifier for KeyFile {
         self.key.read().check(credential)
     }
 
+    fn verify_now(
+        &self,
+        credential: &Credential,
+        _ctx: &VerifyContext<'_>,
+    ) -> Option<VerifyResult> {
+        Some(self.key.read().check(credential))
+    }
+
     fn known_digests(&self) -> Option<Vec<Digest>> {
         Some(vec![self.digest()])
     }

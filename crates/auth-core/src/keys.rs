@@ -133,6 +133,14 @@ impl Verifier for StaticKey {
         self.check(credential)
     }
 
+    fn verify_now(
+        &self,
+        credential: &Credential,
+        _ctx: &VerifyContext<'_>,
+    ) -> Option<VerifyResult> {
+        Some(self.check(credential))
+    }
+
     fn known_digests(&self) -> Option<Vec<Digest>> {
         Some(vec![self.digest])
     }
@@ -243,6 +251,14 @@ impl fmt::Debug for KeySet {
 impl Verifier for KeySet {
     async fn verify(&self, credential: &Credential, _ctx: &VerifyContext<'_>) -> VerifyResult {
         self.check(credential)
+    }
+
+    fn verify_now(
+        &self,
+        credential: &Credential,
+        _ctx: &VerifyContext<'_>,
+    ) -> Option<VerifyResult> {
+        Some(self.check(credential))
     }
 
     fn known_digests(&self) -> Option<Vec<Digest>> {

@@ -9,6 +9,7 @@
 
 mod api_key;
 mod cache;
+mod clock;
 mod combinators;
 mod credential;
 mod digest;
@@ -23,9 +24,8 @@ mod store;
 mod verifier;
 
 pub use api_key::{ApiKey, ApiKeyFormat};
-pub use cache::{
-    Cache, CacheConfig, CacheEntry, Clock, Denial, FillTicket, ManualClock, SystemClock, TtlCache,
-};
+pub use cache::{Cache, CacheConfig, CacheEntry, Denial, FillTicket, TtlCache};
+pub use clock::{Clock, CoarseClock, ManualClock, SystemClock};
 pub use combinators::{Cached, Deferred, Fallback, FormatChecked};
 pub use credential::{
     Credential, CredentialSources, DEFAULT_MAX_CREDENTIAL_LEN, ExtractError, PlainRequest,

@@ -4,11 +4,12 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
+use crate::clock::nanos;
 use crate::{Clock, RateLimitPolicy, SystemClock};
 
 /// The state of a principal's rate limit after a request.
@@ -72,7 +73,6 @@ pub struct GcraLimiter {
     shards: Box<[Mutex<HashMap<String, u64>>]>,
     per_shard: usize,
     clock: Arc<dyn Clock>,
-    base: Instant,
 }
 
 impl fmt::Debug for GcraLimiter {
@@ -98,14 +98,12 @@ impl GcraLimiter {
     /// A limiter on `clock` tracking up to `max_keys` keys (idle keys are
     /// dropped first when full).
     pub fn with_clock(clock: Arc<dyn Clock>, max_keys: usize) -> Self {
-        let base = clock.now();
         Self {
             shards: (0..LIMITER_SHARDS)
                 .map(|_| Mutex::new(HashMap::new()))
                 .collect(),
             per_shard: max_keys.div_ceil(LIMITER_SHARDS).max(1),
             clock,
-            base,
         }
     }
 
@@ -117,9 +115,9 @@ impl GcraLimiter {
         &self.shards[(h as usize) % LIMITER_SHARDS]
     }
 
-    /// Decides one request at `now` (nanoseconds since the limiter's base).
+    /// Decides one request at `now` (nanoseconds of the limiter's clock).
     fn decide(&self, key: &str, policy: &RateLimitPolicy, now: u64) -> RateDecision {
-        let window = duration_nanos(policy.window);
+        let window = nanos(policy.window).min(u64::MAX / 4);
         let interval = (window / u64::from(policy.requests)).max(1);
         // Bursts of up to `requests`: a TAT may run `window - interval` ahead.
         let tolerance = window.saturating_sub(interval);
@@ -158,14 +156,10 @@ impl GcraLimiter {
     }
 }
 
-fn duration_nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 4)
-}
-
 #[async_trait]
 impl RateLimiter for GcraLimiter {
     async fn check(&self, key: &str, policy: &RateLimitPolicy) -> RateDecision {
-        let now = duration_nanos(self.clock.now().saturating_duration_since(self.base));
+        let now = nanos(self.clock.now());
         self.decide(key, policy, now)
     }
 }

@@ -78,13 +78,18 @@ pub trait KeyStore: Send + Sync {
     /// The record whose digest is `digest` (one indexed lookup).
     async fn find_by_digest(&self, digest: &Digest) -> Result<Option<KeyRecord>, StoreError>;
 
-    /// The record with this id, where the store can fetch by id cheaply.
-    /// `None` (the default) means it cannot, and caches trust their TTL.
-    fn find_by_id<'a>(
-        &'a self,
-        _id: &'a str,
-    ) -> Option<BoxFuture<'a, Result<Option<KeyRecord>, StoreError>>> {
-        None
+    /// Whether [`find_by_id`](KeyStore::find_by_id) is a cheap indexed
+    /// fetch. When it is, a cache in front re-checks every hit with it, so
+    /// the cache can never grant what the store denies; when it is not
+    /// (the default), a cache trusts its entries until their TTL.
+    fn has_find_by_id(&self) -> bool {
+        false
+    }
+
+    /// The record with this id. Only called when
+    /// [`has_find_by_id`](KeyStore::has_find_by_id) is `true`.
+    async fn find_by_id(&self, _id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        Err(StoreError("this store cannot fetch records by id".into()))
     }
 }
 
@@ -94,11 +99,12 @@ impl<S: KeyStore + ?Sized> KeyStore for Arc<S> {
         (**self).find_by_digest(digest).await
     }
 
-    fn find_by_id<'a>(
-        &'a self,
-        id: &'a str,
-    ) -> Option<BoxFuture<'a, Result<Option<KeyRecord>, StoreError>>> {
-        (**self).find_by_id(id)
+    fn has_find_by_id(&self) -> bool {
+        (**self).has_find_by_id()
+    }
+
+    async fn find_by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        (**self).find_by_id(id).await
     }
 }
 
@@ -201,12 +207,12 @@ impl KeyStore for MemoryKeyStore {
         Ok(self.inner.read().by_digest.get(digest).cloned())
     }
 
-    fn find_by_id<'a>(
-        &'a self,
-        id: &'a str,
-    ) -> Option<BoxFuture<'a, Result<Option<KeyRecord>, StoreError>>> {
-        let record = self.get(id);
-        Some(Box::pin(async move { Ok(record) }))
+    fn has_find_by_id(&self) -> bool {
+        true
+    }
+
+    async fn find_by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(self.get(id))
     }
 }
 
@@ -288,23 +294,22 @@ impl<S: KeyStore> Verifier for HashedKeyStore<S> {
         }
     }
 
+    fn rechecks(&self) -> bool {
+        self.store.has_find_by_id()
+    }
+
     fn recheck<'a>(
         &'a self,
         digest: &'a Digest,
         cached: &'a Arc<Principal>,
-    ) -> Option<BoxFuture<'a, VerifyResult>> {
-        let Some(id) = cached.key_id() else {
-            // Without a record id there is nothing cheap to re-check; a full
-            // lookup is as cheap as a miss, so ask the store by digest.
-            return Some(Box::pin(async move {
-                match self.store.find_by_digest(digest).await {
-                    Ok(record) => self.decide(digest, record),
-                    Err(_) => Err(VerifyError::Unavailable),
-                }
-            }));
+    ) -> BoxFuture<'a, VerifyResult> {
+        // By id; a principal without a record id (not made by this
+        // verifier) is looked up by digest instead.
+        let fetch = match cached.key_id() {
+            Some(id) => self.store.find_by_id(id),
+            None => self.store.find_by_digest(digest),
         };
-        let fetch = self.store.find_by_id(id)?;
-        Some(Box::pin(async move {
+        Box::pin(async move {
             match fetch.await {
                 Ok(record) => self.decide(digest, record),
                 Err(e) => {
@@ -312,7 +317,7 @@ impl<S: KeyStore> Verifier for HashedKeyStore<S> {
                     Err(VerifyError::Unavailable)
                 }
             }
-        }))
+        })
     }
 }
 
@@ -386,16 +391,16 @@ mod tests {
         store.insert(KeyRecord::new("k1", d, "svc"));
         let v = HashedKeyStore::new(store.clone());
         let p = verify(&v, "key-1").unwrap();
-        assert!(block_on(v.recheck(&d, &p).unwrap()).is_ok());
+        assert!(block_on(v.recheck(&d, &p)).is_ok());
         store.disable("k1");
         assert_eq!(
-            block_on(v.recheck(&d, &p).unwrap()).unwrap_err(),
+            block_on(v.recheck(&d, &p)).unwrap_err(),
             VerifyError::Disabled
         );
         // A record replaced under the same id by another key is not a match.
         store.insert(KeyRecord::new("k1", Digest::of(b"other"), "svc"));
         assert_eq!(
-            block_on(v.recheck(&d, &p).unwrap()).unwrap_err(),
+            block_on(v.recheck(&d, &p)).unwrap_err(),
             VerifyError::Invalid
         );
     }

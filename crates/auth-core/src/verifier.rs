@@ -203,15 +203,35 @@ pub trait Verifier: Send + Sync {
     /// Verifies `credential`.
     async fn verify(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> VerifyResult;
 
-    /// Re-checks a grant held in a cache against the live source, where
-    /// that is cheap (a fetch by id). `None` (the default) means the source
-    /// offers no such check and the cache may trust its entry until the TTL.
+    /// The answer without waiting, where the verifier holds it in memory
+    /// (in-memory keys, cache hits); `None` means "call
+    /// [`verify`](Verifier::verify)". Callers try this first, which keeps
+    /// the allocation of a boxed future off the hot path. When it answers,
+    /// it must answer exactly as `verify` would.
+    fn verify_now(
+        &self,
+        _credential: &Credential,
+        _ctx: &VerifyContext<'_>,
+    ) -> Option<VerifyResult> {
+        None
+    }
+
+    /// Whether a grant held in a cache must be re-checked against the live
+    /// source on every hit (see [`recheck`](Verifier::recheck)). `false`
+    /// (the default): the cache may trust its entry until the TTL.
+    fn rechecks(&self) -> bool {
+        false
+    }
+
+    /// Re-checks a cached grant against the live source (a cheap fetch by
+    /// id). Called only when [`rechecks`](Verifier::rechecks) is `true`; the
+    /// default trusts the cached grant.
     fn recheck<'a>(
         &'a self,
         _digest: &'a Digest,
-        _cached: &'a Arc<Principal>,
-    ) -> Option<BoxFuture<'a, VerifyResult>> {
-        None
+        cached: &'a Arc<Principal>,
+    ) -> BoxFuture<'a, VerifyResult> {
+        Box::pin(std::future::ready(Ok(Arc::clone(cached))))
     }
 
     /// The digests of every key this verifier accepts, where it knows them
@@ -253,6 +273,14 @@ where
     async fn verify(&self, credential: &Credential, _ctx: &VerifyContext<'_>) -> VerifyResult {
         (self.0)(credential)
     }
+
+    fn verify_now(
+        &self,
+        credential: &Credential,
+        _ctx: &VerifyContext<'_>,
+    ) -> Option<VerifyResult> {
+        Some((self.0)(credential))
+    }
 }
 
 #[async_trait]
@@ -261,11 +289,19 @@ impl<V: Verifier + ?Sized> Verifier for Arc<V> {
         (**self).verify(credential, ctx).await
     }
 
+    fn verify_now(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> Option<VerifyResult> {
+        (**self).verify_now(credential, ctx)
+    }
+
+    fn rechecks(&self) -> bool {
+        (**self).rechecks()
+    }
+
     fn recheck<'a>(
         &'a self,
         digest: &'a Digest,
         cached: &'a Arc<Principal>,
-    ) -> Option<BoxFuture<'a, VerifyResult>> {
+    ) -> BoxFuture<'a, VerifyResult> {
         (**self).recheck(digest, cached)
     }
 

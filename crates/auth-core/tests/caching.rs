@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use auth_core::{
-    ApiKey, ApiKeyFormat, CacheConfig, Cached, Credential, Digest, Fallback, FormatChecked,
+    ApiKey, ApiKeyFormat, Cache, CacheConfig, Cached, Credential, Digest, Fallback, FormatChecked,
     HashedKeyStore, KeyRecord, KeySet, KeyStore, MemoryKeyStore, Principal, StoreError, Verifier,
     VerifyContext, VerifyError, VerifyResult, verifier_fn,
 };
@@ -286,4 +286,51 @@ async fn fallback_only_when_primary_is_unavailable() {
     *primary_says.lock() = Err(VerifyError::Unavailable);
     assert_eq!(verify(&v, "k").await.unwrap().id(), "local");
     assert_eq!(asked.load(Ordering::SeqCst), 1);
+}
+
+/// Where a verifier answers at once, it answers as `verify` would; a cache
+/// hit that must be re-checked is never answered at once.
+#[tokio::test]
+async fn verify_now_agrees_with_verify() {
+    let store = Arc::new(MemoryKeyStore::new());
+    store.insert(KeyRecord::new("k1", Digest::of(b"good"), "svc"));
+    let keys = KeySet::new()
+        .with_key("good", Principal::new("svc"))
+        .unwrap();
+    let ctx = VerifyContext::default();
+    let cached_keys = Cached::new(keys.clone(), CacheConfig::default());
+    let cached_store = Cached::new(HashedKeyStore::new(store.clone()), CacheConfig::default());
+    let verifiers: Vec<(&str, &dyn Verifier)> = vec![
+        ("KeySet", &keys),
+        ("Cached<KeySet>", &cached_keys),
+        ("Cached<HashedKeyStore>", &cached_store),
+        ("HashedKeyStore", cached_store.inner()),
+    ];
+    for (name, v) in verifiers {
+        for key in ["good", "bad", "good", "bad"] {
+            let c = Credential::new(key);
+            let later = v.verify(&c, &ctx).await.map(|p| p.id().to_owned());
+            if let Some(now) = v.verify_now(&c, &ctx) {
+                assert_eq!(now.map(|p| p.id().to_owned()), later, "{name} {key}");
+            }
+        }
+    }
+    // The store-backed cache holds a grant but must re-check it: not now.
+    assert!(
+        cached_store
+            .verify_now(&Credential::new("good"), &ctx)
+            .is_none()
+    );
+    store.disable("k1");
+    assert_eq!(
+        verify(&cached_store, "good").await.unwrap_err(),
+        VerifyError::Disabled
+    );
+    // The in-memory set answers hits at once.
+    assert!(
+        cached_keys
+            .verify_now(&Credential::new("good"), &ctx)
+            .unwrap()
+            .is_ok()
+    );
 }

@@ -1,0 +1,128 @@
+//! auth-core's verify paths against the floor of one SHA-256.
+//! Results and targets: docs/PERFORMANCE.md.
+#![allow(missing_docs, unused_crate_dependencies)]
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use auth_benches::{XorShift, key, ready};
+use auth_core::{
+    CacheConfig, Cached, Credential, Digest, Guard, HashedKeyStore, KeyRecord, KeySet,
+    MemoryKeyStore, PlainRequest, Principal, StaticKey, Verifier, VerifyContext,
+};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+
+const MILLION: u64 = 1_000_000;
+
+fn key_set(n: u64) -> KeySet {
+    let mut set = KeySet::with_capacity(n as usize);
+    for i in 0..n {
+        set.insert_digest(Digest::of(key(i).as_bytes()), Principal::new("p"))
+            .unwrap();
+    }
+    set
+}
+
+/// Times what a request pays to verify: the presented bytes become a
+/// `Credential` (hashed once), the verifier answers as the guard asks it
+/// (`verify_now`, else `verify`), and both are dropped (the secret zeroized).
+/// Only making the bytes is left out of the timing.
+fn bench_verify(
+    c: &mut Criterion,
+    name: &str,
+    v: &dyn Verifier,
+    mut next_key: impl FnMut() -> String,
+) {
+    let ctx = VerifyContext::default();
+    c.bench_function(name, |b| {
+        b.iter_batched(
+            || next_key().into_bytes(),
+            |bytes| {
+                let cred = Credential::new(bytes);
+                let r = v
+                    .verify_now(&cred, &ctx)
+                    .unwrap_or_else(|| ready(v.verify(&cred, &ctx)));
+                assert!(r.is_ok());
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+fn floor(c: &mut Criterion) {
+    let k64 = key(7);
+    let k32 = &k64[..32];
+    c.bench_function("sha256/64B (floor)", |b| {
+        b.iter(|| Digest::of(black_box(k64.as_bytes())))
+    });
+    c.bench_function("sha256/32B", |b| {
+        b.iter(|| Digest::of(black_box(k32.as_bytes())))
+    });
+    c.bench_function("Credential::new (hash, zeroize, free)", |b| {
+        b.iter_batched(
+            || k64.clone().into_bytes(),
+            |bytes| drop(black_box(Credential::new(bytes))),
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+fn verifiers(c: &mut Criterion) {
+    let k = key(0);
+    let static_key = StaticKey::new(&k).unwrap();
+    bench_verify(c, "verify/StaticKey", &static_key, || k.clone());
+
+    let one = key_set(1);
+    bench_verify(c, "verify/KeySet/1", &one, || k.clone());
+    let thousand = key_set(1_000);
+    bench_verify(c, "verify/KeySet/1000", &thousand, || k.clone());
+    let million = key_set(MILLION);
+    bench_verify(c, "verify/KeySet/1000000 same key", &million, || k.clone());
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    bench_verify(
+        c,
+        "verify/KeySet/1000000 random keys",
+        &million,
+        move || key(rng.below(MILLION)),
+    );
+    drop(million);
+
+    let cached = Cached::new(key_set(1), CacheConfig::default());
+    ready(cached.verify(&Credential::new(k.clone()), &VerifyContext::default())).unwrap();
+    bench_verify(c, "verify/Cached<KeySet> hit", &cached, || k.clone());
+
+    let store = Arc::new(MemoryKeyStore::new());
+    store.insert(KeyRecord::new("k0", Digest::of(k.as_bytes()), "p"));
+    let hashed = HashedKeyStore::new(store.clone());
+    bench_verify(c, "verify/HashedKeyStore<Memory>", &hashed, || k.clone());
+    let cached_store = Cached::new(HashedKeyStore::new(store), CacheConfig::default());
+    ready(cached_store.verify(&Credential::new(k.clone()), &VerifyContext::default())).unwrap();
+    bench_verify(
+        c,
+        "verify/Cached<HashedKeyStore> hit (re-checked by id)",
+        &cached_store,
+        || k.clone(),
+    );
+}
+
+fn guard(c: &mut Criterion) {
+    let k = key(0);
+    let g = Guard::builder(StaticKey::new(&k).unwrap()).build().unwrap();
+    let req = PlainRequest::get("/api/items").header("x-api-key", &k);
+    c.bench_function("guard/check StaticKey (extract+verify+policy)", |b| {
+        b.iter(|| black_box(ready(g.check(black_box(&req)))))
+    });
+    let bad = PlainRequest::get("/api/items").header("x-api-key", key(1));
+    c.bench_function("guard/check StaticKey wrong key", |b| {
+        b.iter(|| black_box(ready(g.check(black_box(&bad)))))
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_secs(2));
+    targets = floor, verifiers, guard
+}
+criterion_main!(benches);
