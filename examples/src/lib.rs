@@ -106,9 +106,12 @@ fn serde_like_items(caller: &str) -> std::collections::BTreeMap<&'static str, St
 }
 
 /// The service: `/health` open, `/api/v1/items` behind `guard`.
+///
+/// `route_layer` runs the guard on matched routes only, so an unknown path
+/// is a 404 rather than a 401.
 pub fn app(guard: Guard) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/api/v1/items", get(items))
-        .layer(middleware::from_fn_with_state(guard, authenticate))
+        .route_layer(middleware::from_fn_with_state(guard, authenticate))
 }

@@ -92,6 +92,9 @@ async fn first_start_503_then_key_file_key_works() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(headers["www-authenticate"], "Bearer realm=\"api\"");
 
+    let (status, _, _) = call(&app, get("/nope").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
     // A second start loads the same key.
     let again = KeyFile::builder()
         .path(&path)
