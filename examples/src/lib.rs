@@ -115,3 +115,8 @@ pub fn app(guard: Guard) -> Router {
         .route("/api/v1/items", get(items))
         .route_layer(middleware::from_fn_with_state(guard, authenticate))
 }
+
+/// The workspace README's code, compiled and run as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct WorkspaceReadme;
