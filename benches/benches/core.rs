@@ -107,6 +107,68 @@ fn verifiers(c: &mut Criterion) {
     );
 }
 
+/// `Cached` hits from several threads at once: wall time per hit per thread.
+/// Perfect scaling keeps the time flat as threads are added; a lock convoy
+/// makes it grow. (This machine has 2 cores: 4 and 8 threads oversubscribe.)
+fn contention(c: &mut Criterion) {
+    let keys: Vec<String> = (0..64).map(key).collect();
+    let mut set = KeySet::with_capacity(keys.len());
+    for k in &keys {
+        set.insert_digest(Digest::of(k.as_bytes()), Principal::new("p"))
+            .unwrap();
+    }
+    let cached = Cached::new(set, CacheConfig::default());
+    let ctx = VerifyContext::default();
+    // Credentials made once: the timing is the hit path itself.
+    let creds: Vec<Credential> = keys.iter().map(|k| Credential::new(k.clone())).collect();
+    for c0 in &creds {
+        ready(cached.verify(c0, &ctx)).unwrap();
+    }
+    let static_key = StaticKey::new(&keys[0]).unwrap();
+    for threads in [1usize, 2] {
+        c.bench_function(&format!("contention/StaticKey, {threads} threads"), |b| {
+            b.iter_custom(|iters| {
+                let start = std::time::Instant::now();
+                std::thread::scope(|s| {
+                    for _ in 0..threads {
+                        let (static_key, creds, ctx) = (&static_key, &creds, &ctx);
+                        s.spawn(move || {
+                            for _ in 0..iters {
+                                black_box(static_key.verify_now(&creds[0], ctx));
+                            }
+                        });
+                    }
+                });
+                start.elapsed()
+            })
+        });
+    }
+    for (label, spread) in [("same key", false), ("distinct keys", true)] {
+        for threads in [1usize, 2, 4, 8] {
+            c.bench_function(
+                &format!("contention/Cached hit, {threads} threads, {label}"),
+                |b| {
+                    b.iter_custom(|iters| {
+                        let start = std::time::Instant::now();
+                        std::thread::scope(|s| {
+                            for t in 0..threads {
+                                let (cached, creds, ctx) = (&cached, &creds, &ctx);
+                                s.spawn(move || {
+                                    let cred = &creds[if spread { t * 7 % creds.len() } else { 0 }];
+                                    for _ in 0..iters {
+                                        black_box(cached.verify_now(cred, ctx));
+                                    }
+                                });
+                            }
+                        });
+                        start.elapsed()
+                    })
+                },
+            );
+        }
+    }
+}
+
 /// The parts of a cache hit besides the hash.
 fn parts(c: &mut Criterion) {
     use auth_core::{Cache, Clock, CoarseClock, SystemClock, TtlCache};
@@ -143,6 +205,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(std::time::Duration::from_millis(500))
         .measurement_time(std::time::Duration::from_secs(2));
-    targets = floor, verifiers, parts, guard
+    targets = floor, verifiers, parts, contention, guard
 }
 criterion_main!(benches);

@@ -3,11 +3,13 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::RwLock;
 
 use crate::clock::nanos;
+use crate::local;
 use crate::{Clock, CoarseClock, Digest, DigestHasher, VerifyError};
 
 /// A definite "no" that may be cached. "Could not decide"
@@ -137,6 +139,23 @@ impl Default for CacheConfig {
     }
 }
 
+/// A shard: its lock, and the version of its granted entries, readable
+/// without the lock. Aligned so that neighbouring shards' lock words (written
+/// by every locker) never share a cache line with a version (read by every hit).
+#[repr(align(128))]
+struct ShardCell<V> {
+    /// Bumped whenever a granted entry is replaced or removed, so that
+    /// per-thread copies of it stop being served.
+    granted_version: AtomicU64,
+    lock: RwLock<Shard<V>>,
+}
+
+impl<V> ShardCell<V> {
+    fn bump(&self) {
+        self.granted_version.fetch_add(1, Ordering::Release);
+    }
+}
+
 struct Shard<V> {
     // Values with their expiry, in nanoseconds of the cache's clock.
     granted: HashMap<Digest, (V, u64), DigestHasher>,
@@ -146,9 +165,11 @@ struct Shard<V> {
 
 /// The default [`Cache`]: sharded maps behind read-write locks.
 ///
-/// - Readers of different shards never meet; readers of one shard share a
-///   read lock. Eviction works on one shard at a time, so it never stalls
-///   every caller.
+/// - Hot granted entries are served from per-thread copies that are checked
+///   against the shard's version (an atomic read, no write), so many cores
+///   reading one hot key do not contend; other reads take one shard's read
+///   lock. Eviction works on one shard at a time, so it never stalls every
+///   caller.
 /// - Granted and denied entries have their own bounds and TTLs.
 /// - Expiry uses a monotonic [`Clock`]: [`CoarseClock`] by default, so an
 ///   entry may outlive its TTL by one scheduler tick (a few ms).
@@ -168,7 +189,9 @@ struct Shard<V> {
 /// assert_eq!(cache.get(&d), Some(CacheEntry::Granted("svc")));
 /// ```
 pub struct TtlCache<V> {
-    shards: Box<[RwLock<Shard<V>>]>,
+    id: u64,
+    shards: Box<[ShardCell<V>]>,
+    replicate: fn(&V) -> V,
     shard_mask: usize,
     per_shard: usize,
     per_shard_negative: usize,
@@ -190,7 +213,7 @@ impl<V> fmt::Debug for TtlCache<V> {
 /// How many entries an eviction looks at before choosing one.
 const EVICTION_SAMPLE: usize = 8;
 
-impl<V: Clone + Send + Sync> TtlCache<V> {
+impl<V: Clone + Send + Sync + 'static> TtlCache<V> {
     /// A cache on the [`CoarseClock`].
     pub fn new(config: CacheConfig) -> Self {
         Self::with_clock(config, Arc::new(CoarseClock))
@@ -203,15 +226,18 @@ impl<V: Clone + Send + Sync> TtlCache<V> {
         let per_shard_negative = config.negative_capacity.div_ceil(shards).max(1);
         let hasher = DigestHasher::new();
         let shards: Box<[_]> = (0..shards)
-            .map(|_| {
-                RwLock::new(Shard {
+            .map(|_| ShardCell {
+                granted_version: AtomicU64::new(0),
+                lock: RwLock::new(Shard {
                     granted: HashMap::with_hasher(hasher),
                     denied: HashMap::with_hasher(hasher),
                     generation: 0,
-                })
+                }),
             })
             .collect();
         Self {
+            id: local::new_owner(),
+            replicate: V::clone,
             shard_mask: shards.len() - 1,
             shards,
             per_shard,
@@ -222,13 +248,22 @@ impl<V: Clone + Send + Sync> TtlCache<V> {
         }
     }
 
+    /// How a thread makes its private copy of a hot value (default:
+    /// `Clone::clone`). For `Arc` values give a deep copy, e.g.
+    /// `|p| Arc::new((**p).clone())`, so that threads do not share the
+    /// reference count.
+    pub fn with_replicate(mut self, replicate: fn(&V) -> V) -> Self {
+        self.replicate = replicate;
+        self
+    }
+
     /// The clock this cache reads.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
     }
 
     #[inline]
-    fn shard(&self, digest: &Digest) -> &RwLock<Shard<V>> {
+    fn shard(&self, digest: &Digest) -> &ShardCell<V> {
         // The last byte picks the shard; the maps hash the first eight.
         &self.shards[usize::from(digest.as_bytes()[31]) & self.shard_mask]
     }
@@ -236,7 +271,7 @@ impl<V: Clone + Send + Sync> TtlCache<V> {
 
 /// Removes one entry from a full map: an expired one among a small sample if
 /// there is one, else the sampled one closest to expiry.
-fn evict_one<T>(map: &mut HashMap<Digest, (T, u64), DigestHasher>, now: u64) {
+fn evict_one<T>(map: &mut HashMap<Digest, (T, u64), DigestHasher>, now: u64) -> bool {
     let victim = map
         .iter()
         .take(EVICTION_SAMPLE)
@@ -248,18 +283,32 @@ fn evict_one<T>(map: &mut HashMap<Digest, (T, u64), DigestHasher>, now: u64) {
             }
         })
         .map(|(d, _)| *d);
-    if let Some(d) = victim {
-        map.remove(&d);
-    }
+    victim.is_some_and(|d| map.remove(&d).is_some())
 }
 
-impl<V: Clone + Send + Sync> Cache<V> for TtlCache<V> {
+impl<V: Clone + Send + Sync + 'static> Cache<V> for TtlCache<V> {
     #[inline]
     fn get(&self, digest: &Digest) -> Option<CacheEntry<V>> {
         let now = nanos(self.clock.now());
-        let shard = self.shard(digest).read();
+        let cell = self.shard(digest);
+        let version = cell.granted_version.load(Ordering::Acquire);
+        if let Some(v) = local::get::<V>(self.id, digest, version, now) {
+            return Some(CacheEntry::Granted(v));
+        }
+        let shard = cell.lock.read();
         if let Some((v, expires)) = shard.granted.get(digest) {
-            return (now < *expires).then(|| CacheEntry::Granted(v.clone()));
+            if now >= *expires {
+                return None;
+            }
+            let (value, expires) = (v.clone(), *expires);
+            // Writers bump the version under the write lock: read under the
+            // read lock, it matches the entry just read.
+            let version = cell.granted_version.load(Ordering::Acquire);
+            drop(shard);
+            local::offer(self.id, digest, version, expires, || {
+                (self.replicate)(&value)
+            });
+            return Some(CacheEntry::Granted(value));
         }
         match shard.denied.get(digest) {
             Some((d, expires)) if now < *expires => Some(CacheEntry::Denied(*d)),
@@ -270,29 +319,34 @@ impl<V: Clone + Send + Sync> Cache<V> for TtlCache<V> {
     fn ticket(&self, digest: &Digest) -> FillTicket {
         FillTicket {
             digest: *digest,
-            generation: self.shard(digest).read().generation,
+            generation: self.shard(digest).lock.read().generation,
         }
     }
 
     fn fill(&self, ticket: FillTicket, entry: CacheEntry<V>) -> bool {
         let now = nanos(self.clock.now());
-        let mut shard = self.shard(&ticket.digest).write();
+        let cell = self.shard(&ticket.digest);
+        let mut shard = cell.lock.write();
         if shard.generation != ticket.generation {
             return false;
         }
         let d = ticket.digest;
+        let mut granted_changed = false;
         match entry {
             CacheEntry::Granted(v) => {
                 shard.denied.remove(&d);
                 if !shard.granted.contains_key(&d) && shard.granted.len() >= self.per_shard {
-                    evict_one(&mut shard.granted, now);
+                    granted_changed |= evict_one(&mut shard.granted, now);
                 }
-                shard.granted.insert(d, (v, now.saturating_add(self.ttl)));
+                granted_changed |= shard
+                    .granted
+                    .insert(d, (v, now.saturating_add(self.ttl)))
+                    .is_some();
             }
             CacheEntry::Denied(denial) => {
                 // The newer answer wins: a denial drops any grant held for
                 // the digest (on doubt, deny).
-                shard.granted.remove(&d);
+                granted_changed |= shard.granted.remove(&d).is_some();
                 if !shard.denied.contains_key(&d) && shard.denied.len() >= self.per_shard_negative {
                     evict_one(&mut shard.denied, now);
                 }
@@ -301,30 +355,36 @@ impl<V: Clone + Send + Sync> Cache<V> for TtlCache<V> {
                     .insert(d, (denial, now.saturating_add(self.negative_ttl)));
             }
         }
+        if granted_changed {
+            cell.bump();
+        }
         true
     }
 
     fn invalidate(&self, digest: &Digest) {
-        let mut shard = self.shard(digest).write();
+        let cell = self.shard(digest);
+        let mut shard = cell.lock.write();
         shard.granted.remove(digest);
         shard.denied.remove(digest);
         shard.generation = shard.generation.wrapping_add(1);
+        cell.bump();
     }
 
     fn clear(&self) {
-        for shard in self.shards.iter() {
-            let mut shard = shard.write();
+        for cell in self.shards.iter() {
+            let mut shard = cell.lock.write();
             shard.granted.clear();
             shard.denied.clear();
             shard.generation = shard.generation.wrapping_add(1);
+            cell.bump();
         }
     }
 
     fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| {
-                let s = s.read();
+            .map(|cell| {
+                let s = cell.lock.read();
                 s.granted.len() + s.denied.len()
             })
             .sum()
@@ -453,6 +513,71 @@ mod tests {
             put(&c, &Digest::of(&[100 + i]), CacheEntry::Granted(2));
         }
         assert_eq!(c.get(&keep), Some(CacheEntry::Granted(1)));
+    }
+
+    /// Hot entries are served from per-thread copies; every change that
+    /// removes or replaces a grant must reach those copies at once.
+    #[test]
+    fn per_thread_copies_never_outlive_a_change() {
+        let clock = Arc::new(ManualClock::new());
+        let c = Arc::new(cache(&clock, CacheConfig::default()));
+        let d = Digest::of(b"hot");
+        let warm = |c: &TtlCache<u32>| {
+            for _ in 0..3 {
+                assert_eq!(c.get(&d), Some(CacheEntry::Granted(1)));
+            }
+        };
+        // invalidate, from another thread
+        put(&c, &d, CacheEntry::Granted(1));
+        warm(&c);
+        let other = Arc::clone(&c);
+        std::thread::spawn(move || other.invalidate(&d)).join().unwrap();
+        assert_eq!(c.get(&d), None, "invalidated grant served from a thread copy");
+        // a denial replacing the grant
+        put(&c, &d, CacheEntry::Granted(1));
+        warm(&c);
+        assert!(put(&c, &d, CacheEntry::Denied(Denial::Disabled)));
+        assert_eq!(c.get(&d), Some(CacheEntry::Denied(Denial::Disabled)));
+        // a new grant replacing the old one
+        c.invalidate(&d);
+        put(&c, &d, CacheEntry::Granted(1));
+        warm(&c);
+        put(&c, &d, CacheEntry::Granted(2));
+        assert_eq!(c.get(&d), Some(CacheEntry::Granted(2)));
+        // clear
+        warm_value(&c, &d, 2);
+        c.clear();
+        assert_eq!(c.get(&d), None);
+        // expiry
+        put(&c, &d, CacheEntry::Granted(3));
+        warm_value(&c, &d, 3);
+        clock.advance(CacheConfig::default().ttl);
+        assert_eq!(c.get(&d), None, "expired grant served from a thread copy");
+    }
+
+    fn warm_value(c: &TtlCache<u32>, d: &Digest, v: u32) {
+        for _ in 0..3 {
+            assert_eq!(c.get(d), Some(CacheEntry::Granted(v)));
+        }
+    }
+
+    #[test]
+    fn eviction_reaches_thread_copies() {
+        let clock = Arc::new(ManualClock::new());
+        let c = cache(
+            &clock,
+            CacheConfig {
+                capacity: 1,
+                shards: 1,
+                ..CacheConfig::default()
+            },
+        );
+        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+        put(&c, &a, CacheEntry::Granted(1));
+        warm_value(&c, &a, 1);
+        put(&c, &b, CacheEntry::Granted(2)); // evicts a
+        assert_eq!(c.get(&a), None, "evicted entry served from a thread copy");
+        assert_eq!(c.get(&b), Some(CacheEntry::Granted(2)));
     }
 
     #[test]

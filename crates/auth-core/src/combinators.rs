@@ -44,9 +44,12 @@ pub struct Cached<V, C = TtlCache<Arc<Principal>>> {
 }
 
 impl<V: Verifier> Cached<V> {
-    /// `inner` behind a [`TtlCache`] with `config`.
+    /// `inner` behind a [`TtlCache`] with `config`. Threads keep private
+    /// copies of hot principals, so they never share a reference count.
     pub fn new(inner: V, config: CacheConfig) -> Self {
-        Self::with_cache(inner, TtlCache::new(config))
+        let cache: TtlCache<Arc<Principal>> =
+            TtlCache::new(config).with_replicate(|p| Arc::new(Principal::clone(p)));
+        Self::with_cache(inner, cache)
     }
 }
 

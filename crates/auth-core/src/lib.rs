@@ -17,6 +17,7 @@ mod error;
 mod guard;
 mod key_file;
 mod keys;
+mod local;
 mod metrics;
 mod rate_limit;
 mod rejection;
