@@ -197,7 +197,8 @@ pub struct TtlCache<V> {
     per_shard_negative: usize,
     ttl: u64,
     negative_ttl: u64,
-    clock: Arc<dyn Clock>,
+    /// `None`: the [`CoarseClock`], called directly on the hit path.
+    clock: Option<Arc<dyn Clock>>,
 }
 
 impl<V> fmt::Debug for TtlCache<V> {
@@ -216,11 +217,15 @@ const EVICTION_SAMPLE: usize = 8;
 impl<V: Clone + Send + Sync + 'static> TtlCache<V> {
     /// A cache on the [`CoarseClock`].
     pub fn new(config: CacheConfig) -> Self {
-        Self::with_clock(config, Arc::new(CoarseClock))
+        Self::build(config, None)
     }
 
     /// A cache on the given clock.
     pub fn with_clock(config: CacheConfig, clock: Arc<dyn Clock>) -> Self {
+        Self::build(config, Some(clock))
+    }
+
+    fn build(config: CacheConfig, clock: Option<Arc<dyn Clock>>) -> Self {
         let shards = config.shards.clamp(1, 1 << 16).next_power_of_two();
         let per_shard = config.capacity.div_ceil(shards).max(1);
         let per_shard_negative = config.negative_capacity.div_ceil(shards).max(1);
@@ -257,9 +262,12 @@ impl<V: Clone + Send + Sync + 'static> TtlCache<V> {
         self
     }
 
-    /// The clock this cache reads.
-    pub fn clock(&self) -> &Arc<dyn Clock> {
-        &self.clock
+    #[inline]
+    fn now(&self) -> u64 {
+        nanos(match &self.clock {
+            None => CoarseClock.now(),
+            Some(clock) => clock.now(),
+        })
     }
 
     #[inline]
@@ -289,7 +297,7 @@ fn evict_one<T>(map: &mut HashMap<Digest, (T, u64), DigestHasher>, now: u64) -> 
 impl<V: Clone + Send + Sync + 'static> Cache<V> for TtlCache<V> {
     #[inline]
     fn get(&self, digest: &Digest) -> Option<CacheEntry<V>> {
-        let now = nanos(self.clock.now());
+        let now = self.now();
         let cell = self.shard(digest);
         let version = cell.granted_version.load(Ordering::Acquire);
         if let Some(v) = local::get::<V>(self.id, digest, version, now) {
@@ -324,7 +332,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> for TtlCache<V> {
     }
 
     fn fill(&self, ticket: FillTicket, entry: CacheEntry<V>) -> bool {
-        let now = nanos(self.clock.now());
+        let now = self.now();
         let cell = self.shard(&ticket.digest);
         let mut shard = cell.lock.write();
         if shard.generation != ticket.generation {
@@ -531,8 +539,14 @@ mod tests {
         put(&c, &d, CacheEntry::Granted(1));
         warm(&c);
         let other = Arc::clone(&c);
-        std::thread::spawn(move || other.invalidate(&d)).join().unwrap();
-        assert_eq!(c.get(&d), None, "invalidated grant served from a thread copy");
+        std::thread::spawn(move || other.invalidate(&d))
+            .join()
+            .unwrap();
+        assert_eq!(
+            c.get(&d),
+            None,
+            "invalidated grant served from a thread copy"
+        );
         // a denial replacing the grant
         put(&c, &d, CacheEntry::Granted(1));
         warm(&c);

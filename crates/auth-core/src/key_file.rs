@@ -6,12 +6,15 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use parking_lot::RwLock;
 use zeroize::Zeroizing;
 
 use crate::keys::StaticKey;
+use crate::local;
 use crate::{Credential, Digest, Error, Principal, Verifier, VerifyContext, VerifyResult};
 
 /// The environment variable that overrides the key file's path by default.
@@ -55,7 +58,11 @@ const KEY_HEX_LEN: usize = KEY_BYTES * 2;
 /// ```
 pub struct KeyFile {
     path: PathBuf,
-    key: RwLock<StaticKey>,
+    key: RwLock<Arc<StaticKey>>,
+    /// Bumped under the write lock on every rotation or reload, so that
+    /// per-thread copies of the key are dropped at once.
+    version: AtomicU64,
+    owner: u64,
     principal: Principal,
     created: bool,
 }
@@ -113,7 +120,7 @@ impl KeyFile {
         }
         renamed?;
         sync_parent(&self.path)?;
-        *self.key.write() = self.static_key(&key);
+        self.replace(&key);
         tracing::info!(path = %self.path.display(), "API key rotated");
         Ok(())
     }
@@ -124,12 +131,35 @@ impl KeyFile {
             path: self.path.clone(),
             source: std::io::ErrorKind::NotFound.into(),
         })?;
-        *self.key.write() = self.static_key(&key);
+        self.replace(&key);
         Ok(())
     }
 
-    fn static_key(&self, key: &[u8]) -> StaticKey {
-        StaticKey::from_digest(Digest::of(key)).principal(self.principal.clone())
+    fn replace(&self, key: &[u8]) {
+        let new =
+            Arc::new(StaticKey::from_digest(Digest::of(key)).principal(self.principal.clone()));
+        let mut current = self.key.write();
+        *current = new;
+        self.version.fetch_add(1, Ordering::Release);
+    }
+
+    /// The current key: this thread's copy while no rotation happened, so
+    /// that threads do not contend on the lock.
+    #[inline]
+    fn current(&self) -> Arc<StaticKey> {
+        const SLOT: Digest = Digest::from_bytes([0; 32]);
+        let version = self.version.load(Ordering::Acquire);
+        if let Some(key) = local::get::<Arc<StaticKey>>(self.owner, &SLOT, version, 0) {
+            return key;
+        }
+        let guard = self.key.read();
+        let key = Arc::clone(&guard);
+        let version = self.version.load(Ordering::Acquire);
+        drop(guard);
+        local::offer(self.owner, &SLOT, version, u64::MAX, || {
+            Arc::new(StaticKey::clone(&key))
+        });
+        key
     }
 }
 
@@ -145,7 +175,7 @@ impl fmt::Debug for KeyFile {
 #[async_trait]
 impl Verifier for KeyFile {
     async fn verify(&self, credential: &Credential, _ctx: &VerifyContext<'_>) -> VerifyResult {
-        self.key.read().check(credential)
+        self.current().check(credential)
     }
 
     fn verify_now(
@@ -153,7 +183,7 @@ impl Verifier for KeyFile {
         credential: &Credential,
         _ctx: &VerifyContext<'_>,
     ) -> Option<VerifyResult> {
-        Some(self.key.read().check(credential))
+        Some(self.current().check(credential))
     }
 
     fn known_digests(&self) -> Option<Vec<Digest>> {
@@ -221,9 +251,11 @@ impl KeyFileBuilder {
             tracing::info!(path = %path.display(), "API key loaded");
         }
         let key_file = KeyFile {
-            key: RwLock::new(
+            key: RwLock::new(Arc::new(
                 StaticKey::from_digest(Digest::of(&key)).principal(self.principal.clone()),
-            ),
+            )),
+            version: AtomicU64::new(0),
+            owner: local::new_owner(),
             path,
             principal: self.principal,
             created,
@@ -421,7 +453,7 @@ mod tests {
     }
 
     fn verify(kf: &KeyFile, key: &[u8]) -> bool {
-        kf.key.read().check(&Credential::new(key)).is_ok()
+        kf.current().check(&Credential::new(key)).is_ok()
     }
 
     #[test]
@@ -556,6 +588,10 @@ mod tests {
         let path = dir.path().join("key");
         let kf = builder(&path).load_or_create().unwrap();
         let old = fs::read(&path).unwrap();
+        // Warm this thread's copy of the key: rotation must reach it too.
+        for _ in 0..3 {
+            assert!(verify(&kf, &old));
+        }
         kf.rotate().unwrap();
         let new = fs::read(&path).unwrap();
         assert_ne!(old, new);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::local;
 use crate::{
     Credential, Digest, DigestHasher, Error, Principal, Verifier, VerifyContext, VerifyError,
     VerifyResult,
@@ -35,6 +36,8 @@ pub const DEFAULT_STATIC_PRINCIPAL: &str = "service";
 pub struct StaticKey {
     digest: Digest,
     principal: Arc<Principal>,
+    /// Identifies this key's (immutable) contents to per-thread copies.
+    owner: u64,
 }
 
 impl StaticKey {
@@ -52,6 +55,7 @@ impl StaticKey {
         Self {
             digest,
             principal: Arc::new(Principal::new(DEFAULT_STATIC_PRINCIPAL)),
+            owner: local::new_owner(),
         }
     }
 
@@ -90,6 +94,7 @@ impl StaticKey {
     /// Sets the principal granted to holders of the key.
     pub fn principal(mut self, principal: Principal) -> Self {
         self.principal = Arc::new(principal);
+        self.owner = local::new_owner();
         self
     }
 
@@ -111,7 +116,7 @@ impl StaticKey {
     #[inline]
     pub(crate) fn check(&self, credential: &Credential) -> VerifyResult {
         if bool::from(self.digest.ct_eq(credential.digest())) {
-            Ok(Arc::clone(&self.principal))
+            Ok(local::principal(self.owner, &self.digest, &self.principal))
         } else {
             Err(VerifyError::Invalid)
         }
@@ -168,9 +173,17 @@ impl Verifier for StaticKey {
 /// }
 /// assert_eq!(keys.len(), 2);
 /// ```
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct KeySet {
     keys: HashMap<Digest, Arc<Principal>, DigestHasher>,
+    /// Identifies the set's contents to per-thread copies; renewed on change.
+    owner: u64,
+}
+
+impl Default for KeySet {
+    fn default() -> Self {
+        Self::with_capacity(0)
+    }
 }
 
 impl KeySet {
@@ -183,6 +196,7 @@ impl KeySet {
     pub fn with_capacity(n: usize) -> Self {
         Self {
             keys: HashMap::with_capacity_and_hasher(n, DigestHasher::new()),
+            owner: local::new_owner(),
         }
     }
 
@@ -210,6 +224,7 @@ impl KeySet {
             }),
             Entry::Vacant(v) => {
                 v.insert(Arc::new(principal));
+                self.owner = local::new_owner();
                 Ok(())
             }
         }
@@ -217,6 +232,7 @@ impl KeySet {
 
     /// Removes a key by digest; returns whether it was present.
     pub fn remove_digest(&mut self, digest: &Digest) -> bool {
+        self.owner = local::new_owner();
         self.keys.remove(digest).is_some()
     }
 
@@ -232,10 +248,14 @@ impl KeySet {
 
     #[inline]
     pub(crate) fn check(&self, credential: &Credential) -> VerifyResult {
-        self.keys
-            .get(credential.digest())
-            .cloned()
-            .ok_or(VerifyError::Invalid)
+        let digest = credential.digest();
+        // A thread copy exists only for a key found in this very set (the
+        // owner id changes with the contents): it proves membership.
+        if let Some(p) = local::get::<Arc<Principal>>(self.owner, digest, 0, 0) {
+            return Ok(p);
+        }
+        let shared = self.keys.get(digest).ok_or(VerifyError::Invalid)?;
+        Ok(local::principal(self.owner, digest, shared))
     }
 }
 
@@ -340,6 +360,27 @@ mod tests {
         assert!(set.remove_digest(&Digest::of(b"k1")));
         assert!(set.check(&Credential::new("k1")).is_err());
         assert!(set.is_empty());
+    }
+
+    #[test]
+    fn changes_are_never_hidden_by_thread_copies() {
+        let mut set = KeySet::new().with_key("k1", Principal::new("one")).unwrap();
+        for _ in 0..3 {
+            assert_eq!(set.check(&Credential::new("k1")).unwrap().id(), "one");
+        }
+        assert!(set.remove_digest(&Digest::of(b"k1")));
+        assert!(set.check(&Credential::new("k1")).is_err());
+        set.insert_digest(Digest::of(b"k1"), Principal::new("two"))
+            .unwrap();
+        assert_eq!(set.check(&Credential::new("k1")).unwrap().id(), "two");
+
+        let key = StaticKey::new("s").unwrap().principal_id("a");
+        for _ in 0..3 {
+            assert_eq!(key.check(&Credential::new("s")).unwrap().id(), "a");
+        }
+        let renamed = key.clone().principal_id("b");
+        assert_eq!(renamed.check(&Credential::new("s")).unwrap().id(), "b");
+        assert_eq!(key.check(&Credential::new("s")).unwrap().id(), "a");
     }
 
     #[test]

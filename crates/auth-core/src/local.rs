@@ -15,9 +15,10 @@
 
 use std::any::Any;
 use std::cell::RefCell;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::Digest;
+use crate::{Digest, Principal};
 
 /// Slots per thread (a power of two).
 const SLOTS: usize = 256;
@@ -107,6 +108,19 @@ pub(crate) fn offer<V: 'static>(
             value: seen_before.then(|| Box::new(replicate()) as Box<dyn Any>),
         });
     });
+}
+
+/// This thread's copy of `shared`, the principal that `owner` grants for
+/// `key` and never changes while `owner` lives (owners that change take a
+/// new owner id). Threads then never share its reference count.
+#[inline]
+pub(crate) fn principal(owner: u64, key: &Digest, shared: &Arc<Principal>) -> Arc<Principal> {
+    get::<Arc<Principal>>(owner, key, 0, 0).unwrap_or_else(|| {
+        offer(owner, key, 0, u64::MAX, || {
+            Arc::new(Principal::clone(shared))
+        });
+        Arc::clone(shared)
+    })
 }
 
 #[cfg(test)]
