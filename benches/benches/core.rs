@@ -128,45 +128,44 @@ fn contention(c: &mut Criterion) {
     for threads in [1usize, 2] {
         c.bench_function(&format!("contention/StaticKey, {threads} threads"), |b| {
             b.iter_custom(|iters| {
-                let start = std::time::Instant::now();
-                std::thread::scope(|s| {
-                    for _ in 0..threads {
-                        let (static_key, creds, ctx) = (&static_key, &creds, &ctx);
-                        s.spawn(move || {
-                            for _ in 0..iters {
-                                black_box(static_key.verify_now(&creds[0], ctx));
-                            }
-                        });
-                    }
-                });
-                start.elapsed()
+                on_threads(threads, iters, |_| static_key.verify_now(&creds[0], &ctx))
             })
         });
     }
     for (label, spread) in [("same key", false), ("distinct keys", true)] {
         for threads in [1usize, 2, 4, 8] {
-            c.bench_function(
-                &format!("contention/Cached hit, {threads} threads, {label}"),
-                |b| {
-                    b.iter_custom(|iters| {
-                        let start = std::time::Instant::now();
-                        std::thread::scope(|s| {
-                            for t in 0..threads {
-                                let (cached, creds, ctx) = (&cached, &creds, &ctx);
-                                s.spawn(move || {
-                                    let cred = &creds[if spread { t * 7 % creds.len() } else { 0 }];
-                                    for _ in 0..iters {
-                                        black_box(cached.verify_now(cred, ctx));
-                                    }
-                                });
-                            }
-                        });
-                        start.elapsed()
+            let name = format!("contention/Cached hit, {threads} threads, {label}");
+            c.bench_function(&name, |b| {
+                b.iter_custom(|iters| {
+                    on_threads(threads, iters, |t| {
+                        let cred = &creds[if spread { t * 7 % creds.len() } else { 0 }];
+                        cached.verify_now(cred, &ctx)
                     })
-                },
-            );
+                })
+            });
         }
     }
+}
+
+/// Runs `work(thread index)` `iters` times on each of `threads` threads at
+/// once; the wall time of the whole.
+fn on_threads<T>(
+    threads: usize,
+    iters: u64,
+    work: impl Fn(usize) -> T + Sync,
+) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let work = &work;
+            s.spawn(move || {
+                for _ in 0..iters {
+                    black_box(work(t));
+                }
+            });
+        }
+    });
+    start.elapsed()
 }
 
 /// The parts of a cache hit besides the hash.

@@ -9,13 +9,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use async_trait::async_trait;
 use parking_lot::RwLock;
 use zeroize::Zeroizing;
 
 use crate::keys::StaticKey;
 use crate::local;
-use crate::{Credential, Digest, Error, Principal, Verifier, VerifyContext, VerifyResult};
+use crate::{Credential, Digest, Error, Principal, VerifyResult};
 
 /// The environment variable that overrides the key file's path by default.
 pub const DEFAULT_KEY_FILE_ENV: &str = "AUTH_API_KEY_FILE";
@@ -143,6 +142,11 @@ impl KeyFile {
         self.version.fetch_add(1, Ordering::Release);
     }
 
+    #[inline]
+    fn check(&self, credential: &Credential) -> VerifyResult {
+        self.current().check(credential)
+    }
+
     /// The current key: this thread's copy while no rotation happened, so
     /// that threads do not contend on the lock.
     #[inline]
@@ -172,24 +176,7 @@ impl fmt::Debug for KeyFile {
     }
 }
 
-#[async_trait]
-impl Verifier for KeyFile {
-    async fn verify(&self, credential: &Credential, _ctx: &VerifyContext<'_>) -> VerifyResult {
-        self.current().check(credential)
-    }
-
-    fn verify_now(
-        &self,
-        credential: &Credential,
-        _ctx: &VerifyContext<'_>,
-    ) -> Option<VerifyResult> {
-        Some(self.current().check(credential))
-    }
-
-    fn known_digests(&self) -> Option<Vec<Digest>> {
-        Some(vec![self.digest()])
-    }
-}
+crate::keys::in_memory_verifier!(KeyFile, |key_file| vec![key_file.digest()]);
 
 impl KeyFileBuilder {
     /// The key file's path (an environment override still wins).
@@ -453,7 +440,7 @@ mod tests {
     }
 
     fn verify(kf: &KeyFile, key: &[u8]) -> bool {
-        kf.current().check(&Credential::new(key)).is_ok()
+        kf.check(&Credential::new(key)).is_ok()
     }
 
     #[test]

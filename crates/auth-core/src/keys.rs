@@ -4,13 +4,39 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use async_trait::async_trait;
-
 use crate::local;
-use crate::{
-    Credential, Digest, DigestHasher, Error, Principal, Verifier, VerifyContext, VerifyError,
-    VerifyResult,
-};
+use crate::{Credential, Digest, DigestHasher, Error, Principal, VerifyError, VerifyResult};
+
+/// The `Verifier` of a verifier that answers from memory through its
+/// `check(&Credential)`: at once, and the same from `verify`.
+macro_rules! in_memory_verifier {
+    ($ty:ty, |$this:ident| $digests:expr) => {
+        #[async_trait::async_trait]
+        impl $crate::Verifier for $ty {
+            async fn verify(
+                &self,
+                credential: &$crate::Credential,
+                _ctx: &$crate::VerifyContext<'_>,
+            ) -> $crate::VerifyResult {
+                self.check(credential)
+            }
+
+            fn verify_now(
+                &self,
+                credential: &$crate::Credential,
+                _ctx: &$crate::VerifyContext<'_>,
+            ) -> Option<$crate::VerifyResult> {
+                Some(self.check(credential))
+            }
+
+            fn known_digests(&self) -> Option<Vec<$crate::Digest>> {
+                let $this = self;
+                Some($digests)
+            }
+        }
+    };
+}
+pub(crate) use in_memory_verifier;
 
 /// The principal id given to a [`StaticKey`] unless another is set.
 pub const DEFAULT_STATIC_PRINCIPAL: &str = "service";
@@ -132,24 +158,7 @@ impl fmt::Debug for StaticKey {
     }
 }
 
-#[async_trait]
-impl Verifier for StaticKey {
-    async fn verify(&self, credential: &Credential, _ctx: &VerifyContext<'_>) -> VerifyResult {
-        self.check(credential)
-    }
-
-    fn verify_now(
-        &self,
-        credential: &Credential,
-        _ctx: &VerifyContext<'_>,
-    ) -> Option<VerifyResult> {
-        Some(self.check(credential))
-    }
-
-    fn known_digests(&self) -> Option<Vec<Digest>> {
-        Some(vec![self.digest])
-    }
-}
+in_memory_verifier!(StaticKey, |key| vec![key.digest]);
 
 /// Several keys valid at once, each with its own principal: rotation (old
 /// and new both valid during a roll-over) and one key per caller.
@@ -267,24 +276,7 @@ impl fmt::Debug for KeySet {
     }
 }
 
-#[async_trait]
-impl Verifier for KeySet {
-    async fn verify(&self, credential: &Credential, _ctx: &VerifyContext<'_>) -> VerifyResult {
-        self.check(credential)
-    }
-
-    fn verify_now(
-        &self,
-        credential: &Credential,
-        _ctx: &VerifyContext<'_>,
-    ) -> Option<VerifyResult> {
-        Some(self.check(credential))
-    }
-
-    fn known_digests(&self) -> Option<Vec<Digest>> {
-        Some(self.keys.keys().copied().collect())
-    }
-}
+in_memory_verifier!(KeySet, |set| set.keys.keys().copied().collect());
 
 #[cfg(test)]
 mod tests {
