@@ -61,7 +61,9 @@ pub(crate) fn get<V: Clone + 'static>(
 ) -> Option<V> {
     TABLE
         .try_with(|table| {
-            let table = table.borrow();
+            // try_borrow: a value's Drop running inside `offer` must not
+            // turn a lookup into a panic.
+            let table = table.try_borrow().ok()?;
             let slot = table.get(index(owner, key))?.as_ref()?;
             if slot.owner != owner || slot.version != version || now >= slot.expires {
                 return None;

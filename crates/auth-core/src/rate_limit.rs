@@ -117,8 +117,9 @@ impl GcraLimiter {
 
     /// Decides one request at `now` (nanoseconds of the limiter's clock).
     fn decide(&self, key: &str, policy: &RateLimitPolicy, now: u64) -> RateDecision {
-        let window = nanos(policy.window).min(u64::MAX / 4);
-        let interval = (window / u64::from(policy.requests)).max(1);
+        // The fields are public: guard against a hand-built zero policy.
+        let window = nanos(policy.window).clamp(1, u64::MAX / 4);
+        let interval = (window / u64::from(policy.requests.max(1))).max(1);
         // Bursts of up to `requests`: a TAT may run `window - interval` ahead.
         let tolerance = window.saturating_sub(interval);
         let mut map = self.shard(key).lock();
@@ -220,6 +221,18 @@ mod tests {
             block_on(l.check("b", &p)),
             RateDecision::Allowed(_)
         ));
+    }
+
+    #[test]
+    fn hand_built_zero_policy_never_panics() {
+        let l = GcraLimiter::new();
+        let zero = RateLimitPolicy {
+            requests: 0,
+            window: Duration::ZERO,
+        };
+        for _ in 0..3 {
+            let _ = block_on(l.check("z", &zero));
+        }
     }
 
     #[test]
