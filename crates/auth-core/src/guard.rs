@@ -375,6 +375,37 @@ impl Guard {
         }
     }
 
+    /// The decision for a route that requires `scope`, for a request this
+    /// guard already let through: `principal` if it was authenticated, else
+    /// `passed`, why it passed without one. A public path, a preflight, open
+    /// mode and report-only passes need no scope; in report-only mode a
+    /// missing scope is logged and counted, not refused. A request that
+    /// reached the route without either was never checked: 401.
+    pub fn route_scope(
+        &self,
+        principal: Option<&Principal>,
+        passed: Option<PassReason>,
+        scope: &str,
+    ) -> Result<(), Rejection> {
+        match (principal, passed) {
+            (Some(p), _) => match self.check_scope(p, scope) {
+                Err(rejection) if self.mode() == Mode::ReportOnly => {
+                    self.shared.counters.count(Outcome::ReportOnly);
+                    tracing::warn!(target: "auth_core", keyring = %self.shared.keyring,
+                        principal = p.id(), scope, "report-only: request would have been refused (scope)");
+                    drop(rejection);
+                    Ok(())
+                }
+                decided => decided,
+            },
+            (None, Some(_)) => Ok(()),
+            (None, None) => {
+                self.shared.counters.count(Outcome::Missing);
+                Err(self.rejection(RejectionKind::Missing))
+            }
+        }
+    }
+
     /// A rejection of `kind` with this guard's realm and retry hints. For
     /// adapters that must refuse on their own grounds (none should need to).
     pub fn rejection(&self, kind: RejectionKind) -> Rejection {

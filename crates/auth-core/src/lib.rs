@@ -24,6 +24,9 @@ mod rejection;
 mod store;
 mod verifier;
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 pub use api_key::{ApiKey, ApiKeyFormat};
 pub use cache::{Cache, CacheConfig, CacheEntry, Denial, FillTicket, TtlCache};
 pub use clock::{Clock, CoarseClock, ManualClock, SystemClock};

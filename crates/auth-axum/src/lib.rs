@@ -1,0 +1,296 @@
+#![cfg_attr(any(doc, test), doc = include_str!("../README.md"))]
+#![cfg_attr(not(any(doc, test)), doc = "axum / tower adapter for auth-core.")]
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(unused_crate_dependencies))]
+
+use std::future::Future;
+use std::ops::Deref;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use auth_core::{Decision, Guard, PassReason, Principal, Rejection, RejectionKind, RequestView};
+use axum::extract::{FromRequestParts, OptionalFromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use axum::response::IntoResponse;
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// A request's parts seen through auth-core's [`RequestView`]. It borrows
+/// the parts, not the request: a body is not `Sync`, and the guard's future
+/// must stay `Send`.
+struct View<'a> {
+    method: &'a Method,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+}
+
+impl RequestView for View<'_> {
+    fn method(&self) -> &str {
+        self.method.as_str()
+    }
+
+    fn path(&self) -> &str {
+        self.uri.path()
+    }
+
+    fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.headers
+            .get_all(name)
+            .into_iter()
+            .map(HeaderValue::as_bytes)
+    }
+}
+
+/// auth-core's rejection as a response: status, headers and JSON body, all
+/// decided by the core.
+fn rejection_response<B: From<String>>(rejection: &Rejection) -> Response<B> {
+    let mut response = Response::new(B::from(rejection.body()));
+    *response.status_mut() =
+        StatusCode::from_u16(rejection.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+    append_headers(response.headers_mut(), rejection.headers());
+    response
+}
+
+fn append_headers(map: &mut HeaderMap, headers: Vec<(&'static str, String)>) {
+    for (name, value) in headers {
+        // The core's values are visible ASCII; a failure here would be a core bug.
+        if let Ok(value) = HeaderValue::try_from(value) {
+            map.append(HeaderName::from_static(name), value);
+        }
+    }
+}
+
+/// The tower [`Layer`] that authenticates every request with a [`Guard`].
+///
+/// Allowed requests reach the inner service with an [`Authenticated`] in
+/// their extensions; requests let through without a key (public path,
+/// preflight, open or report-only mode) carry an [`Anonymous`]; refused ones
+/// are answered at once with the core's rejection.
+#[derive(Clone, Debug)]
+pub struct AuthLayer {
+    guard: Guard,
+}
+
+impl AuthLayer {
+    /// A layer around `guard`.
+    pub fn new(guard: Guard) -> Self {
+        Self { guard }
+    }
+
+    /// The guard.
+    pub fn guard(&self) -> &Guard {
+        &self.guard
+    }
+
+    /// A per-route layer that requires `scope` of requests this layer let
+    /// through (403 when the principal lacks it). Put it on the route, with
+    /// this layer outside it.
+    ///
+    /// # Panics
+    /// If `scope` is not a valid scope token (visible ASCII without quotes
+    /// or backslashes) — a programming error caught at start.
+    pub fn require_scope(&self, scope: &str) -> ScopeLayer {
+        let checked = self
+            .guard
+            .with_scope(scope)
+            .unwrap_or_else(|e| panic!("require_scope: {e}"));
+        ScopeLayer {
+            guard: checked,
+            scope: Arc::from(scope),
+        }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> AuthService<S> {
+        AuthService {
+            inner,
+            guard: self.guard.clone(),
+        }
+    }
+}
+
+/// The service made by [`AuthLayer`].
+#[derive(Clone, Debug)]
+pub struct AuthService<S> {
+    inner: S,
+    guard: Guard,
+}
+
+/// The future of [`AuthService`] and [`ScopeService`].
+pub type ResponseFuture<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
+
+impl<S, B, RB> Service<Request<B>> for AuthService<S>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+    RB: From<String> + Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = ResponseFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        // The clone that was polled ready is the one we call (tower's rule).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let guard = self.guard.clone();
+        Box::pin(async move {
+            let decision = guard
+                .check(&View {
+                    method: request.method(),
+                    uri: request.uri(),
+                    headers: request.headers(),
+                })
+                .await;
+            match decision {
+                Decision::Allow(grant) => {
+                    let headers = grant.headers();
+                    request
+                        .extensions_mut()
+                        .insert(Authenticated(Arc::clone(grant.principal())));
+                    let mut response = inner.call(request).await?;
+                    append_headers(response.headers_mut(), headers);
+                    Ok(response)
+                }
+                Decision::Pass(reason) => {
+                    request.extensions_mut().insert(Anonymous(reason));
+                    inner.call(request).await
+                }
+                Decision::Reject(rejection) => Ok(rejection_response(&rejection)),
+            }
+        })
+    }
+}
+
+/// The per-route scope check made by [`AuthLayer::require_scope`].
+#[derive(Clone, Debug)]
+pub struct ScopeLayer {
+    guard: Guard,
+    scope: Arc<str>,
+}
+
+impl<S> Layer<S> for ScopeLayer {
+    type Service = ScopeService<S>;
+
+    fn layer(&self, inner: S) -> ScopeService<S> {
+        ScopeService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service made by [`ScopeLayer`].
+#[derive(Clone, Debug)]
+pub struct ScopeService<S> {
+    inner: S,
+    layer: ScopeLayer,
+}
+
+impl<S, B, RB> Service<Request<B>> for ScopeService<S>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send,
+    B: Send + 'static,
+    RB: From<String> + Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = ResponseFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let principal = request.extensions().get::<Authenticated>();
+        let passed = request.extensions().get::<Anonymous>().map(|a| a.0);
+        let decided =
+            self.layer
+                .guard
+                .route_scope(principal.map(|a| &*a.0), passed, &self.layer.scope);
+        match decided {
+            Ok(()) => {
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                Box::pin(inner.call(request))
+            }
+            Err(rejection) => Box::pin(std::future::ready(Ok(rejection_response(&rejection)))),
+        }
+    }
+}
+
+/// The authenticated caller: an extractor, and what [`AuthLayer`] puts in
+/// the request's extensions. Without one the extractor answers 401 (the
+/// route is not behind the layer, or the request passed without a key; use
+/// `Option<Authenticated>` where that is expected).
+#[derive(Clone, Debug)]
+pub struct Authenticated(pub Arc<Principal>);
+
+impl Deref for Authenticated {
+    type Target = Principal;
+
+    fn deref(&self) -> &Principal {
+        &self.0
+    }
+}
+
+/// Why a request passed the layer without a key (public path, preflight,
+/// open or report-only mode); in the request's extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Anonymous(pub PassReason);
+
+impl<S: Send + Sync> FromRequestParts<S> for Authenticated {
+    type Rejection = AuthRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, AuthRejection> {
+        parts
+            .extensions
+            .get::<Authenticated>()
+            .cloned()
+            .ok_or_else(|| {
+                AuthRejection(Rejection::new(
+                    RejectionKind::Missing,
+                    auth_core::DEFAULT_REALM.into(),
+                ))
+            })
+    }
+}
+
+impl<S: Send + Sync> OptionalFromRequestParts<S> for Authenticated {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        Ok(parts.extensions.get::<Authenticated>().cloned())
+    }
+}
+
+/// auth-core's [`Rejection`] as an axum response.
+#[derive(Clone, Debug)]
+pub struct AuthRejection(pub Rejection);
+
+impl IntoResponse for AuthRejection {
+    fn into_response(self) -> axum::response::Response {
+        rejection_response(&self.0)
+    }
+}
+
+impl From<Rejection> for AuthRejection {
+    fn from(r: Rejection) -> Self {
+        Self(r)
+    }
+}
