@@ -1,119 +1,73 @@
-//! Example services guarded by auth-core.
+//! Example services guarded by auth-core, one per framework, all on the
+//! first-start pattern: the key is generated into a `0600` file on first
+//! start and loaded after; until it is ready, protected routes answer 503
+//! with `Retry-After`; `/health` is always open.
 //!
-//! `key-file-service` is the main job: a small HTTP API whose key is
-//! generated into a `0600` file on first start and loaded after. Until the
-//! key is ready, protected routes answer 503 with `Retry-After`; `/health`
-//! is always open.
-//!
-//! The request → decision → response translation here is the minimal one an
-//! adapter does; the framework adapter crates take it over.
+//! Each service: `GET /health` (open), `GET /api/v1/items` (any valid key),
+//! `GET /api/v1/admin` (scope `admin`, which the key file's principal holds).
 #![forbid(unsafe_code)]
-// The lib and the bin share one dependency list; each uses part of it.
+// The lib and the examples share one dependency list; each uses part of it.
 #![allow(unused_crate_dependencies)]
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use auth_core::{Decision, Guard, Principal, Rejection, RequestView};
-use axum::Router;
-use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Extension, Json};
+use auth_core::{Deferred, Guard, KeyFile, Mode, Principal};
 
-/// An axum request seen through auth-core's [`RequestView`]. It borrows the
-/// request's parts, not the request: the body is not `Sync`, and the check's
-/// future must stay `Send`.
-struct View<'a> {
-    method: &'a Method,
-    uri: &'a Uri,
-    headers: &'a HeaderMap,
+pub mod axum_service;
+
+/// The scope of the admin route.
+pub const ADMIN_SCOPE: &str = "admin";
+
+/// Where the key file lives: `AUTH_API_KEY_FILE` if set, else `data/.api_key`.
+pub fn key_file_path() -> Result<PathBuf, auth_core::Error> {
+    KeyFile::builder().path("data/.api_key").resolve_path()
 }
 
-impl<'r> View<'r> {
-    fn of(request: &'r Request) -> Self {
-        Self {
-            method: request.method(),
-            uri: request.uri(),
-            headers: request.headers(),
-        }
-    }
+/// A guard that answers 503 until [`load_key`] fills its slot.
+pub fn first_start_guard() -> (Guard, Arc<Deferred<KeyFile>>) {
+    let slot = Arc::new(Deferred::new());
+    let guard = Guard::builder(slot.clone())
+        .mode(Mode::Uninitialised)
+        .build()
+        .expect("a valid guard configuration");
+    (guard, slot)
 }
 
-impl RequestView for View<'_> {
-    fn method(&self) -> &str {
-        self.method.as_str()
-    }
-
-    fn path(&self) -> &str {
-        self.uri.path()
-    }
-
-    fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.headers
-            .get_all(name)
-            .into_iter()
-            .map(HeaderValue::as_bytes)
-    }
+/// Loads or creates the key file (off the async threads), fills the slot,
+/// and prints where the key is and a `curl` line to try.
+pub async fn load_key(
+    slot: Arc<Deferred<KeyFile>>,
+    path: PathBuf,
+    addr: SocketAddr,
+) -> Result<(), auth_core::Error> {
+    let builder = KeyFile::builder()
+        .path(&path)
+        .env_var(None)
+        .principal(Principal::new("operator").with_scopes([ADMIN_SCOPE]));
+    let key_file = tokio::task::spawn_blocking(move || builder.load_or_create())
+        .await
+        .map_err(|e| auth_core::Error::Config(format!("key loading task failed: {e}")))??;
+    announce(&path, key_file.was_created(), addr);
+    let _ = slot.set(key_file);
+    Ok(())
 }
 
-/// The rejection as an axum response: status, headers and JSON body, all
-/// decided by auth-core.
-fn reject(rejection: &Rejection) -> Response {
-    let mut response = Response::new(Body::from(rejection.body()));
-    *response.status_mut() =
-        StatusCode::from_u16(rejection.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    for (name, value) in rejection.headers() {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            response
-                .headers_mut()
-                .append(HeaderName::from_static(name), value);
-        }
-    }
-    response
-}
-
-async fn authenticate(State(guard): State<Guard>, mut request: Request, next: Next) -> Response {
-    let decision = guard.check(&View::of(&request)).await;
-    match decision {
-        Decision::Allow(grant) => {
-            request
-                .extensions_mut()
-                .insert(Arc::clone(grant.principal()));
-            next.run(request).await
-        }
-        Decision::Pass(_) => next.run(request).await,
-        Decision::Reject(rejection) => reject(&rejection),
-    }
-}
-
-async fn health() -> &'static str {
-    "ok"
-}
-
-async fn items(Extension(principal): Extension<Arc<Principal>>) -> impl IntoResponse {
-    Json(serde_like_items(principal.id()))
-}
-
-/// The protected route's answer (kept free of a serde dependency).
-fn serde_like_items(caller: &str) -> std::collections::BTreeMap<&'static str, String> {
-    let mut body = std::collections::BTreeMap::new();
-    body.insert("caller", caller.to_owned());
-    body.insert("items", "apples, pears".to_owned());
-    body
-}
-
-/// The service: `/health` open, `/api/v1/items` behind `guard`.
-///
-/// `route_layer` runs the guard on matched routes only, so an unknown path
-/// is a 404 rather than a 401.
-pub fn app(guard: Guard) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .route("/api/v1/items", get(items))
-        .route_layer(middleware::from_fn_with_state(guard, authenticate))
+fn announce(path: &Path, created: bool, addr: SocketAddr) {
+    let what = if created {
+        "New API key written to"
+    } else {
+        "API key loaded from"
+    };
+    println!(
+        "{what} {} (mode 0600; the key itself is never logged).",
+        path.display()
+    );
+    println!(
+        "Try: curl -H \"X-Api-Key: $(cat {})\" http://{addr}/api/v1/items",
+        path.display()
+    );
 }
 
 /// The workspace README's code, compiled and run as a doc test.

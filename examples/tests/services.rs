@@ -1,0 +1,120 @@
+//! Each example service on 127.0.0.1 at a free port, over real HTTP.
+#![allow(unused_crate_dependencies)]
+
+use std::path::Path;
+use std::time::Duration;
+
+async fn wait_for_key(path: &Path) -> String {
+    for _ in 0..200 {
+        if let Ok(key) = std::fs::read_to_string(path) {
+            if key.len() == 64 {
+                return key;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the key file {} never appeared", path.display());
+}
+
+/// What every example must answer, whatever the framework.
+async fn check_service(base: &str, key_path: &Path) {
+    let http = reqwest::Client::new();
+    let key = wait_for_key(key_path).await;
+    let get = |path: &str| http.get(format!("{base}{path}"));
+
+    let health = get("/health").send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.text().await.unwrap(), "ok");
+
+    // The key file appears just before the guard's slot is filled: a 503
+    // in between is the not-ready answer; retry it briefly.
+    let mut status = 0;
+    for _ in 0..100 {
+        let response = get("/api/v1/items")
+            .header("x-api-key", &key)
+            .send()
+            .await
+            .unwrap();
+        status = response.status().as_u16();
+        if status != 503 {
+            break;
+        }
+        assert_eq!(response.headers()["retry-after"], "1");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 200);
+
+    let no_key = get("/api/v1/items").send().await.unwrap();
+    assert_eq!(no_key.status(), 401);
+    assert_eq!(no_key.headers()["www-authenticate"], "Bearer realm=\"api\"");
+    let body = no_key.text().await.unwrap();
+    assert!(body.contains("\"error\":\"missing_credential\""), "{body}");
+
+    let bearer = get("/api/v1/items")
+        .header("authorization", format!("Bearer {key}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status(), 200);
+    let body = bearer.text().await.unwrap();
+    assert!(body.contains("\"caller\":\"operator\""), "{body}");
+
+    let wrong = get("/api/v1/items")
+        .header("x-api-key", "0".repeat(64))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert!(!wrong.text().await.unwrap().contains(&key));
+
+    let admin = get("/api/v1/admin")
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin.status(), 200);
+
+    let unknown = get("/no/such/route").send().await.unwrap();
+    assert_eq!(unknown.status(), 404);
+}
+
+/// Starts the axum example on a free port; returns its base URL and a
+/// handle that stops it.
+async fn start_axum(
+    key_path: &Path,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(auth_examples::axum_service::run(
+        listener,
+        key_path.to_owned(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    (base, stop, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn axum_service_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("data/.api_key");
+
+    let (base, stop, server) = start_axum(&key_path).await;
+    check_service(&base, &key_path).await;
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    let first = std::fs::read_to_string(&key_path).unwrap();
+
+    // A second start loads the same key.
+    let (base, stop, server) = start_axum(&key_path).await;
+    check_service(&base, &key_path).await;
+    assert_eq!(std::fs::read_to_string(&key_path).unwrap(), first);
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
