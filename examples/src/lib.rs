@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use auth_core::{Deferred, Guard, KeyFile, Mode, Principal};
 
+pub mod actix_service;
 pub mod axum_service;
 
 /// The scope of the admin route.

@@ -118,3 +118,27 @@ async fn axum_service_over_http() {
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actix_service_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("data/.api_key");
+    for _start in 0..2 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let path = key_path.clone();
+        // actix-web runs its own system on a thread of its own.
+        let thread = std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let server = auth_examples::actix_service::serve(listener, path).unwrap();
+                handle_tx.send(server.handle()).unwrap();
+                server.await
+            })
+        });
+        let handle = handle_rx.recv().unwrap();
+        check_service(&base, &key_path).await;
+        handle.stop(true).await;
+        thread.join().unwrap().unwrap();
+    }
+}
