@@ -17,6 +17,7 @@ use auth_core::{Deferred, Guard, KeyFile, Mode, Principal};
 
 pub mod actix_service;
 pub mod axum_service;
+pub mod warp_service;
 
 /// The scope of the admin route.
 pub const ADMIN_SCOPE: &str = "admin";

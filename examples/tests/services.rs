@@ -78,45 +78,50 @@ async fn check_service(base: &str, key_path: &Path) {
     assert_eq!(unknown.status(), 404);
 }
 
-/// Starts the axum example on a free port; returns its base URL and a
-/// handle that stops it.
-async fn start_axum(
-    key_path: &Path,
-) -> (
-    String,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<Result<(), Box<dyn std::error::Error + Send + Sync>>>,
-) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(auth_examples::axum_service::run(
-        listener,
-        key_path.to_owned(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    (base, stop, server)
+type ServeResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// Starts a tokio-based example (`run(listener, key file, shutdown)`) on a
+/// free port, twice in a row: the first start creates the key file, the
+/// second loads the same key. Checks the service each time.
+async fn twice<F, Fut>(run: F)
+where
+    F: Fn(tokio::net::TcpListener, std::path::PathBuf, tokio::sync::oneshot::Receiver<()>) -> Fut,
+    Fut: std::future::Future<Output = ServeResult> + Send + 'static,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("data/.api_key");
+    let mut first = None;
+    for _start in 0..2 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(run(listener, key_path.clone(), stopped));
+        check_service(&base, &key_path).await;
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+        let key = std::fs::read_to_string(&key_path).unwrap();
+        assert_eq!(first.get_or_insert_with(|| key.clone()), &key);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn axum_service_over_http() {
-    let dir = tempfile::tempdir().unwrap();
-    let key_path = dir.path().join("data/.api_key");
+    twice(|listener, key_path, stopped| {
+        auth_examples::axum_service::run(listener, key_path, async {
+            let _ = stopped.await;
+        })
+    })
+    .await;
+}
 
-    let (base, stop, server) = start_axum(&key_path).await;
-    check_service(&base, &key_path).await;
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
-    let first = std::fs::read_to_string(&key_path).unwrap();
-
-    // A second start loads the same key.
-    let (base, stop, server) = start_axum(&key_path).await;
-    check_service(&base, &key_path).await;
-    assert_eq!(std::fs::read_to_string(&key_path).unwrap(), first);
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warp_service_over_http() {
+    twice(|listener, key_path, stopped| {
+        auth_examples::warp_service::run(listener, key_path, async {
+            let _ = stopped.await;
+        })
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
