@@ -20,8 +20,14 @@ async fn admin(who: Authenticated) -> String {
 
 /// The routes, each behind `auth`.
 pub fn routes(auth: Auth) -> impl FnOnce(&mut web::ServiceConfig) {
+    let openapi = crate::openapi_json(&auth.security_schemes());
     move |cfg| {
         cfg.service(
+            web::resource("/openapi.json")
+                .wrap(auth.clone())
+                .route(web::get().to(move || std::future::ready(openapi.clone()))),
+        )
+        .service(
             web::resource("/health")
                 .wrap(auth.clone())
                 .route(web::get().to(|| async { "ok" })),

@@ -12,8 +12,10 @@ use axum::routing::get;
 /// routes only, so an unknown path is a 404, not a 401.
 pub fn app(guard: Guard) -> Router {
     let auth = AuthLayer::new(guard);
+    let openapi = crate::openapi_json(&auth.security_schemes());
     Router::new()
         .route("/health", get(|| async { "ok" }))
+        .route("/openapi.json", get(move || std::future::ready(openapi)))
         .route("/api/v1/items", get(items))
         .route(
             "/api/v1/admin",

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use auth_core::{Deferred, Guard, KeyFile, Mode, Principal};
+use auth_core::{Deferred, Guard, KeyFile, Mode, Principal, PublicPaths};
 
 pub mod actix_service;
 pub mod axum_service;
@@ -32,6 +32,7 @@ pub fn first_start_guard() -> (Guard, Arc<Deferred<KeyFile>>) {
     let slot = Arc::new(Deferred::new());
     let guard = Guard::builder(slot.clone())
         .mode(Mode::Uninitialised)
+        .public_paths(PublicPaths::default().exact("/openapi.json"))
         .build()
         .expect("a valid guard configuration");
     (guard, slot)
@@ -70,6 +71,35 @@ fn announce(path: &Path, created: bool, addr: SocketAddr) {
         "Try: curl -H \"X-Api-Key: $(cat {})\" http://{addr}/api/v1/items",
         path.display()
     );
+}
+
+/// The service's OpenAPI document: its routes and, from the guard itself,
+/// the security schemes it enforces (`modify` is the guard's
+/// `SecuritySchemes`), so the docs cannot disagree with the gate.
+pub fn openapi_json(modify: &dyn utoipa::Modify) -> String {
+    use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem};
+    use utoipa::openapi::{InfoBuilder, OpenApiBuilder, PathsBuilder};
+    let get = |summary: &str| {
+        PathItem::new(
+            HttpMethod::Get,
+            OperationBuilder::new().summary(Some(summary)).build(),
+        )
+    };
+    let mut doc = OpenApiBuilder::new()
+        .info(
+            InfoBuilder::new()
+                .title("example service")
+                .version("1")
+                .build(),
+        )
+        .paths(
+            PathsBuilder::new()
+                .path("/api/v1/items", get("List items (any valid key)"))
+                .path("/api/v1/admin", get("Admin (scope `admin`)")),
+        )
+        .build();
+    modify.modify(&mut doc);
+    doc.to_json().unwrap_or_else(|_| "{}".to_owned())
 }
 
 /// The workspace README's code, compiled and run as a doc test.

@@ -80,10 +80,29 @@ async fn check_service(base: &str, key_path: &Path) {
 
 type ServeResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
+/// The OpenAPI document states the schemes the gate enforces.
+async fn check_openapi(base: &str) {
+    let doc = reqwest::get(format!("{base}/openapi.json"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        doc.contains(r#""x-api-key":{"type":"apiKey","in":"header","name":"x-api-key""#),
+        "{doc}"
+    );
+    assert!(
+        doc.contains(r#""bearer":{"type":"http","scheme":"bearer""#),
+        "{doc}"
+    );
+    assert!(doc.contains("/api/v1/admin"), "{doc}");
+}
+
 /// Starts a tokio-based example (`run(listener, key file, shutdown)`) on a
 /// free port, twice in a row: the first start creates the key file, the
 /// second loads the same key. Checks the service each time.
-async fn twice<F, Fut>(run: F)
+async fn twice<F, Fut>(run: F, openapi: bool)
 where
     F: Fn(tokio::net::TcpListener, std::path::PathBuf, tokio::sync::oneshot::Receiver<()>) -> Fut,
     Fut: std::future::Future<Output = ServeResult> + Send + 'static,
@@ -97,6 +116,9 @@ where
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(run(listener, key_path.clone(), stopped));
         check_service(&base, &key_path).await;
+        if openapi {
+            check_openapi(&base).await;
+        }
         let _ = stop.send(());
         server.await.unwrap().unwrap();
         let key = std::fs::read_to_string(&key_path).unwrap();
@@ -106,21 +128,27 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn axum_service_over_http() {
-    twice(|listener, key_path, stopped| {
-        auth_examples::axum_service::run(listener, key_path, async {
-            let _ = stopped.await;
-        })
-    })
+    twice(
+        |listener, key_path, stopped| {
+            auth_examples::axum_service::run(listener, key_path, async {
+                let _ = stopped.await;
+            })
+        },
+        true,
+    )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warp_service_over_http() {
-    twice(|listener, key_path, stopped| {
-        auth_examples::warp_service::run(listener, key_path, async {
-            let _ = stopped.await;
-        })
-    })
+    twice(
+        |listener, key_path, stopped| {
+            auth_examples::warp_service::run(listener, key_path, async {
+                let _ = stopped.await;
+            })
+        },
+        false,
+    )
     .await;
 }
 
@@ -143,6 +171,7 @@ async fn actix_service_over_http() {
         });
         let handle = handle_rx.recv().unwrap();
         check_service(&base, &key_path).await;
+        check_openapi(&base).await;
         handle.stop(true).await;
         thread.join().unwrap().unwrap();
     }

@@ -15,6 +15,8 @@ use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, Transfor
 use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
+#[cfg(feature = "openapi")]
+pub use auth_core::openapi::SecuritySchemes;
 use auth_core::{Decision, Guard, PassReason, Principal, Rejection, RejectionKind, RequestView};
 
 /// A request seen through auth-core's [`RequestView`].
@@ -102,6 +104,13 @@ impl Auth {
     /// The guard.
     pub fn guard(&self) -> &Guard {
         &self.guard
+    }
+
+    /// The OpenAPI security schemes this guard enforces, as a utoipa
+    /// `Modify` for the API document (feature `openapi`).
+    #[cfg(feature = "openapi")]
+    pub fn security_schemes(&self) -> SecuritySchemes {
+        SecuritySchemes::of(&self.guard)
     }
 
     /// Middleware for a resource or scope that requires `scope` of requests

@@ -9,6 +9,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+#[cfg(feature = "openapi")]
+pub use auth_core::openapi::SecuritySchemes;
 use auth_core::{Decision, Guard, PassReason, Principal, Rejection, RejectionKind, RequestView};
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::http::request::Parts;
@@ -84,6 +86,13 @@ impl AuthLayer {
         &self.guard
     }
 
+    /// The OpenAPI security schemes this guard enforces, as a utoipa
+    /// `Modify` for the API document (feature `openapi`).
+    #[cfg(feature = "openapi")]
+    pub fn security_schemes(&self) -> SecuritySchemes {
+        SecuritySchemes::of(&self.guard)
+    }
+
     /// A per-route layer that requires `scope` of requests this layer let
     /// through (403 when the principal lacks it). Put it on the route, with
     /// this layer outside it.
@@ -152,6 +161,8 @@ where
                     headers: request.headers(),
                 })
                 .await;
+            // For the `Scoped` extractor, which decides with the same guard.
+            request.extensions_mut().insert(GuardExt(guard.clone()));
             match decision {
                 Decision::Allow(grant) => {
                     let headers = grant.headers();
@@ -276,6 +287,70 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Authenticated {
         _state: &S,
     ) -> Result<Option<Self>, Self::Rejection> {
         Ok(parts.extensions.get::<Authenticated>().cloned())
+    }
+}
+
+/// The guard that let a request through, for extractors that decide more.
+#[derive(Clone)]
+struct GuardExt(Guard);
+
+/// A scope, named by a type, for the [`Scoped`] extractor.
+///
+/// ```
+/// struct Stt;
+/// impl auth_axum::ScopeName for Stt {
+///     const SCOPE: &'static str = "stt";
+/// }
+/// ```
+pub trait ScopeName: Send + Sync + 'static {
+    /// The scope's name.
+    const SCOPE: &'static str;
+}
+
+/// An extractor that requires the scope `S` (403 when the principal lacks
+/// it), deciding with the same guard as [`AuthLayer`] (report-only and open
+/// modes included). Holds the principal, or `None` where the request passed
+/// without one (open mode, public path).
+pub struct Scoped<S: ScopeName> {
+    /// The authenticated caller, if any.
+    pub principal: Option<Arc<Principal>>,
+    scope: std::marker::PhantomData<S>,
+}
+
+impl<S: ScopeName> std::fmt::Debug for Scoped<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scoped")
+            .field("scope", &S::SCOPE)
+            .field("principal", &self.principal.as_ref().map(|p| p.id()))
+            .finish()
+    }
+}
+
+impl<St: Send + Sync, S: ScopeName> FromRequestParts<St> for Scoped<S> {
+    type Rejection = AuthRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &St) -> Result<Self, AuthRejection> {
+        let principal = parts
+            .extensions
+            .get::<Authenticated>()
+            .map(|a| Arc::clone(&a.0));
+        let passed = parts.extensions.get::<Anonymous>().map(|a| a.0);
+        match parts.extensions.get::<GuardExt>() {
+            Some(GuardExt(guard)) => guard
+                .route_scope(principal.as_deref(), passed, S::SCOPE)
+                .map_err(AuthRejection)?,
+            // Not behind an AuthLayer: never checked, so refused.
+            None => {
+                return Err(AuthRejection(Rejection::new(
+                    RejectionKind::Missing,
+                    auth_core::DEFAULT_REALM.into(),
+                )));
+            }
+        }
+        Ok(Self {
+            principal,
+            scope: std::marker::PhantomData,
+        })
     }
 }
 

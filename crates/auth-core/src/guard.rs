@@ -332,6 +332,11 @@ impl Guard {
         &self.shared.keyring
     }
 
+    /// Where this guard reads credentials from.
+    pub fn sources(&self) -> &CredentialSources {
+        &self.shared.sources
+    }
+
     /// The realm of the `WWW-Authenticate` challenge.
     pub fn realm(&self) -> &str {
         &self.shared.realm

@@ -24,6 +24,8 @@ mod rejection;
 mod store;
 mod verifier;
 
+#[cfg(feature = "openapi")]
+pub mod openapi;
 #[cfg(feature = "testing")]
 pub mod testing;
 
