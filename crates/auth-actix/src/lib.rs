@@ -17,7 +17,9 @@ use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 #[cfg(feature = "openapi")]
 pub use auth_core::openapi::SecuritySchemes;
-use auth_core::{Decision, Guard, PassReason, Principal, Rejection, RejectionKind, RequestView};
+use auth_core::{
+    Decision, Guard, PassReason, Principal, Rejection, RejectionKind, RequestView, RouteScope,
+};
 
 /// A request seen through auth-core's [`RequestView`].
 struct View<'a> {
@@ -120,13 +122,11 @@ impl Auth {
     /// If `scope` is not a valid scope token — a programming error caught
     /// at start.
     pub fn require_scope(&self, scope: &str) -> RequireScope {
-        let guard = self
-            .guard
-            .with_scope(scope)
-            .unwrap_or_else(|e| panic!("require_scope: {e}"));
         RequireScope {
-            guard,
-            scope: Arc::from(scope),
+            check: self
+                .guard
+                .scope_for_route(scope)
+                .unwrap_or_else(|e| panic!("require_scope: {e}")),
         }
     }
 }
@@ -207,8 +207,7 @@ where
 /// The per-resource scope check made by [`Auth::require_scope`].
 #[derive(Clone, Debug)]
 pub struct RequireScope {
-    guard: Guard,
-    scope: Arc<str>,
+    check: RouteScope,
 }
 
 /// The service made by [`RequireScope`].
@@ -253,9 +252,7 @@ where
             let extensions = request.extensions();
             let principal = extensions.get::<Authenticated>().map(|a| Arc::clone(&a.0));
             let passed = extensions.get::<Anonymous>().map(|a| a.0);
-            self.check
-                .guard
-                .route_scope(principal.as_deref(), passed, &self.check.scope)
+            self.check.check.check(principal.as_deref(), passed)
         };
         match decided {
             Ok(()) => {

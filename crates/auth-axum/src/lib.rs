@@ -11,7 +11,9 @@ use std::task::{Context, Poll};
 
 #[cfg(feature = "openapi")]
 pub use auth_core::openapi::SecuritySchemes;
-use auth_core::{Decision, Guard, PassReason, Principal, Rejection, RejectionKind, RequestView};
+use auth_core::{
+    Decision, Guard, PassReason, Principal, Rejection, RejectionKind, RequestView, RouteScope,
+};
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
@@ -101,13 +103,11 @@ impl AuthLayer {
     /// If `scope` is not a valid scope token (visible ASCII without quotes
     /// or backslashes) — a programming error caught at start.
     pub fn require_scope(&self, scope: &str) -> ScopeLayer {
-        let checked = self
-            .guard
-            .with_scope(scope)
-            .unwrap_or_else(|e| panic!("require_scope: {e}"));
         ScopeLayer {
-            guard: checked,
-            scope: Arc::from(scope),
+            check: self
+                .guard
+                .scope_for_route(scope)
+                .unwrap_or_else(|e| panic!("require_scope: {e}")),
         }
     }
 }
@@ -186,8 +186,7 @@ where
 /// The per-route scope check made by [`AuthLayer::require_scope`].
 #[derive(Clone, Debug)]
 pub struct ScopeLayer {
-    guard: Guard,
-    scope: Arc<str>,
+    check: RouteScope,
 }
 
 impl<S> Layer<S> for ScopeLayer {
@@ -227,10 +226,7 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let principal = request.extensions().get::<Authenticated>();
         let passed = request.extensions().get::<Anonymous>().map(|a| a.0);
-        let decided =
-            self.layer
-                .guard
-                .route_scope(principal.map(|a| &*a.0), passed, &self.layer.scope);
+        let decided = self.layer.check.check(principal.map(|a| &*a.0), passed);
         match decided {
             Ok(()) => {
                 let clone = self.inner.clone();

@@ -411,6 +411,16 @@ impl Guard {
         }
     }
 
+    /// The check for a route that requires `scope`, built once at start
+    /// (an invalid scope token is refused here, not per request).
+    pub fn scope_for_route(&self, scope: &str) -> Result<RouteScope, Error> {
+        check_scope_token(scope)?;
+        Ok(RouteScope {
+            guard: self.clone(),
+            scope: scope.into(),
+        })
+    }
+
     /// A rejection of `kind` with this guard's realm and retry hints. For
     /// adapters that must refuse on their own grounds (none should need to).
     pub fn rejection(&self, kind: RejectionKind) -> Rejection {
@@ -564,6 +574,41 @@ impl Guard {
         tracing::debug!(target: "auth_core", keyring = %s.keyring,
             principal = principal.id(), fingerprint = %fingerprint, "allowed");
         Ok(Grant { principal, rate })
+    }
+}
+
+/// A route's scope requirement, decided against what its guard let through
+/// (see [`Guard::route_scope`]). Adapters hold one per scoped route.
+///
+/// ```
+/// use auth_core::{Guard, Principal, StaticKey};
+///
+/// let guard = Guard::builder(StaticKey::new("k").unwrap()).build().unwrap();
+/// let stt = guard.scope_for_route("stt").unwrap();
+/// let caller = Principal::new("svc").with_scopes(["tts"]);
+/// assert_eq!(stt.check(Some(&caller), None).unwrap_err().status(), 403);
+/// assert!(guard.scope_for_route("bad scope\"").is_err());
+/// ```
+#[derive(Clone, Debug)]
+pub struct RouteScope {
+    guard: Guard,
+    scope: Arc<str>,
+}
+
+impl RouteScope {
+    /// Decides a request that reached the route: `principal` if it was
+    /// authenticated, else `passed`, why it passed without one.
+    pub fn check(
+        &self,
+        principal: Option<&Principal>,
+        passed: Option<PassReason>,
+    ) -> Result<(), Rejection> {
+        self.guard.route_scope(principal, passed, &self.scope)
+    }
+
+    /// The scope.
+    pub fn scope(&self) -> &str {
+        &self.scope
     }
 }
 

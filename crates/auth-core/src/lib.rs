@@ -41,7 +41,7 @@ pub use digest::{Digest, DigestHasher, DigestStateHasher, digest};
 pub use error::Error;
 pub use guard::{
     DEFAULT_KEYRING, DEFAULT_REALM, Decision, Grant, Guard, GuardBuilder, Keyrings, Mode,
-    PassReason, PublicPaths,
+    PassReason, PublicPaths, RouteScope,
 };
 pub use key_file::{DEFAULT_KEY_FILE_ENV, DEFAULT_KEY_FILE_PRINCIPAL, KeyFile, KeyFileBuilder};
 pub use keys::{DEFAULT_STATIC_PRINCIPAL, KeySet, StaticKey};

@@ -161,13 +161,12 @@ impl Auth {
         &self,
         scope: &str,
     ) -> impl Filter<Extract = (Caller,), Error = warp::Rejection> + Clone + use<> {
-        let guard = self
+        let check = self
             .guard
-            .with_scope(scope)
+            .scope_for_route(scope)
             .unwrap_or_else(|e| panic!("with_scope: {e}"));
-        let scope: Arc<str> = Arc::from(scope);
         self.filter().and_then(move |caller: Caller| {
-            let decided = guard.route_scope(caller.principal.as_deref(), caller.passed, &scope);
+            let decided = check.check(caller.principal.as_deref(), caller.passed);
             async move {
                 match decided {
                     Ok(()) => Ok(caller),
