@@ -3,7 +3,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(unused_crate_dependencies))]
 
-use std::future::Future;
+use std::future::{Future, Ready, ready};
 use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use axum::response::IntoResponse;
+use futures_util::future::Either;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -130,8 +131,25 @@ pub struct AuthService<S> {
     guard: Guard,
 }
 
-/// The future of [`AuthService`] and [`ScopeService`].
-pub type ResponseFuture<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
+/// A boxed future, for requests whose check has to wait.
+pub type BoxedResponseFuture<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
+
+/// The future of [`AuthService`] and [`ScopeService`]: the inner service's
+/// own future when the decision came at once (no allocation), a ready
+/// rejection, or a boxed future when the check had to wait or response
+/// headers must be added.
+pub type ResponseFuture<F, R, E> =
+    Either<F, Either<Ready<Result<R, E>>, BoxedResponseFuture<R, E>>>;
+
+impl<S> AuthService<S> {
+    fn view<B>(request: &Request<B>) -> View<'_> {
+        View {
+            method: request.method(),
+            uri: request.uri(),
+            headers: request.headers(),
+        }
+    }
+}
 
 impl<S, B, RB> Service<Request<B>> for AuthService<S>
 where
@@ -142,44 +160,90 @@ where
 {
     type Response = Response<RB>;
     type Error = S::Error;
-    type Future = ResponseFuture<Self::Response, Self::Error>;
+    type Future = ResponseFuture<S::Future, Self::Response, Self::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        // The clone that was polled ready is the one we call (tower's rule).
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let guard = self.guard.clone();
-        Box::pin(async move {
-            let decision = guard
-                .check(&View {
-                    method: request.method(),
-                    uri: request.uri(),
-                    headers: request.headers(),
-                })
-                .await;
-            // For the `Scoped` extractor, which decides with the same guard.
-            request.extensions_mut().insert(GuardExt(guard.clone()));
-            match decision {
-                Decision::Allow(grant) => {
-                    let headers = grant.headers();
-                    request
-                        .extensions_mut()
-                        .insert(Authenticated(Arc::clone(grant.principal())));
-                    let mut response = inner.call(request).await?;
+        match self.guard.check_now(&Self::view(&request)) {
+            Some(decision) => self.decided(decision, request),
+            None => {
+                // The verifier or limiter has to wait. The clone that was
+                // polled ready is the one we call (tower's rule).
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let guard = self.guard.clone();
+                Either::Right(Either::Right(Box::pin(async move {
+                    let decision = guard.check(&Self::view(&request)).await;
+                    let headers = mark(&guard, &decision, &mut request);
+                    match decision {
+                        Decision::Reject(rejection) => Ok(rejection_response(&rejection)),
+                        _ => {
+                            let mut response = inner.call(request).await?;
+                            append_headers(response.headers_mut(), headers);
+                            Ok(response)
+                        }
+                    }
+                })))
+            }
+        }
+    }
+}
+
+impl<S> AuthService<S> {
+    fn decided<B, RB>(
+        &mut self,
+        decision: Decision,
+        mut request: Request<B>,
+    ) -> ResponseFuture<S::Future, Response<RB>, S::Error>
+    where
+        S: Service<Request<B>, Response = Response<RB>>,
+        S::Future: Send + 'static,
+        RB: From<String> + Send + 'static,
+    {
+        let headers = mark(&self.guard, &decision, &mut request);
+        match decision {
+            Decision::Reject(rejection) => {
+                Either::Right(Either::Left(ready(Ok(rejection_response(&rejection)))))
+            }
+            _ if headers.is_empty() => Either::Left(self.inner.call(request)),
+            _ => {
+                let call = self.inner.call(request);
+                Either::Right(Either::Right(Box::pin(async move {
+                    let mut response = call.await?;
                     append_headers(response.headers_mut(), headers);
                     Ok(response)
-                }
-                Decision::Pass(reason) => {
-                    request.extensions_mut().insert(Anonymous(reason));
-                    inner.call(request).await
-                }
-                Decision::Reject(rejection) => Ok(rejection_response(&rejection)),
+                })))
             }
-        })
+        }
+    }
+}
+
+/// Records the decision in the request for handlers and extractors; the
+/// headers to add to the response.
+fn mark<B>(
+    guard: &Guard,
+    decision: &Decision,
+    request: &mut Request<B>,
+) -> Vec<(&'static str, String)> {
+    match decision {
+        Decision::Allow(grant) => {
+            request.extensions_mut().insert(Authenticated {
+                principal: Arc::clone(grant.principal()),
+                guard: guard.clone(),
+            });
+            grant.headers()
+        }
+        Decision::Pass(reason) => {
+            request.extensions_mut().insert(Anonymous {
+                reason: *reason,
+                guard: guard.clone(),
+            });
+            Vec::new()
+        }
+        Decision::Reject(_) => Vec::new(),
     }
 }
 
@@ -217,7 +281,7 @@ where
 {
     type Response = Response<RB>;
     type Error = S::Error;
-    type Future = ResponseFuture<Self::Response, Self::Error>;
+    type Future = ResponseFuture<S::Future, Self::Response, Self::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -225,15 +289,16 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let principal = request.extensions().get::<Authenticated>();
-        let passed = request.extensions().get::<Anonymous>().map(|a| a.0);
-        let decided = self.layer.check.check(principal.map(|a| &*a.0), passed);
+        let passed = request.extensions().get::<Anonymous>().map(|a| a.reason);
+        let decided = self
+            .layer
+            .check
+            .check(principal.map(|a| &*a.principal), passed);
         match decided {
-            Ok(()) => {
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
-                Box::pin(inner.call(request))
+            Ok(()) => Either::Left(self.inner.call(request)),
+            Err(rejection) => {
+                Either::Right(Either::Left(ready(Ok(rejection_response(&rejection)))))
             }
-            Err(rejection) => Box::pin(std::future::ready(Ok(rejection_response(&rejection)))),
         }
     }
 }
@@ -243,20 +308,41 @@ where
 /// route is not behind the layer, or the request passed without a key; use
 /// `Option<Authenticated>` where that is expected).
 #[derive(Clone, Debug)]
-pub struct Authenticated(pub Arc<Principal>);
+pub struct Authenticated {
+    principal: Arc<Principal>,
+    /// The guard that decided, for extractors that decide more (`Scoped`).
+    guard: Guard,
+}
+
+impl Authenticated {
+    /// The principal, shared.
+    pub fn principal(&self) -> &Arc<Principal> {
+        &self.principal
+    }
+}
 
 impl Deref for Authenticated {
     type Target = Principal;
 
     fn deref(&self) -> &Principal {
-        &self.0
+        &self.principal
     }
 }
 
 /// Why a request passed the layer without a key (public path, preflight,
 /// open or report-only mode); in the request's extensions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Anonymous(pub PassReason);
+#[derive(Clone, Debug)]
+pub struct Anonymous {
+    reason: PassReason,
+    guard: Guard,
+}
+
+impl Anonymous {
+    /// Why the request passed without a key.
+    pub fn reason(&self) -> PassReason {
+        self.reason
+    }
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for Authenticated {
     type Rejection = AuthRejection;
@@ -285,10 +371,6 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Authenticated {
         Ok(parts.extensions.get::<Authenticated>().cloned())
     }
 }
-
-/// The guard that let a request through, for extractors that decide more.
-#[derive(Clone)]
-struct GuardExt(Guard);
 
 /// A scope, named by a type, for the [`Scoped`] extractor.
 ///
@@ -326,23 +408,23 @@ impl<St: Send + Sync, S: ScopeName> FromRequestParts<St> for Scoped<S> {
     type Rejection = AuthRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &St) -> Result<Self, AuthRejection> {
-        let principal = parts
-            .extensions
-            .get::<Authenticated>()
-            .map(|a| Arc::clone(&a.0));
-        let passed = parts.extensions.get::<Anonymous>().map(|a| a.0);
-        match parts.extensions.get::<GuardExt>() {
-            Some(GuardExt(guard)) => guard
-                .route_scope(principal.as_deref(), passed, S::SCOPE)
-                .map_err(AuthRejection)?,
+        let authenticated = parts.extensions.get::<Authenticated>();
+        let anonymous = parts.extensions.get::<Anonymous>();
+        let guard = match (authenticated, anonymous) {
+            (Some(a), _) => &a.guard,
+            (None, Some(a)) => &a.guard,
             // Not behind an AuthLayer: never checked, so refused.
-            None => {
+            (None, None) => {
                 return Err(AuthRejection(Rejection::new(
                     RejectionKind::Missing,
                     auth_core::DEFAULT_REALM.into(),
                 )));
             }
-        }
+        };
+        let principal = authenticated.map(|a| Arc::clone(&a.principal));
+        guard
+            .route_scope(principal.as_deref(), anonymous.map(|a| a.reason), S::SCOPE)
+            .map_err(AuthRejection)?;
         Ok(Self {
             principal,
             scope: std::marker::PhantomData,

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::Digest;
 
@@ -25,23 +25,62 @@ use crate::Digest;
 /// assert_eq!(c.expose(), b"s3cret");
 /// ```
 pub struct Credential {
-    secret: Zeroizing<Vec<u8>>,
+    secret: Secret,
     digest: Digest,
+}
+
+/// Keys up to this many bytes are held inline: no allocation per request.
+const INLINE: usize = 96;
+
+enum Secret {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Heap(Zeroizing<Vec<u8>>),
+}
+
+impl Drop for Credential {
+    fn drop(&mut self) {
+        // The heap form is wiped by `Zeroizing`; the inline one here.
+        if let Secret::Inline { len, bytes } = &mut self.secret {
+            bytes[..usize::from(*len)].zeroize();
+        }
+    }
 }
 
 impl Credential {
     /// Wraps presented bytes. Extraction through [`CredentialSources`] is the
     /// normal way in; this is for tests and custom sources.
     pub fn new(secret: impl Into<Vec<u8>>) -> Self {
-        let secret = Zeroizing::new(secret.into());
+        Self::from_secret(Secret::Heap(Zeroizing::new(secret.into())))
+    }
+
+    /// Copies presented bytes: inline (no allocation) when they are short,
+    /// as API keys are.
+    pub fn from_slice(secret: &[u8]) -> Self {
+        match u8::try_from(secret.len()) {
+            Ok(len) if secret.len() <= INLINE => {
+                let mut bytes = [0u8; INLINE];
+                bytes[..secret.len()].copy_from_slice(secret);
+                Self::from_secret(Secret::Inline { len, bytes })
+            }
+            _ => Self::new(secret.to_vec()),
+        }
+    }
+
+    fn from_secret(secret: Secret) -> Self {
         // Hashed eagerly: a lazy cell costs an atomic handshake per request.
-        let digest = Digest::of(&secret);
+        let digest = Digest::of(match &secret {
+            Secret::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Secret::Heap(v) => v,
+        });
         Self { secret, digest }
     }
 
     /// The presented bytes. Named so that every use stands out in review.
     pub fn expose(&self) -> &[u8] {
-        &self.secret
+        match &self.secret {
+            Secret::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Secret::Heap(v) => v,
+        }
     }
 
     /// The SHA-256 digest of the presented bytes.
@@ -306,7 +345,7 @@ impl CredentialSources {
             (Some(_), Some(_)) => return Err(ExtractError::Duplicate),
         };
         self.check(token)?;
-        Ok(Credential::new(token))
+        Ok(Credential::from_slice(token))
     }
 
     fn check(&self, token: &[u8]) -> Result<(), ExtractError> {
@@ -520,6 +559,17 @@ mod tests {
                 .expose(),
             b"t"
         );
+    }
+
+    #[test]
+    fn short_and_long_credentials_hold_the_same_bytes() {
+        for len in [1, 63, 64, 95, 96, 97, 200, 1024] {
+            let bytes: Vec<u8> = (0..len).map(|i| b'!' + (i % 90) as u8).collect();
+            let c = Credential::from_slice(&bytes);
+            assert_eq!(c.expose(), &bytes[..], "{len}");
+            assert_eq!(*c.digest(), Digest::of(&bytes), "{len}");
+            assert_eq!(Credential::new(bytes.clone()).expose(), &bytes[..]);
+        }
     }
 
     #[test]

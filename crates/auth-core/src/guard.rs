@@ -432,12 +432,52 @@ impl Guard {
         }
     }
 
+    /// Decides `req` without waiting, where the decision needs no I/O
+    /// (in-memory keys, cache hits, in-memory rate limits): no future is
+    /// made. `None` means the verifier or the rate limiter would have to
+    /// wait: use [`check`](Guard::check) (nothing was counted yet).
+    ///
+    /// Adapters call this first and allocate a future only on `None`.
+    pub fn check_now<R: RequestView + ?Sized>(&self, req: &R) -> Option<Decision> {
+        let mode = match self.before(req) {
+            Ok(mode) => mode,
+            Err(decided) => return Some(decided),
+        };
+        let s = &*self.shared;
+        let credential = match self.extract(req) {
+            Ok(c) => c,
+            Err(rejection) => return Some(self.after(mode, req, Err(rejection))),
+        };
+        let ctx = self.context(req);
+        let principal = match self.verified(&credential, s.verifier.verify_now(&credential, &ctx)?)
+        {
+            Ok(p) => p,
+            Err(rejection) => return Some(self.after(mode, req, Err(rejection))),
+        };
+        let rate = match self.rate_policy(&principal) {
+            Some((key, policy)) => Some(s.limiter.check_now(key, &policy)?),
+            None => None,
+        };
+        Some(self.after(mode, req, self.grant(&credential, principal, rate)))
+    }
+
     /// Decides `req`.
     pub async fn check<R: RequestView + ?Sized>(&self, req: &R) -> Decision {
+        let mode = match self.before(req) {
+            Ok(mode) => mode,
+            Err(decided) => return decided,
+        };
+        let result = self.authenticate(req).await;
+        self.after(mode, req, result)
+    }
+
+    /// Public paths, preflight and modes: a decision, or the mode to
+    /// authenticate in.
+    fn before<R: RequestView + ?Sized>(&self, req: &R) -> Result<Mode, Decision> {
         let s = &*self.shared;
         if s.public.is_public(req.path()) {
             s.counters.count(Outcome::Passed);
-            return Decision::Pass(PassReason::PublicPath);
+            return Err(Decision::Pass(PassReason::PublicPath));
         }
         if s.allow_preflight
             && req.method().eq_ignore_ascii_case("OPTIONS")
@@ -447,13 +487,12 @@ impl Guard {
                 .is_some()
         {
             s.counters.count(Outcome::Passed);
-            return Decision::Pass(PassReason::Preflight);
+            return Err(Decision::Pass(PassReason::Preflight));
         }
-        let mut mode = self.mode();
-        match mode {
+        match self.mode() {
             Mode::Open => {
                 s.counters.count(Outcome::Passed);
-                return Decision::Pass(PassReason::Open);
+                Err(Decision::Pass(PassReason::Open))
             }
             Mode::Uninitialised if s.verifier.is_ready() => {
                 // Only the first request after readiness flips the mode;
@@ -469,15 +508,25 @@ impl Guard {
                 {
                     tracing::info!(target: "auth_core", keyring = %s.keyring, "verifier ready: enforcing");
                 }
-                mode = self.mode();
+                Ok(self.mode())
             }
             Mode::Uninitialised => {
                 s.counters.count(Outcome::NotReady);
-                return Decision::Reject(self.rejection(RejectionKind::NotReady));
+                Err(Decision::Reject(self.rejection(RejectionKind::NotReady)))
             }
-            _ => {}
+            mode => Ok(mode),
         }
-        match self.authenticate(req).await {
+    }
+
+    /// The decision from the authentication's result, in `mode`.
+    fn after<R: RequestView + ?Sized>(
+        &self,
+        mode: Mode,
+        req: &R,
+        result: Result<Grant, Rejection>,
+    ) -> Decision {
+        let s = &*self.shared;
+        match result {
             Ok(grant) => {
                 s.counters.count(Outcome::Allowed);
                 Decision::Allow(grant)
@@ -495,46 +544,86 @@ impl Guard {
 
     async fn authenticate<R: RequestView + ?Sized>(&self, req: &R) -> Result<Grant, Rejection> {
         let s = &*self.shared;
-        let credential = match s.sources.extract(req) {
-            Ok(c) => c,
-            Err(e) => {
-                let (kind, outcome) = match e {
-                    ExtractError::Missing => (RejectionKind::Missing, Outcome::Missing),
-                    e => (RejectionKind::Malformed(e), Outcome::Malformed),
-                };
-                s.counters.count(outcome);
-                tracing::info!(target: "auth_core", keyring = %s.keyring,
-                    outcome = kind.outcome(), reason = e.describe(), "denied");
-                return Err(self.rejection(kind));
-            }
-        };
-        let fingerprint = credential.digest();
-        let ctx = VerifyContext {
-            path: req.path(),
-            required_scope: self.scope.as_deref(),
-        };
-        let verified = match s.verifier.verify_now(&credential, &ctx) {
+        let credential = self.extract(req)?;
+        let ctx = self.context(req);
+        let answer = match s.verifier.verify_now(&credential, &ctx) {
             Some(answer) => answer,
             None => s.verifier.verify(&credential, &ctx).await,
         };
-        let principal = match verified {
-            Ok(p) => p,
-            Err(e) => {
-                let (kind, outcome) = match e {
-                    VerifyError::Unavailable => (RejectionKind::Unavailable, Outcome::Unavailable),
-                    e => (RejectionKind::Invalid(e), Outcome::Invalid),
-                };
-                s.counters.count(outcome);
-                if e == VerifyError::Unavailable {
-                    tracing::warn!(target: "auth_core", keyring = %s.keyring,
-                        fingerprint = %fingerprint, "verifier unavailable: refusing (503)");
-                } else {
-                    tracing::info!(target: "auth_core", keyring = %s.keyring,
-                        fingerprint = %fingerprint, reason = e.reason(), "denied");
-                }
-                return Err(self.rejection(kind));
-            }
+        let principal = self.verified(&credential, answer)?;
+        let rate = match self.rate_policy(&principal) {
+            Some((key, policy)) => Some(match s.limiter.check_now(key, &policy) {
+                Some(decided) => decided,
+                None => s.limiter.check(key, &policy).await,
+            }),
+            None => None,
         };
+        self.grant(&credential, principal, rate)
+    }
+
+    fn context<'r, R: RequestView + ?Sized>(&'r self, req: &'r R) -> VerifyContext<'r> {
+        VerifyContext {
+            path: req.path(),
+            required_scope: self.scope.as_deref(),
+        }
+    }
+
+    /// The one credential of `req`, or the rejection (counted and logged).
+    fn extract<R: RequestView + ?Sized>(&self, req: &R) -> Result<Credential, Rejection> {
+        let s = &*self.shared;
+        s.sources.extract(req).map_err(|e| {
+            let (kind, outcome) = match e {
+                ExtractError::Missing => (RejectionKind::Missing, Outcome::Missing),
+                e => (RejectionKind::Malformed(e), Outcome::Malformed),
+            };
+            s.counters.count(outcome);
+            tracing::info!(target: "auth_core", keyring = %s.keyring,
+                outcome = kind.outcome(), reason = e.describe(), "denied");
+            self.rejection(kind)
+        })
+    }
+
+    /// The verifier's answer as a principal, or the rejection (counted and
+    /// logged with the credential's fingerprint, never the credential).
+    fn verified(
+        &self,
+        credential: &Credential,
+        answer: crate::VerifyResult,
+    ) -> Result<Arc<Principal>, Rejection> {
+        let s = &*self.shared;
+        answer.map_err(|e| {
+            let fingerprint = credential.digest();
+            let (kind, outcome) = match e {
+                VerifyError::Unavailable => (RejectionKind::Unavailable, Outcome::Unavailable),
+                e => (RejectionKind::Invalid(e), Outcome::Invalid),
+            };
+            s.counters.count(outcome);
+            if e == VerifyError::Unavailable {
+                tracing::warn!(target: "auth_core", keyring = %s.keyring,
+                    fingerprint = %fingerprint, "verifier unavailable: refusing (503)");
+            } else {
+                tracing::info!(target: "auth_core", keyring = %s.keyring,
+                    fingerprint = %fingerprint, reason = e.reason(), "denied");
+            }
+            self.rejection(kind)
+        })
+    }
+
+    /// The key and policy to rate-limit `principal` under, if any.
+    fn rate_policy<'p>(&self, principal: &'p Principal) -> Option<(&'p str, RateLimitPolicy)> {
+        let policy = principal.rate_limit().or(self.shared.default_rate_limit)?;
+        Some((principal.key_id().unwrap_or(principal.id()), policy))
+    }
+
+    /// The guard's scope and the limiter's answer applied to `principal`.
+    fn grant(
+        &self,
+        credential: &Credential,
+        principal: Arc<Principal>,
+        rate: Option<RateDecision>,
+    ) -> Result<Grant, Rejection> {
+        let s = &*self.shared;
+        let fingerprint = credential.digest();
         if let Some(scope) = &self.scope {
             if !principal.has_scope(scope) {
                 s.counters.count(Outcome::Forbidden);
@@ -547,30 +636,27 @@ impl Guard {
                 );
             }
         }
-        let mut rate = None;
-        if let Some(policy) = principal.rate_limit().or(s.default_rate_limit) {
-            let key = principal.key_id().unwrap_or(principal.id());
-            match s.limiter.check(key, &policy).await {
-                RateDecision::Allowed(status) => rate = Some(status),
-                RateDecision::Limited {
-                    status,
-                    retry_after,
-                } => {
-                    s.counters.count(Outcome::Limited);
-                    tracing::info!(target: "auth_core", keyring = %s.keyring,
-                        principal = principal.id(), fingerprint = %fingerprint, "denied: rate limited");
-                    return Err(Rejection::new(RejectionKind::RateLimited, s.realm.clone())
-                        .with_retry_after(retry_after)
-                        .with_rate(status));
-                }
-                RateDecision::Unavailable => {
-                    s.counters.count(Outcome::Unavailable);
-                    tracing::warn!(target: "auth_core", keyring = %s.keyring,
-                        "rate limiter unavailable: refusing (503)");
-                    return Err(self.rejection(RejectionKind::Unavailable));
-                }
+        let rate = match rate {
+            None => None,
+            Some(RateDecision::Allowed(status)) => Some(status),
+            Some(RateDecision::Limited {
+                status,
+                retry_after,
+            }) => {
+                s.counters.count(Outcome::Limited);
+                tracing::info!(target: "auth_core", keyring = %s.keyring,
+                    principal = principal.id(), fingerprint = %fingerprint, "denied: rate limited");
+                return Err(Rejection::new(RejectionKind::RateLimited, s.realm.clone())
+                    .with_retry_after(retry_after)
+                    .with_rate(status));
             }
-        }
+            Some(_) => {
+                s.counters.count(Outcome::Unavailable);
+                tracing::warn!(target: "auth_core", keyring = %s.keyring,
+                    "rate limiter unavailable: refusing (503)");
+                return Err(self.rejection(RejectionKind::Unavailable));
+            }
+        };
         tracing::debug!(target: "auth_core", keyring = %s.keyring,
             principal = principal.id(), fingerprint = %fingerprint, "allowed");
         Ok(Grant { principal, rate })

@@ -46,12 +46,23 @@ pub enum RateDecision {
 pub trait RateLimiter: Send + Sync {
     /// Counts one request for `key` under `policy`.
     async fn check(&self, key: &str, policy: &RateLimitPolicy) -> RateDecision;
+
+    /// The same, without waiting, where the limiter's state is in memory;
+    /// `None` (the default) means "call [`check`](RateLimiter::check)". It
+    /// must count the request exactly when it answers.
+    fn check_now(&self, _key: &str, _policy: &RateLimitPolicy) -> Option<RateDecision> {
+        None
+    }
 }
 
 #[async_trait]
 impl<L: RateLimiter + ?Sized> RateLimiter for Arc<L> {
     async fn check(&self, key: &str, policy: &RateLimitPolicy) -> RateDecision {
         (**self).check(key, policy).await
+    }
+
+    fn check_now(&self, key: &str, policy: &RateLimitPolicy) -> Option<RateDecision> {
+        (**self).check_now(key, policy)
     }
 }
 
@@ -160,8 +171,11 @@ impl GcraLimiter {
 #[async_trait]
 impl RateLimiter for GcraLimiter {
     async fn check(&self, key: &str, policy: &RateLimitPolicy) -> RateDecision {
-        let now = nanos(self.clock.now());
-        self.decide(key, policy, now)
+        self.decide(key, policy, nanos(self.clock.now()))
+    }
+
+    fn check_now(&self, key: &str, policy: &RateLimitPolicy) -> Option<RateDecision> {
+        Some(self.decide(key, policy, nanos(self.clock.now())))
     }
 }
 

@@ -430,3 +430,60 @@ async fn custom_sources_and_bad_config() {
             .is_err()
     );
 }
+
+/// A verifier that must wait (no `verify_now`).
+struct Waits;
+
+#[async_trait]
+impl auth_core::Verifier for Waits {
+    async fn verify(
+        &self,
+        c: &auth_core::Credential,
+        _: &auth_core::VerifyContext<'_>,
+    ) -> auth_core::VerifyResult {
+        tokio::task::yield_now().await;
+        if c.expose() == KEY.as_bytes() {
+            Ok(Arc::new(Principal::new("waited")))
+        } else {
+            Err(VerifyError::Invalid)
+        }
+    }
+}
+
+#[tokio::test]
+async fn check_now_answers_only_without_waiting_and_agrees_with_check() {
+    let g = guard();
+    for req in [
+        with_key("/x"),
+        PlainRequest::get("/x"),
+        PlainRequest::get("/x").header("x-api-key", "bad"),
+        PlainRequest::get("/health"),
+    ] {
+        let now = g.check_now(&req).expect("in-memory keys answer at once");
+        let later = g.check(&req).await;
+        assert_eq!(format!("{now:?}"), format!("{later:?}"));
+    }
+    let waits = Guard::builder(Waits).build().unwrap();
+    assert!(waits.check_now(&with_key("/x")).is_none());
+    assert_eq!(
+        waits.counts(),
+        auth_core::DecisionCounts::default(),
+        "a None counted"
+    );
+    // Decisions that need no verifier still come at once.
+    assert!(matches!(
+        waits.check_now(&PlainRequest::get("/x")),
+        Some(Decision::Reject(_))
+    ));
+    assert!(matches!(
+        waits.check(&with_key("/x")).await,
+        Decision::Allow(_)
+    ));
+    // A limiter that must wait: no answer at once, the request not counted twice.
+    let limited = Guard::builder(StaticKey::new(KEY).unwrap())
+        .default_rate_limit(RateLimitPolicy::new(1, Duration::from_secs(60)))
+        .rate_limiter(Arc::new(DownLimiter))
+        .build()
+        .unwrap();
+    assert!(limited.check_now(&with_key("/x")).is_none());
+}
