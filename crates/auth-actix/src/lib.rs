@@ -20,6 +20,7 @@ pub use auth_core::openapi::SecuritySchemes;
 use auth_core::{
     Decision, Guard, PassReason, Principal, Rejection, RejectionKind, RequestView, RouteScope,
 };
+use futures_util::future::{Either, MapOk, TryFutureExt};
 
 /// A request seen through auth-core's [`RequestView`].
 struct View<'a> {
@@ -166,41 +167,89 @@ where
 {
     type Response = ServiceResponse<EitherBody<B>>;
     type Error = actix_web::Error;
-    type Future = LocalBoxFuture<Result<Self::Response, Self::Error>>;
+    type Future = Either<
+        MapOk<S::Future, fn(ServiceResponse<B>) -> ServiceResponse<EitherBody<B>>>,
+        LocalBoxFuture<Result<Self::Response, Self::Error>>,
+    >;
 
     forward_ready!(service);
 
     fn call(&self, request: ServiceRequest) -> Self::Future {
-        let service = Rc::clone(&self.service);
-        let guard = self.guard.clone();
-        Box::pin(async move {
-            let decision = guard
-                .check(&View {
-                    method: request.method().as_str(),
-                    path: request.path(),
-                    headers: request.headers(),
-                })
-                .await;
-            match decision {
-                Decision::Allow(grant) => {
-                    let headers = grant.headers();
-                    request
-                        .extensions_mut()
-                        .insert(Authenticated(Arc::clone(grant.principal())));
-                    let mut response = service.call(request).await?;
-                    append_headers(response.headers_mut(), headers);
-                    Ok(response.map_into_left_body())
+        let view = View {
+            method: request.method().as_str(),
+            path: request.path(),
+            headers: request.headers(),
+        };
+        match self.guard.check_now(&view) {
+            // At once where no I/O is needed: the service's own future.
+            Some(decision) => match mark(decision, &request) {
+                Marked::Continue(headers) if headers.is_empty() => {
+                    Either::Left(self.service.call(request).map_ok(left_body))
                 }
-                Decision::Pass(reason) => {
-                    request.extensions_mut().insert(Anonymous(reason));
-                    Ok(service.call(request).await?.map_into_left_body())
+                Marked::Continue(headers) => {
+                    let call = self.service.call(request);
+                    Either::Right(Box::pin(async move {
+                        let mut response = call.await?;
+                        append_headers(response.headers_mut(), headers);
+                        Ok(response.map_into_left_body())
+                    }))
                 }
-                Decision::Reject(rejection) => {
-                    let response = AuthError(rejection).error_response();
-                    Ok(request.into_response(response).map_into_right_body())
-                }
+                Marked::Refuse(response) => Either::Right(Box::pin(ready(Ok(request
+                    .into_response(response)
+                    .map_into_right_body())))),
+            },
+            None => {
+                let service = Rc::clone(&self.service);
+                let guard = self.guard.clone();
+                Either::Right(Box::pin(async move {
+                    let view = View {
+                        method: request.method().as_str(),
+                        path: request.path(),
+                        headers: request.headers(),
+                    };
+                    let decision = guard.check(&view).await;
+                    match mark(decision, &request) {
+                        Marked::Continue(headers) => {
+                            let mut response = service.call(request).await?;
+                            append_headers(response.headers_mut(), headers);
+                            Ok(response.map_into_left_body())
+                        }
+                        Marked::Refuse(response) => {
+                            Ok(request.into_response(response).map_into_right_body())
+                        }
+                    }
+                }))
             }
-        })
+        }
+    }
+}
+
+fn left_body<B>(response: ServiceResponse<B>) -> ServiceResponse<EitherBody<B>> {
+    response.map_into_left_body()
+}
+
+/// What the middleware does with a decision.
+enum Marked {
+    /// Call the service, then add these headers.
+    Continue(Vec<(&'static str, String)>),
+    /// Answer with this.
+    Refuse(HttpResponse),
+}
+
+/// Records the decision in the request for handlers and extractors.
+fn mark(decision: Decision, request: &ServiceRequest) -> Marked {
+    match decision {
+        Decision::Allow(grant) => {
+            request
+                .extensions_mut()
+                .insert(Authenticated(Arc::clone(grant.principal())));
+            Marked::Continue(grant.headers())
+        }
+        Decision::Pass(reason) => {
+            request.extensions_mut().insert(Anonymous(reason));
+            Marked::Continue(Vec::new())
+        }
+        Decision::Reject(rejection) => Marked::Refuse(AuthError(rejection).error_response()),
     }
 }
 

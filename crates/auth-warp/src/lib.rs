@@ -3,9 +3,12 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(unused_crate_dependencies))]
 
+use std::future::{Future, ready};
+use std::pin::Pin;
 use std::sync::Arc;
 
 use auth_core::{Decision, Guard, PassReason, Principal, Rejection, RequestView};
+use futures_util::future::Either;
 use warp::Filter;
 use warp::http::header::{HeaderMap, HeaderName, HeaderValue};
 use warp::http::{Method, StatusCode};
@@ -101,6 +104,25 @@ impl Caller {
     }
 }
 
+type CallerFuture = Pin<Box<dyn Future<Output = Result<Caller, warp::Rejection>> + Send>>;
+
+/// The caller of an allowed or passed request; the rejection of a refused one.
+fn caller(decision: Decision) -> Result<Caller, warp::Rejection> {
+    match decision {
+        Decision::Allow(grant) => Ok(Caller {
+            headers: grant.headers(),
+            principal: Some(Arc::clone(grant.principal())),
+            passed: None,
+        }),
+        Decision::Pass(reason) => Ok(Caller {
+            principal: None,
+            passed: Some(reason),
+            headers: Vec::new(),
+        }),
+        Decision::Reject(r) => Err(warp::reject::custom(AuthRejected(r))),
+    }
+}
+
 /// Authentication for warp routes, around a [`Guard`].
 #[derive(Clone, Debug)]
 pub struct Auth {
@@ -128,25 +150,24 @@ impl Auth {
             .and(warp::path::full())
             .and(warp::header::headers_cloned())
             .and_then(move |method: Method, path: FullPath, headers: HeaderMap| {
-                let guard = guard.clone();
-                async move {
-                    let view = View {
-                        method: &method,
-                        path: &path,
-                        headers: &headers,
-                    };
-                    match guard.check(&view).await {
-                        Decision::Allow(grant) => Ok(Caller {
-                            headers: grant.headers(),
-                            principal: Some(Arc::clone(grant.principal())),
-                            passed: None,
-                        }),
-                        Decision::Pass(reason) => Ok(Caller {
-                            principal: None,
-                            passed: Some(reason),
-                            headers: Vec::new(),
-                        }),
-                        Decision::Reject(r) => Err(warp::reject::custom(AuthRejected(r))),
+                let view = View {
+                    method: &method,
+                    path: &path,
+                    headers: &headers,
+                };
+                // At once where no I/O is needed; a boxed future otherwise.
+                match guard.check_now(&view) {
+                    Some(decision) => Either::Left(ready(caller(decision))),
+                    None => {
+                        let guard = guard.clone();
+                        Either::Right(Box::pin(async move {
+                            let view = View {
+                                method: &method,
+                                path: &path,
+                                headers: &headers,
+                            };
+                            caller(guard.check(&view).await)
+                        }) as CallerFuture)
                     }
                 }
             })
@@ -167,12 +188,10 @@ impl Auth {
             .unwrap_or_else(|e| panic!("with_scope: {e}"));
         self.filter().and_then(move |caller: Caller| {
             let decided = check.check(caller.principal.as_deref(), caller.passed);
-            async move {
-                match decided {
-                    Ok(()) => Ok(caller),
-                    Err(r) => Err(warp::reject::custom(AuthRejected(r))),
-                }
-            }
+            ready(match decided {
+                Ok(()) => Ok(caller),
+                Err(r) => Err(warp::reject::custom(AuthRejected(r))),
+            })
         })
     }
 }
