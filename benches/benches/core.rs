@@ -23,11 +23,11 @@ fn key_set(n: u64) -> KeySet {
     set
 }
 
-/// Times what verification costs from the presented bytes: they become a
-/// `Credential` (hashed once, the bytes moved, not copied) and the verifier
-/// answers as the guard asks it (`verify_now`, else `verify`). Making the
-/// bytes and dropping the credential (zeroize, free) fall outside the timing;
-/// `Credential::new+drop` shows that part on its own.
+/// Times what verification costs a request from the presented bytes: they
+/// become a `Credential` the way extraction makes it (copied inline and
+/// hashed once), the verifier answers as the guard asks it (`verify_now`,
+/// else `verify`), and the credential is dropped (zeroized). Only making the
+/// bytes falls outside the timing.
 fn bench_verify(
     c: &mut Criterion,
     name: &str,
@@ -36,15 +36,14 @@ fn bench_verify(
 ) {
     let ctx = VerifyContext::default();
     c.bench_function(name, |b| {
-        b.iter_batched(
+        b.iter_batched_ref(
             || next_key().into_bytes(),
             |bytes| {
-                let cred = Credential::new(bytes);
+                let cred = Credential::from_slice(bytes);
                 let r = v
                     .verify_now(&cred, &ctx)
                     .unwrap_or_else(|| ready(v.verify(&cred, &ctx)));
-                assert!(r.is_ok());
-                (cred, r)
+                r.is_ok()
             },
             BatchSize::SmallInput,
         )
@@ -60,12 +59,8 @@ fn floor(c: &mut Criterion) {
     c.bench_function("sha256/32B", |b| {
         b.iter(|| Digest::of(black_box(k32.as_bytes())))
     });
-    c.bench_function("Credential::new+drop (hash, zeroize, free)", |b| {
-        b.iter_batched(
-            || k64.clone().into_bytes(),
-            |bytes| drop(black_box(Credential::new(bytes))),
-            BatchSize::SmallInput,
-        )
+    c.bench_function("Credential::from_slice+drop (copy, hash, zeroize)", |b| {
+        b.iter(|| drop(black_box(Credential::from_slice(black_box(k64.as_bytes())))))
     });
 }
 

@@ -8,10 +8,7 @@ use actix_web::{App, HttpServer, web};
 use auth_actix::{Auth, Authenticated};
 
 async fn items(who: Authenticated) -> String {
-    format!(
-        "{{\"caller\":\"{}\",\"items\":[\"apples\",\"pears\"]}}",
-        who.id()
-    )
+    crate::items_body(who.id())
 }
 
 async fn admin(who: Authenticated) -> String {
@@ -53,10 +50,24 @@ pub fn serve(listener: std::net::TcpListener, key_file: PathBuf) -> std::io::Res
     let addr = listener.local_addr()?;
     let (guard, slot) = crate::first_start_guard();
     let auth = Auth::new(guard);
-    let server = HttpServer::new(move || App::new().configure(routes(auth.clone())))
-        .workers(2)
-        .listen(listener)?
-        .run();
+    let disabled = crate::auth_disabled();
+    let server = HttpServer::new(move || {
+        if disabled {
+            // The same routes with no authentication (`EXAMPLE_NO_AUTH=1`).
+            App::new().configure(|cfg| {
+                cfg.route("/health", web::get().to(|| async { "ok" }))
+                    .route(
+                        "/api/v1/items",
+                        web::get().to(|| async { crate::items_body("anonymous") }),
+                    );
+            })
+        } else {
+            App::new().configure(routes(auth.clone()))
+        }
+    })
+    .workers(2)
+    .listen(listener)?
+    .run();
     let handle = server.handle();
     actix_web::rt::spawn(async move {
         if let Err(e) = crate::load_key(slot, key_file, addr).await {

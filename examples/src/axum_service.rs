@@ -25,10 +25,17 @@ pub fn app(guard: Guard) -> Router {
 }
 
 async fn items(who: Authenticated) -> String {
-    format!(
-        "{{\"caller\":\"{}\",\"items\":[\"apples\",\"pears\"]}}",
-        who.id()
-    )
+    crate::items_body(who.id())
+}
+
+/// The same routes with no authentication (`EXAMPLE_NO_AUTH=1`).
+pub fn app_without_auth() -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route(
+            "/api/v1/items",
+            get(|| async { crate::items_body("anonymous") }),
+        )
 }
 
 async fn admin(who: Authenticated) -> String {
@@ -44,8 +51,13 @@ pub async fn run(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let addr: SocketAddr = listener.local_addr()?;
     let (guard, slot) = crate::first_start_guard();
+    let router = if crate::auth_disabled() {
+        app_without_auth()
+    } else {
+        app(guard)
+    };
     let server = tokio::spawn(async move {
-        axum::serve(listener, app(guard))
+        axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)
             .await
     });

@@ -22,6 +22,17 @@ pub mod warp_service;
 /// The scope of the admin route.
 pub const ADMIN_SCOPE: &str = "admin";
 
+/// Whether `EXAMPLE_NO_AUTH=1`: the same routes without authentication,
+/// the baseline of `benches/e2e.sh`.
+pub fn auth_disabled() -> bool {
+    std::env::var_os("EXAMPLE_NO_AUTH").is_some_and(|v| v == "1")
+}
+
+/// The body of `/api/v1/items` for `caller`.
+pub fn items_body(caller: &str) -> String {
+    format!("{{\"caller\":\"{caller}\",\"items\":[\"apples\",\"pears\"]}}")
+}
+
 /// Where the key file lives: `AUTH_API_KEY_FILE` if set, else `data/.api_key`.
 pub fn key_file_path() -> Result<PathBuf, auth_core::Error> {
     KeyFile::builder().path("data/.api_key").resolve_path()

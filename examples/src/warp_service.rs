@@ -9,10 +9,18 @@ use warp::filters::BoxedFilter;
 use warp::reply::{Reply, Response};
 
 fn items(caller: Caller) -> Response {
-    let id = caller.id().unwrap_or("anonymous").to_owned();
-    caller.reply(format!(
-        "{{\"caller\":\"{id}\",\"items\":[\"apples\",\"pears\"]}}"
-    ))
+    caller.reply(crate::items_body(caller.id().unwrap_or("anonymous")))
+}
+
+/// The same routes with no authentication (`EXAMPLE_NO_AUTH=1`).
+pub fn routes_without_auth() -> BoxedFilter<(Response,)> {
+    let health = warp::path!("health")
+        .and(warp::get())
+        .map(|| "ok".into_response());
+    let items = warp::path!("api" / "v1" / "items")
+        .and(warp::get())
+        .map(|| crate::items_body("anonymous").into_response());
+    health.or(items).unify().boxed()
 }
 
 fn admin(caller: Caller) -> Response {
@@ -53,7 +61,11 @@ pub async fn run(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let addr = listener.local_addr()?;
     let (guard, slot) = crate::first_start_guard();
-    let routes = routes(&Auth::new(guard));
+    let routes = if crate::auth_disabled() {
+        routes_without_auth()
+    } else {
+        routes(&Auth::new(guard))
+    };
     let server = tokio::spawn(
         warp::serve(routes)
             .incoming(listener)
