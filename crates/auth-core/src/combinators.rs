@@ -142,7 +142,14 @@ impl<V: Verifier, C: Cache<Arc<Principal>>> Verifier for Cached<V, C> {
         let digest = credential.digest();
         match self.lookup(digest) {
             Some(Ok(answer)) => Some(answer),
-            Some(Err(_)) => None,
+            Some(Err(principal)) => {
+                let ticket = self.cache.ticket(digest);
+                let live = self.inner.recheck_now(digest, &principal)?;
+                if live.is_err() {
+                    self.remember(ticket, &live);
+                }
+                Some(live)
+            }
             None => {
                 let ticket = self.cache.ticket(digest);
                 let result = self.inner.verify_now(credential, ctx)?;
@@ -260,6 +267,10 @@ impl<V: Verifier> Verifier for FormatChecked<V> {
         self.inner.rechecks()
     }
 
+    fn recheck_now(&self, digest: &Digest, cached: &Arc<Principal>) -> Option<VerifyResult> {
+        self.inner.recheck_now(digest, cached)
+    }
+
     fn recheck<'a>(
         &'a self,
         digest: &'a Digest,
@@ -343,6 +354,10 @@ impl<V: Verifier> Verifier for Deferred<V> {
 
     fn rechecks(&self) -> bool {
         self.slot.get().is_some_and(Verifier::rechecks)
+    }
+
+    fn recheck_now(&self, digest: &Digest, cached: &Arc<Principal>) -> Option<VerifyResult> {
+        self.slot.get()?.recheck_now(digest, cached)
     }
 
     fn recheck<'a>(

@@ -48,14 +48,29 @@ impl KeyRecord {
         }
     }
 
-    /// Decides the record against `now`: the principal it grants, or why not.
-    pub fn decide(&self, now: SystemTime) -> VerifyResult {
+    /// Whether the record is live at `now` (not disabled, not expired).
+    pub fn decide_state(&self, now: SystemTime) -> Result<(), VerifyError> {
         if self.disabled {
             return Err(VerifyError::Disabled);
         }
         if self.expires_at.is_some_and(|at| now >= at) {
             return Err(VerifyError::Expired);
         }
+        Ok(())
+    }
+
+    /// Whether `principal` is exactly what this record grants.
+    pub fn grants(&self, principal: &Principal) -> bool {
+        principal.id() == self.principal_id
+            && principal.key_id() == Some(self.id.as_str())
+            && principal.scopes() == self.scopes.as_slice()
+            && principal.rate_limit() == self.rate_limit
+            && principal.labels().is_empty()
+    }
+
+    /// Decides the record against `now`: the principal it grants, or why not.
+    pub fn decide(&self, now: SystemTime) -> VerifyResult {
+        self.decide_state(now)?;
         let mut p = Principal::new(self.principal_id.clone())
             .with_key_id(self.id.clone())
             .with_scopes(self.scopes.iter().cloned());
@@ -86,6 +101,12 @@ pub trait KeyStore: Send + Sync {
         false
     }
 
+    /// [`find_by_id`](KeyStore::find_by_id) without waiting, for stores
+    /// held in memory; `None` (the default) means "call `find_by_id`".
+    fn find_by_id_now(&self, _id: &str) -> Option<Result<Option<Arc<KeyRecord>>, StoreError>> {
+        None
+    }
+
     /// The record with this id. Only called when
     /// [`has_find_by_id`](KeyStore::has_find_by_id) is `true`.
     async fn find_by_id(&self, _id: &str) -> Result<Option<KeyRecord>, StoreError> {
@@ -101,6 +122,10 @@ impl<S: KeyStore + ?Sized> KeyStore for Arc<S> {
 
     fn has_find_by_id(&self) -> bool {
         (**self).has_find_by_id()
+    }
+
+    fn find_by_id_now(&self, id: &str) -> Option<Result<Option<Arc<KeyRecord>>, StoreError>> {
+        (**self).find_by_id_now(id)
     }
 
     async fn find_by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
@@ -126,7 +151,7 @@ pub struct MemoryKeyStore {
 
 #[derive(Default)]
 struct MemoryInner {
-    by_digest: HashMap<Digest, KeyRecord, DigestHasher>,
+    by_digest: HashMap<Digest, Arc<KeyRecord>, DigestHasher>,
     id_to_digest: HashMap<String, Digest>,
 }
 
@@ -142,11 +167,15 @@ impl MemoryKeyStore {
         if let Some(old) = inner.id_to_digest.insert(record.id.clone(), record.digest) {
             inner.by_digest.remove(&old);
         }
-        inner.by_digest.insert(record.digest, record);
+        inner.by_digest.insert(record.digest, Arc::new(record));
     }
 
     /// The record with this id.
     pub fn get(&self, id: &str) -> Option<KeyRecord> {
+        self.get_shared(id).map(|r| KeyRecord::clone(&r))
+    }
+
+    fn get_shared(&self, id: &str) -> Option<Arc<KeyRecord>> {
         let inner = self.inner.read();
         let d = inner.id_to_digest.get(id)?;
         inner.by_digest.get(d).cloned()
@@ -159,7 +188,8 @@ impl MemoryKeyStore {
             return false;
         };
         match inner.by_digest.get_mut(&d) {
-            Some(record) => {
+            Some(shared) => {
+                let record = Arc::make_mut(shared);
                 change(record);
                 // The digest is the index: it must not change in place.
                 record.digest = d;
@@ -179,7 +209,10 @@ impl MemoryKeyStore {
     pub fn remove(&self, id: &str) -> Option<KeyRecord> {
         let mut inner = self.inner.write();
         let d = inner.id_to_digest.remove(id)?;
-        inner.by_digest.remove(&d)
+        inner
+            .by_digest
+            .remove(&d)
+            .map(|r| Arc::try_unwrap(r).unwrap_or_else(|shared| KeyRecord::clone(&shared)))
     }
 
     /// How many records.
@@ -204,11 +237,20 @@ impl fmt::Debug for MemoryKeyStore {
 #[async_trait]
 impl KeyStore for MemoryKeyStore {
     async fn find_by_digest(&self, digest: &Digest) -> Result<Option<KeyRecord>, StoreError> {
-        Ok(self.inner.read().by_digest.get(digest).cloned())
+        Ok(self
+            .inner
+            .read()
+            .by_digest
+            .get(digest)
+            .map(|r| KeyRecord::clone(r)))
     }
 
     fn has_find_by_id(&self) -> bool {
         true
+    }
+
+    fn find_by_id_now(&self, id: &str) -> Option<Result<Option<Arc<KeyRecord>>, StoreError>> {
+        Some(Ok(self.get_shared(id)))
     }
 
     async fn find_by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
@@ -296,6 +338,26 @@ impl<S: KeyStore> Verifier for HashedKeyStore<S> {
 
     fn rechecks(&self) -> bool {
         self.store.has_find_by_id()
+    }
+
+    fn recheck_now(&self, digest: &Digest, cached: &Arc<Principal>) -> Option<VerifyResult> {
+        let record = match self.store.find_by_id_now(cached.key_id()?)? {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::warn!(error = %e, "key store unavailable");
+                return Some(Err(VerifyError::Unavailable));
+            }
+        };
+        let Some(record) = record.filter(|r| bool::from(r.digest.ct_eq(digest))) else {
+            return Some(Err(VerifyError::Invalid));
+        };
+        // An unchanged record grants the cached principal as it is: no new
+        // allocation on the hit path.
+        Some(match record.decide_state((self.now)()) {
+            Err(e) => Err(e),
+            Ok(()) if record.grants(cached) => Ok(Arc::clone(cached)),
+            Ok(()) => record.decide((self.now)()),
+        })
     }
 
     fn recheck<'a>(

@@ -223,6 +223,12 @@ pub trait Verifier: Send + Sync {
         false
     }
 
+    /// [`recheck`](Verifier::recheck) without waiting, where the live
+    /// source is in memory; `None` (the default) means "call `recheck`".
+    fn recheck_now(&self, _digest: &Digest, _cached: &Arc<Principal>) -> Option<VerifyResult> {
+        None
+    }
+
     /// Re-checks a cached grant against the live source (a cheap fetch by
     /// id). Called only when [`rechecks`](Verifier::rechecks) is `true`; the
     /// default trusts the cached grant.
@@ -295,6 +301,10 @@ impl<V: Verifier + ?Sized> Verifier for Arc<V> {
 
     fn rechecks(&self) -> bool {
         (**self).rechecks()
+    }
+
+    fn recheck_now(&self, digest: &Digest, cached: &Arc<Principal>) -> Option<VerifyResult> {
+        (**self).recheck_now(digest, cached)
     }
 
     fn recheck<'a>(

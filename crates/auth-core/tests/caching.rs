@@ -315,13 +315,20 @@ async fn verify_now_agrees_with_verify() {
             }
         }
     }
-    // The store-backed cache holds a grant but must re-check it: not now.
+    // The store-backed cache re-checks its grant against the live record,
+    // at once for an in-memory store: a change is seen on the next hit.
+    let now = |v: &dyn Verifier| {
+        v.verify_now(&Credential::new("good"), &ctx)
+            .expect("an in-memory store answers at once")
+    };
+    assert!(!now(&cached_store).unwrap().has_scope("new"));
+    store.update("k1", |r| r.scopes = vec!["new".into()]);
     assert!(
-        cached_store
-            .verify_now(&Credential::new("good"), &ctx)
-            .is_none()
+        now(&cached_store).unwrap().has_scope("new"),
+        "a changed record's scopes were not seen"
     );
     store.disable("k1");
+    assert_eq!(now(&cached_store).unwrap_err(), VerifyError::Disabled);
     assert_eq!(
         verify(&cached_store, "good").await.unwrap_err(),
         VerifyError::Disabled
