@@ -24,10 +24,10 @@ fn key_set(n: u64) -> KeySet {
 }
 
 /// Times what verification costs a request from the presented bytes: they
-/// become a `Credential` the way extraction makes it (copied inline and
-/// hashed once), the verifier answers as the guard asks it (`verify_now`,
-/// else `verify`), and the credential is dropped (zeroized). Only making the
-/// bytes falls outside the timing.
+/// become a `Credential` the way extraction makes it (copied inline, hashed
+/// once), the verifier answers the way the guard asks it (`verify_now`,
+/// else `verify`), and the credential is dropped (zeroized). Only making
+/// the bytes falls outside the timing.
 fn bench_verify(
     c: &mut Criterion,
     name: &str,
