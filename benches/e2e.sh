@@ -28,7 +28,8 @@ BIN_DIR="$(pwd)/target/release/examples"
 if [ "$(nproc)" -ge 2 ]; then SERVER_CPU="taskset -c 0"; LOAD_CPU="taskset -c 1"; else SERVER_CPU=""; LOAD_CPU=""; fi
 TICKS=$(getconf CLK_TCK)
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+SERVER_PID=""
+trap '[ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; rm -rf "$WORK"' EXIT
 RESULTS="$WORK/results"
 : > "$RESULTS"
 
@@ -43,6 +44,7 @@ run_case() { # framework mode round
     (cd "$dir" && EXAMPLE_NO_AUTH=$no_auth BIND="127.0.0.1:$PORT" \
         exec $SERVER_CPU "$BIN_DIR/${fw}_service" >/dev/null 2>&1) &
     pid=$!
+    SERVER_PID=$pid
     for _ in $(seq 1 100); do
         curl -fs "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && [ -s "$dir/data/.api_key" ] && break
         sleep 0.05
@@ -56,6 +58,7 @@ run_case() { # framework mode round
     after=$(cpu_ticks "$pid")
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
+    SERVER_PID=""
     if echo "$out" | grep -q "Non-2xx"; then
         echo "$fw/$mode: wrk saw non-2xx answers" >&2
         echo "$out" >&2
