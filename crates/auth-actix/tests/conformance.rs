@@ -60,17 +60,17 @@ impl Harness for Actix {
         }
         let response = test::call_service(&app, req.to_request()).await;
         let status = response.status().as_u16();
-        let headers = response
+        let headers: Vec<(String, Vec<u8>)> = response
             .headers()
             .iter()
-            .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
             .collect();
         let body = test::read_body(response).await;
-        TestResponse {
+        TestResponse::from_parts(
             status,
-            headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        }
+            headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
+            &body,
+        )
     }
 }
 

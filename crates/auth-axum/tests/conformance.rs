@@ -66,17 +66,17 @@ impl Harness for Axum {
             .await
             .unwrap();
         let status = response.status().as_u16();
-        let headers = response
+        let headers: Vec<(String, Vec<u8>)> = response
             .headers()
             .iter()
-            .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
             .collect();
         let body = response.into_body().collect().await.unwrap().to_bytes();
-        TestResponse {
+        TestResponse::from_parts(
             status,
-            headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        }
+            headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
+            &body,
+        )
     }
 }
 

@@ -81,6 +81,28 @@ pub struct TestResponse {
 }
 
 impl TestResponse {
+    /// A response from a framework's parts: status, header names and raw
+    /// values (names are lowercased; values read as text, lossily), body.
+    pub fn from_parts<'a>(
+        status: u16,
+        headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+        body: &[u8],
+    ) -> Self {
+        Self {
+            status,
+            headers: headers
+                .into_iter()
+                .map(|(n, v)| {
+                    (
+                        n.to_ascii_lowercase(),
+                        String::from_utf8_lossy(v).into_owned(),
+                    )
+                })
+                .collect(),
+            body: String::from_utf8_lossy(body).into_owned(),
+        }
+    }
+
     fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
