@@ -13,7 +13,7 @@ use std::sync::Arc;
 use actix_web::body::{BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::http::StatusCode;
-use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 #[cfg(feature = "openapi")]
 pub use auth_core::openapi::SecuritySchemes;
@@ -21,6 +21,8 @@ use auth_core::{
     Decision, Guard, PassReason, Principal, Rejection, RejectionKind, RequestView, RouteScope,
 };
 use futures_util::future::{Either, MapOk, TryFutureExt};
+
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// A request seen through auth-core's [`RequestView`].
 struct View<'a> {
@@ -39,7 +41,14 @@ impl RequestView for View<'_> {
     }
 
     fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.headers.get_all(name).map(HeaderValue::as_bytes)
+        // The default sources by constant: a lookup by `&str` parses the
+        // name on every request.
+        let values = match name {
+            "authorization" => self.headers.get_all(AUTHORIZATION),
+            "x-api-key" => self.headers.get_all(X_API_KEY),
+            other => self.headers.get_all(other),
+        };
+        values.map(HeaderValue::as_bytes)
     }
 }
 
@@ -240,10 +249,11 @@ enum Marked {
 fn mark(decision: Decision, request: &ServiceRequest) -> Marked {
     match decision {
         Decision::Allow(grant) => {
+            let headers = grant.headers();
             request
                 .extensions_mut()
-                .insert(Authenticated(Arc::clone(grant.principal())));
-            Marked::Continue(grant.headers())
+                .insert(Authenticated(grant.into_principal()));
+            Marked::Continue(headers)
         }
         Decision::Pass(reason) => {
             request.extensions_mut().insert(Anonymous(reason));

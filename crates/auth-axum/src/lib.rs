@@ -15,12 +15,15 @@ use auth_core::{
     Decision, Guard, PassReason, Principal, Rejection, RejectionKind, RequestView, RouteScope,
 };
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
+use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use axum::response::IntoResponse;
 use futures_util::future::Either;
 use tower_layer::Layer;
 use tower_service::Service;
+
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// A request's parts seen through auth-core's [`RequestView`]. It borrows
 /// the parts, not the request: a body is not `Sync`, and the guard's future
@@ -41,10 +44,14 @@ impl RequestView for View<'_> {
     }
 
     fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.headers
-            .get_all(name)
-            .into_iter()
-            .map(HeaderValue::as_bytes)
+        // The default sources by constant: a lookup by `&str` parses the
+        // name on every request.
+        let values = match name {
+            "authorization" => self.headers.get_all(AUTHORIZATION),
+            "x-api-key" => self.headers.get_all(X_API_KEY),
+            other => self.headers.get_all(other),
+        };
+        values.into_iter().map(HeaderValue::as_bytes)
     }
 }
 
@@ -177,10 +184,9 @@ where
                 let guard = self.guard.clone();
                 Either::Right(Either::Right(Box::pin(async move {
                     let decision = guard.check(&Self::view(&request)).await;
-                    let headers = mark(&guard, &decision, &mut request);
-                    match decision {
-                        Decision::Reject(rejection) => Ok(rejection_response(&rejection)),
-                        _ => {
+                    match mark(&guard, decision, &mut request) {
+                        Err(rejection) => Ok(rejection_response(&rejection)),
+                        Ok(headers) => {
                             let mut response = inner.call(request).await?;
                             append_headers(response.headers_mut(), headers);
                             Ok(response)
@@ -203,13 +209,12 @@ impl<S> AuthService<S> {
         S::Future: Send + 'static,
         RB: From<String> + Send + 'static,
     {
-        let headers = mark(&self.guard, &decision, &mut request);
-        match decision {
-            Decision::Reject(rejection) => {
+        match mark(&self.guard, decision, &mut request) {
+            Err(rejection) => {
                 Either::Right(Either::Left(ready(Ok(rejection_response(&rejection)))))
             }
-            _ if headers.is_empty() => Either::Left(self.inner.call(request)),
-            _ => {
+            Ok(headers) if headers.is_empty() => Either::Left(self.inner.call(request)),
+            Ok(headers) => {
                 let call = self.inner.call(request);
                 Either::Right(Either::Right(Box::pin(async move {
                     let mut response = call.await?;
@@ -221,29 +226,30 @@ impl<S> AuthService<S> {
     }
 }
 
-/// Records the decision in the request for handlers and extractors; the
-/// headers to add to the response.
+/// Records the decision in the request for handlers and extractors: the
+/// rejection to answer with, or the headers to add to the response.
 fn mark<B>(
     guard: &Guard,
-    decision: &Decision,
+    decision: Decision,
     request: &mut Request<B>,
-) -> Vec<(&'static str, String)> {
+) -> Result<Vec<(&'static str, String)>, Rejection> {
     match decision {
         Decision::Allow(grant) => {
+            let headers = grant.headers();
             request.extensions_mut().insert(Authenticated {
-                principal: Arc::clone(grant.principal()),
+                principal: grant.into_principal(),
                 guard: guard.clone(),
             });
-            grant.headers()
+            Ok(headers)
         }
         Decision::Pass(reason) => {
             request.extensions_mut().insert(Anonymous {
-                reason: *reason,
+                reason,
                 guard: guard.clone(),
             });
-            Vec::new()
+            Ok(Vec::new())
         }
-        Decision::Reject(_) => Vec::new(),
+        Decision::Reject(rejection) => Err(rejection),
     }
 }
 

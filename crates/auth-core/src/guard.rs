@@ -108,14 +108,14 @@ impl PublicPaths {
         if self.exact.is_empty() && self.prefixes.is_empty() {
             return false;
         }
-        if !is_clean_path(path) {
-            return false;
-        }
-        self.exact.iter().any(|p| p == path)
+        // Matched first, checked after: most requests match nothing, and
+        // the cleanliness check is the dearer half.
+        let matched = self.exact.iter().any(|p| p == path)
             || self.prefixes.iter().any(|p| {
                 path.strip_prefix(p.as_str())
                     .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-            })
+            });
+        matched && is_clean_path(path)
     }
 
     fn validate(&self) -> Result<(), Error> {
@@ -167,6 +167,12 @@ impl Grant {
     /// The authenticated caller.
     pub fn principal(&self) -> &Arc<Principal> {
         &self.principal
+    }
+
+    /// The authenticated caller, taken out of the grant (no reference
+    /// count traffic, for adapters that hand it on).
+    pub fn into_principal(self) -> Arc<Principal> {
+        self.principal
     }
 
     /// The caller's rate-limit state, if a limit applies.

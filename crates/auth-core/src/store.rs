@@ -101,9 +101,14 @@ pub trait KeyStore: Send + Sync {
         false
     }
 
-    /// [`find_by_id`](KeyStore::find_by_id) without waiting, for stores
-    /// held in memory; `None` (the default) means "call `find_by_id`".
-    fn find_by_id_now(&self, _id: &str) -> Option<Result<Option<Arc<KeyRecord>>, StoreError>> {
+    /// [`find_by_digest`](KeyStore::find_by_digest) without waiting and
+    /// without a copy, for stores held in memory; `None` (the default)
+    /// means "ask the store". A cache hit is re-checked with it: the record
+    /// must still carry the cached key's id.
+    fn find_by_digest_now(
+        &self,
+        _digest: &Digest,
+    ) -> Option<Result<Option<Arc<KeyRecord>>, StoreError>> {
         None
     }
 
@@ -124,8 +129,11 @@ impl<S: KeyStore + ?Sized> KeyStore for Arc<S> {
         (**self).has_find_by_id()
     }
 
-    fn find_by_id_now(&self, id: &str) -> Option<Result<Option<Arc<KeyRecord>>, StoreError>> {
-        (**self).find_by_id_now(id)
+    fn find_by_digest_now(
+        &self,
+        digest: &Digest,
+    ) -> Option<Result<Option<Arc<KeyRecord>>, StoreError>> {
+        (**self).find_by_digest_now(digest)
     }
 
     async fn find_by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
@@ -172,13 +180,9 @@ impl MemoryKeyStore {
 
     /// The record with this id.
     pub fn get(&self, id: &str) -> Option<KeyRecord> {
-        self.get_shared(id).map(|r| KeyRecord::clone(&r))
-    }
-
-    fn get_shared(&self, id: &str) -> Option<Arc<KeyRecord>> {
         let inner = self.inner.read();
         let d = inner.id_to_digest.get(id)?;
-        inner.by_digest.get(d).cloned()
+        inner.by_digest.get(d).map(|r| KeyRecord::clone(r))
     }
 
     /// Changes a record in place; returns whether it exists.
@@ -249,8 +253,11 @@ impl KeyStore for MemoryKeyStore {
         true
     }
 
-    fn find_by_id_now(&self, id: &str) -> Option<Result<Option<Arc<KeyRecord>>, StoreError>> {
-        Some(Ok(self.get_shared(id)))
+    fn find_by_digest_now(
+        &self,
+        digest: &Digest,
+    ) -> Option<Result<Option<Arc<KeyRecord>>, StoreError>> {
+        Some(Ok(self.inner.read().by_digest.get(digest).cloned()))
     }
 
     async fn find_by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
@@ -341,22 +348,31 @@ impl<S: KeyStore> Verifier for HashedKeyStore<S> {
     }
 
     fn recheck_now(&self, digest: &Digest, cached: &Arc<Principal>) -> Option<VerifyResult> {
-        let record = match self.store.find_by_id_now(cached.key_id()?)? {
+        let id = cached.key_id()?;
+        let record = match self.store.find_by_digest_now(digest)? {
             Ok(record) => record,
             Err(e) => {
                 tracing::warn!(error = %e, "key store unavailable");
                 return Some(Err(VerifyError::Unavailable));
             }
         };
-        let Some(record) = record.filter(|r| bool::from(r.digest.ct_eq(digest))) else {
+        // The same digest under the same id: the key the cache granted.
+        let Some(record) = record.filter(|r| r.id == id && bool::from(r.digest.ct_eq(digest)))
+        else {
             return Some(Err(VerifyError::Invalid));
+        };
+        // The wall clock only where the record can expire (a clock read
+        // costs as much as the rest of a hit).
+        let now = match record.expires_at {
+            Some(_) => (self.now)(),
+            None => SystemTime::UNIX_EPOCH,
         };
         // An unchanged record grants the cached principal as it is: no new
         // allocation on the hit path.
-        Some(match record.decide_state((self.now)()) {
+        Some(match record.decide_state(now) {
             Err(e) => Err(e),
             Ok(()) if record.grants(cached) => Ok(Arc::clone(cached)),
-            Ok(()) => record.decide((self.now)()),
+            Ok(()) => record.decide(now),
         })
     }
 
@@ -463,6 +479,48 @@ mod tests {
         store.insert(KeyRecord::new("k1", Digest::of(b"other"), "svc"));
         assert_eq!(
             block_on(v.recheck(&d, &p)).unwrap_err(),
+            VerifyError::Invalid
+        );
+    }
+
+    #[test]
+    fn recheck_now_follows_the_record_and_the_clock() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NOW: AtomicU64 = AtomicU64::new(1_000);
+        fn now() -> SystemTime {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(NOW.load(Ordering::SeqCst))
+        }
+        let store = Arc::new(MemoryKeyStore::new());
+        let d = Digest::of(b"key-1");
+        let mut r = KeyRecord::new("k1", d, "svc");
+        r.expires_at = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(2_000));
+        store.insert(r);
+        let v = HashedKeyStore::new(store.clone()).with_wall_clock(now);
+        let p = verify(&v, "key-1").unwrap();
+        // Unchanged and unexpired: the cached principal itself.
+        assert!(Arc::ptr_eq(&v.recheck_now(&d, &p).unwrap().unwrap(), &p));
+        // Time passes the record's expiry with nothing written.
+        NOW.store(2_000, Ordering::SeqCst);
+        assert_eq!(
+            v.recheck_now(&d, &p).unwrap().unwrap_err(),
+            VerifyError::Expired
+        );
+        NOW.store(1_000, Ordering::SeqCst);
+        // Scopes changed: a fresh principal, not the cached one.
+        store.update("k1", |r| r.scopes = vec!["read".into()]);
+        let fresh = v.recheck_now(&d, &p).unwrap().unwrap();
+        assert!(fresh.has_scope("read") && !Arc::ptr_eq(&fresh, &p));
+        // The same key now filed under another id is not the cached key.
+        let mut moved = store.remove("k1").unwrap();
+        moved.id = "k2".into();
+        store.insert(moved);
+        assert_eq!(
+            v.recheck_now(&d, &p).unwrap().unwrap_err(),
+            VerifyError::Invalid
+        );
+        store.remove("k2");
+        assert_eq!(
+            v.recheck_now(&d, &p).unwrap().unwrap_err(),
             VerifyError::Invalid
         );
     }

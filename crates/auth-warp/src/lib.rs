@@ -10,10 +10,12 @@ use std::sync::Arc;
 use auth_core::{Decision, Guard, PassReason, Principal, Rejection, RequestView};
 use futures_util::future::Either;
 use warp::Filter;
-use warp::http::header::{HeaderMap, HeaderName, HeaderValue};
+use warp::http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 use warp::http::{Method, StatusCode};
 use warp::path::FullPath;
 use warp::reply::Reply;
+
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// A request seen through auth-core's [`RequestView`].
 struct View<'a> {
@@ -32,10 +34,14 @@ impl RequestView for View<'_> {
     }
 
     fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.headers
-            .get_all(name)
-            .into_iter()
-            .map(HeaderValue::as_bytes)
+        // The default sources by constant: a lookup by `&str` parses the
+        // name on every request.
+        let values = match name {
+            "authorization" => self.headers.get_all(AUTHORIZATION),
+            "x-api-key" => self.headers.get_all(X_API_KEY),
+            other => self.headers.get_all(other),
+        };
+        values.into_iter().map(HeaderValue::as_bytes)
     }
 }
 
@@ -111,7 +117,7 @@ fn caller(decision: Decision) -> Result<Caller, warp::Rejection> {
     match decision {
         Decision::Allow(grant) => Ok(Caller {
             headers: grant.headers(),
-            principal: Some(Arc::clone(grant.principal())),
+            principal: Some(grant.into_principal()),
             passed: None,
         }),
         Decision::Pass(reason) => Ok(Caller {
