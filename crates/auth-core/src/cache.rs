@@ -147,6 +147,10 @@ struct ShardCell<V> {
     /// Bumped whenever a granted entry is replaced or removed, so that
     /// per-thread copies of it stop being served.
     granted_version: AtomicU64,
+    /// Bumped (under the write lock) by every invalidation, voiding the
+    /// tickets taken before it. An atomic, so that taking a ticket on the
+    /// hit path takes no lock.
+    generation: AtomicU64,
     lock: RwLock<Shard<V>>,
 }
 
@@ -154,13 +158,17 @@ impl<V> ShardCell<V> {
     fn bump(&self) {
         self.granted_version.fetch_add(1, Ordering::Release);
     }
+
+    /// Voids outstanding tickets; call with the write lock held.
+    fn void_tickets(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
+    }
 }
 
 struct Shard<V> {
     // Values with their expiry, in nanoseconds of the cache's clock.
     granted: HashMap<Digest, (V, u64), DigestHasher>,
     denied: HashMap<Digest, (Denial, u64), DigestHasher>,
-    generation: u64,
 }
 
 /// The default [`Cache`]: sharded maps behind read-write locks.
@@ -233,10 +241,10 @@ impl<V: Clone + Send + Sync + 'static> TtlCache<V> {
         let shards: Box<[_]> = (0..shards)
             .map(|_| ShardCell {
                 granted_version: AtomicU64::new(0),
+                generation: AtomicU64::new(0),
                 lock: RwLock::new(Shard {
                     granted: HashMap::with_hasher(hasher),
                     denied: HashMap::with_hasher(hasher),
-                    generation: 0,
                 }),
             })
             .collect();
@@ -327,7 +335,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> for TtlCache<V> {
     fn ticket(&self, digest: &Digest) -> FillTicket {
         FillTicket {
             digest: *digest,
-            generation: self.shard(digest).lock.read().generation,
+            generation: self.shard(digest).generation.load(Ordering::Acquire),
         }
     }
 
@@ -335,7 +343,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> for TtlCache<V> {
         let now = self.now();
         let cell = self.shard(&ticket.digest);
         let mut shard = cell.lock.write();
-        if shard.generation != ticket.generation {
+        if cell.generation.load(Ordering::Acquire) != ticket.generation {
             return false;
         }
         let d = ticket.digest;
@@ -374,7 +382,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> for TtlCache<V> {
         let mut shard = cell.lock.write();
         shard.granted.remove(digest);
         shard.denied.remove(digest);
-        shard.generation = shard.generation.wrapping_add(1);
+        cell.void_tickets();
         cell.bump();
     }
 
@@ -383,7 +391,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> for TtlCache<V> {
             let mut shard = cell.lock.write();
             shard.granted.clear();
             shard.denied.clear();
-            shard.generation = shard.generation.wrapping_add(1);
+            cell.void_tickets();
             cell.bump();
         }
     }

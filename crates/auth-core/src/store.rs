@@ -4,11 +4,13 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use parking_lot::RwLock;
 
+use crate::local;
 use crate::verifier::BoxFuture;
 use crate::{
     Credential, Digest, DigestHasher, Principal, RateLimitPolicy, Verifier, VerifyContext,
@@ -112,6 +114,14 @@ pub trait KeyStore: Send + Sync {
         None
     }
 
+    /// A number that changes after every write, for stores held in memory;
+    /// `None` (the default) for stores that cannot tell. While it stays the
+    /// same, a record re-checked once need not be read again: a verifier
+    /// keeps per-thread notes of what it confirmed at which version.
+    fn version_now(&self) -> Option<u64> {
+        None
+    }
+
     /// The record with this id. Only called when
     /// [`has_find_by_id`](KeyStore::has_find_by_id) is `true`.
     async fn find_by_id(&self, _id: &str) -> Result<Option<KeyRecord>, StoreError> {
@@ -136,6 +146,10 @@ impl<S: KeyStore + ?Sized> KeyStore for Arc<S> {
         (**self).find_by_digest_now(digest)
     }
 
+    fn version_now(&self) -> Option<u64> {
+        (**self).version_now()
+    }
+
     async fn find_by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
         (**self).find_by_id(id).await
     }
@@ -155,6 +169,9 @@ impl<S: KeyStore + ?Sized> KeyStore for Arc<S> {
 #[derive(Default)]
 pub struct MemoryKeyStore {
     inner: RwLock<MemoryInner>,
+    /// Bumped after every write, under the write lock (see
+    /// [`KeyStore::version_now`]).
+    version: AtomicU64,
 }
 
 #[derive(Default)]
@@ -176,6 +193,13 @@ impl MemoryKeyStore {
             inner.by_digest.remove(&old);
         }
         inner.by_digest.insert(record.digest, Arc::new(record));
+        self.wrote();
+    }
+
+    /// Marks a write; called with the write lock held, after the change, so
+    /// that a reader who saw the new version also sees the change.
+    fn wrote(&self) {
+        self.version.fetch_add(1, Ordering::Release);
     }
 
     /// The record with this id.
@@ -198,6 +222,7 @@ impl MemoryKeyStore {
                 // The digest is the index: it must not change in place.
                 record.digest = d;
                 record.id = id.to_owned();
+                self.wrote();
                 true
             }
             None => false,
@@ -213,10 +238,9 @@ impl MemoryKeyStore {
     pub fn remove(&self, id: &str) -> Option<KeyRecord> {
         let mut inner = self.inner.write();
         let d = inner.id_to_digest.remove(id)?;
-        inner
-            .by_digest
-            .remove(&d)
-            .map(|r| Arc::try_unwrap(r).unwrap_or_else(|shared| KeyRecord::clone(&shared)))
+        let removed = inner.by_digest.remove(&d);
+        self.wrote();
+        removed.map(|r| Arc::try_unwrap(r).unwrap_or_else(|shared| KeyRecord::clone(&shared)))
     }
 
     /// How many records.
@@ -260,6 +284,10 @@ impl KeyStore for MemoryKeyStore {
         Some(Ok(self.inner.read().by_digest.get(digest).cloned()))
     }
 
+    fn version_now(&self) -> Option<u64> {
+        Some(self.version.load(Ordering::Acquire))
+    }
+
     async fn find_by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
         Ok(self.get(id))
     }
@@ -292,6 +320,16 @@ impl KeyStore for MemoryKeyStore {
 pub struct HashedKeyStore<S> {
     store: S,
     now: fn() -> SystemTime,
+    /// Owner of this verifier's per-thread notes of confirmed grants.
+    owner: u64,
+}
+
+/// A per-thread note: this principal was re-checked against the record at
+/// the store version the note is filed under.
+#[derive(Clone)]
+struct Confirmed {
+    principal: Arc<Principal>,
+    expires_at: Option<SystemTime>,
 }
 
 impl<S: KeyStore> HashedKeyStore<S> {
@@ -300,6 +338,7 @@ impl<S: KeyStore> HashedKeyStore<S> {
         Self {
             store,
             now: SystemTime::now,
+            owner: local::new_owner(),
         }
     }
 
@@ -349,6 +388,16 @@ impl<S: KeyStore> Verifier for HashedKeyStore<S> {
 
     fn recheck_now(&self, digest: &Digest, cached: &Arc<Principal>) -> Option<VerifyResult> {
         let id = cached.key_id()?;
+        // Read before the record: a write after this makes the note stale.
+        let version = self.store.version_now();
+        if let Some(note) = version.and_then(|v| local::get::<Confirmed>(self.owner, digest, v, 0))
+        {
+            if Arc::ptr_eq(&note.principal, cached)
+                && note.expires_at.is_none_or(|at| (self.now)() < at)
+            {
+                return Some(Ok(Arc::clone(cached)));
+            }
+        }
         let record = match self.store.find_by_digest_now(digest)? {
             Ok(record) => record,
             Err(e) => {
@@ -371,7 +420,15 @@ impl<S: KeyStore> Verifier for HashedKeyStore<S> {
         // allocation on the hit path.
         Some(match record.decide_state(now) {
             Err(e) => Err(e),
-            Ok(()) if record.grants(cached) => Ok(Arc::clone(cached)),
+            Ok(()) if record.grants(cached) => {
+                if let Some(v) = version {
+                    local::offer(self.owner, digest, v, u64::MAX, || Confirmed {
+                        principal: Arc::clone(cached),
+                        expires_at: record.expires_at,
+                    });
+                }
+                Ok(Arc::clone(cached))
+            }
             Ok(()) => record.decide(now),
         })
     }
@@ -497,8 +554,11 @@ mod tests {
         store.insert(r);
         let v = HashedKeyStore::new(store.clone()).with_wall_clock(now);
         let p = verify(&v, "key-1").unwrap();
-        // Unchanged and unexpired: the cached principal itself.
-        assert!(Arc::ptr_eq(&v.recheck_now(&d, &p).unwrap().unwrap(), &p));
+        // Unchanged and unexpired: the cached principal itself (the third
+        // time from this thread's note, made on the second).
+        for _ in 0..3 {
+            assert!(Arc::ptr_eq(&v.recheck_now(&d, &p).unwrap().unwrap(), &p));
+        }
         // Time passes the record's expiry with nothing written.
         NOW.store(2_000, Ordering::SeqCst);
         assert_eq!(
@@ -506,8 +566,17 @@ mod tests {
             VerifyError::Expired
         );
         NOW.store(1_000, Ordering::SeqCst);
+        // Disabled: the note no longer answers.
+        store.disable("k1");
+        assert_eq!(
+            v.recheck_now(&d, &p).unwrap().unwrap_err(),
+            VerifyError::Disabled
+        );
         // Scopes changed: a fresh principal, not the cached one.
-        store.update("k1", |r| r.scopes = vec!["read".into()]);
+        store.update("k1", |r| {
+            r.disabled = false;
+            r.scopes = vec!["read".into()];
+        });
         let fresh = v.recheck_now(&d, &p).unwrap().unwrap();
         assert!(fresh.has_scope("read") && !Arc::ptr_eq(&fresh, &p));
         // The same key now filed under another id is not the cached key.
