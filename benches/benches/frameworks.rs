@@ -1,13 +1,18 @@
 //! Each framework's in-process pipeline with a prebuilt request (no
 //! sockets): no auth, our adapter with StaticKey / KeySet of 1,000,000 keys /
 //! Cached over HashedKeyStore, and the ecosystem's own bearer check; a good
-//! and a bad key. Results: docs/PERFORMANCE.md.
+//! and a bad key; and a layer that decides nothing but hands a value to the
+//! handler (what the framework charges any such layer). Results:
+//! docs/PERFORMANCE.md.
 #![allow(missing_docs, unused_crate_dependencies)]
 
-use std::hint::black_box;
 use std::sync::Arc;
 
-use auth_benches::{key, ready};
+#[path = "../apps.rs"]
+mod apps;
+use apps::{Pipeline, Setup};
+
+use auth_benches::key;
 use auth_core::{
     CacheConfig, Cached, Digest, Guard, HashedKeyStore, KeyRecord, KeySet, MemoryKeyStore,
     Principal, StaticKey,
@@ -15,22 +20,6 @@ use auth_core::{
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 
 const MILLION: u64 = 1_000_000;
-
-/// Requests are made and run in batches of this many: few enough that a
-/// batch stays in cache, as a request a server just parsed does (criterion's
-/// `SmallInput` prebuilt batches of ~100,000, tens of megabytes, so every
-/// case timed cache misses on its request).
-const BATCH: BatchSize = BatchSize::NumIterations(64);
-
-/// `value` as hyper hands a parsed header value over: a slice of the shared
-/// read buffer, whose clone is a reference count, not a copy.
-fn parsed(value: &str) -> bytes::Bytes {
-    let mut buf = bytes::BytesMut::with_capacity(value.len() + 64);
-    buf.extend_from_slice(b"GET /items HTTP/1.1\r\nauthorization: ");
-    let start = buf.len();
-    buf.extend_from_slice(value.as_bytes());
-    buf.split().freeze().slice(start..)
-}
 
 /// The guards under test, built once; `None` is "no auth".
 struct Setups {
@@ -62,236 +51,56 @@ fn setups(good: &str) -> Setups {
     }
 }
 
-const CASES: [&str; 5] = [
+/// Requests are made and run in batches of this many: few enough that a
+/// batch stays in cache, as a request a server just parsed does (criterion's
+/// `SmallInput` prebuilt batches of ~100,000, tens of megabytes, so every
+/// case timed cache misses on its request).
+const BATCH: BatchSize = BatchSize::NumIterations(64);
+
+const CASES: [&str; 6] = [
     "a none",
     "b StaticKey",
     "c KeySet 1M",
     "d Cached<HashedKeyStore>",
     "e ecosystem",
+    "f layer handing a value on",
 ];
 
-/// The keys each case is driven with, and whether the request should pass:
-/// a good and a bad key, except without auth (no bad key to refuse).
-fn keys_for<'k>(case: &str, good: &'k str, bad: &'k str) -> Vec<(&'static str, &'k str, bool)> {
-    if case == "a none" {
-        vec![("good", good, true)]
-    } else {
-        vec![("good", good, true), ("bad", bad, false)]
-    }
-}
-
-fn guard_for<'a>(s: &'a Setups, case: &str) -> Option<&'a Guard> {
+fn setup_for<'a>(s: &'a Setups, case: &str, good: &'a str) -> Setup<'a> {
     match case {
-        "b StaticKey" => Some(&s.static_key),
-        "c KeySet 1M" => Some(&s.key_set),
-        "d Cached<HashedKeyStore>" => Some(&s.cached_store),
-        _ => None,
+        "b StaticKey" => Setup::Ours(&s.static_key),
+        "c KeySet 1M" => Setup::Ours(&s.key_set),
+        "d Cached<HashedKeyStore>" => Setup::Ours(&s.cached_store),
+        "e ecosystem" => Setup::Ecosystem(good),
+        "f layer handing a value on" => Setup::Passthrough,
+        _ => Setup::Open,
     }
 }
 
-mod axum_bench {
-    use super::*;
-    use axum::Router;
-    use axum::body::Body;
-    use axum::http::Request;
-    use axum::routing::get;
-    use tower::ServiceExt;
-
-    pub(super) fn app(case: &str, s: &Setups, good: &str) -> Router {
-        let app = Router::new().route("/items", get(|| async { "ok" }));
-        match (case, guard_for(s, case)) {
-            (_, Some(g)) => app.route_layer(auth_axum::AuthLayer::new(g.clone())),
-            ("e ecosystem", None) => {
-                #[allow(deprecated)]
-                let check = tower_http::validate_request::ValidateRequestHeaderLayer::bearer(good);
-                app.route_layer(check)
-            }
-            _ => app,
-        }
+/// Times `pipeline` with a good key (must pass) and, where something checks,
+/// a bad one (must be refused).
+fn run<R: 'static>(
+    c: &mut Criterion,
+    framework: &str,
+    case: &str,
+    mut pipeline: Pipeline<R>,
+    good: &str,
+    bad: &str,
+) {
+    let mut keys = vec![("good", good, true)];
+    if !matches!(case, "a none" | "f layer handing a value on") {
+        keys.push(("bad", bad, false));
     }
-
-    pub(super) fn bench(c: &mut Criterion, s: &Setups, good: &str, bad: &str) {
-        for case in CASES {
-            let app = app(case, s, good);
-            for (label, k, expect_ok) in keys_for(case, good, bad) {
-                let value =
-                    axum::http::HeaderValue::from_maybe_shared(parsed(&format!("Bearer {k}")))
-                        .unwrap();
-                c.bench_function(&format!("axum/{case}/{label} key"), |b| {
-                    b.iter_batched(
-                        || {
-                            Request::get("/items")
-                                .header("authorization", value.clone())
-                                .body(Body::empty())
-                                .unwrap()
-                        },
-                        |req| {
-                            let res = ready(app.clone().oneshot(req)).unwrap();
-                            assert_eq!(res.status().is_success(), expect_ok);
-                            res
-                        },
-                        BATCH,
-                    )
-                });
-            }
-        }
-    }
-}
-
-mod warp_bench {
-    use super::*;
-    use tower::Service;
-    use warp::Filter;
-    use warp::http::Request;
-
-    pub(super) fn bench(c: &mut Criterion, s: &Setups, good: &str, bad: &str) {
-        for case in CASES {
-            let route = warp::path!("items").and(warp::get());
-            let filter = match (case, guard_for(s, case)) {
-                (_, Some(g)) => {
-                    let auth = auth_warp::Auth::new(g.clone());
-                    route
-                        .and(auth.filter())
-                        .map(|_: auth_warp::Caller| "ok")
-                        .recover(auth_warp::recover)
-                        .boxed()
-                }
-                ("e ecosystem", None) => {
-                    let expected = format!("Bearer {good}");
-                    route
-                        .and(warp::header::<String>("authorization"))
-                        .and_then(move |value: String| {
-                            let ok = value == expected;
-                            async move {
-                                if ok {
-                                    Ok("ok")
-                                } else {
-                                    Err(warp::reject::not_found())
-                                }
-                            }
-                        })
-                        .recover(auth_warp::recover)
-                        .boxed()
-                }
-                _ => route.map(|| "ok").recover(auth_warp::recover).boxed(),
-            };
-            let mut service = warp::service(filter);
-            for (label, k, expect_ok) in keys_for(case, good, bad) {
-                let value =
-                    warp::http::HeaderValue::from_maybe_shared(parsed(&format!("Bearer {k}")))
-                        .unwrap();
-                c.bench_function(&format!("warp/{case}/{label} key"), |b| {
-                    b.iter_batched(
-                        || {
-                            Request::get("/items")
-                                .header("authorization", value.clone())
-                                .body(String::new())
-                                .unwrap()
-                        },
-                        |req| {
-                            let res = ready(service.call(req)).unwrap();
-                            assert_eq!(res.status().is_success(), expect_ok);
-                            res
-                        },
-                        BATCH,
-                    )
-                });
-            }
-        }
-    }
-}
-
-mod actix_bench {
-    use super::*;
-    use actix_web::dev::{Service, ServiceRequest};
-    use actix_web::{App, test, web};
-    use actix_web_httpauth::extractors::bearer::BearerAuth;
-    use actix_web_httpauth::middleware::HttpAuthentication;
-
-    async fn ok() -> &'static str {
-        "ok"
-    }
-
-    fn run<S, B>(
-        c: &mut Criterion,
-        system: &actix_web::rt::SystemRunner,
-        case: &str,
-        service: S,
-        good: &str,
-        bad: &str,
-    ) where
-        S: Service<
-                actix_http::Request,
-                Response = actix_web::dev::ServiceResponse<B>,
-                Error = actix_web::Error,
-            >,
-    {
-        for (label, k, expect_ok) in keys_for(case, good, bad) {
-            let value = actix_web::http::header::HeaderValue::from_maybe_shared(parsed(&format!(
-                "Bearer {k}"
-            )))
-            .unwrap();
-            c.bench_function(&format!("actix/{case}/{label} key"), |b| {
-                b.iter_batched(
-                    || {
-                        test::TestRequest::get()
-                            .uri("/items")
-                            .insert_header(("authorization", value.clone()))
-                            .to_request()
-                    },
-                    |req| {
-                        let res = system.block_on(service.call(req));
-                        let ok = res
-                            .as_ref()
-                            .map(|r| r.status().is_success())
-                            .unwrap_or(false);
-                        assert_eq!(ok, expect_ok);
-                        black_box(res.is_ok())
-                    },
-                    BATCH,
-                )
-            });
-        }
-    }
-
-    pub(super) fn bench(c: &mut Criterion, s: &Setups, good: &str, bad: &str) {
-        let system = actix_web::rt::System::new();
-        for case in CASES {
-            let resource = || web::resource("/items").route(web::get().to(ok));
-            match (case, guard_for(s, case)) {
-                (_, Some(g)) => {
-                    let auth = auth_actix::Auth::new(g.clone());
-                    let service = system.block_on(test::init_service(
-                        App::new().service(resource().wrap(auth)),
-                    ));
-                    run(c, &system, case, service, good, bad);
-                }
-                ("e ecosystem", None) => {
-                    let expected: Arc<str> = Arc::from(good);
-                    let check = HttpAuthentication::bearer(
-                        move |req: ServiceRequest, creds: BearerAuth| {
-                            let ok = creds.token() == &*expected;
-                            async move {
-                                if ok {
-                                    Ok(req)
-                                } else {
-                                    Err((actix_web::error::ErrorUnauthorized("no"), req))
-                                }
-                            }
-                        },
-                    );
-                    let service = system.block_on(test::init_service(
-                        App::new().service(resource().wrap(check)),
-                    ));
-                    run(c, &system, case, service, good, bad);
-                }
-                _ => {
-                    let service =
-                        system.block_on(test::init_service(App::new().service(resource())));
-                    run(c, &system, case, service, good, bad);
-                }
-            }
-        }
+    for (label, key, expect_ok) in keys {
+        let value = apps::bearer(key);
+        let request = pipeline.request;
+        c.bench_function(&format!("{framework}/{case}/{label} key"), |b| {
+            b.iter_batched(
+                || request(&value),
+                |req| assert_eq!((pipeline.call)(req), expect_ok),
+                BATCH,
+            )
+        });
     }
 }
 
@@ -299,9 +108,36 @@ fn frameworks(c: &mut Criterion) {
     let good = key(0);
     let bad = key(u64::MAX - 1);
     let s = setups(&good);
-    axum_bench::bench(c, &s, &good, &bad);
-    actix_bench::bench(c, &s, &good, &bad);
-    warp_bench::bench(c, &s, &good, &bad);
+    for case in CASES {
+        run(
+            c,
+            "axum",
+            case,
+            apps::axum(setup_for(&s, case, &good)),
+            &good,
+            &bad,
+        );
+    }
+    for case in CASES {
+        run(
+            c,
+            "actix",
+            case,
+            apps::actix(setup_for(&s, case, &good)),
+            &good,
+            &bad,
+        );
+    }
+    for case in CASES {
+        run(
+            c,
+            "warp",
+            case,
+            apps::warp(setup_for(&s, case, &good)),
+            &good,
+            &bad,
+        );
+    }
 }
 
 criterion_group! {
