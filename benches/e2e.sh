@@ -9,7 +9,10 @@
 # noisy machine. The server is pinned to core 0 and wrk to core 1 where
 # there are two cores.
 #
-#   bash benches/e2e.sh            # prints a markdown table
+# Where perf is installed, a profiled run per framework also gives the share
+# of the server's CPU spent in our code (E2E_PROFILE=0 skips it).
+#
+#   bash benches/e2e.sh            # prints markdown tables
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,9 +56,16 @@ run_case() { # framework mode round
     # Warm up, then measure.
     $LOAD_CPU wrk -t1 -c"$CONNECTIONS" -d1s -H "X-Api-Key: $key" "http://127.0.0.1:$PORT/api/v1/items" >/dev/null
     before=$(cpu_ticks "$pid")
+    local perf_pid=""
+    if [ "$round" = profile ]; then
+        perf record -q -e cpu-clock -F 2000 -p "$pid" -o "$dir/perf.data" \
+            -- sleep "$SECONDS_PER_RUN" >/dev/null 2>&1 &
+        perf_pid=$!
+    fi
     out=$($LOAD_CPU wrk -t1 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" --latency \
         -H "X-Api-Key: $key" "http://127.0.0.1:$PORT/api/v1/items")
     after=$(cpu_ticks "$pid")
+    [ -n "$perf_pid" ] && wait "$perf_pid" 2>/dev/null
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     SERVER_PID=""
@@ -69,6 +79,18 @@ run_case() { # framework mode round
     p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
     local cpu_ns
     cpu_ns=$(awk -v t=$((after - before)) -v hz="$TICKS" -v n="$requests" 'BEGIN {printf "%.0f", t * 1e9 / hz / n}')
+    if [ "$round" = profile ]; then
+        # Share of the server's samples (user and kernel) in our crates'
+        # functions and the SHA-256 they call. Inlined code is counted where
+        # it landed, so this is a lower bound.
+        perf report -i "$dir/perf.data" --no-children --stdio -g none --sort sym 2>/dev/null |
+            awk -v f="$fw" '/^ +[0-9.]+%/ {
+                    p = $1 + 0
+                    if ($0 ~ /auth_(core|axum|actix|warp)::|sha2::|subtle::/) auth += p
+                    if ($0 ~ /sha2::/) sha += p
+                } END { printf "%s %.2f %.2f\n", f, auth, sha }' >> "$WORK/profile"
+        return
+    fi
     echo "$fw $mode $round $rps $p99 $cpu_ns" >> "$RESULTS"
     echo "  $fw/$mode round $round: $rps req/s, p99 $p99, server CPU $cpu_ns ns/request" >&2
 }
@@ -97,3 +119,13 @@ for fw in axum actix warp; do
 done
 echo
 echo "$ROUNDS interleaved rounds of ${SECONDS_PER_RUN}s per case, $CONNECTIONS connections, medians."
+
+# Where perf is available: one profiled run with auth per framework.
+if command -v perf >/dev/null && [ "${E2E_PROFILE:-1}" != 0 ]; then
+    : > "$WORK/profile"
+    for fw in axum actix warp; do run_case "$fw" auth profile; done
+    echo
+    echo "| framework | auth code's share of server CPU (perf samples) | of which SHA-256 |"
+    echo "|---|---:|---:|"
+    awk '{printf "| %s | %.2f%% | %.2f%% |\n", $1, $2, $3}' "$WORK/profile"
+fi

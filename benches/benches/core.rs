@@ -127,6 +127,20 @@ fn contention(c: &mut Criterion) {
             })
         });
     }
+    // The store's hit re-checks the live record: from per-thread notes while
+    // the store is unwritten, so two threads should still not contend.
+    let store = Arc::new(MemoryKeyStore::new());
+    store.insert(KeyRecord::new("k0", Digest::of(keys[0].as_bytes()), "p"));
+    let cached_store = Cached::new(HashedKeyStore::new(store), CacheConfig::default());
+    ready(cached_store.verify(&creds[0], &ctx)).unwrap();
+    for threads in [1usize, 2] {
+        let name = format!("contention/Cached<HashedKeyStore> hit, {threads} threads");
+        c.bench_function(&name, |b| {
+            b.iter_custom(|iters| {
+                on_threads(threads, iters, |_| cached_store.verify_now(&creds[0], &ctx))
+            })
+        });
+    }
     for (label, spread) in [("same key", false), ("distinct keys", true)] {
         for threads in [1usize, 2, 4, 8] {
             let name = format!("contention/Cached hit, {threads} threads, {label}");
