@@ -64,7 +64,7 @@ impl TestRequest {
         self
     }
 
-    fn key(self, key: &str) -> Self {
+    fn key(self, key: impl AsRef<[u8]>) -> Self {
         self.header("X-Api-Key", key)
     }
 }
@@ -362,6 +362,50 @@ fn cases(unknown_is_404: bool) -> Vec<Case> {
             )],
         ),
         case(
+            "bad input matrix: every malformed credential → 400 invalid_request",
+            enforce(),
+            [
+                items().key("secret-part another-part"),
+                items().key("secret-part\tanother-part"),
+                items().key(b"secret-part-\xff\xfe"),
+                items().key("k".repeat(1025)),
+                items().header("Authorization", "Bearer"),
+                items().header("Authorization", "Bearer    "),
+                items().header("Authorization", b"Bearer \x80\x81"),
+                items().header("Authorization", format!("Bearer {KEY} extra")),
+                items().key(KEY).key(KEY),
+                items().key("first-secret").key("second-secret"),
+                items()
+                    .header("Authorization", format!("Bearer {KEY}"))
+                    .header("Authorization", "Basic dXNlcjpwYXNz"),
+            ]
+            .into_iter()
+            .map(|request| send(request, malformed()))
+            .collect(),
+        ),
+        case(
+            "other schemes are not ours: no bearer credential → 401",
+            enforce(),
+            [
+                items().header("Authorization", "Basic dXNlcjpwYXNz"),
+                items().header("Authorization", format!("Bearerx{KEY}")),
+                items().header("Authorization", format!("Token {KEY}")),
+            ]
+            .into_iter()
+            .map(|request| send(request, unauthorized()))
+            .collect(),
+        ),
+        case(
+            "the same key by X-Api-Key and Bearer → 200",
+            enforce(),
+            vec![send(
+                items()
+                    .key(KEY)
+                    .header("Authorization", format!("Bearer {KEY}")),
+                Expect::ok_as(PRINCIPAL),
+            )],
+        ),
+        case(
             "/health without a key → 200",
             enforce(),
             vec![send(
@@ -617,11 +661,13 @@ pub async fn run_suite<H: Harness>(harness: &mut H) {
                     let leaked = secrets.iter().any(|s| {
                         let s = String::from_utf8_lossy(s);
                         let token = s.rsplit(' ').next().unwrap_or(&s).to_owned();
-                        response.body.contains(token.as_str())
-                            || response
-                                .headers
-                                .iter()
-                                .any(|(_, v)| v.contains(token.as_str()))
+                        // Short tokens ("a", "") occur in any text.
+                        token.len() >= 8
+                            && (response.body.contains(token.as_str())
+                                || response
+                                    .headers
+                                    .iter()
+                                    .any(|(_, v)| v.contains(token.as_str())))
                     });
                     if leaked {
                         failures.push(format!("{name}: {line}: the credential was echoed"));
@@ -642,4 +688,93 @@ pub async fn run_suite<H: Harness>(harness: &mut H) {
         failures.len(),
         failures.join("\n  ")
     );
+}
+
+/// Watches for a secret: captures everything logged on this thread (at
+/// TRACE) while it lives, collects texts the test adds (`Debug` output,
+/// bodies, headers), and on [`finish`](SecretWatch::finish) asserts that
+/// neither the secrets nor their full SHA-256 digests appear anywhere. The
+/// adapters' secret tests use it.
+pub struct SecretWatch {
+    secrets: Vec<String>,
+    logs: Arc<std::sync::Mutex<Vec<u8>>>,
+    seen: String,
+    _default: tracing::subscriber::DefaultGuard,
+}
+
+#[derive(Clone)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+
+    fn make_writer(&'a self) -> LogBuffer {
+        self.clone()
+    }
+}
+
+impl SecretWatch {
+    /// Starts capturing this thread's logs; `secrets` must never appear.
+    pub fn new(secrets: &[&str]) -> Self {
+        let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(LogBuffer(Arc::clone(&logs)))
+            .with_ansi(false)
+            .finish();
+        Self {
+            secrets: secrets.iter().map(|s| (*s).to_owned()).collect(),
+            logs,
+            seen: String::new(),
+            _default: tracing::subscriber::set_default(subscriber),
+        }
+    }
+
+    /// Adds a text to check (a `Debug` rendering, a body, a header).
+    pub fn observe(&mut self, text: impl std::fmt::Display) {
+        self.seen.push_str(&text.to_string());
+        self.seen.push('\n');
+    }
+
+    /// Asserts that no secret appeared in the logs or the observed texts,
+    /// and that the logs saw both an allowed and a denied request (so that
+    /// the check looked at something).
+    ///
+    /// # Panics
+    /// When a secret or its digest appears, or nothing was logged.
+    pub fn finish(self) {
+        let logs = String::from_utf8_lossy(&self.logs.lock().expect("log buffer")).into_owned();
+        assert!(
+            logs.contains("allowed"),
+            "no allow event was logged:\n{logs}"
+        );
+        assert!(logs.contains("denied"), "no deny event was logged:\n{logs}");
+        for secret in &self.secrets {
+            let digest = crate::Digest::of(secret.as_bytes()).to_hex();
+            for (what, text) in [("logs", &logs), ("observed text", &self.seen)] {
+                assert!(
+                    !text.contains(secret.as_str()),
+                    "a secret leaked into the {what}"
+                );
+                assert!(
+                    !text.contains(&digest),
+                    "a secret's digest leaked into the {what}"
+                );
+            }
+        }
+    }
 }

@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use auth_core::{Digest, KeyFile};
+use auth_core::{Credential, Digest, KeyFile, Verifier, VerifyContext};
 
 const CHILD_PATH: &str = "AUTH_CORE_TEST_KEY_FILE_CHILD_PATH";
 const CHILD_START: &str = "AUTH_CORE_TEST_KEY_FILE_CHILD_START_MS";
@@ -27,12 +27,21 @@ fn processes_starting_at_once_share_one_key() {
             std::thread::sleep(Duration::from_micros(200));
         }
         let key_file = KeyFile::builder()
-            .path(path)
+            .path(&path)
             .env_var(None)
             .load_or_create()
             .unwrap();
+        // The key on disk, as a client would send it, through this
+        // process's verifier.
+        let on_disk = std::fs::read_to_string(&path).unwrap();
+        let accepts = key_file
+            .verify_now(
+                &Credential::new(on_disk.trim_end().as_bytes().to_vec()),
+                &VerifyContext::default(),
+            )
+            .is_some_and(|answer| answer.is_ok());
         println!(
-            "DIGEST={} CREATED={}",
+            "DIGEST={} CREATED={} ACCEPTS={accepts}",
             key_file.digest().to_hex(),
             key_file.was_created()
         );
@@ -70,6 +79,11 @@ fn processes_starting_at_once_share_one_key() {
             if parts.next() == Some("CREATED=true") {
                 created += 1;
             }
+            assert_eq!(
+                parts.next(),
+                Some("ACCEPTS=true"),
+                "round {round}: a process refused the key on disk"
+            );
         }
         let on_disk = std::fs::read(&path).unwrap();
         let expected = Digest::of(&on_disk).to_hex();

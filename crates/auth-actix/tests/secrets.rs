@@ -1,0 +1,49 @@
+//! No key in logs, `Debug` output, bodies or headers of any of this crate's
+//! public types, on allow and deny paths.
+#![allow(unused_crate_dependencies)]
+
+use actix_web::{App, test, web};
+use auth_actix::{Auth, AuthError, Authenticated};
+use auth_core::testing::SecretWatch;
+use auth_core::{Guard, Rejection, RejectionKind, StaticKey};
+
+const SECRET: &str = "actix-secret-key-value-0123456789";
+const GUESS: &str = "actix-wrong-guess-0123456789abcdef";
+
+#[actix_web::test]
+async fn no_secret_in_logs_debug_or_answers() {
+    let mut watch = SecretWatch::new(&[SECRET, GUESS]);
+    let guard = Guard::builder(StaticKey::new(SECRET).unwrap())
+        .build()
+        .unwrap();
+    let auth = Auth::new(guard.clone());
+    watch.observe(format!("{auth:?}{guard:?}"));
+    let app = test::init_service(
+        App::new().service(
+            web::resource("/items")
+                .route(web::get().to(|who: Authenticated| async move { format!("{who:?}") }))
+                .wrap(auth),
+        ),
+    )
+    .await;
+    let requests = [
+        ("x-api-key", SECRET.to_owned()),
+        ("authorization", format!("Bearer {SECRET}")),
+        ("x-api-key", GUESS.to_owned()),
+        ("authorization", format!("Bearer {GUESS}")),
+        ("x-api-key", format!("{SECRET} {GUESS}")),
+    ];
+    for header in requests {
+        let request = test::TestRequest::get()
+            .uri("/items")
+            .insert_header(header)
+            .to_request();
+        let response = test::call_service(&app, request).await;
+        watch.observe(format!("{:?}", response.headers()));
+        let body = test::read_body(response).await;
+        watch.observe(String::from_utf8_lossy(&body));
+    }
+    let error = AuthError(Rejection::new(RejectionKind::Missing, "api".into()));
+    watch.observe(format!("{error:?}{error}"));
+    watch.finish();
+}
