@@ -5,7 +5,7 @@
 use actix_web::{App, test, web};
 use auth_actix::{Auth, AuthError, Authenticated};
 use auth_core::testing::SecretWatch;
-use auth_core::{Guard, Rejection, RejectionKind, StaticKey};
+use auth_core::{Rejection, RejectionKind};
 
 const SECRET: &str = "actix-secret-key-value-0123456789";
 const GUESS: &str = "actix-wrong-guess-0123456789abcdef";
@@ -13,9 +13,7 @@ const GUESS: &str = "actix-wrong-guess-0123456789abcdef";
 #[actix_web::test]
 async fn no_secret_in_logs_debug_or_answers() {
     let mut watch = SecretWatch::new(&[SECRET, GUESS]);
-    let guard = Guard::builder(StaticKey::new(SECRET).unwrap())
-        .build()
-        .unwrap();
+    let guard = SecretWatch::guard(SECRET);
     let auth = Auth::new(guard.clone());
     watch.observe(format!("{auth:?}{guard:?}"));
     let app = test::init_service(
@@ -26,13 +24,7 @@ async fn no_secret_in_logs_debug_or_answers() {
         ),
     )
     .await;
-    let requests = [
-        ("x-api-key", SECRET.to_owned()),
-        ("authorization", format!("Bearer {SECRET}")),
-        ("x-api-key", GUESS.to_owned()),
-        ("authorization", format!("Bearer {GUESS}")),
-        ("x-api-key", format!("{SECRET} {GUESS}")),
-    ];
+    let requests = SecretWatch::probes(SECRET, GUESS);
     for header in requests {
         let request = test::TestRequest::get()
             .uri("/items")

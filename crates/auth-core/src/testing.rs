@@ -744,6 +744,29 @@ impl SecretWatch {
         }
     }
 
+    /// A guard that accepts exactly `secret` (a [`StaticKey`]).
+    ///
+    /// # Panics
+    /// If `secret` is not a valid key.
+    pub fn guard(secret: &str) -> Guard {
+        Guard::builder(StaticKey::new(secret).expect("a valid key"))
+            .build()
+            .expect("a valid guard")
+    }
+
+    /// The requests every adapter's secret test sends, as header name and
+    /// value: `secret` and the wrong `guess` by each header, and a malformed
+    /// value holding both.
+    pub fn probes(secret: &str, guess: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("x-api-key", secret.to_owned()),
+            ("authorization", format!("Bearer {secret}")),
+            ("x-api-key", guess.to_owned()),
+            ("authorization", format!("Bearer {guess}")),
+            ("x-api-key", format!("{secret} {guess}")),
+        ]
+    }
+
     /// Adds a text to check (a `Debug` rendering, a body, a header).
     pub fn observe(&mut self, text: impl std::fmt::Display) {
         self.seen.push_str(&text.to_string());

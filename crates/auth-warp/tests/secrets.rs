@@ -3,7 +3,7 @@
 #![allow(unused_crate_dependencies)]
 
 use auth_core::testing::SecretWatch;
-use auth_core::{Guard, Rejection, RejectionKind, StaticKey};
+use auth_core::{Rejection, RejectionKind};
 use auth_warp::{Auth, AuthRejected, Caller};
 use http_body_util::BodyExt;
 use tower_service::Service;
@@ -15,9 +15,7 @@ const GUESS: &str = "warp-wrong-guess-0123456789abcdef";
 #[tokio::test]
 async fn no_secret_in_logs_debug_or_answers() {
     let mut watch = SecretWatch::new(&[SECRET, GUESS]);
-    let guard = Guard::builder(StaticKey::new(SECRET).unwrap())
-        .build()
-        .unwrap();
+    let guard = SecretWatch::guard(SECRET);
     let auth = Auth::new(guard.clone());
     watch.observe(format!("{auth:?}{guard:?}"));
     let routes = warp::path!("items")
@@ -25,13 +23,7 @@ async fn no_secret_in_logs_debug_or_answers() {
         .map(|who: Caller| format!("{who:?}"))
         .recover(auth_warp::recover);
     let mut service = warp::service(routes);
-    let requests = [
-        ("x-api-key", SECRET.to_owned()),
-        ("authorization", format!("Bearer {SECRET}")),
-        ("x-api-key", GUESS.to_owned()),
-        ("authorization", format!("Bearer {GUESS}")),
-        ("x-api-key", format!("{SECRET} {GUESS}")),
-    ];
+    let requests = SecretWatch::probes(SECRET, GUESS);
     for (name, value) in requests {
         let request = warp::http::Request::get("/items")
             .header(name, value)
