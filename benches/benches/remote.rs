@@ -1,0 +1,116 @@
+//! auth-remote: a cache hit against a local `KeySet` verify (the target:
+//! ≤ 1.5 ×), and a coalesced miss — 64 callers asking for one uncached key
+//! at once, one upstream call — against a minimal key service on
+//! 127.0.0.1. Results: docs/PERFORMANCE.md.
+#![allow(missing_docs, unused_crate_dependencies)]
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use auth_benches::key;
+use auth_core::{Credential, KeySet, Principal, Verifier, VerifyContext};
+use auth_remote::RemoteVerifier;
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+
+/// A key service that says every key is valid, counting its calls.
+async fn serve(calls: Arc<AtomicUsize>) -> std::net::SocketAddr {
+    let app = axum::Router::new().route(
+        "/api/v1/api-keys/validate",
+        axum::routing::post(move || {
+            calls.fetch_add(1, Ordering::Relaxed);
+            async {
+                axum::Json(serde_json::json!({"valid": true, "userId": "u", "scopes": ["stt"]}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+fn remote(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let addr = rt.block_on(serve(calls.clone()));
+    let v = RemoteVerifier::builder(&format!("http://{addr}"))
+        .build()
+        .unwrap();
+    let ctx = VerifyContext::default();
+    let hot = key(1);
+    rt.block_on(v.verify(&Credential::new(hot.clone()), &ctx))
+        .unwrap();
+    let set = KeySet::new().with_key(&hot, Principal::new("u")).unwrap();
+
+    // The same measure as `--bench core`'s verify rows: the credential made
+    // from the presented bytes, verified, dropped.
+    let verifiers: [(&str, &dyn Verifier); 2] =
+        [("remote/KeySet verify (reference)", &set), ("remote/RemoteVerifier cache hit", &v)];
+    for (name, verifier) in verifiers {
+        c.bench_function(name, |b| {
+            b.iter_batched_ref(
+                || hot.clone().into_bytes(),
+                |bytes| {
+                    let cred = Credential::from_slice(bytes);
+                    let answer = verifier
+                        .verify_now(&cred, &ctx)
+                        .expect("a cached answer");
+                    black_box(answer.is_ok())
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+
+    // 64 callers at once for a key nobody asked for yet.
+    let mut fresh = 1_000u64;
+    let before = calls.load(Ordering::Relaxed);
+    let mut batches = 0usize;
+    c.bench_function("remote/coalesced miss, 64 concurrent callers", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                fresh += 1;
+                let k = key(fresh);
+                batches += 1;
+                let start = Instant::now();
+                rt.block_on(async {
+                    let tasks: Vec<_> = (0..64)
+                        .map(|_| {
+                            let v = v.clone();
+                            let k = k.clone();
+                            tokio::spawn(async move {
+                                v.verify(&Credential::new(k), &VerifyContext::default())
+                                    .await
+                                    .is_ok()
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        assert!(t.await.unwrap());
+                    }
+                });
+                total += start.elapsed();
+            }
+            total
+        })
+    });
+    let made = calls.load(Ordering::Relaxed) - before;
+    println!("coalesced misses: {batches} batches of 64 callers made {made} upstream calls");
+    assert_eq!(made, batches, "a miss was not coalesced into one call");
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = remote
+}
+criterion_main!(benches);
