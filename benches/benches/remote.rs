@@ -50,17 +50,17 @@ fn remote(c: &mut Criterion) {
 
     // The same measure as `--bench core`'s verify rows: the credential made
     // from the presented bytes, verified, dropped.
-    let verifiers: [(&str, &dyn Verifier); 2] =
-        [("remote/KeySet verify (reference)", &set), ("remote/RemoteVerifier cache hit", &v)];
+    let verifiers: [(&str, &dyn Verifier); 2] = [
+        ("remote/KeySet verify (reference)", &set),
+        ("remote/RemoteVerifier cache hit", &v),
+    ];
     for (name, verifier) in verifiers {
         c.bench_function(name, |b| {
             b.iter_batched_ref(
                 || hot.clone().into_bytes(),
                 |bytes| {
                     let cred = Credential::from_slice(bytes);
-                    let answer = verifier
-                        .verify_now(&cred, &ctx)
-                        .expect("a cached answer");
+                    let answer = verifier.verify_now(&cred, &ctx).expect("a cached answer");
                     black_box(answer.is_ok())
                 },
                 BatchSize::SmallInput,

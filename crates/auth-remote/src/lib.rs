@@ -523,6 +523,7 @@ impl Verifier for RemoteVerifier {
         }
         let inner = &*self.inner;
         let digest = *credential.digest();
+        tracing::trace!(target: "auth_remote", fingerprint = %digest.fingerprint(), "cache miss");
         let scope = ctx
             .required_scope
             .map(str::to_owned)
