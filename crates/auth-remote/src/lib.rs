@@ -576,6 +576,13 @@ impl RemoteVerifier {
     /// (the cache for valid and invalid ones, the breaker for all).
     async fn ask(&self, credential: &Credential, scope: Option<&str>) -> Outcome {
         let inner = &*self.inner;
+        // A caller that missed the cache just before another's call filled
+        // it and left: the answer is there now.
+        match self.verify_now(credential, &VerifyContext::default()) {
+            Some(Ok(principal)) => return Outcome::Valid(principal),
+            Some(Err(_)) => return Outcome::Invalid,
+            None => {}
+        }
         if inner.breaker.permit(self.now()) == Permit::Refused {
             return Outcome::Unavailable;
         }
