@@ -1,0 +1,217 @@
+#![cfg_attr(any(doc, test), doc = include_str!("../README.md"))]
+#![cfg_attr(not(any(doc, test)), doc = "A distributed rate limiter on Redis.")]
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(unused_crate_dependencies))]
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use auth_core::{GcraLimiter, RateDecision, RateLimitPolicy, RateLimiter, RateStatus};
+use redis::aio::ConnectionManager;
+use tokio::sync::Mutex;
+
+/// GCRA in one atomic step, on the Redis server's clock (so that every
+/// instance agrees on "now"). Times in microseconds. KEYS[1]: the key's
+/// theoretical arrival time; ARGV[1]: the emission interval (window ÷
+/// requests); ARGV[2]: the window (the burst a fresh key may spend).
+/// Returns {allowed, remaining, reset, retry_after}.
+const GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+if new_tat - now > window then
+  return {0, 0, tat - now, new_tat - now - window}
+end
+redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000))
+return {1, math.floor((window - (new_tat - now)) / interval), new_tat - now, 0}
+";
+
+/// What a [`RedisLimiter`] does while Redis cannot be reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum WhenUnreachable {
+    /// Count in this process's memory instead (limits then hold per
+    /// instance, not across them); logged once per outage. The default.
+    #[default]
+    FallBackToMemory,
+    /// Refuse the request with 503 (the core's `RateDecision::Unavailable`).
+    Refuse,
+}
+
+/// What can go wrong building a [`RedisLimiter`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The Redis URL is malformed.
+    #[error("auth-redis: bad Redis URL: {0}")]
+    Url(String),
+}
+
+/// A [`RateLimiter`] whose counts live in Redis, so that a limit holds
+/// across every instance of a service: GCRA (the same algorithm as the
+/// core's in-memory [`GcraLimiter`]) as one Lua script, atomic on the
+/// server. Keys are the principals' key ids (never secrets), under a
+/// prefix.
+///
+/// The connection is made on first use and re-made after failures; a call
+/// that cannot reach Redis within the timeout (default 250 ms) is decided
+/// by [`WhenUnreachable`].
+///
+/// ```no_run
+/// use auth_redis::RedisLimiter;
+/// use std::sync::Arc;
+///
+/// let limiter = RedisLimiter::new("redis://127.0.0.1:6379")?;
+/// let guard = auth_core::Guard::builder(auth_core::StaticKey::new("k")?)
+///     .rate_limiter(Arc::new(limiter))
+///     .build()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct RedisLimiter {
+    client: redis::Client,
+    connection: Mutex<Option<ConnectionManager>>,
+    script: redis::Script,
+    prefix: String,
+    timeout: Duration,
+    when_unreachable: WhenUnreachable,
+    memory: GcraLimiter,
+    outage: AtomicBool,
+}
+
+impl fmt::Debug for RedisLimiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLimiter")
+            .field("prefix", &self.prefix)
+            .field("when_unreachable", &self.when_unreachable)
+            .field("in_outage", &self.outage.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisLimiter {
+    /// A limiter on the Redis at `url` (`redis://host:port[/db]`), keys
+    /// under `auth:rl:`, falling back to memory when unreachable.
+    pub fn new(url: &str) -> Result<Self, Error> {
+        let client = redis::Client::open(url).map_err(|e| Error::Url(e.to_string()))?;
+        Ok(Self {
+            client,
+            connection: Mutex::new(None),
+            script: redis::Script::new(GCRA),
+            prefix: "auth:rl:".into(),
+            timeout: Duration::from_millis(250),
+            when_unreachable: WhenUnreachable::default(),
+            memory: GcraLimiter::new(),
+            outage: AtomicBool::new(false),
+        })
+    }
+
+    /// Another key prefix (one per service sharing a Redis, or per test).
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.to_owned();
+        self
+    }
+
+    /// How long a call to Redis may take before it counts as unreachable.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// What to do while Redis cannot be reached.
+    pub fn when_unreachable(mut self, what: WhenUnreachable) -> Self {
+        self.when_unreachable = what;
+        self
+    }
+
+    /// Whether the last call failed to reach Redis.
+    pub fn in_outage(&self) -> bool {
+        self.outage.load(Ordering::Relaxed)
+    }
+
+    async fn connection(&self) -> redis::RedisResult<ConnectionManager> {
+        let mut slot = self.connection.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = ConnectionManager::new(self.client.clone()).await?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn forget_connection(&self) {
+        *self.connection.lock().await = None;
+    }
+
+    /// The script's answer, or `None` when Redis could not be reached.
+    async fn ask(&self, key: &str, policy: &RateLimitPolicy) -> Option<[i64; 4]> {
+        let window = i64::try_from(policy.window.as_micros()).unwrap_or(i64::MAX);
+        let interval = (window / i64::from(policy.requests.max(1))).max(1);
+        let call = async {
+            let mut c = self.connection().await?;
+            self.script
+                .key(format!("{}{key}", self.prefix))
+                .arg(interval)
+                .arg(window)
+                .invoke_async::<Vec<i64>>(&mut c)
+                .await
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(v)) if v.len() == 4 => {
+                if self.outage.swap(false, Ordering::Relaxed) {
+                    tracing::info!(target: "auth_redis", "Redis reachable again: limits are shared");
+                }
+                Some([v[0], v[1], v[2], v[3]])
+            }
+            failed => {
+                let why = match failed {
+                    Ok(Ok(_)) => "unexpected script answer".to_owned(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "timeout".to_owned(),
+                };
+                // A fresh connection next time (the manager may be wedged).
+                self.forget_connection().await;
+                if !self.outage.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(target: "auth_redis", why,
+                        fallback = ?self.when_unreachable,
+                        "Redis unreachable: rate limits are not shared until it is back");
+                }
+                None
+            }
+        }
+    }
+}
+
+fn micros(us: i64) -> Duration {
+    Duration::from_micros(u64::try_from(us).unwrap_or(0))
+}
+
+#[async_trait]
+impl RateLimiter for RedisLimiter {
+    async fn check(&self, key: &str, policy: &RateLimitPolicy) -> RateDecision {
+        let Some([allowed, remaining, reset, retry]) = self.ask(key, policy).await else {
+            return match self.when_unreachable {
+                WhenUnreachable::FallBackToMemory => self.memory.check(key, policy).await,
+                WhenUnreachable::Refuse => RateDecision::Unavailable,
+            };
+        };
+        let status = RateStatus {
+            policy: *policy,
+            remaining: u32::try_from(remaining.max(0)).unwrap_or(u32::MAX),
+            reset: micros(reset),
+        };
+        if allowed == 1 {
+            RateDecision::Allowed(status)
+        } else {
+            RateDecision::Limited {
+                status,
+                retry_after: micros(retry),
+            }
+        }
+    }
+}
