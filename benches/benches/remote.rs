@@ -1,7 +1,8 @@
 //! auth-remote: a cache hit against a local `KeySet` verify (the target:
 //! ≤ 1.5 ×), and a coalesced miss — 64 callers asking for one uncached key
 //! at once, one upstream call — against a minimal key service on
-//! 127.0.0.1. Results: docs/PERFORMANCE.md.
+//! 127.0.0.1; and auth-redis limiter checks on the local Redis. Results:
+//! docs/PERFORMANCE.md.
 #![allow(missing_docs, unused_crate_dependencies)]
 
 use std::hint::black_box;
@@ -106,11 +107,59 @@ fn remote(c: &mut Criterion) {
     assert_eq!(made, batches, "a miss was not coalesced into one call");
 }
 
+/// Checks per second of the Redis limiter on the local Redis
+/// (`AUTH_TEST_REDIS_URL`), one caller after another and 16 at once.
+fn redis_limiter(c: &mut Criterion) {
+    use auth_core::{RateLimitPolicy, RateLimiter};
+    let url = std::env::var("AUTH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let limiter = Arc::new(
+        auth_redis::RedisLimiter::new(&url)
+            .unwrap()
+            .prefix("auth-bench:")
+            .when_unreachable(auth_redis::WhenUnreachable::Refuse),
+    );
+    let policy = RateLimitPolicy::new(1_000_000, Duration::from_secs(1));
+    let first = rt.block_on(limiter.check("warm", &policy));
+    assert!(
+        matches!(first, auth_core::RateDecision::Allowed(_)),
+        "Redis unreachable at {url}: start it (see the developers' guide)"
+    );
+    c.bench_function("redis/limiter check, one caller", |b| {
+        b.iter(|| rt.block_on(limiter.check("one", &policy)))
+    });
+    c.bench_function("redis/limiter check, 16 callers at once (per check)", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            rt.block_on(async {
+                let tasks: Vec<_> = (0..16)
+                    .map(|t| {
+                        let limiter = limiter.clone();
+                        tokio::spawn(async move {
+                            for _ in 0..iters.div_ceil(16) {
+                                black_box(limiter.check(&format!("k{t}"), &policy).await);
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            });
+            start.elapsed()
+        })
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = remote
+    targets = remote, redis_limiter
 }
 criterion_main!(benches);
