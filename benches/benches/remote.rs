@@ -111,7 +111,8 @@ fn remote(c: &mut Criterion) {
 /// (`AUTH_TEST_REDIS_URL`), one caller after another and 16 at once.
 fn redis_limiter(c: &mut Criterion) {
     use auth_core::{RateLimitPolicy, RateLimiter};
-    let url = std::env::var("AUTH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let url =
+        std::env::var("AUTH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

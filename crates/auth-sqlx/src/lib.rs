@@ -1,0 +1,565 @@
+#![cfg_attr(any(doc, test), doc = include_str!("../README.md"))]
+#![cfg_attr(not(any(doc, test)), doc = "A KeyStore on SQLite and PostgreSQL.")]
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(unused_crate_dependencies))]
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::{Arc, Once};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use auth_core::{
+    ApiKey, ApiKeyFormat, Cache, Cached, Digest, KeyRecord, KeyStore, Principal, RateLimitPolicy,
+    StoreError, Verifier,
+};
+use parking_lot::Mutex;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+/// The PostgreSQL channel writes are announced on.
+pub const CHANNEL: &str = "auth_keys";
+
+/// What can go wrong in the store's own operations. Lookups made for
+/// verification never fail this way: their failures are
+/// [`StoreError`]s, which the guard answers with 503.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database could not be reached or refused the statement.
+    #[error("auth-sqlx database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The embedded migrations failed.
+    #[error("auth-sqlx migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A value given to an admin operation is not acceptable; the message
+    /// says which and why.
+    #[error("auth-sqlx: {0}")]
+    Invalid(String),
+    /// A key could not be generated (the OS random source failed).
+    #[error("auth-sqlx: {0}")]
+    Core(#[from] auth_core::Error),
+}
+
+/// A change other processes' caches must hear about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The key with this digest changed (disabled, deleted, rescoped…).
+    Key(Digest),
+    /// Anything may have changed (notifications may have been missed).
+    All,
+}
+
+/// Which database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite: one machine; writes through the store invalidate directly.
+    Sqlite,
+    /// PostgreSQL: many machines; writes are announced with `NOTIFY`.
+    Postgres,
+}
+
+/// A key as an operator sees it: everything but the key and its digest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// The record's id.
+    pub id: String,
+    /// A display prefix (`sk_live_Ab3x…`).
+    pub prefix: String,
+    /// The owner (the principal the key authenticates as).
+    pub owner: String,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// The key's own rate limit, if any.
+    pub rate_limit: Option<RateLimitPolicy>,
+    /// When it was created.
+    pub created_at: SystemTime,
+    /// When it stops being valid, if ever.
+    pub expires_at: Option<SystemTime>,
+    /// When it was disabled, if it was.
+    pub disabled_at: Option<SystemTime>,
+    /// When it was last used (written in batches), if ever.
+    pub last_used_at: Option<SystemTime>,
+}
+
+/// A new key's settings.
+#[derive(Clone, Debug, Default)]
+pub struct NewKey {
+    /// The owner.
+    pub owner: String,
+    /// Scopes to grant.
+    pub scopes: Vec<String>,
+    /// Its own rate limit.
+    pub rate_limit: Option<RateLimitPolicy>,
+    /// When it stops being valid.
+    pub expires_at: Option<SystemTime>,
+}
+
+/// A key just made: the plaintext is here once and nowhere else.
+#[derive(Debug)]
+pub struct CreatedKey {
+    /// The plaintext key (its `Debug` is redacted).
+    pub key: ApiKey,
+    /// Its record.
+    pub info: KeyInfo,
+}
+
+/// A [`KeyStore`] on SQLite or PostgreSQL; see the crate docs.
+#[derive(Clone)]
+pub struct SqlKeyStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: AnyPool,
+    backend: Backend,
+    url: String,
+    changes: broadcast::Sender<Change>,
+    /// Ids looked up since the last flush of `last_used_at`.
+    used: Mutex<HashSet<String>>,
+    format: ApiKeyFormat,
+}
+
+impl fmt::Debug for SqlKeyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlKeyStore")
+            .field("backend", &self.inner.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+const COLUMNS: &str = "id, prefix, owner, scopes, rate_requests, rate_window_secs, created_at, \
+     expires_at, disabled_at, last_used_at";
+
+fn secs(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn time(s: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(u64::try_from(s).unwrap_or(0))
+}
+
+fn scopes_text(scopes: &[String]) -> Result<String, Error> {
+    for s in scopes {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+        if !ok {
+            return Err(Error::Invalid(format!(
+                "scope `{s}`: use 1 to 64 letters, digits, `-`, `_`, `.` or `:`"
+            )));
+        }
+    }
+    Ok(scopes.join(" "))
+}
+
+fn rate_columns(limit: Option<RateLimitPolicy>) -> Result<(Option<i64>, Option<i64>), Error> {
+    match limit {
+        None => Ok((None, None)),
+        Some(p) if p.requests == 0 || p.window.as_secs() == 0 => Err(Error::Invalid(
+            "a rate limit needs at least 1 request per window of at least 1 s".into(),
+        )),
+        Some(p) => Ok((
+            Some(i64::from(p.requests)),
+            Some(i64::try_from(p.window.as_secs()).unwrap_or(i64::MAX)),
+        )),
+    }
+}
+
+fn info(row: &AnyRow) -> Result<KeyInfo, sqlx::Error> {
+    let rate = match (
+        row.try_get::<Option<i64>, _>("rate_requests")?,
+        row.try_get::<Option<i64>, _>("rate_window_secs")?,
+    ) {
+        (Some(r), Some(w)) if r > 0 && w > 0 => Some(RateLimitPolicy::new(
+            u32::try_from(r).unwrap_or(u32::MAX),
+            Duration::from_secs(u64::try_from(w).unwrap_or(1)),
+        )),
+        _ => None,
+    };
+    let opt_time = |name: &str| -> Result<Option<SystemTime>, sqlx::Error> {
+        Ok(row.try_get::<Option<i64>, _>(name)?.map(time))
+    };
+    Ok(KeyInfo {
+        id: row.try_get("id")?,
+        prefix: row.try_get("prefix")?,
+        owner: row.try_get("owner")?,
+        scopes: row
+            .try_get::<String, _>("scopes")?
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
+        rate_limit: rate,
+        created_at: time(row.try_get("created_at")?),
+        expires_at: opt_time("expires_at")?,
+        disabled_at: opt_time("disabled_at")?,
+        last_used_at: opt_time("last_used_at")?,
+    })
+}
+
+fn new_id() -> Result<String, Error> {
+    // The key's own digest would do as an id, but ids are shown; digests are not.
+    let key = ApiKey::generate()?;
+    Ok(format!("key_{}", &key.digest().to_hex()[..16]))
+}
+
+impl SqlKeyStore {
+    /// Connects to `url`: `sqlite://path/to/keys.db` (created if missing)
+    /// or `postgres://user@host/db`. Run [`migrate`](Self::migrate) next.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        static DRIVERS: Once = Once::new();
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(Error::Invalid(format!(
+                "database URL must start with sqlite: or postgres:// (got `{}`)",
+                url.split(':').next().unwrap_or_default()
+            )));
+        };
+        let url = match backend {
+            // Create the file on first use.
+            Backend::Sqlite if !url.contains("mode=") => {
+                format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
+            }
+            _ => url.to_owned(),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 10 })
+            .acquire_timeout(Duration::from_secs(2))
+            .connect(&url)
+            .await?;
+        if backend == Backend::Sqlite {
+            // Readers do not block the writer; a writer waits its turn.
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await?;
+        }
+        let (changes, _) = broadcast::channel(1024);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                backend,
+                url,
+                changes,
+                used: Mutex::new(HashSet::new()),
+                format: ApiKeyFormat::default(),
+            }),
+        })
+    }
+
+    /// Runs the embedded migrations (idempotent; safe from many instances).
+    pub async fn migrate(&self) -> Result<(), Error> {
+        sqlx::migrate!("./migrations").run(&self.inner.pool).await?;
+        Ok(())
+    }
+
+    /// Runs `sql` as it is, ignoring any rows: for administration
+    /// (schemas, maintenance). Never with input from outside.
+    pub async fn execute_raw(&self, sql: &str) -> Result<(), Error> {
+        sqlx::query(sql).fetch_all(&self.inner.pool).await?;
+        Ok(())
+    }
+
+    /// Closes the connections; later lookups fail (unavailable → 503).
+    pub async fn close(&self) {
+        self.inner.pool.close().await;
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
+    }
+
+    /// Changes made through this store and, on PostgreSQL once
+    /// [`listen`](Self::listen) runs, through any other.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.inner.changes.subscribe()
+    }
+
+    /// Keeps `cached` in step with the store: every change drops the
+    /// affected entry, [`Change::All`] (and a lagging receiver) everything.
+    pub fn invalidate_on_change<V, C>(&self, cached: Arc<Cached<V, C>>) -> JoinHandle<()>
+    where
+        V: Verifier + 'static,
+        C: Cache<Arc<Principal>> + 'static,
+    {
+        let mut changes = self.subscribe();
+        tokio::spawn(async move {
+            loop {
+                match changes.recv().await {
+                    Ok(Change::Key(digest)) => cached.invalidate(&digest),
+                    Ok(Change::All) | Err(broadcast::error::RecvError::Lagged(_)) => cached.clear(),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        })
+    }
+
+    /// On PostgreSQL: listens for other processes' writes (`LISTEN
+    /// auth_keys`) and passes them to [`subscribe`](Self::subscribe)rs.
+    /// After the listening connection drops and comes back, sends
+    /// [`Change::All`]: notifications may have been missed. On SQLite:
+    /// nothing to do (writes come through this store).
+    pub async fn listen(&self) -> Result<Option<JoinHandle<()>>, Error> {
+        if self.inner.backend != Backend::Postgres {
+            return Ok(None);
+        }
+        let mut listener = sqlx::postgres::PgListener::connect(&self.inner.url).await?;
+        listener.listen(CHANNEL).await?;
+        let changes = self.inner.changes.clone();
+        Ok(Some(tokio::spawn(async move {
+            loop {
+                match listener.try_recv().await {
+                    Ok(Some(n)) => {
+                        let change = Digest::from_hex(n.payload()).map_or(Change::All, Change::Key);
+                        let _ = changes.send(change);
+                    }
+                    Ok(None) => {
+                        tracing::warn!(target: "auth_sqlx",
+                            "key-change listener lost its connection: clearing caches");
+                        let _ = changes.send(Change::All);
+                    }
+                    Err(e) => {
+                        tracing::warn!(target: "auth_sqlx", error = %e,
+                            "key-change listener cannot reach the database; retrying");
+                        let _ = changes.send(Change::All);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        })))
+    }
+
+    /// Writes `last_used_at` for the keys looked up since the last flush,
+    /// every `every` (one statement per flush, never one per request).
+    pub fn spawn_last_used_flush(&self, every: Duration) -> JoinHandle<()> {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                if let Err(e) = store.flush_last_used().await {
+                    tracing::warn!(target: "auth_sqlx", error = %e, "could not write last-used times");
+                }
+            }
+        })
+    }
+
+    /// Writes `last_used_at` for the keys looked up since the last flush.
+    pub async fn flush_last_used(&self) -> Result<usize, Error> {
+        let ids: Vec<String> = self.inner.used.lock().drain().collect();
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let placeholders: Vec<String> = (2..ids.len() + 2).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "UPDATE auth_keys SET last_used_at = $1 WHERE id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(secs(SystemTime::now()));
+        for id in &ids {
+            q = q.bind(id);
+        }
+        q.execute(&self.inner.pool).await?;
+        Ok(ids.len())
+    }
+
+    /// Creates a key; the answer holds the plaintext, once.
+    pub async fn create(&self, new: NewKey) -> Result<CreatedKey, Error> {
+        if new.owner.trim().is_empty() || new.owner.len() > 200 {
+            return Err(Error::Invalid(
+                "the owner must be 1 to 200 characters".into(),
+            ));
+        }
+        let scopes = scopes_text(&new.scopes)?;
+        let (requests, window) = rate_columns(new.rate_limit)?;
+        let key = self.inner.format.generate()?;
+        let id = new_id()?;
+        let now = SystemTime::now();
+        sqlx::query(
+            "INSERT INTO auth_keys (id, prefix, digest, owner, scopes, rate_requests, \
+             rate_window_secs, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&id)
+        .bind(key.display_prefix())
+        .bind(key.digest().to_hex())
+        .bind(&new.owner)
+        .bind(&scopes)
+        .bind(requests)
+        .bind(window)
+        .bind(secs(now))
+        .bind(new.expires_at.map(secs))
+        .execute(&self.inner.pool)
+        .await?;
+        let info = self
+            .get(&id)
+            .await?
+            .ok_or_else(|| Error::Invalid("the new key vanished".into()))?;
+        Ok(CreatedKey { key, info })
+    }
+
+    /// Every key (newest first), without keys or digests.
+    pub async fn list(&self) -> Result<Vec<KeyInfo>, Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM auth_keys ORDER BY created_at DESC, id"
+        ))
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter().map(|r| info(r).map_err(Error::from)).collect()
+    }
+
+    /// One key by id.
+    pub async fn get(&self, id: &str) -> Result<Option<KeyInfo>, Error> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM auth_keys WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.inner.pool)
+            .await?;
+        row.as_ref().map(info).transpose().map_err(Error::from)
+    }
+
+    /// Disables a key now; whether it existed.
+    pub async fn disable(&self, id: &str) -> Result<bool, Error> {
+        self.write(
+            "UPDATE auth_keys SET disabled_at = $2 WHERE id = $1 RETURNING digest",
+            id,
+            |q| q.bind(secs(SystemTime::now())),
+        )
+        .await
+    }
+
+    /// Deletes a key; whether it existed.
+    pub async fn delete(&self, id: &str) -> Result<bool, Error> {
+        self.write(
+            "DELETE FROM auth_keys WHERE id = $1 RETURNING digest",
+            id,
+            |q| q,
+        )
+        .await
+    }
+
+    /// Replaces a key's scopes.
+    pub async fn set_scopes(&self, id: &str, scopes: &[String]) -> Result<bool, Error> {
+        let text = scopes_text(scopes)?;
+        self.write(
+            "UPDATE auth_keys SET scopes = $2 WHERE id = $1 RETURNING digest",
+            id,
+            |q| q.bind(text),
+        )
+        .await
+    }
+
+    /// Sets or removes a key's own rate limit.
+    pub async fn set_rate_limit(
+        &self,
+        id: &str,
+        limit: Option<RateLimitPolicy>,
+    ) -> Result<bool, Error> {
+        let (requests, window) = rate_columns(limit)?;
+        self.write(
+            "UPDATE auth_keys SET rate_requests = $2, rate_window_secs = $3 WHERE id = $1 \
+             RETURNING digest",
+            id,
+            |q| q.bind(requests).bind(window),
+        )
+        .await
+    }
+
+    /// Sets or removes a key's expiry.
+    pub async fn set_expiry(
+        &self,
+        id: &str,
+        expires_at: Option<SystemTime>,
+    ) -> Result<bool, Error> {
+        self.write(
+            "UPDATE auth_keys SET expires_at = $2 WHERE id = $1 RETURNING digest",
+            id,
+            |q| q.bind(expires_at.map(secs)),
+        )
+        .await
+    }
+
+    /// Rotates a key: a new key with the same owner, scopes and limit; the
+    /// old one stays valid for `overlap`, then expires. `None` when there is
+    /// no such key.
+    pub async fn rotate(&self, id: &str, overlap: Duration) -> Result<Option<CreatedKey>, Error> {
+        let Some(old) = self.get(id).await? else {
+            return Ok(None);
+        };
+        let created = self
+            .create(NewKey {
+                owner: old.owner,
+                scopes: old.scopes,
+                rate_limit: old.rate_limit,
+                expires_at: old.expires_at,
+            })
+            .await?;
+        let until = SystemTime::now() + overlap;
+        let ends = old.expires_at.map_or(until, |at| at.min(until));
+        self.set_expiry(id, Some(ends)).await?;
+        Ok(Some(created))
+    }
+
+    /// Runs a write that returns the affected key's digest, then announces
+    /// the change: locally at once, and to other processes with `NOTIFY`.
+    async fn write<'q>(
+        &self,
+        sql: &'q str,
+        id: &'q str,
+        bind: impl FnOnce(
+            sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+        ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> Result<bool, Error> {
+        let mut tx = self.inner.pool.begin().await?;
+        let row = bind(sqlx::query(sql).bind(id))
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        let digest: String = row.try_get("digest")?;
+        if self.inner.backend == Backend::Postgres {
+            // Delivered on commit, to every listener.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(&digest)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        let change = Digest::from_hex(&digest).map_or(Change::All, Change::Key);
+        let _ = self.inner.changes.send(change);
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl KeyStore for SqlKeyStore {
+    async fn find_by_digest(&self, digest: &Digest) -> Result<Option<KeyRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM auth_keys WHERE digest = $1"
+        ))
+        .bind(digest.to_hex())
+        .fetch_optional(&self.inner.pool)
+        .await
+        .map_err(|e| StoreError(e.to_string()))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let info = info(&row).map_err(|e| StoreError(e.to_string()))?;
+        self.inner.used.lock().insert(info.id.clone());
+        let mut record = KeyRecord::new(info.id, *digest, info.owner);
+        record.scopes = info.scopes;
+        record.rate_limit = info.rate_limit;
+        record.expires_at = info.expires_at;
+        record.disabled = info.disabled_at.is_some();
+        Ok(Some(record))
+    }
+}
