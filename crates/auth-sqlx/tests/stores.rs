@@ -46,7 +46,13 @@ async fn pg_schema(test: &str) -> String {
         .await
         .unwrap();
     let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options=-c%20search_path%3D{schema}")
+    // Named after the schema, so that a test can find its own connections.
+    format!("{base}{sep}options=-c%20search_path%3D{schema}&application_name={schema}")
+}
+
+/// The schema (and application name) in a URL made by `pg_schema`.
+fn schema_of(url: &str) -> &str {
+    url.rsplit("application_name=").next().unwrap()
 }
 
 async fn postgres(test: &str) -> SqlKeyStore {
@@ -280,13 +286,15 @@ async fn terminated_connections_fail_closed_and_recover() {
     assert!(matches!(guard.check(&right).await, Decision::Allow(_)));
     while changes.try_recv().is_ok() {}
 
-    // Every connection to this schema's database but the admin's, killed.
+    // Every connection of this test's store (pool and listener), killed;
+    // other tests' connections are left alone.
     let admin = SqlKeyStore::connect(&pg_base()).await.unwrap();
     admin
-        .execute_raw(
+        .execute_raw(&format!(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = current_database() AND pid <> pg_backend_pid()",
-        )
+             WHERE application_name = '{}'",
+            schema_of(&url)
+        ))
         .await
         .unwrap();
     // Meanwhile: never a grant for a wrong key, never anything but 200/401/503.
