@@ -1,7 +1,8 @@
 //! auth-remote: a cache hit against a local `KeySet` verify (the target:
 //! ≤ 1.5 ×), and a coalesced miss — 64 callers asking for one uncached key
 //! at once, one upstream call — against a minimal key service on
-//! 127.0.0.1; and auth-redis limiter checks on the local Redis. Results:
+//! 127.0.0.1; auth-redis limiter checks on the local Redis; auth-sqlx
+//! cached hits and misses on SQLite and PostgreSQL. Results:
 //! docs/PERFORMANCE.md.
 #![allow(missing_docs, unused_crate_dependencies)]
 
@@ -156,11 +157,89 @@ fn redis_limiter(c: &mut Criterion) {
     });
 }
 
+/// auth-sqlx: a cached verify (no database round trip) and a miss (one
+/// indexed query) on SQLite and on PostgreSQL (`AUTH_TEST_DATABASE_URL`).
+fn sql_stores(c: &mut Criterion) {
+    use auth_core::{CacheConfig, Cached, HashedKeyStore};
+    use auth_sqlx::{NewKey, SqlKeyStore};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pg = std::env::var("AUTH_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!("t_bench_{}", std::process::id());
+    let urls = [
+        (
+            "SQLite",
+            format!("sqlite://{}", dir.path().join("keys.db").display()),
+        ),
+        (
+            "PostgreSQL",
+            format!("{pg}?options=-c%20search_path%3D{schema}&application_name={schema}"),
+        ),
+    ];
+    rt.block_on(async {
+        let admin = SqlKeyStore::connect(&pg)
+            .await
+            .expect("PostgreSQL reachable");
+        admin
+            .execute_raw(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .await
+            .unwrap();
+    });
+    let ctx = VerifyContext::default();
+    for (name, url) in urls {
+        let (store, key) = rt.block_on(async {
+            let store = SqlKeyStore::connect(&url).await.unwrap();
+            store.migrate().await.unwrap();
+            let created = store
+                .create(NewKey {
+                    owner: "svc".into(),
+                    ..NewKey::default()
+                })
+                .await
+                .unwrap();
+            (store, created.key.expose().to_owned())
+        });
+        let uncached = HashedKeyStore::new(store.clone());
+        c.bench_function(&format!("sql/{name} miss (one indexed query)"), |b| {
+            b.iter(|| {
+                let cred = Credential::from_slice(key.as_bytes());
+                assert!(rt.block_on(uncached.verify(&cred, &ctx)).is_ok());
+            })
+        });
+        let cached = Cached::new(HashedKeyStore::new(store.clone()), CacheConfig::default());
+        rt.block_on(cached.verify(&Credential::new(key.clone()), &ctx))
+            .unwrap();
+        c.bench_function(&format!("sql/{name} cached hit (no round trip)"), |b| {
+            b.iter_batched_ref(
+                || key.clone().into_bytes(),
+                |bytes| {
+                    let cred = Credential::from_slice(bytes);
+                    let answer = cached.verify_now(&cred, &ctx).expect("a cache hit");
+                    black_box(answer.is_ok())
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    rt.block_on(async {
+        let admin = SqlKeyStore::connect(&pg).await.unwrap();
+        admin
+            .execute_raw(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await
+            .unwrap();
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = remote, redis_limiter
+    targets = remote, redis_limiter, sql_stores
 }
 criterion_main!(benches);

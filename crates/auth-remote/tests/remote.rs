@@ -112,6 +112,21 @@ async fn serve(double: Arc<Double>) -> SocketAddr {
     addr
 }
 
+/// A double, served.
+async fn started() -> (Arc<Double>, SocketAddr) {
+    let double = Double::new();
+    let addr = serve(double.clone()).await;
+    (double, addr)
+}
+
+/// A verifier that never opens its circuit (for tests of single answers).
+fn patient(addr: SocketAddr) -> RemoteVerifier {
+    remote(addr)
+        .breaker(1_000, Duration::from_secs(1))
+        .build()
+        .unwrap()
+}
+
 fn remote(addr: SocketAddr) -> auth_remote::RemoteVerifierBuilder {
     RemoteVerifier::builder(&format!("http://{addr}"))
         .service_credential(SERVICE_HEADER, SERVICE_TOKEN)
@@ -137,8 +152,7 @@ async fn verify_scoped(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valid_and_invalid_answers_are_cached_by_kind() {
-    let double = Double::new();
-    let addr = serve(double.clone()).await;
+    let (double, addr) = started().await;
     let v = remote(addr).build().unwrap();
 
     let p = verify(&v, GOOD).await.unwrap();
@@ -160,8 +174,7 @@ async fn valid_and_invalid_answers_are_cached_by_kind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ttls_expire_on_the_injected_clock() {
-    let double = Double::new();
-    let addr = serve(double.clone()).await;
+    let (double, addr) = started().await;
     let clock = Arc::new(ManualClock::new());
     let v = remote(addr)
         .clock(clock.clone())
@@ -187,8 +200,7 @@ async fn ttls_expire_on_the_injected_clock() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_scope_is_403_and_not_cached_as_an_invalid_key() {
-    let double = Double::new();
-    let addr = serve(double.clone()).await;
+    let (double, addr) = started().await;
     let v = remote(addr).build().unwrap();
     // Asked for a scope the key lacks: not an invalid key.
     let p = verify_scoped(&v, LIMITED, "tts").await.unwrap();
@@ -218,8 +230,7 @@ async fn a_missing_scope_is_403_and_not_cached_as_an_invalid_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_services_rate_limit_is_enforced_locally() {
-    let double = Double::new();
-    let addr = serve(double.clone()).await;
+    let (_double, addr) = started().await;
     let guard = Guard::builder(remote(addr).build().unwrap())
         .build()
         .unwrap();
@@ -240,12 +251,8 @@ async fn the_services_rate_limit_is_enforced_locally() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_failure_is_unavailable_and_never_cached() {
-    let double = Double::new();
-    let addr = serve(double.clone()).await;
-    let v = remote(addr)
-        .breaker(1_000, Duration::from_secs(1))
-        .build()
-        .unwrap();
+    let (double, addr) = started().await;
+    let v = patient(addr);
     for mode in [
         Mode::Slow,
         Mode::Status(500),
@@ -312,8 +319,7 @@ async fn every_kind_of_failure_is_unavailable_and_never_cached() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_breaker_opens_skips_calls_and_closes_after_a_probe() {
-    let double = Double::new();
-    let addr = serve(double.clone()).await;
+    let (double, addr) = started().await;
     let clock = Arc::new(ManualClock::new());
     let v = remote(addr)
         .clock(clock.clone())
@@ -355,12 +361,8 @@ async fn the_breaker_opens_skips_calls_and_closes_after_a_probe() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flapping_service_never_lets_a_bad_key_in() {
-    let double = Double::new();
-    let addr = serve(double.clone()).await;
-    let v = remote(addr)
-        .breaker(1_000, Duration::from_secs(1))
-        .build()
-        .unwrap();
+    let (double, addr) = started().await;
+    let v = patient(addr);
     for round in 0..20 {
         double.set(if round % 2 == 0 {
             Mode::Normal
@@ -382,8 +384,7 @@ async fn a_flapping_service_never_lets_a_bad_key_in() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fallback_is_asked_only_when_the_service_is_unavailable() {
-    let double = Double::new();
-    let addr = serve(double.clone()).await;
+    let (double, addr) = started().await;
     let local = KeySet::new()
         .with_key("local-only-key-0123456789", Principal::new("local"))
         .unwrap()
@@ -416,8 +417,7 @@ async fn the_fallback_is_asked_only_when_the_service_is_unavailable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_first_requests_make_one_call() {
-    let double = Double::new();
-    let addr = serve(double.clone()).await;
+    let (double, addr) = started().await;
     let v = remote(addr).build().unwrap();
     let barrier = Arc::new(tokio::sync::Barrier::new(1_000));
     let tasks: Vec<_> = (0..1_000)
@@ -438,8 +438,7 @@ async fn a_thousand_concurrent_first_requests_make_one_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_stale_only_when_enabled_and_within_the_grace() {
-    let double = Double::new();
-    let addr = serve(double.clone()).await;
+    let (double, addr) = started().await;
     for grace in [None, Some(Duration::from_secs(60))] {
         let clock = Arc::new(ManualClock::new());
         let mut builder = remote(addr)
@@ -472,8 +471,7 @@ async fn end_to_end_through_axum() {
     use auth_axum::{AuthLayer, Authenticated};
     use tower::ServiceExt;
 
-    let double = Double::new();
-    let addr = serve(double.clone()).await;
+    let (double, addr) = started().await;
     let guard = Guard::builder(remote(addr).build().unwrap())
         .build()
         .unwrap();
@@ -509,8 +507,7 @@ async fn end_to_end_through_axum() {
 async fn no_key_in_logs_or_debug() {
     let mut watch =
         auth_core::testing::SecretWatch::new(&[GOOD, "sk_live_unknown_guess", SERVICE_TOKEN]);
-    let double = Double::new();
-    let addr = serve(double.clone()).await;
+    let (double, addr) = started().await;
     let builder = remote(addr);
     watch.observe(format!("{builder:?}"));
     let v = builder.build().unwrap();

@@ -178,6 +178,17 @@ async fn every_operation_on_postgres() {
     every_operation(postgres("ops").await).await;
 }
 
+/// A key for `svc` with no scopes, limit or expiry.
+async fn plain_key(store: &SqlKeyStore) -> auth_sqlx::CreatedKey {
+    store
+        .create(NewKey {
+            owner: "svc".into(),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap()
+}
+
 /// A cached verifier kept in step with `store`.
 fn cached(store: &SqlKeyStore) -> Arc<Cached<HashedKeyStore<SqlKeyStore>>> {
     let cached = Arc::new(Cached::new(
@@ -204,13 +215,7 @@ async fn refused_within(v: &impl Verifier, key: &str, limit: Duration) -> Durati
 async fn sqlite_writes_invalidate_the_local_cache() {
     let (store, _dir) = sqlite().await;
     let v = cached(&store);
-    let created = store
-        .create(NewKey {
-            owner: "svc".into(),
-            ..NewKey::default()
-        })
-        .await
-        .unwrap();
+    let created = plain_key(&store).await;
     let key = created.key.expose();
     assert!(verify(&*v, key).await.is_ok());
     assert!(verify(&*v, key).await.is_ok(), "a cache hit");
@@ -226,13 +231,7 @@ async fn a_revocation_on_one_instance_reaches_another_within_a_second() {
     let b = SqlKeyStore::connect(&url).await.unwrap();
     b.listen().await.unwrap().expect("a listener on PostgreSQL");
     let on_b = cached(&b);
-    let created = a
-        .create(NewKey {
-            owner: "svc".into(),
-            ..NewKey::default()
-        })
-        .await
-        .unwrap();
+    let created = plain_key(&a).await;
     let key = created.key.expose();
     assert!(verify(&*on_b, key).await.is_ok());
     // B now answers from its cache (default TTL: a minute).
@@ -244,13 +243,7 @@ async fn a_revocation_on_one_instance_reaches_another_within_a_second() {
 #[tokio::test]
 async fn store_errors_are_503_never_allow() {
     let (store, _dir) = sqlite().await;
-    let created = store
-        .create(NewKey {
-            owner: "svc".into(),
-            ..NewKey::default()
-        })
-        .await
-        .unwrap();
+    let created = plain_key(&store).await;
     let guard = Guard::builder(HashedKeyStore::new(store.clone()))
         .build()
         .unwrap();
@@ -270,13 +263,7 @@ async fn terminated_connections_fail_closed_and_recover() {
     store.migrate().await.unwrap();
     let mut changes = store.subscribe();
     store.listen().await.unwrap().unwrap();
-    let created = store
-        .create(NewKey {
-            owner: "svc".into(),
-            ..NewKey::default()
-        })
-        .await
-        .unwrap();
+    let created = plain_key(&store).await;
     let key = created.key.expose().to_owned();
     let guard = Guard::builder(HashedKeyStore::new(store.clone()))
         .build()
