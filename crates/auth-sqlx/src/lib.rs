@@ -142,6 +142,12 @@ fn time(s: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(u64::try_from(s).unwrap_or(0))
 }
 
+/// Checks scope tokens the way the store does before writing them:
+/// 1 to 64 letters, digits, `-`, `_`, `.` or `:` each.
+pub fn check_scopes(scopes: &[String]) -> Result<(), Error> {
+    scopes_text(scopes).map(drop)
+}
+
 fn scopes_text(scopes: &[String]) -> Result<String, Error> {
     for s in scopes {
         let ok = !s.is_empty()
@@ -264,6 +270,12 @@ impl SqlKeyStore {
     /// (schemas, maintenance). Never with input from outside.
     pub async fn execute_raw(&self, sql: &str) -> Result<(), Error> {
         sqlx::query(sql).fetch_all(&self.inner.pool).await?;
+        Ok(())
+    }
+
+    /// Whether the database answers (one trivial query).
+    pub async fn ping(&self) -> Result<(), Error> {
+        sqlx::query("SELECT 1").fetch_one(&self.inner.pool).await?;
         Ok(())
     }
 

@@ -1,0 +1,295 @@
+//! `auth-server`: the central key service, and its operators' CLI.
+//!
+//! ```text
+//! auth-server serve [--bind 127.0.0.1:8080] [--data-dir ./data] [--log-format json]
+//! auth-server keys create --owner svc-a --scope stt --scope tts --rate 60/60s --expires 90d [--json]
+//! auth-server keys list [--json]
+//! auth-server keys disable ID
+//! auth-server keys rotate ID --overlap 24h
+//! ```
+//!
+//! `DATABASE_URL` (PostgreSQL or SQLite) replaces the SQLite file in the
+//! data directory.
+#![forbid(unsafe_code)]
+// One package, two targets: the binary uses what the library does not
+// (clap, the log formats) and the other way round.
+#![allow(unused_crate_dependencies)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use auth_core::RateLimitPolicy;
+use auth_sqlx::NewKey;
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "auth-server", version, about = "The central API key service")]
+struct Cli {
+    /// Where the SQLite database and the admin key live.
+    #[arg(long, global = true, default_value = "./data")]
+    data_dir: PathBuf,
+    /// A database URL (postgres://… or sqlite://…) instead of the data
+    /// directory's SQLite file.
+    #[arg(long, global = true, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serves the HTTP API until SIGTERM or ctrl-c.
+    Serve {
+        /// The address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        bind: SocketAddr,
+        /// Log format.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Manages keys in the same database.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Creates a key and prints it (once).
+    Create {
+        /// The owner (the principal the key authenticates as).
+        #[arg(long)]
+        owner: String,
+        /// A scope to grant (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// A rate limit: REQUESTS/WINDOW, e.g. 60/60s, 1000/1h.
+        #[arg(long, value_parser = parse_rate)]
+        rate: Option<RateLimitPolicy>,
+        /// Expiry from now, e.g. 90d, 12h.
+        #[arg(long, value_parser = parse_duration)]
+        expires: Option<Duration>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists keys (never the keys themselves).
+    List {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disables a key now.
+    Disable {
+        /// The key's id.
+        id: String,
+    },
+    /// Makes a new key for the same owner; the old one stays valid for the
+    /// overlap.
+    Rotate {
+        /// The key's id.
+        id: String,
+        /// How long the old key stays valid, e.g. 24h.
+        #[arg(long, value_parser = parse_duration, default_value = "24h")]
+        overlap: Duration,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `90d`, `12h`, `30m`, `45s`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{text}`: add a unit (s, m, h or d), e.g. 90d"))?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}`: expected a number then a unit, e.g. 24h"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("`{text}`: the unit must be s, m, h or d")),
+    };
+    if n == 0 {
+        return Err(format!("`{text}`: must be more than zero"));
+    }
+    Ok(Duration::from_secs(n.saturating_mul(seconds)))
+}
+
+/// `60/60s`.
+fn parse_rate(text: &str) -> Result<RateLimitPolicy, String> {
+    let (requests, window) = text
+        .split_once('/')
+        .ok_or_else(|| format!("`{text}`: expected REQUESTS/WINDOW, e.g. 60/60s"))?;
+    let requests: u32 = requests
+        .trim()
+        .parse()
+        .ok()
+        .filter(|r| *r > 0)
+        .ok_or_else(|| format!("`{text}`: the request count must be a positive number"))?;
+    Ok(RateLimitPolicy::new(requests, parse_duration(window)?))
+}
+
+fn ago(t: Option<SystemTime>) -> String {
+    match t {
+        None => "-".into(),
+        Some(t) => {
+            let s = t
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            s.to_string()
+        }
+    }
+}
+
+fn print_table(keys: &[auth_sqlx::KeyInfo]) {
+    println!(
+        "{:<22} {:<16} {:<14} {:<20} {:<10} {:<11} {:<11} {:<8}",
+        "ID", "PREFIX", "OWNER", "SCOPES", "RATE", "EXPIRES", "LAST USED", "STATE"
+    );
+    for k in keys {
+        let rate = k.rate_limit.map_or_else(
+            || "-".to_owned(),
+            |p| format!("{}/{}s", p.requests, p.window.as_secs()),
+        );
+        println!(
+            "{:<22} {:<16} {:<14} {:<20} {:<10} {:<11} {:<11} {:<8}",
+            k.id,
+            k.prefix,
+            k.owner,
+            if k.scopes.is_empty() {
+                "-".to_owned()
+            } else {
+                k.scopes.join(",")
+            },
+            rate,
+            ago(k.expires_at),
+            ago(k.last_used_at),
+            if k.disabled_at.is_some() {
+                "disabled"
+            } else {
+                "active"
+            }
+        );
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let store = auth_server::open_store(&cli.data_dir, cli.database_url.as_deref()).await?;
+    match cli.command {
+        Command::Serve { bind, log_format } => {
+            match log_format {
+                LogFormat::Text => tracing_subscriber::fmt().with_target(false).init(),
+                LogFormat::Json => tracing_subscriber::fmt().json().init(),
+            }
+            let app = auth_server::app(store, &cli.data_dir).await?;
+            let listener = tokio::net::TcpListener::bind(bind).await?;
+            tracing::info!(address = %listener.local_addr()?,
+                admin_key = %auth_server::admin_key_path(&cli.data_dir).display(),
+                "auth-server listening");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown())
+                .await?;
+            tracing::info!("auth-server stopped");
+        }
+        Command::Keys { command } => match command {
+            KeysCommand::Create {
+                owner,
+                scopes,
+                rate,
+                expires,
+                json,
+            } => {
+                let created = store
+                    .create(NewKey {
+                        owner,
+                        scopes,
+                        rate_limit: rate,
+                        expires_at: expires.map(|d| SystemTime::now() + d),
+                    })
+                    .await?;
+                if json {
+                    println!("{}", auth_server::created_json(&created));
+                } else {
+                    print_table(std::slice::from_ref(&created.info));
+                    println!("\nkey (shown once): {}", created.key.expose());
+                }
+            }
+            KeysCommand::List { json } => {
+                let keys = store.list().await?;
+                if json {
+                    let list: Vec<_> = keys.iter().map(auth_server::info_json).collect();
+                    println!("{}", serde_json::json!({ "keys": list }));
+                } else {
+                    print_table(&keys);
+                }
+            }
+            KeysCommand::Disable { id } => {
+                if !store.disable(&id).await? {
+                    return Err(format!("no key with id {id}").into());
+                }
+                println!("disabled {id}");
+            }
+            KeysCommand::Rotate { id, overlap, json } => {
+                let Some(created) = store.rotate(&id, overlap).await? else {
+                    return Err(format!("no key with id {id}").into());
+                };
+                if json {
+                    println!("{}", auth_server::created_json(&created));
+                } else {
+                    print_table(std::slice::from_ref(&created.info));
+                    println!(
+                        "\nnew key (shown once): {}\n{id} stays valid for {}s",
+                        created.key.expose(),
+                        overlap.as_secs()
+                    );
+                }
+            }
+        },
+    }
+    Ok(())
+}
+
+/// SIGTERM or ctrl-c.
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("auth-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

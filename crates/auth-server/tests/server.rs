@@ -1,0 +1,298 @@
+//! auth-server end to end on 127.0.0.1: the server on a temporary SQLite
+//! data directory, keys made with its CLI, validated through auth-remote,
+//! administered through its REST API.
+#![allow(unused_crate_dependencies)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+
+use auth_core::{Credential, Digest, Verifier, VerifyContext, VerifyError};
+use auth_remote::RemoteVerifier;
+use serde_json::{Value, json};
+
+/// Runs the CLI against `data_dir`; its stdout as JSON.
+fn cli(data_dir: &Path, args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_auth-server"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "auth-server {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "auth-server {args:?} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// The server on a free port; its address and admin key.
+async fn start(data_dir: &Path) -> (SocketAddr, String) {
+    let store = auth_server::open_store(data_dir, None).await.unwrap();
+    let app = auth_server::app(store, data_dir).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let admin = std::fs::read_to_string(auth_server::admin_key_path(data_dir)).unwrap();
+    (addr, admin.trim().to_owned())
+}
+
+async fn verify(v: &RemoteVerifier, key: &str) -> Result<String, VerifyError> {
+    v.verify(&Credential::new(key), &VerifyContext::default())
+        .await
+        .map(|p| p.id().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_made_with_the_cli_is_accepted_then_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, admin) = start(dir.path()).await;
+
+    let client = cli(
+        dir.path(),
+        &[
+            "keys",
+            "create",
+            "--owner",
+            "svc-a",
+            "--scope",
+            "stt",
+            "--rate",
+            "60/60s",
+            "--expires",
+            "90d",
+            "--json",
+        ],
+    );
+    let client_key = client["key"].as_str().unwrap().to_owned();
+    let client_id = client["id"].as_str().unwrap().to_owned();
+    let service = cli(
+        dir.path(),
+        &[
+            "keys",
+            "create",
+            "--owner",
+            "svc-stt",
+            "--scope",
+            "keys:validate",
+            "--json",
+        ],
+    );
+    let service_key = service["key"].as_str().unwrap();
+
+    let remote = RemoteVerifier::builder(&format!("http://{addr}"))
+        .service_credential(auth_server::SERVICE_HEADER, service_key)
+        .scope("stt")
+        .build()
+        .unwrap();
+    let ctx = VerifyContext::default();
+    let p = remote
+        .verify(&Credential::new(client_key.clone()), &ctx)
+        .await
+        .unwrap();
+    assert_eq!(p.id(), "svc-a");
+    assert!(p.has_scope("stt"));
+    assert_eq!(p.rate_limit().unwrap().requests, 60);
+    assert_eq!(
+        verify(&remote, "sk_live_not_a_key").await.unwrap_err(),
+        VerifyError::Invalid
+    );
+
+    // A service without a validate credential is refused: to the caller
+    // that is "unavailable", never "valid".
+    let stranger = RemoteVerifier::builder(&format!("http://{addr}"))
+        .service_credential(auth_server::SERVICE_HEADER, &client_key)
+        .build()
+        .unwrap();
+    assert_eq!(
+        verify(&stranger, &client_key).await.unwrap_err(),
+        VerifyError::Unavailable
+    );
+
+    // Disabled through the admin API.
+    let http = reqwest::Client::new();
+    let disabled: Value = http
+        .post(format!("http://{addr}/api/v1/keys/{client_id}/disable"))
+        .header("x-api-key", &admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(disabled["disabledAt"].is_u64(), "{disabled}");
+    // The service's cache still holds the grant until its negative path is
+    // taken: after an invalidate (or the TTL) the key is refused.
+    assert_eq!(verify(&remote, &client_key).await.unwrap(), "svc-a");
+    remote.invalidate(&Digest::of(client_key.as_bytes()));
+    assert_eq!(
+        verify(&remote, &client_key).await.unwrap_err(),
+        VerifyError::Invalid
+    );
+
+    // The CLI sees the same database.
+    let listed = cli(dir.path(), &["keys", "list", "--json"]);
+    let row = listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == client_id.as_str())
+        .unwrap()
+        .clone();
+    assert!(row["disabledAt"].is_u64());
+    let text = listed.to_string();
+    assert!(!text.contains(&client_key), "a listing shows a key");
+    assert!(!text.contains(&Digest::of(client_key.as_bytes()).to_hex()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_admin_input_is_400_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, admin) = start(dir.path()).await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{addr}");
+
+    assert_eq!(
+        http.get(format!("{base}/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        http.get(format!("{base}/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // The admin API wants the admin key.
+    let no_key = http
+        .get(format!("{base}/api/v1/keys"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_key.status(), 401);
+
+    let created: Value = http
+        .post(format!("{base}/api/v1/keys"))
+        .header("x-api-key", &admin)
+        .json(&json!({"owner": "svc-a", "scopes": ["stt"], "rateLimit": {"requests": 10, "window": 60}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let listing = || async {
+        let v: Value = http
+            .get(format!("{base}/api/v1/keys"))
+            .header("x-api-key", &admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v
+    };
+    let before = listing().await;
+
+    let huge = json!({"owner": "x".repeat(20 * 1024)}).to_string();
+    let bad: Vec<(&str, String, String)> = vec![
+        ("POST", "/api/v1/keys".into(), "{not json".into()),
+        (
+            "POST",
+            "/api/v1/keys".into(),
+            r#"{"owner": "a", "colour": "red"}"#.into(),
+        ),
+        (
+            "POST",
+            "/api/v1/keys".into(),
+            r#"{"owner": "a", "scopes": ["two words"]}"#.into(),
+        ),
+        (
+            "POST",
+            "/api/v1/keys".into(),
+            r#"{"owner": "a", "rateLimit": {"requests": -5, "window": 60}}"#.into(),
+        ),
+        ("POST", "/api/v1/keys".into(), r#"{"owner": ""}"#.into()),
+        (
+            "POST",
+            "/api/v1/keys".into(),
+            r#"{"owner": "a", "expiresAt": -1}"#.into(),
+        ),
+        ("POST", "/api/v1/keys".into(), huge),
+        (
+            "PATCH",
+            format!("/api/v1/keys/{id}"),
+            r#"{"scopes": ["ok", "not ok"]}"#.into(),
+        ),
+        (
+            "PATCH",
+            format!("/api/v1/keys/{id}"),
+            r#"{"scopes": ["tts"], "rateLimit": {"requests": 0, "window": 60}}"#.into(),
+        ),
+        (
+            "POST",
+            format!("/api/v1/keys/{id}/rotate"),
+            r#"{"overlap": -3}"#.into(),
+        ),
+    ];
+    for (method, path, body) in bad {
+        let response = http
+            .request(method.parse().unwrap(), format!("{base}{path}"))
+            .header("x-api-key", &admin)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 400, "{method} {path} {body:.60}: {answer}");
+        assert_eq!(
+            answer["error"], "invalid_request",
+            "{method} {path}: {answer}"
+        );
+    }
+    assert_eq!(listing().await, before, "bad input changed the database");
+
+    // And the good paths, briefly.
+    let patched: Value = http
+        .patch(format!("{base}/api/v1/keys/{id}"))
+        .header("x-api-key", &admin)
+        .json(&json!({"scopes": ["stt", "tts"], "rateLimit": null}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(patched["scopes"], json!(["stt", "tts"]));
+    assert!(patched["rateLimit"].is_null());
+    let missing = http
+        .get(format!("{base}/api/v1/keys/no-such-key"))
+        .header("x-api-key", &admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let deleted = http
+        .delete(format!("{base}/api/v1/keys/{id}"))
+        .header("x-api-key", &admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+}
