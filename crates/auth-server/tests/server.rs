@@ -296,3 +296,114 @@ async fn bad_admin_input_is_400_and_changes_nothing() {
         .unwrap();
     assert_eq!(deleted.status(), 204);
 }
+
+/// A fresh schema on the local PostgreSQL (`AUTH_TEST_DATABASE_URL`).
+async fn pg_url() -> String {
+    let base = std::env::var("AUTH_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!(
+        "t_server_{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let admin = auth_sqlx::SqlKeyStore::connect(&base)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is not reachable at {base} ({e}); start it with: \
+                 pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+            )
+        });
+    admin
+        .execute_raw(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .unwrap();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-c%20search_path%3D{schema}&application_name={schema}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_postgres_share_revocations_within_a_second() {
+    let url = pg_url().await;
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        let store = auth_server::open_store(dir.path(), Some(&url))
+            .await
+            .unwrap();
+        let app = auth_server::app(store, dir.path()).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let admin = std::fs::read_to_string(auth_server::admin_key_path(dir.path())).unwrap();
+        instances.push((addr, admin.trim().to_owned(), dir));
+    }
+    let http = reqwest::Client::new();
+    let (a, admin_a, _) = &instances[0];
+    let (b, _, _) = &instances[1];
+    let create = |owner: &'static str, scopes: &'static [&'static str]| {
+        let http = http.clone();
+        let admin_a = admin_a.clone();
+        async move {
+            let v: Value = http
+                .post(format!("http://{a}/api/v1/keys"))
+                .header("x-api-key", admin_a)
+                .json(&json!({"owner": owner, "scopes": scopes}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v
+        }
+    };
+    let client = create("svc-a", &["stt"]).await;
+    let service = create("stt-service", &["keys:validate"]).await;
+    let validate_on_b = || async {
+        let v: Value = http
+            .post(format!("http://{b}/api/v1/api-keys/validate"))
+            .header(
+                auth_server::SERVICE_HEADER,
+                service["key"].as_str().unwrap(),
+            )
+            .json(&json!({"apiKey": client["key"], "scope": "stt"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v
+    };
+    assert_eq!(validate_on_b().await["valid"], true);
+    assert_eq!(
+        validate_on_b().await["userId"],
+        "svc-a",
+        "B answers from its cache"
+    );
+    // Disabled through A; B refuses it within a second.
+    let id = client["id"].as_str().unwrap();
+    let status = http
+        .post(format!("http://{a}/api/v1/keys/{id}/disable"))
+        .header("x-api-key", admin_a)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    let start = std::time::Instant::now();
+    while validate_on_b().await["valid"] == true {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(1),
+            "instance B still validates a key disabled through A"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    println!(
+        "B refused the key {:?} after A disabled it",
+        start.elapsed()
+    );
+}
