@@ -123,6 +123,7 @@ pub async fn app(store: SqlKeyStore, data_dir: &Path) -> Result<Router, Error> {
     Ok(Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(ready))
+        .route("/admin", get(admin_page))
         .merge(admin_routes)
         .merge(validate_routes)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -378,6 +379,20 @@ async fn update(
         Ok(()) => get_key(State(s), UrlPath(id)).await,
         Err(e) => store_error(&e),
     }
+}
+
+/// The admin page: static HTML and script, no data — it fetches the keys
+/// with the admin key the operator gives it.
+async fn admin_page() -> Response {
+    (
+        [
+            (axum::http::header::CACHE_CONTROL, "no-store"),
+            (axum::http::header::X_FRAME_OPTIONS, "DENY"),
+            (axum::http::header::REFERRER_POLICY, "no-referrer"),
+        ],
+        axum::response::Html(include_str!("admin.html")),
+    )
+        .into_response()
 }
 
 async fn ready(State(s): State<AppState>) -> Response {

@@ -407,3 +407,88 @@ async fn two_instances_on_postgres_share_revocations_within_a_second() {
         start.elapsed()
     );
 }
+
+/// Runs Debian's Chromium headless on `url` with `mode` (`--dump-dom` or
+/// `--screenshot=…`); its stdout.
+async fn chromium(mode: String, url: String) -> String {
+    let binary = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or_else(|| panic!("Chromium is missing: apt-get install chromium"));
+    tokio::task::spawn_blocking(move || {
+        let profile = tempfile::tempdir().unwrap();
+        let out = Command::new(binary)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--window-size=1200,700",
+                "--virtual-time-budget=5000",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(mode)
+            .arg(url)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "chromium failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_page_lists_the_keys_in_headless_chromium() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, admin) = start(dir.path()).await;
+    let http = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for owner in ["svc-page-a", "svc-page-b"] {
+        let v: Value = http
+            .post(format!("http://{addr}/api/v1/keys"))
+            .header("x-api-key", &admin)
+            .json(&json!({"owner": owner, "scopes": ["stt"]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(v["id"].as_str().unwrap().to_owned());
+    }
+    http.post(format!("http://{addr}/api/v1/keys/{}/disable", ids[1]))
+        .header("x-api-key", &admin)
+        .send()
+        .await
+        .unwrap();
+
+    // The admin key travels in the fragment, which is never sent to the server.
+    let url = format!("http://{addr}/admin#key={admin}");
+    let dom = chromium("--dump-dom".into(), url.clone()).await;
+    for (id, state) in [(&ids[0], "active"), (&ids[1], "disabled")] {
+        let at = dom
+            .find(&format!("data-id=\"{id}\""))
+            .unwrap_or_else(|| panic!("no row for {id} in the table:\n{dom}"));
+        let row = &dom[at..at + dom[at..].find("</tr>").unwrap()];
+        assert!(row.contains(state), "{id} should be {state}: {row}");
+    }
+    assert!(dom.contains("svc-page-a") && dom.contains("svc-page-b"));
+    assert!(!dom.contains(&admin), "the page shows the admin key");
+
+    let shot = dir.path().join("admin.png");
+    chromium(format!("--screenshot={}", shot.display()), url).await;
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 5_000,
+        "no real screenshot"
+    );
+}
