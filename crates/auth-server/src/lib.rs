@@ -124,6 +124,7 @@ pub async fn app(store: SqlKeyStore, data_dir: &Path) -> Result<Router, Error> {
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(ready))
         .route("/admin", get(admin_page))
+        .route("/openapi.json", get(|| async { Json(openapi()) }))
         .merge(admin_routes)
         .merge(validate_routes)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -379,6 +380,91 @@ async fn update(
         Ok(()) => get_key(State(s), UrlPath(id)).await,
         Err(e) => store_error(&e),
     }
+}
+
+/// The OpenAPI document of this API (3.1), with its two security schemes.
+pub fn openapi() -> Value {
+    let error = json!({"$ref": "#/components/schemas/Error"});
+    let key = json!({"$ref": "#/components/schemas/Key"});
+    let admin = json!([{"adminKey": []}, {"adminBearer": []}]);
+    let id = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    let answers = |ok: &str, schema: &Value| {
+        json!({
+            ok: {"description": "done", "content": {"application/json": {"schema": schema}}},
+            "400": {"description": "bad input", "content": {"application/json": {"schema": error}}},
+            "401": {"description": "no or wrong admin key"},
+            "404": {"description": "no such key", "content": {"application/json": {"schema": error}}},
+            "503": {"description": "the database is unavailable"}
+        })
+    };
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "auth-server", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "The central API key service."},
+        "paths": {
+            "/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
+            "/ready": {"get": {"summary": "Readiness (the database answers)",
+                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
+            "/api/v1/api-keys/validate": {"post": {
+                "summary": "Validate a key (for services)",
+                "security": [{"serviceToken": []}],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["apiKey"],
+                    "properties": {"apiKey": {"type": "string"}, "scope": {"type": "string"}}}}}},
+                "responses": {"200": {"description": "the answer", "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["valid"],
+                    "properties": {"valid": {"type": "boolean"}, "userId": {"type": "string"},
+                        "scopes": {"type": "array", "items": {"type": "string"}},
+                        "rateLimit": {"$ref": "#/components/schemas/RateLimit"},
+                        "error": {"type": "string"}}}}}},
+                    "401": {"description": "not a known service"},
+                    "503": {"description": "the database is unavailable"}}}},
+            "/api/v1/keys": {
+                "get": {"summary": "List keys", "security": admin, "responses": answers("200", &json!({
+                    "type": "object", "properties": {"keys": {"type": "array", "items": key}}}))},
+                "post": {"summary": "Create a key (the answer holds it, once)", "security": admin,
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["owner"], "additionalProperties": false,
+                        "properties": {"owner": {"type": "string"},
+                            "scopes": {"type": "array", "items": {"type": "string"}},
+                            "rateLimit": {"$ref": "#/components/schemas/RateLimit"},
+                            "expiresAt": {"type": "integer", "description": "Unix seconds"}}}}}},
+                    "responses": answers("201", &key)}},
+            "/api/v1/keys/{id}": {
+                "parameters": id,
+                "get": {"summary": "One key", "security": admin, "responses": answers("200", &key)},
+                "patch": {"summary": "Change scopes, rate limit or expiry", "security": admin,
+                    "responses": answers("200", &key)},
+                "delete": {"summary": "Delete a key", "security": admin,
+                    "responses": {"204": {"description": "deleted"}, "404": {"description": "no such key"}}}},
+            "/api/v1/keys/{id}/disable": {"parameters": id, "post": {"summary": "Disable a key now",
+                "security": admin, "responses": answers("200", &key)}},
+            "/api/v1/keys/{id}/rotate": {"parameters": id, "post": {
+                "summary": "A new key; the old one valid for the overlap", "security": admin,
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["overlap"],
+                    "properties": {"overlap": {"type": "integer", "description": "seconds"}}}}}},
+                "responses": answers("201", &key)}}
+        },
+        "components": {
+            "securitySchemes": {
+                "adminKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
+                "adminBearer": {"type": "http", "scheme": "bearer"},
+                "serviceToken": {"type": "apiKey", "in": "header", "name": "X-Service-Token"}
+            },
+            "schemas": {
+                "Error": {"type": "object", "properties": {"error": {"type": "string"}, "message": {"type": "string"}}},
+                "RateLimit": {"type": "object", "properties": {"requests": {"type": "integer"}, "window": {"type": "integer", "description": "seconds"}}},
+                "Key": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "prefix": {"type": "string"}, "owner": {"type": "string"},
+                    "scopes": {"type": "array", "items": {"type": "string"}},
+                    "rateLimit": {"$ref": "#/components/schemas/RateLimit"},
+                    "createdAt": {"type": "integer"}, "expiresAt": {"type": "integer"},
+                    "disabledAt": {"type": "integer"}, "lastUsedAt": {"type": "integer"},
+                    "key": {"type": "string", "description": "only in the answer that made the key"}}}
+            }
+        }
+    })
 }
 
 /// The admin page: static HTML and script, no data — it fetches the keys

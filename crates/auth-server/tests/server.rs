@@ -492,3 +492,91 @@ async fn the_admin_page_lists_the_keys_in_headless_chromium() {
         "no real screenshot"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_every_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, _) = start(dir.path()).await;
+    let doc: Value = reqwest::get(format!("http://{addr}/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    for path in [
+        "/health",
+        "/ready",
+        "/api/v1/api-keys/validate",
+        "/api/v1/keys",
+        "/api/v1/keys/{id}",
+        "/api/v1/keys/{id}/disable",
+        "/api/v1/keys/{id}/rotate",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} is not documented");
+    }
+    let schemes = &doc["components"]["securitySchemes"];
+    assert_eq!(schemes["serviceToken"]["name"], "X-Service-Token");
+    assert_eq!(schemes["adminKey"]["name"], "X-Api-Key");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_json_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_auth-server"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args([
+            "serve",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--log-format",
+            "json",
+        ])
+        .env_remove("DATABASE_URL")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut up = false;
+    for _ in 0..100 {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/health")).await {
+            up = r.status() == 200;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let pid = child.id().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(up, "the server did not come up");
+    assert!(out.status.success(), "exit after SIGTERM: {:?}", out.status);
+    let logs = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let messages: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l["fields"]["message"].as_str())
+        .collect();
+    assert!(messages.contains(&"auth-server listening"), "{messages:?}");
+    assert!(messages.contains(&"auth-server stopped"), "{messages:?}");
+    assert!(
+        messages.contains(&"admin key created (mode 0600)"),
+        "{messages:?}"
+    );
+    // The admin key's path is logged, never the key.
+    let admin = std::fs::read_to_string(auth_server::admin_key_path(dir.path())).unwrap();
+    assert!(!logs.contains(admin.trim()));
+}
