@@ -528,7 +528,7 @@ async fn serve_logs_json_and_stops_on_sigterm() {
         .local_addr()
         .unwrap()
         .port();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_auth-server"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_auth-server"))
         .arg("--data-dir")
         .arg(dir.path())
         .args([
