@@ -116,8 +116,37 @@ async fn a_key_made_with_the_cli_is_accepted_then_revoked() {
         VerifyError::Unavailable
     );
 
-    // Disabled through the admin API.
+    // A service using auth-remote: its guard asks the key service.
+    let guard = auth_core::Guard::builder(remote.clone())
+        .require_scope("stt")
+        .build()
+        .unwrap();
+    let service = axum::Router::new()
+        .route(
+            "/api/items",
+            axum::routing::get(|who: auth_axum::Authenticated| async move { who.id().to_owned() }),
+        )
+        .route_layer(auth_axum::AuthLayer::new(guard));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let service_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, service).await.unwrap() });
     let http = reqwest::Client::new();
+    let call_service = |key: String| {
+        let http = http.clone();
+        async move {
+            http.get(format!("http://{service_addr}/api/items"))
+                .header("x-api-key", key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(call_service(client_key.clone()).await, 200);
+    assert_eq!(call_service("sk_live_not_a_key".into()).await, 401);
+
+    // Disabled through the admin API.
     let disabled: Value = http
         .post(format!("http://{addr}/api/v1/keys/{client_id}/disable"))
         .header("x-api-key", &admin)
@@ -131,7 +160,13 @@ async fn a_key_made_with_the_cli_is_accepted_then_revoked() {
     // The service's cache still holds the grant until its negative path is
     // taken: after an invalidate (or the TTL) the key is refused.
     assert_eq!(verify(&remote, &client_key).await.unwrap(), "svc-a");
+    assert_eq!(
+        call_service(client_key.clone()).await,
+        200,
+        "from the cache"
+    );
     remote.invalidate(&Digest::of(client_key.as_bytes()));
+    assert_eq!(call_service(client_key.clone()).await, 401);
     assert_eq!(
         verify(&remote, &client_key).await.unwrap_err(),
         VerifyError::Invalid
