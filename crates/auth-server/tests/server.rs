@@ -44,6 +44,42 @@ async fn start(data_dir: &Path) -> (SocketAddr, String) {
     (addr, admin.trim().to_owned())
 }
 
+/// The admin API of one instance, with its admin key.
+#[derive(Clone)]
+struct AdminApi {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl AdminApi {
+    fn new(addr: SocketAddr, key: &str) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: format!("http://{addr}"),
+            key: key.to_owned(),
+        }
+    }
+
+    /// `method path` with the admin key and an optional JSON body: the
+    /// status and the JSON answer (`null` when there is none).
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base));
+        // No key at all for an anonymous caller (an empty one is a 400).
+        if !self.key.is_empty() {
+            request = request.header("x-api-key", &self.key);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
+
 async fn verify(v: &RemoteVerifier, key: &str) -> Result<String, VerifyError> {
     v.verify(&Credential::new(key), &VerifyContext::default())
         .await
@@ -147,15 +183,10 @@ async fn a_key_made_with_the_cli_is_accepted_then_revoked() {
     assert_eq!(call_service("sk_live_not_a_key".into()).await, 401);
 
     // Disabled through the admin API.
-    let disabled: Value = http
-        .post(format!("http://{addr}/api/v1/keys/{client_id}/disable"))
-        .header("x-api-key", &admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let admin_api = AdminApi::new(addr, &admin);
+    let (_, disabled) = admin_api
+        .call("POST", &format!("/api/v1/keys/{client_id}/disable"), None)
+        .await;
     assert!(disabled["disabledAt"].is_u64(), "{disabled}");
     // The service's cache still holds the grant until its negative path is
     // taken: after an invalidate (or the TTL) the key is refused.
@@ -191,57 +222,20 @@ async fn a_key_made_with_the_cli_is_accepted_then_revoked() {
 async fn bad_admin_input_is_400_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (addr, admin) = start(dir.path()).await;
-    let http = reqwest::Client::new();
-    let base = format!("http://{addr}");
+    let api = AdminApi::new(addr, &admin);
+    let anonymous = AdminApi::new(addr, "");
 
-    assert_eq!(
-        http.get(format!("{base}/health"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        http.get(format!("{base}/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(anonymous.call("GET", "/health", None).await.0, 200);
+    assert_eq!(anonymous.call("GET", "/ready", None).await.0, 200);
     // The admin API wants the admin key.
-    let no_key = http
-        .get(format!("{base}/api/v1/keys"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(no_key.status(), 401);
+    assert_eq!(anonymous.call("GET", "/api/v1/keys", None).await.0, 401);
 
-    let created: Value = http
-        .post(format!("{base}/api/v1/keys"))
-        .header("x-api-key", &admin)
-        .json(&json!({"owner": "svc-a", "scopes": ["stt"], "rateLimit": {"requests": 10, "window": 60}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body =
+        json!({"owner": "svc-a", "scopes": ["stt"], "rateLimit": {"requests": 10, "window": 60}});
+    let (status, created) = api.call("POST", "/api/v1/keys", Some(body)).await;
+    assert_eq!(status, 201);
     let id = created["id"].as_str().unwrap().to_owned();
-    let listing = || async {
-        let v: Value = http
-            .get(format!("{base}/api/v1/keys"))
-            .header("x-api-key", &admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v
-    };
-    let before = listing().await;
+    let before = api.call("GET", "/api/v1/keys", None).await;
 
     let huge = json!({"owner": "x".repeat(20 * 1024)}).to_string();
     let bad: Vec<(&str, String, String)> = vec![
@@ -285,8 +279,10 @@ async fn bad_admin_input_is_400_and_changes_nothing() {
         ),
     ];
     for (method, path, body) in bad {
-        let response = http
-            .request(method.parse().unwrap(), format!("{base}{path}"))
+        // Raw bodies: some are not JSON at all.
+        let response = api
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", api.base))
             .header("x-api-key", &admin)
             .header("content-type", "application/json")
             .body(body.clone())
@@ -301,35 +297,30 @@ async fn bad_admin_input_is_400_and_changes_nothing() {
             "{method} {path}: {answer}"
         );
     }
-    assert_eq!(listing().await, before, "bad input changed the database");
+    assert_eq!(
+        api.call("GET", "/api/v1/keys", None).await,
+        before,
+        "bad input changed the database"
+    );
 
     // And the good paths, briefly.
-    let patched: Value = http
-        .patch(format!("{base}/api/v1/keys/{id}"))
-        .header("x-api-key", &admin)
-        .json(&json!({"scopes": ["stt", "tts"], "rateLimit": null}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let change = json!({"scopes": ["stt", "tts"], "rateLimit": null});
+    let (status, patched) = api
+        .call("PATCH", &format!("/api/v1/keys/{id}"), Some(change))
+        .await;
+    assert_eq!(status, 200);
     assert_eq!(patched["scopes"], json!(["stt", "tts"]));
     assert!(patched["rateLimit"].is_null());
-    let missing = http
-        .get(format!("{base}/api/v1/keys/no-such-key"))
-        .header("x-api-key", &admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(missing.status(), 404);
-    let deleted = http
-        .delete(format!("{base}/api/v1/keys/{id}"))
-        .header("x-api-key", &admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deleted.status(), 204);
+    assert_eq!(
+        api.call("GET", "/api/v1/keys/no-such-key", None).await.0,
+        404
+    );
+    assert_eq!(
+        api.call("DELETE", &format!("/api/v1/keys/{id}"), None)
+            .await
+            .0,
+        204
+    );
 }
 
 /// A fresh schema on the local PostgreSQL (`AUTH_TEST_DATABASE_URL`).
