@@ -323,36 +323,9 @@ async fn bad_admin_input_is_400_and_changes_nothing() {
     );
 }
 
-/// A fresh schema on the local PostgreSQL (`AUTH_TEST_DATABASE_URL`).
-async fn pg_url() -> String {
-    let base = std::env::var("AUTH_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let schema = format!(
-        "t_server_{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
-    let admin = auth_sqlx::SqlKeyStore::connect(&base)
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL is not reachable at {base} ({e}); start it with: \
-                 pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
-            )
-        });
-    admin
-        .execute_raw(&format!("CREATE SCHEMA {schema}"))
-        .await
-        .unwrap();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options=-c%20search_path%3D{schema}&application_name={schema}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_on_postgres_share_revocations_within_a_second() {
-    let url = pg_url().await;
+    let url = auth_sqlx::testing::postgres_schema("server").await;
     let mut instances = Vec::new();
     for _ in 0..2 {
         let dir = tempfile::tempdir().unwrap();

@@ -19,6 +19,9 @@ use sqlx::{AnyPool, Row};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 /// The PostgreSQL channel writes are announced on.
 pub const CHANNEL: &str = "auth_keys";
 

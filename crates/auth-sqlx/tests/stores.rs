@@ -12,12 +12,7 @@ use auth_core::{
 };
 use auth_sqlx::{Error, NewKey, SqlKeyStore};
 
-const START_PG: &str = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start";
-
-fn pg_base() -> String {
-    std::env::var("AUTH_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
+use auth_sqlx::testing::{database_url as pg_base, postgres_schema as pg_schema, schema_of};
 
 /// A store on a fresh SQLite file.
 async fn sqlite() -> (SqlKeyStore, tempfile::TempDir) {
@@ -26,33 +21,6 @@ async fn sqlite() -> (SqlKeyStore, tempfile::TempDir) {
     let store = SqlKeyStore::connect(&url).await.unwrap();
     store.migrate().await.unwrap();
     (store, dir)
-}
-
-/// The URL of a fresh schema on the local PostgreSQL.
-async fn pg_schema(test: &str) -> String {
-    let base = pg_base();
-    let schema = format!(
-        "t_{test}_{}",
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
-    let admin = SqlKeyStore::connect(&base).await.unwrap_or_else(|e| {
-        panic!("PostgreSQL is not reachable at {base} ({e}); start it with: {START_PG}")
-    });
-    admin
-        .execute_raw(&format!("CREATE SCHEMA {schema}"))
-        .await
-        .unwrap();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    // Named after the schema, so that a test can find its own connections.
-    format!("{base}{sep}options=-c%20search_path%3D{schema}&application_name={schema}")
-}
-
-/// The schema (and application name) in a URL made by `pg_schema`.
-fn schema_of(url: &str) -> &str {
-    url.rsplit("application_name=").next().unwrap()
 }
 
 async fn postgres(test: &str) -> SqlKeyStore {
