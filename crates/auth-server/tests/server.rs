@@ -579,3 +579,104 @@ async fn serve_logs_json_and_stops_on_sigterm() {
     let admin = std::fs::read_to_string(auth_server::admin_key_path(dir.path())).unwrap();
     assert!(!logs.contains(admin.trim()));
 }
+
+/// auth-remote's behaviours, this time against this project's key service
+/// rather than a test double (issue 6 asks for both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_remote_behaves_the_same_against_the_real_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, admin) = start(dir.path()).await;
+    let api = AdminApi::new(addr, &admin);
+    let make = |owner: &'static str, scopes: Value, rate: Value| {
+        let api = api.clone();
+        async move {
+            let body = json!({"owner": owner, "scopes": scopes, "rateLimit": rate});
+            let (status, created) = api.call("POST", "/api/v1/keys", Some(body)).await;
+            assert_eq!(status, 201, "{created}");
+            created
+        }
+    };
+    let service = make("stt-service", json!(["keys:validate"]), Value::Null).await;
+    let good = make("user-1", json!(["stt", "tts"]), Value::Null).await;
+    let limited = make(
+        "user-2",
+        json!(["stt"]),
+        json!({"requests": 2, "window": 60}),
+    )
+    .await;
+    let remote = RemoteVerifier::builder(&format!("http://{addr}"))
+        .service_credential(
+            auth_server::SERVICE_HEADER,
+            service["key"].as_str().unwrap(),
+        )
+        .build()
+        .unwrap();
+    let key = |v: &Value| v["key"].as_str().unwrap().to_owned();
+
+    // Valid, with scopes; invalid; both cached by kind.
+    let p = remote
+        .verify(&Credential::new(key(&good)), &VerifyContext::default())
+        .await
+        .unwrap();
+    assert_eq!(p.id(), "user-1");
+    assert!(p.has_scope("stt") && p.has_scope("tts"));
+    assert_eq!(
+        verify(&remote, "sk_live_unknown").await.unwrap_err(),
+        VerifyError::Invalid
+    );
+
+    // Through guards: a missing scope is 403, the service's rate limit 429.
+    let req = |k: String| auth_core::PlainRequest::get("/api").header("x-api-key", k);
+    let tts = auth_core::Guard::builder(remote.clone())
+        .require_scope("tts")
+        .build()
+        .unwrap();
+    match tts.check(&req(key(&limited))).await {
+        auth_core::Decision::Reject(r) => assert_eq!(r.status(), 403),
+        other => panic!("expected 403, got {other:?}"),
+    }
+    assert!(matches!(
+        tts.check(&req(key(&good))).await,
+        auth_core::Decision::Allow(_)
+    ));
+    let any = auth_core::Guard::builder(remote.clone()).build().unwrap();
+    for _ in 0..2 {
+        assert!(matches!(
+            any.check(&req(key(&limited))).await,
+            auth_core::Decision::Allow(_)
+        ));
+    }
+    match any.check(&req(key(&limited))).await {
+        auth_core::Decision::Reject(r) => assert_eq!(r.status(), 429),
+        other => panic!("expected 429, got {other:?}"),
+    }
+
+    // A thousand concurrent first requests for a new key: all answered.
+    let fresh = make("user-3", json!([]), Value::Null).await;
+    let tasks: Vec<_> = (0..1_000)
+        .map(|_| {
+            let remote = remote.clone();
+            let k = key(&fresh);
+            tokio::spawn(async move { verify(&remote, &k).await })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), "user-3");
+    }
+
+    // Expired through the admin API: refused once the cache lets go.
+    let id = good["id"].as_str().unwrap();
+    let (status, _) = api
+        .call(
+            "PATCH",
+            &format!("/api/v1/keys/{id}"),
+            Some(json!({"expiresAt": 1})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    remote.invalidate(&Digest::of(key(&good).as_bytes()));
+    assert_eq!(
+        verify(&remote, &key(&good)).await.unwrap_err(),
+        VerifyError::Invalid
+    );
+}
