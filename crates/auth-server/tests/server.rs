@@ -11,26 +11,29 @@ use auth_core::{Credential, Digest, Verifier, VerifyContext, VerifyError};
 use auth_remote::RemoteVerifier;
 use serde_json::{Value, json};
 
-/// Runs the CLI against `data_dir`; its stdout as JSON.
-fn cli(data_dir: &Path, args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_auth-server"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .output()
-        .unwrap();
+/// Runs `command`, which must succeed; its stdout.
+fn stdout_of(command: &mut Command, what: &str) -> String {
+    let out = command.output().unwrap();
     assert!(
         out.status.success(),
-        "auth-server {args:?} failed: {}",
+        "{what} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "auth-server {args:?} printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs the CLI against `data_dir`; its stdout as JSON.
+fn cli(data_dir: &Path, args: &[&str]) -> Value {
+    let stdout = stdout_of(
+        Command::new(env!("CARGO_BIN_EXE_auth-server"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(args)
+            .env_remove("DATABASE_URL"),
+        &format!("auth-server {args:?}"),
+    );
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("auth-server {args:?} printed no JSON ({e}): {stdout}"))
 }
 
 /// The server on a free port; its address and admin key.
@@ -416,30 +419,25 @@ async fn chromium(mode: String, url: String) -> String {
         .unwrap_or_else(|| panic!("Chromium is missing: apt-get install chromium"));
     tokio::task::spawn_blocking(move || {
         let profile = tempfile::tempdir().unwrap();
-        let out = Command::new(binary)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--window-size=1200,700",
-                "--virtual-time-budget=5000",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg(mode)
-            .arg(url)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "chromium failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        stdout_of(
+            Command::new(binary)
+                .args([
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--window-size=1200,700",
+                    "--virtual-time-budget=5000",
+                ])
+                .arg(format!("--user-data-dir={}", profile.path().display()))
+                .arg(mode)
+                .arg(url),
+            "chromium",
+        )
     })
     .await
     .unwrap()
