@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use auth_core::{GcraLimiter, RateDecision, RateLimitPolicy, RateLimiter, RateStatus};
@@ -61,7 +61,8 @@ pub enum Error {
 ///
 /// The connection is made on first use and re-made after failures; a call
 /// that cannot reach Redis within the timeout (default 250 ms) is decided
-/// by [`WhenUnreachable`].
+/// by [`WhenUnreachable`], and so is every call for the next second, before
+/// Redis is tried again.
 ///
 /// ```no_run
 /// use auth_redis::RedisLimiter;
@@ -82,7 +83,14 @@ pub struct RedisLimiter {
     when_unreachable: WhenUnreachable,
     memory: GcraLimiter,
     outage: AtomicBool,
+    /// During an outage, when to try Redis again: until then requests go
+    /// straight to [`WhenUnreachable`], so that an unreachable (or
+    /// black-holed) Redis costs each request nothing, not a timeout.
+    retry_at: std::sync::Mutex<Option<Instant>>,
 }
+
+/// How long an outage keeps requests away from Redis before the next try.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 impl fmt::Debug for RedisLimiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -108,6 +116,7 @@ impl RedisLimiter {
             when_unreachable: WhenUnreachable::default(),
             memory: GcraLimiter::new(),
             outage: AtomicBool::new(false),
+            retry_at: std::sync::Mutex::new(None),
         })
     }
 
@@ -149,7 +158,14 @@ impl RedisLimiter {
     }
 
     /// The script's answer, or `None` when Redis could not be reached.
+    fn retry_at(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.retry_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     async fn ask(&self, key: &str, policy: &RateLimitPolicy) -> Option<[i64; 4]> {
+        if self.retry_at().is_some_and(|at| Instant::now() < at) {
+            return None;
+        }
         let window = i64::try_from(policy.window.as_micros()).unwrap_or(i64::MAX);
         let interval = (window / i64::from(policy.requests.max(1))).max(1);
         let call = async {
@@ -163,6 +179,7 @@ impl RedisLimiter {
         };
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(v)) if v.len() == 4 => {
+                *self.retry_at() = None;
                 if self.outage.swap(false, Ordering::Relaxed) {
                     tracing::info!(target: "auth_redis", "Redis reachable again: limits are shared");
                 }
@@ -176,6 +193,7 @@ impl RedisLimiter {
                 };
                 // A fresh connection next time (the manager may be wedged).
                 self.forget_connection().await;
+                *self.retry_at() = Some(Instant::now() + RETRY_AFTER);
                 if !self.outage.swap(true, Ordering::Relaxed) {
                     tracing::warn!(target: "auth_redis", why,
                         fallback = ?self.when_unreachable,
