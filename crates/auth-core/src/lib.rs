@@ -26,6 +26,8 @@ mod verifier;
 
 #[cfg(feature = "openapi")]
 pub mod openapi;
+#[cfg(feature = "protocol")]
+pub mod protocol;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use auth_axum::AuthLayer;
+use auth_core::protocol::{Code, RateLimit, VALIDATE_PATH, ValidateRequest, ValidateResponse};
 use auth_core::{
     CacheConfig, Cached, Credential, CredentialSources, Guard, HashedKeyStore, KeyFile, Principal,
     RateLimitPolicy, Verifier, VerifyContext, VerifyError,
@@ -22,15 +23,38 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::{Modify, OpenApi, ToSchema};
 
-/// The scope a service's credential needs to call the validate endpoint.
-pub const VALIDATE_SCOPE: &str = "keys:validate";
 /// The header services send their credential in.
-pub const SERVICE_HEADER: &str = "x-service-token";
+pub const SERVICE_HEADER: &str = auth_core::protocol::SERVICE_TOKEN_HEADER;
 /// Largest admin request body accepted.
 const BODY_LIMIT: usize = 16 * 1024;
+/// The largest `requests` of a rate limit.
+const MAX_REQUESTS: i64 = 1_000_000_000;
+/// The last second an `expiresAt` may name (9999-12-31T23:59:59Z); the
+/// store then requires it to be in the future and within 100 years.
+const MAX_UNIX: i64 = 253_402_300_799;
+
+/// Who may call the validate endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ValidateAuth {
+    /// Services with a service credential in `X-Service-Token` (default).
+    #[default]
+    ServiceToken,
+    /// Anyone who can reach it (the seed services' clients send no
+    /// credential). Anyone can then test keys against it: use only where the
+    /// network already limits who reaches the key service.
+    None,
+}
+
+/// How the service runs.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Who may call the validate endpoint.
+    pub validate_auth: ValidateAuth,
+}
 
 /// What can go wrong starting the service.
 #[derive(Debug, thiserror::Error)]
@@ -77,15 +101,29 @@ pub struct AppState {
     keys: Arc<Cached<HashedKeyStore<SqlKeyStore>>>,
 }
 
-/// The HTTP API: `/health`, `/ready`, the validate endpoint (service
-/// credentials with the `keys:validate` scope) and the admin API (the admin
-/// key from the key file).
+/// The HTTP API with the default [`Options`]; see [`app_with`].
 pub async fn app(store: SqlKeyStore, data_dir: &Path) -> Result<Router, Error> {
+    app_with(store, data_dir, Options::default()).await
+}
+
+/// The HTTP API: `/health`, `/ready`, the validate endpoint (for service
+/// credentials, or anyone with [`ValidateAuth::None`]), and the admin API
+/// for keys and service credentials (the admin key from the key file).
+pub async fn app_with(
+    store: SqlKeyStore,
+    data_dir: &Path,
+    options: Options,
+) -> Result<Router, Error> {
     let keys = Arc::new(Cached::new(
         HashedKeyStore::new(store.clone()),
         CacheConfig::default(),
     ));
+    let services = Arc::new(Cached::new(
+        HashedKeyStore::new(store.services()),
+        CacheConfig::default(),
+    ));
     store.invalidate_on_change(keys.clone());
+    store.invalidate_on_change(services.clone());
     store.listen().await?;
     store.spawn_last_used_flush(Duration::from_secs(30));
 
@@ -97,15 +135,6 @@ pub async fn app(store: SqlKeyStore, data_dir: &Path) -> Result<Router, Error> {
         tracing::info!(path = %admin_key.path().display(), "admin key created (mode 0600)");
     }
     let admin = Guard::builder(admin_key).keyring("admin").build()?;
-    let services = Guard::builder(keys.clone())
-        .keyring("services")
-        .sources(
-            CredentialSources::default()
-                .key_header(SERVICE_HEADER)
-                .bearer(false),
-        )
-        .require_scope(VALIDATE_SCOPE)
-        .build()?;
 
     let state = AppState { store, keys };
     let admin_routes = Router::new()
@@ -116,26 +145,63 @@ pub async fn app(store: SqlKeyStore, data_dir: &Path) -> Result<Router, Error> {
         )
         .route("/api/v1/keys/{id}/disable", post(disable))
         .route("/api/v1/keys/{id}/rotate", post(rotate))
+        .route("/api/v1/services", get(list_services).post(create_service))
+        .route(
+            "/api/v1/services/{id}",
+            get(get_service).delete(delete_service),
+        )
+        .route("/api/v1/services/{id}/disable", post(disable_service))
+        .route("/api/v1/services/{id}/rotate", post(rotate_service))
         .route_layer(AuthLayer::new(admin));
-    let validate_routes = Router::new()
-        .route("/api/v1/api-keys/validate", post(validate))
-        .route_layer(AuthLayer::new(services));
+    let mut validate_routes = Router::new().route(VALIDATE_PATH, post(validate));
+    match options.validate_auth {
+        ValidateAuth::ServiceToken => {
+            let guard = Guard::builder(services)
+                .keyring("services")
+                .sources(
+                    CredentialSources::default()
+                        .key_header(SERVICE_HEADER)
+                        .bearer(false),
+                )
+                .build()?;
+            validate_routes = validate_routes.route_layer(AuthLayer::new(guard));
+        }
+        ValidateAuth::None => {
+            tracing::warn!(
+                "--validate-auth none: the validate endpoint asks callers for no credential; \
+                 anyone who reaches this port can test API keys against it"
+            );
+        }
+    }
+    let doc = openapi_for(options.validate_auth);
     Ok(Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(ready))
         .route("/admin", get(admin_page))
-        .route("/openapi.json", get(|| async { Json(openapi()) }))
+        .route("/openapi.json", get(move || async move { Json(doc) }))
         .merge(admin_routes)
         .merge(validate_routes)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state))
 }
 
+/// An error answer's body.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// A fixed code: `invalid_request`, `not_found`, `unavailable`.
+    pub error: &'static str,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
 /// A JSON error answer.
-fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
     (
         status,
-        Json(json!({"error": code, "message": message.into()})),
+        Json(ErrorBody {
+            error: code,
+            message: message.into(),
+        }),
     )
         .into_response()
 }
@@ -183,31 +249,121 @@ fn unix(t: SystemTime) -> u64 {
 }
 
 /// A key's record as the API shows it: never the key, never its digest.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyView {
+    /// The record's id.
+    pub id: String,
+    /// A display prefix, never enough to use the key.
+    pub prefix: String,
+    /// The owner (the principal the key authenticates as).
+    pub owner: String,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// The key's own rate limit.
+    pub rate_limit: Option<RateLimit>,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Unix seconds.
+    pub expires_at: Option<u64>,
+    /// Unix seconds.
+    pub disabled_at: Option<u64>,
+    /// Unix seconds (written in batches).
+    pub last_used_at: Option<u64>,
+    /// The key itself: only in the answer that made it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+impl From<&KeyInfo> for KeyView {
+    fn from(info: &KeyInfo) -> Self {
+        Self {
+            id: info.id.clone(),
+            prefix: info.prefix.clone(),
+            owner: info.owner.clone(),
+            scopes: info.scopes.clone(),
+            rate_limit: info.rate_limit.map(|p| RateLimit {
+                requests: p.requests,
+                window: p.window.as_secs(),
+            }),
+            created_at: unix(info.created_at),
+            expires_at: info.expires_at.map(unix),
+            disabled_at: info.disabled_at.map(unix),
+            last_used_at: info.last_used_at.map(unix),
+            key: None,
+        }
+    }
+}
+
+/// A service credential as the API shows it: never the credential.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceView {
+    /// The record's id (`svc_…`).
+    pub id: String,
+    /// A display prefix (`sk_svc_…`).
+    pub prefix: String,
+    /// The service's name.
+    pub name: String,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Unix seconds (set by a rotation's overlap).
+    pub expires_at: Option<u64>,
+    /// Unix seconds.
+    pub disabled_at: Option<u64>,
+    /// Unix seconds (written in batches).
+    pub last_used_at: Option<u64>,
+    /// The credential itself: only in the answer that made it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+impl From<&KeyInfo> for ServiceView {
+    fn from(info: &KeyInfo) -> Self {
+        Self {
+            id: info.id.clone(),
+            prefix: info.prefix.clone(),
+            name: info.owner.clone(),
+            created_at: unix(info.created_at),
+            expires_at: info.expires_at.map(unix),
+            disabled_at: info.disabled_at.map(unix),
+            last_used_at: info.last_used_at.map(unix),
+            key: None,
+        }
+    }
+}
+
+/// A key's record as JSON (the CLI's `--json`).
 pub fn info_json(info: &KeyInfo) -> Value {
-    json!({
-        "id": info.id,
-        "prefix": info.prefix,
-        "owner": info.owner,
-        "scopes": info.scopes,
-        "rateLimit": info.rate_limit.map(|p| json!({"requests": p.requests, "window": p.window.as_secs()})),
-        "createdAt": unix(info.created_at),
-        "expiresAt": info.expires_at.map(unix),
-        "disabledAt": info.disabled_at.map(unix),
-        "lastUsedAt": info.last_used_at.map(unix),
-    })
+    serde_json::to_value(KeyView::from(info)).unwrap_or(Value::Null)
 }
 
-/// A new key as the API answers it: the plaintext, once.
+/// A new key as JSON: the plaintext, once.
 pub fn created_json(created: &CreatedKey) -> Value {
-    let mut v = info_json(&created.info);
-    v["key"] = Value::from(created.key.expose());
-    v
+    let mut view = KeyView::from(&created.info);
+    view.key = Some(created.key.expose().to_owned());
+    serde_json::to_value(view).unwrap_or(Value::Null)
 }
 
-#[derive(Deserialize)]
+/// A service credential's record as JSON.
+pub fn service_json(info: &KeyInfo) -> Value {
+    serde_json::to_value(ServiceView::from(info)).unwrap_or(Value::Null)
+}
+
+/// A new service credential as JSON: the plaintext, once.
+pub fn created_service_json(created: &CreatedKey) -> Value {
+    let mut view = ServiceView::from(&created.info);
+    view.key = Some(created.key.expose().to_owned());
+    serde_json::to_value(view).unwrap_or(Value::Null)
+}
+
+/// A rate limit in a request: checked before anything is written.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RateLimitBody {
+    /// 1 to 1,000,000,000.
     requests: i64,
+    /// Seconds, 1 to 31,536,000 (365 days).
     window: i64,
 }
 
@@ -218,43 +374,71 @@ fn bad(message: &str) -> Response {
 
 fn rate_limit(body: Option<RateLimitBody>) -> Result<Option<RateLimitPolicy>, &'static str> {
     let Some(b) = body else { return Ok(None) };
-    let requests = u32::try_from(b.requests).ok().filter(|r| *r > 0);
-    let window = u64::try_from(b.window).ok().filter(|w| *w > 0);
-    match (requests, window) {
-        (Some(r), Some(w)) => Ok(Some(RateLimitPolicy::new(r, Duration::from_secs(w)))),
-        _ => Err("rateLimit needs positive `requests` and `window` (seconds)"),
+    let max_window = i64::try_from(auth_sqlx::MAX_WINDOW.as_secs()).unwrap_or(i64::MAX);
+    match (u32::try_from(b.requests).ok(), u64::try_from(b.window).ok()) {
+        (Some(r), Some(w))
+            if (1..=MAX_REQUESTS).contains(&b.requests) && (1..=max_window).contains(&b.window) =>
+        {
+            Ok(Some(RateLimitPolicy::new(r, Duration::from_secs(w))))
+        }
+        _ => Err(
+            "rateLimit needs `requests` from 1 to 1000000000 and `window` from 1 to 31536000 seconds",
+        ),
     }
 }
 
-fn expiry(at: Option<i64>) -> Result<Option<SystemTime>, &'static str> {
-    match at {
-        None => Ok(None),
-        Some(s) if s > 0 => Ok(Some(
-            SystemTime::UNIX_EPOCH + Duration::from_secs(s.unsigned_abs()),
-        )),
-        Some(_) => Err("expiresAt must be a positive Unix time in seconds"),
-    }
+fn expiry(at: Option<i64>) -> Result<Option<SystemTime>, auth_sqlx::Error> {
+    let Some(s) = at else { return Ok(None) };
+    let at = u64::try_from(s)
+        .ok()
+        .filter(|s| (1..=MAX_UNIX.unsigned_abs()).contains(s))
+        .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
+        .ok_or_else(|| {
+            auth_sqlx::Error::Invalid("expiresAt must be a Unix time in seconds".into())
+        })?;
+    auth_sqlx::check_expiry(Some(at))?;
+    Ok(Some(at))
 }
 
-#[derive(Deserialize)]
+fn overlap(seconds: i64) -> Result<Duration, &'static str> {
+    u64::try_from(seconds)
+        .ok()
+        .map(Duration::from_secs)
+        .filter(|d| *d <= auth_sqlx::MAX_OVERLAP)
+        .ok_or("overlap must be 0 to 31536000 seconds (365 days)")
+}
+
+/// A new key.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct CreateBody {
+    /// 1 to 200 printable characters.
     owner: String,
     #[serde(default)]
     scopes: Vec<String>,
     rate_limit: Option<RateLimitBody>,
+    /// Unix seconds, in the future (at most 100 years ahead).
     expires_at: Option<i64>,
 }
 
+#[utoipa::path(post, path = "/api/v1/keys", tag = "keys", request_body = CreateBody,
+    security(("adminKey" = []), ("adminBearer" = [])),
+    responses((status = 201, description = "the key, shown once", body = KeyView),
+        (status = 400, body = ErrorBody), (status = 401), (status = 503, body = ErrorBody)))]
 async fn create(State(s): State<AppState>, Body(b): Body<CreateBody>) -> Response {
-    let new = match (rate_limit(b.rate_limit), expiry(b.expires_at)) {
-        (Ok(rate_limit), Ok(expires_at)) => NewKey {
-            owner: b.owner,
-            scopes: b.scopes,
-            rate_limit,
-            expires_at,
-        },
-        (Err(m), _) | (_, Err(m)) => return bad(m),
+    let rate_limit = match rate_limit(b.rate_limit) {
+        Ok(r) => r,
+        Err(m) => return bad(m),
+    };
+    let expires_at = match expiry(b.expires_at) {
+        Ok(e) => e,
+        Err(e) => return store_error(&e),
+    };
+    let new = NewKey {
+        owner: b.owner,
+        scopes: b.scopes,
+        rate_limit,
+        expires_at,
     };
     match s.store.create(new).await {
         Ok(created) => (StatusCode::CREATED, Json(created_json(&created))).into_response(),
@@ -262,11 +446,21 @@ async fn create(State(s): State<AppState>, Body(b): Body<CreateBody>) -> Respons
     }
 }
 
+/// Every key.
+#[derive(Serialize, ToSchema)]
+struct KeyList {
+    keys: Vec<KeyView>,
+}
+
+#[utoipa::path(get, path = "/api/v1/keys", tag = "keys",
+    security(("adminKey" = []), ("adminBearer" = [])),
+    responses((status = 200, body = KeyList), (status = 401), (status = 503, body = ErrorBody)))]
 async fn list(State(s): State<AppState>) -> Response {
     match s.store.list().await {
-        Ok(keys) => {
-            Json(json!({"keys": keys.iter().map(info_json).collect::<Vec<_>>()})).into_response()
-        }
+        Ok(keys) => Json(KeyList {
+            keys: keys.iter().map(KeyView::from).collect(),
+        })
+        .into_response(),
         Err(e) => store_error(&e),
     }
 }
@@ -275,14 +469,22 @@ fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "not_found", "no key with this id")
 }
 
+#[utoipa::path(get, path = "/api/v1/keys/{id}", tag = "keys", params(("id" = String, Path)),
+    security(("adminKey" = []), ("adminBearer" = [])),
+    responses((status = 200, body = KeyView), (status = 401), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 async fn get_key(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Response {
     match s.store.get(&id).await {
-        Ok(Some(info)) => Json(info_json(&info)).into_response(),
+        Ok(Some(info)) => Json(KeyView::from(&info)).into_response(),
         Ok(None) => not_found(),
         Err(e) => store_error(&e),
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/keys/{id}/disable", tag = "keys",
+    params(("id" = String, Path)), security(("adminKey" = []), ("adminBearer" = [])),
+    responses((status = 200, body = KeyView), (status = 401), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 async fn disable(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Response {
     match s.store.disable(&id).await {
         Ok(true) => get_key(State(s), UrlPath(id)).await,
@@ -291,6 +493,10 @@ async fn disable(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Res
     }
 }
 
+#[utoipa::path(delete, path = "/api/v1/keys/{id}", tag = "keys", params(("id" = String, Path)),
+    security(("adminKey" = []), ("adminBearer" = [])),
+    responses((status = 204, description = "deleted"), (status = 401),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn delete(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Response {
     match s.store.delete(&id).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
@@ -299,36 +505,47 @@ async fn delete(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Resp
     }
 }
 
-#[derive(Deserialize)]
+/// A rotation.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RotateBody {
-    /// Seconds the old key stays valid.
+    /// Seconds the old key stays valid: 0 to 31,536,000 (365 days).
     overlap: i64,
 }
 
+#[utoipa::path(post, path = "/api/v1/keys/{id}/rotate", tag = "keys",
+    params(("id" = String, Path)), request_body = RotateBody,
+    security(("adminKey" = []), ("adminBearer" = [])),
+    responses((status = 201, description = "the new key, shown once", body = KeyView),
+        (status = 400, body = ErrorBody), (status = 401), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 async fn rotate(
     State(s): State<AppState>,
     UrlPath(id): UrlPath<String>,
     Body(b): Body<RotateBody>,
 ) -> Response {
-    let Ok(overlap) = u64::try_from(b.overlap) else {
-        return bad("overlap must be zero or more seconds");
+    let overlap = match overlap(b.overlap) {
+        Ok(o) => o,
+        Err(m) => return bad(m),
     };
-    match s.store.rotate(&id, Duration::from_secs(overlap)).await {
+    match s.store.rotate(&id, overlap).await {
         Ok(Some(created)) => (StatusCode::CREATED, Json(created_json(&created))).into_response(),
         Ok(None) => not_found(),
         Err(e) => store_error(&e),
     }
 }
 
-#[derive(Deserialize)]
+/// A change: absent fields stay as they are; `null` removes a rate limit
+/// or an expiry.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct UpdateBody {
     scopes: Option<Vec<String>>,
-    /// `null` removes the limit; absent leaves it.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<RateLimitBody>)]
     rate_limit: Option<Option<RateLimitBody>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>)]
     expires_at: Option<Option<i64>>,
 }
 
@@ -339,6 +556,10 @@ fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
+#[utoipa::path(patch, path = "/api/v1/keys/{id}", tag = "keys", params(("id" = String, Path)),
+    request_body = UpdateBody, security(("adminKey" = []), ("adminBearer" = [])),
+    responses((status = 200, body = KeyView), (status = 400, body = ErrorBody), (status = 401),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn update(
     State(s): State<AppState>,
     UrlPath(id): UrlPath<String>,
@@ -351,7 +572,7 @@ async fn update(
     };
     let expires = match b.expires_at.map(expiry).transpose() {
         Ok(e) => e,
-        Err(m) => return bad(m),
+        Err(e) => return store_error(&e),
     };
     if let Some(scopes) = &b.scopes {
         if let Err(e) = auth_sqlx::check_scopes(scopes) {
@@ -382,89 +603,110 @@ async fn update(
     }
 }
 
-/// The OpenAPI document of this API (3.1), with its two security schemes.
-pub fn openapi() -> Value {
-    let error = json!({"$ref": "#/components/schemas/Error"});
-    let key = json!({"$ref": "#/components/schemas/Key"});
-    let admin = json!([{"adminKey": []}, {"adminBearer": []}]);
-    let id = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
-    let answers = |ok: &str, schema: &Value| {
-        json!({
-            ok: {"description": "done", "content": {"application/json": {"schema": schema}}},
-            "400": {"description": "bad input", "content": {"application/json": {"schema": error}}},
-            "401": {"description": "no or wrong admin key"},
-            "404": {"description": "no such key", "content": {"application/json": {"schema": error}}},
-            "503": {"description": "the database is unavailable"}
+/// A new service credential.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreateServiceBody {
+    /// The service's name: 1 to 200 printable characters.
+    name: String,
+}
+
+/// Every service credential.
+#[derive(Serialize, ToSchema)]
+struct ServiceList {
+    services: Vec<ServiceView>,
+}
+
+fn no_service() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no service credential with this id",
+    )
+}
+
+#[utoipa::path(post, path = "/api/v1/services", tag = "services",
+    request_body = CreateServiceBody, security(("adminKey" = []), ("adminBearer" = [])),
+    responses((status = 201, description = "the credential, shown once", body = ServiceView),
+        (status = 400, body = ErrorBody), (status = 401), (status = 503, body = ErrorBody)))]
+async fn create_service(State(s): State<AppState>, Body(b): Body<CreateServiceBody>) -> Response {
+    match s.store.services().create(&b.name).await {
+        Ok(created) => (StatusCode::CREATED, Json(created_service_json(&created))).into_response(),
+        Err(e) => store_error(&e),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/services", tag = "services",
+    security(("adminKey" = []), ("adminBearer" = [])),
+    responses((status = 200, body = ServiceList), (status = 401), (status = 503, body = ErrorBody)))]
+async fn list_services(State(s): State<AppState>) -> Response {
+    match s.store.services().list().await {
+        Ok(list) => Json(ServiceList {
+            services: list.iter().map(ServiceView::from).collect(),
         })
+        .into_response(),
+        Err(e) => store_error(&e),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/services/{id}", tag = "services",
+    params(("id" = String, Path)), security(("adminKey" = []), ("adminBearer" = [])),
+    responses((status = 200, body = ServiceView), (status = 401),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn get_service(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Response {
+    match s.store.services().get(&id).await {
+        Ok(Some(info)) => Json(ServiceView::from(&info)).into_response(),
+        Ok(None) => no_service(),
+        Err(e) => store_error(&e),
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/services/{id}/disable", tag = "services",
+    params(("id" = String, Path)), security(("adminKey" = []), ("adminBearer" = [])),
+    responses((status = 200, body = ServiceView), (status = 401),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn disable_service(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Response {
+    match s.store.services().disable(&id).await {
+        Ok(true) => get_service(State(s), UrlPath(id)).await,
+        Ok(false) => no_service(),
+        Err(e) => store_error(&e),
+    }
+}
+
+#[utoipa::path(delete, path = "/api/v1/services/{id}", tag = "services",
+    params(("id" = String, Path)), security(("adminKey" = []), ("adminBearer" = [])),
+    responses((status = 204, description = "deleted"), (status = 401),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn delete_service(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Response {
+    match s.store.services().delete(&id).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => no_service(),
+        Err(e) => store_error(&e),
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/services/{id}/rotate", tag = "services",
+    params(("id" = String, Path)), request_body = RotateBody,
+    security(("adminKey" = []), ("adminBearer" = [])),
+    responses((status = 201, description = "the new credential, shown once", body = ServiceView),
+        (status = 400, body = ErrorBody), (status = 401), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+async fn rotate_service(
+    State(s): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+    Body(b): Body<RotateBody>,
+) -> Response {
+    let overlap = match overlap(b.overlap) {
+        Ok(o) => o,
+        Err(m) => return bad(m),
     };
-    json!({
-        "openapi": "3.1.0",
-        "info": {"title": "auth-server", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "The central API key service."},
-        "paths": {
-            "/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
-            "/ready": {"get": {"summary": "Readiness (the database answers)",
-                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
-            "/api/v1/api-keys/validate": {"post": {
-                "summary": "Validate a key (for services)",
-                "security": [{"serviceToken": []}],
-                "requestBody": {"required": true, "content": {"application/json": {"schema": {
-                    "type": "object", "required": ["apiKey"],
-                    "properties": {"apiKey": {"type": "string"}, "scope": {"type": "string"}}}}}},
-                "responses": {"200": {"description": "the answer", "content": {"application/json": {"schema": {
-                    "type": "object", "required": ["valid"],
-                    "properties": {"valid": {"type": "boolean"}, "userId": {"type": "string"},
-                        "scopes": {"type": "array", "items": {"type": "string"}},
-                        "rateLimit": {"$ref": "#/components/schemas/RateLimit"},
-                        "error": {"type": "string"}}}}}},
-                    "401": {"description": "not a known service"},
-                    "503": {"description": "the database is unavailable"}}}},
-            "/api/v1/keys": {
-                "get": {"summary": "List keys", "security": admin, "responses": answers("200", &json!({
-                    "type": "object", "properties": {"keys": {"type": "array", "items": key}}}))},
-                "post": {"summary": "Create a key (the answer holds it, once)", "security": admin,
-                    "requestBody": {"required": true, "content": {"application/json": {"schema": {
-                        "type": "object", "required": ["owner"], "additionalProperties": false,
-                        "properties": {"owner": {"type": "string"},
-                            "scopes": {"type": "array", "items": {"type": "string"}},
-                            "rateLimit": {"$ref": "#/components/schemas/RateLimit"},
-                            "expiresAt": {"type": "integer", "description": "Unix seconds"}}}}}},
-                    "responses": answers("201", &key)}},
-            "/api/v1/keys/{id}": {
-                "parameters": id,
-                "get": {"summary": "One key", "security": admin, "responses": answers("200", &key)},
-                "patch": {"summary": "Change scopes, rate limit or expiry", "security": admin,
-                    "responses": answers("200", &key)},
-                "delete": {"summary": "Delete a key", "security": admin,
-                    "responses": {"204": {"description": "deleted"}, "404": {"description": "no such key"}}}},
-            "/api/v1/keys/{id}/disable": {"parameters": id, "post": {"summary": "Disable a key now",
-                "security": admin, "responses": answers("200", &key)}},
-            "/api/v1/keys/{id}/rotate": {"parameters": id, "post": {
-                "summary": "A new key; the old one valid for the overlap", "security": admin,
-                "requestBody": {"required": true, "content": {"application/json": {"schema": {
-                    "type": "object", "required": ["overlap"],
-                    "properties": {"overlap": {"type": "integer", "description": "seconds"}}}}}},
-                "responses": answers("201", &key)}}
-        },
-        "components": {
-            "securitySchemes": {
-                "adminKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
-                "adminBearer": {"type": "http", "scheme": "bearer"},
-                "serviceToken": {"type": "apiKey", "in": "header", "name": "X-Service-Token"}
-            },
-            "schemas": {
-                "Error": {"type": "object", "properties": {"error": {"type": "string"}, "message": {"type": "string"}}},
-                "RateLimit": {"type": "object", "properties": {"requests": {"type": "integer"}, "window": {"type": "integer", "description": "seconds"}}},
-                "Key": {"type": "object", "properties": {
-                    "id": {"type": "string"}, "prefix": {"type": "string"}, "owner": {"type": "string"},
-                    "scopes": {"type": "array", "items": {"type": "string"}},
-                    "rateLimit": {"$ref": "#/components/schemas/RateLimit"},
-                    "createdAt": {"type": "integer"}, "expiresAt": {"type": "integer"},
-                    "disabledAt": {"type": "integer"}, "lastUsedAt": {"type": "integer"},
-                    "key": {"type": "string", "description": "only in the answer that made the key"}}}
-            }
+    match s.store.services().rotate(&id, overlap).await {
+        Ok(Some(created)) => {
+            (StatusCode::CREATED, Json(created_service_json(&created))).into_response()
         }
-    })
+        Ok(None) => no_service(),
+        Err(e) => store_error(&e),
+    }
 }
 
 /// The admin page: static HTML and script, no data — it fetches the keys
@@ -481,6 +723,14 @@ async fn admin_page() -> Response {
         .into_response()
 }
 
+#[utoipa::path(get, path = "/health", tag = "health",
+    responses((status = 200, description = "the process is up")))]
+#[allow(dead_code)]
+fn health_doc() {}
+
+#[utoipa::path(get, path = "/ready", tag = "health",
+    responses((status = 200, description = "the database answers"),
+        (status = 503, description = "the database is unavailable")))]
 async fn ready(State(s): State<AppState>) -> Response {
     match s.store.ping().await {
         Ok(_) => Json(json!({"status": "ready", "database": "ok"})).into_response(),
@@ -495,47 +745,107 @@ async fn ready(State(s): State<AppState>) -> Response {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ValidateBody {
-    api_key: String,
-    scope: Option<String>,
+/// The protocol's code for a denial.
+fn code_of(e: VerifyError) -> Code {
+    match e {
+        VerifyError::Expired => Code::Expired,
+        VerifyError::Disabled => Code::Disabled,
+        _ => Code::Invalid,
+    }
 }
 
-/// The protocol auth-remote speaks: `{apiKey, scope}` → `{valid, userId,
-/// scopes, rateLimit, error}`.
-async fn validate(State(s): State<AppState>, Body(b): Body<ValidateBody>) -> Response {
+/// The validate endpoint: [`auth_core::protocol`]'s request and answer.
+/// Only client keys are found (a service credential is `invalid` here).
+#[utoipa::path(post, path = "/api/v1/api-keys/validate", tag = "validate",
+    request_body = ValidateRequest, security(("serviceToken" = [])),
+    responses((status = 200, description = "the answer; decide from `code`", body = ValidateResponse),
+        (status = 400, body = ErrorBody), (status = 401, description = "not a known service"),
+        (status = 503, body = ErrorBody)))]
+async fn validate(State(s): State<AppState>, Body(b): Body<ValidateRequest>) -> Response {
     let credential = Credential::new(b.api_key.into_bytes());
-    let answer = s.keys.verify(&credential, &VerifyContext::default()).await;
-    let principal: Arc<Principal> = match answer {
-        Ok(p) => p,
-        Err(VerifyError::Unavailable) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the key store is unavailable",
-            );
-        }
-        Err(e) => {
-            return Json(json!({"valid": false, "error": e.reason()})).into_response();
-        }
-    };
+    let principal: Arc<Principal> =
+        match s.keys.verify(&credential, &VerifyContext::default()).await {
+            Ok(p) => p,
+            Err(VerifyError::Unavailable) => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the key store is unavailable",
+                );
+            }
+            Err(e) => return Json(ValidateResponse::refusal(code_of(e))).into_response(),
+        };
     if let Some(scope) = b.scope.as_deref().filter(|s| !s.is_empty()) {
         if !principal.has_scope(scope) {
-            return Json(json!({
-                "valid": false,
-                "error": format!("API key does not have scope: {scope}"),
-            }))
-            .into_response();
+            let mut answer = ValidateResponse::refusal(Code::InsufficientScope);
+            answer.user_id = Some(principal.id().to_owned());
+            return Json(answer).into_response();
         }
     }
-    let mut answer = json!({
-        "valid": true,
-        "userId": principal.id(),
-        "scopes": principal.scopes(),
+    let mut answer = ValidateResponse::valid(principal.id(), principal.scopes().to_vec());
+    answer.rate_limit = principal.rate_limit().map(|p| RateLimit {
+        requests: p.requests,
+        window: p.window.as_secs(),
     });
-    if let Some(p) = principal.rate_limit() {
-        answer["rateLimit"] = json!({"requests": p.requests, "window": p.window.as_secs()});
-    }
     Json(answer).into_response()
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "auth-server", description = "The central API key service."),
+    paths(health_doc, ready, validate, list, create, get_key, update, delete, disable, rotate,
+        list_services, create_service, get_service, delete_service, disable_service,
+        rotate_service),
+    components(schemas(Code, RateLimit)),
+    modifiers(&SecuritySchemes)
+)]
+struct ApiDoc;
+
+/// The three ways in: the admin key (header or bearer) and services'
+/// credentials.
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme,
+        };
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "adminKey",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Api-Key"))),
+        );
+        components.add_security_scheme(
+            "adminBearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+        components.add_security_scheme(
+            "serviceToken",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Service-Token"))),
+        );
+    }
+}
+
+/// The OpenAPI document of this API (3.1), generated from the handlers and
+/// the protocol's types, for the default [`Options`].
+pub fn openapi() -> Value {
+    openapi_for(ValidateAuth::ServiceToken)
+}
+
+/// The OpenAPI document for a service whose validate endpoint asks for
+/// `validate_auth`.
+pub fn openapi_for(validate_auth: ValidateAuth) -> Value {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    if validate_auth == ValidateAuth::None {
+        if let Some(op) = doc
+            .paths
+            .paths
+            .get_mut(VALIDATE_PATH)
+            .and_then(|item| item.post.as_mut())
+        {
+            op.security = None;
+        }
+    }
+    serde_json::to_value(doc).unwrap_or(Value::Null)
 }

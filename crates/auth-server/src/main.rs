@@ -6,6 +6,8 @@
 //! auth-server keys list [--json]
 //! auth-server keys disable ID
 //! auth-server keys rotate ID --overlap 24h
+//! auth-server services create --name stt [--json]
+//! auth-server services list | disable ID | rotate ID --overlap 1h
 //! ```
 //!
 //! `DATABASE_URL` (PostgreSQL or SQLite) replaces the SQLite file in the
@@ -32,7 +34,8 @@ struct Cli {
     data_dir: PathBuf,
     /// A database URL (postgres://… or sqlite://…) instead of the data
     /// directory's SQLite file.
-    #[arg(long, global = true, env = "DATABASE_URL")]
+    /// (Its value, which may hold a password, is never shown in `--help`.)
+    #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     #[command(subcommand)]
     command: Command,
@@ -48,11 +51,64 @@ enum Command {
         /// Log format.
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
+        /// Who may call the validate endpoint: `service-token` (services
+        /// with a credential from `services create`) or `none` (anyone who
+        /// reaches the port; for the seed services' clients, which send no
+        /// credential — see docs/key-service.md for the risk).
+        #[arg(long, value_enum, default_value = "service-token")]
+        validate_auth: ValidateAuthArg,
     },
-    /// Manages keys in the same database.
+    /// Manages API clients' keys in the same database.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Manages services' own credentials (for the validate endpoint only).
+    Services {
+        #[command(subcommand)]
+        command: ServicesCommand,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ValidateAuthArg {
+    ServiceToken,
+    None,
+}
+
+#[derive(Subcommand)]
+enum ServicesCommand {
+    /// Creates a service credential and prints it (once).
+    Create {
+        /// The service's name.
+        #[arg(long)]
+        name: String,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists service credentials (never the credentials themselves).
+    List {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disables a service credential now.
+    Disable {
+        /// The credential's id.
+        id: String,
+    },
+    /// Makes a new credential for the same service; the old one stays
+    /// valid for the overlap.
+    Rotate {
+        /// The credential's id.
+        id: String,
+        /// How long the old credential stays valid, e.g. 1h.
+        #[arg(long, value_parser = parse_duration, default_value = "1h")]
+        overlap: Duration,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -127,7 +183,11 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     if n == 0 {
         return Err(format!("`{text}`: must be more than zero"));
     }
-    Ok(Duration::from_secs(n.saturating_mul(seconds)))
+    // Checked here, before anything is written: at most 100 years.
+    n.checked_mul(seconds)
+        .map(Duration::from_secs)
+        .filter(|d| *d <= auth_sqlx::MAX_LIFETIME)
+        .ok_or_else(|| format!("`{text}`: at most 100 years"))
 }
 
 /// `60/60s`.
@@ -156,6 +216,43 @@ fn ago(t: Option<SystemTime>) -> String {
     }
 }
 
+/// Text from the database as it may be shown on a terminal: control
+/// characters (which would move the cursor or recolour the screen) escaped.
+fn shown(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
+fn print_services(services: &[auth_sqlx::KeyInfo]) {
+    println!(
+        "{:<22} {:<16} {:<20} {:<11} {:<11} {:<8}",
+        "ID", "PREFIX", "NAME", "EXPIRES", "LAST USED", "STATE"
+    );
+    for k in services {
+        println!(
+            "{:<22} {:<16} {:<20} {:<11} {:<11} {:<8}",
+            k.id,
+            k.prefix,
+            shown(&k.owner),
+            ago(k.expires_at),
+            ago(k.last_used_at),
+            if k.disabled_at.is_some() {
+                "disabled"
+            } else {
+                "active"
+            }
+        );
+    }
+}
+
 fn print_table(keys: &[auth_sqlx::KeyInfo]) {
     println!(
         "{:<22} {:<16} {:<14} {:<20} {:<10} {:<11} {:<11} {:<8}",
@@ -170,7 +267,7 @@ fn print_table(keys: &[auth_sqlx::KeyInfo]) {
             "{:<22} {:<16} {:<14} {:<20} {:<10} {:<11} {:<11} {:<8}",
             k.id,
             k.prefix,
-            k.owner,
+            shown(&k.owner),
             if k.scopes.is_empty() {
                 "-".to_owned()
             } else {
@@ -191,12 +288,22 @@ fn print_table(keys: &[auth_sqlx::KeyInfo]) {
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let store = auth_server::open_store(&cli.data_dir, cli.database_url.as_deref()).await?;
     match cli.command {
-        Command::Serve { bind, log_format } => {
+        Command::Serve {
+            bind,
+            log_format,
+            validate_auth,
+        } => {
             match log_format {
                 LogFormat::Text => tracing_subscriber::fmt().with_target(false).init(),
                 LogFormat::Json => tracing_subscriber::fmt().json().init(),
             }
-            let app = auth_server::app(store, &cli.data_dir).await?;
+            let options = auth_server::Options {
+                validate_auth: match validate_auth {
+                    ValidateAuthArg::ServiceToken => auth_server::ValidateAuth::ServiceToken,
+                    ValidateAuthArg::None => auth_server::ValidateAuth::None,
+                },
+            };
+            let app = auth_server::app_with(store, &cli.data_dir, options).await?;
             let listener = tokio::net::TcpListener::bind(bind).await?;
             tracing::info!(address = %listener.local_addr()?,
                 admin_key = %auth_server::admin_key_path(&cli.data_dir).display(),
@@ -214,12 +321,20 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 expires,
                 json,
             } => {
+                let expires_at = match expires {
+                    Some(d) => Some(
+                        SystemTime::now()
+                            .checked_add(d)
+                            .ok_or("--expires is too far ahead")?,
+                    ),
+                    None => None,
+                };
                 let created = store
                     .create(NewKey {
                         owner,
                         scopes,
                         rate_limit: rate,
-                        expires_at: expires.map(|d| SystemTime::now() + d),
+                        expires_at,
                     })
                     .await?;
                 if json {
@@ -260,6 +375,58 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
         },
+        Command::Services { command } => services(&store.services(), command).await?,
+    }
+    Ok(())
+}
+
+async fn services(
+    services: &auth_sqlx::ServiceCredentials,
+    command: ServicesCommand,
+) -> Result<(), Box<dyn std::error::Error>> {
+    match command {
+        ServicesCommand::Create { name, json } => {
+            let created = services.create(&name).await?;
+            if json {
+                println!("{}", auth_server::created_service_json(&created));
+            } else {
+                print_services(std::slice::from_ref(&created.info));
+                println!(
+                    "\ncredential (shown once; send it as X-Service-Token): {}",
+                    created.key.expose()
+                );
+            }
+        }
+        ServicesCommand::List { json } => {
+            let list = services.list().await?;
+            if json {
+                let list: Vec<_> = list.iter().map(auth_server::service_json).collect();
+                println!("{}", serde_json::json!({ "services": list }));
+            } else {
+                print_services(&list);
+            }
+        }
+        ServicesCommand::Disable { id } => {
+            if !services.disable(&id).await? {
+                return Err(format!("no service credential with id {id}").into());
+            }
+            println!("disabled {id}");
+        }
+        ServicesCommand::Rotate { id, overlap, json } => {
+            let Some(created) = services.rotate(&id, overlap).await? else {
+                return Err(format!("no service credential with id {id}").into());
+            };
+            if json {
+                println!("{}", auth_server::created_service_json(&created));
+            } else {
+                print_services(std::slice::from_ref(&created.info));
+                println!(
+                    "\nnew credential (shown once): {}\n{id} stays valid for {}s",
+                    created.key.expose(),
+                    overlap.as_secs()
+                );
+            }
+        }
     }
     Ok(())
 }
@@ -291,5 +458,30 @@ async fn main() -> ExitCode {
             eprintln!("auth-server: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        let text = shown("a\u{0}b\u{1b}[31mc\u{7}d\u{9b}e");
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        assert_eq!(text, "a\\u{0}b\\u{1b}[31mc\\u{7}d\\u{9b}e");
+        assert_eq!(shown("svc-ä €"), "svc-ä €");
+    }
+
+    #[test]
+    fn durations_are_bounded_before_anything_is_written() {
+        assert_eq!(
+            parse_duration("90d").unwrap(),
+            Duration::from_secs(90 * 86_400)
+        );
+        assert!(parse_duration("99999999999999d").is_err());
+        assert!(parse_duration("36501d").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_rate("5/18446744073709551615s").is_err());
     }
 }

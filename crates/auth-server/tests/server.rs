@@ -114,17 +114,13 @@ async fn a_key_made_with_the_cli_is_accepted_then_revoked() {
     let client_id = client["id"].as_str().unwrap().to_owned();
     let service = cli(
         dir.path(),
-        &[
-            "keys",
-            "create",
-            "--owner",
-            "svc-stt",
-            "--scope",
-            "keys:validate",
-            "--json",
-        ],
+        &["services", "create", "--name", "svc-stt", "--json"],
     );
     let service_key = service["key"].as_str().unwrap();
+    assert!(service_key.starts_with("sk_svc_"), "{service}");
+    let listed = cli(dir.path(), &["services", "list", "--json"]);
+    assert_eq!(listed["services"][0]["name"], "svc-stt");
+    assert!(!listed.to_string().contains(service_key));
 
     let remote = RemoteVerifier::builder(&format!("http://{addr}"))
         .service_credential(auth_server::SERVICE_HEADER, service_key)
@@ -203,7 +199,8 @@ async fn a_key_made_with_the_cli_is_accepted_then_revoked() {
     assert_eq!(call_service(client_key.clone()).await, 401);
     assert_eq!(
         verify(&remote, &client_key).await.unwrap_err(),
-        VerifyError::Invalid
+        VerifyError::Disabled,
+        "the answer's code, not its text, decides"
     );
 
     // The CLI sees the same database.
@@ -363,7 +360,16 @@ async fn two_instances_on_postgres_share_revocations_within_a_second() {
         }
     };
     let client = create("svc-a", &["stt"]).await;
-    let service = create("stt-service", &["keys:validate"]).await;
+    let service: Value = http
+        .post(format!("http://{a}/api/v1/services"))
+        .header("x-api-key", admin_a)
+        .json(&json!({"name": "stt-service"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let validate_on_b = || async {
         let v: Value = http
             .post(format!("http://{b}/api/v1/api-keys/validate"))
@@ -509,9 +515,41 @@ async fn the_openapi_document_describes_every_route() {
         "/api/v1/keys/{id}",
         "/api/v1/keys/{id}/disable",
         "/api/v1/keys/{id}/rotate",
+        "/api/v1/services",
+        "/api/v1/services/{id}",
+        "/api/v1/services/{id}/disable",
+        "/api/v1/services/{id}/rotate",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is not documented");
     }
+    // The protocol's types, generated from the code both crates use.
+    let codes = &doc["components"]["schemas"]["Code"]["enum"];
+    for code in [
+        "valid",
+        "invalid",
+        "expired",
+        "disabled",
+        "insufficient_scope",
+        "rate_limited",
+    ] {
+        assert!(
+            codes.as_array().unwrap().iter().any(|c| c == code),
+            "{codes}"
+        );
+    }
+    let answer = &doc["components"]["schemas"]["ValidateResponse"];
+    let required: Vec<&str> = answer["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        required.contains(&"valid") && required.contains(&"code"),
+        "{answer}"
+    );
+    let validate = &doc["paths"]["/api/v1/api-keys/validate"]["post"];
+    assert_eq!(validate["security"][0]["serviceToken"], json!([]));
     let schemes = &doc["components"]["securitySchemes"];
     assert_eq!(schemes["serviceToken"]["name"], "X-Service-Token");
     assert_eq!(schemes["adminKey"]["name"], "X-Api-Key");
@@ -594,7 +632,14 @@ async fn auth_remote_behaves_the_same_against_the_real_service() {
             created
         }
     };
-    let service = make("stt-service", json!(["keys:validate"]), Value::Null).await;
+    let (status, service) = api
+        .call(
+            "POST",
+            "/api/v1/services",
+            Some(json!({"name": "stt-service"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{service}");
     let good = make("user-1", json!(["stt", "tts"]), Value::Null).await;
     let limited = make(
         "user-2",
@@ -662,19 +707,389 @@ async fn auth_remote_behaves_the_same_against_the_real_service() {
         assert_eq!(t.await.unwrap().unwrap(), "user-3");
     }
 
-    // Expired through the admin API: refused once the cache lets go.
+    // Expiring through the admin API (an expiry must be in the future):
+    // refused as expired once it passes and the cache lets go.
     let id = good["id"].as_str().unwrap();
+    let soon = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1;
     let (status, _) = api
         .call(
             "PATCH",
             &format!("/api/v1/keys/{id}"),
-            Some(json!({"expiresAt": 1})),
+            Some(json!({"expiresAt": soon})),
         )
         .await;
     assert_eq!(status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
     remote.invalidate(&Digest::of(key(&good).as_bytes()));
     assert_eq!(
         verify(&remote, &key(&good)).await.unwrap_err(),
+        VerifyError::Expired
+    );
+}
+
+/// POSTs `body` to the validate endpoint, with `service` as the service
+/// credential when given: the status and the JSON answer.
+async fn validate_call(addr: SocketAddr, service: Option<&str>, body: Value) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .post(format!("http://{addr}/api/v1/api-keys/validate"))
+        .json(&body);
+    if let Some(token) = service {
+        request = request.header(auth_server::SERVICE_HEADER, token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Issue 12, item 1: a service credential is a kind of its own — never a
+/// client key, and good for nothing but the validate endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_credential_is_not_a_client_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, admin) = start(dir.path()).await;
+    let api = AdminApi::new(addr, &admin);
+    let (status, service) = api
+        .call("POST", "/api/v1/services", Some(json!({"name": "svc-stt"})))
+        .await;
+    assert_eq!(status, 201, "{service}");
+    let token = service["key"].as_str().unwrap().to_owned();
+    let (_, client) = api
+        .call(
+            "POST",
+            "/api/v1/keys",
+            Some(json!({"owner": "user-1", "scopes": ["stt"]})),
+        )
+        .await;
+    let client_key = client["key"].as_str().unwrap().to_owned();
+
+    // Sent as the key to validate: not valid, for any scope or none.
+    for body in [
+        json!({"apiKey": token}),
+        json!({"apiKey": token, "scope": "keys:validate"}),
+    ] {
+        let (status, answer) = validate_call(addr, Some(&token), body).await;
+        assert_eq!(status, 200);
+        assert_eq!(answer["valid"], false, "{answer}");
+        assert_eq!(answer["code"], "invalid", "{answer}");
+    }
+    // And through auth-remote, as a service behind it would see it.
+    let remote = RemoteVerifier::builder(&format!("http://{addr}"))
+        .service_credential(auth_server::SERVICE_HEADER, &token)
+        .build()
+        .unwrap();
+    assert_eq!(
+        verify(&remote, &token).await.unwrap_err(),
         VerifyError::Invalid
     );
+    assert_eq!(verify(&remote, &client_key).await.unwrap(), "user-1");
+
+    // Not an admin credential; a client key is not a service credential.
+    let as_service = AdminApi::new(addr, &token);
+    assert_eq!(as_service.call("GET", "/api/v1/keys", None).await.0, 401);
+    assert_eq!(
+        as_service.call("GET", "/api/v1/services", None).await.0,
+        401
+    );
+    let (status, _) = validate_call(addr, Some(&client_key), json!({"apiKey": client_key})).await;
+    assert_eq!(status, 401);
+    let (status, _) = validate_call(addr, None, json!({"apiKey": client_key})).await;
+    assert_eq!(status, 401);
+
+    // Managed apart: the keys API does not see services and the other way
+    // round; `keys:validate` is not a client scope any more.
+    let id = service["id"].as_str().unwrap();
+    assert!(id.starts_with("svc_"), "{service}");
+    let (_, keys) = api.call("GET", "/api/v1/keys", None).await;
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 1, "{keys}");
+    assert_eq!(
+        api.call("POST", &format!("/api/v1/keys/{id}/disable"), None)
+            .await
+            .0,
+        404
+    );
+    let client_id = client["id"].as_str().unwrap();
+    assert_eq!(
+        api.call("GET", &format!("/api/v1/services/{client_id}"), None)
+            .await
+            .0,
+        404
+    );
+    let (status, answer) = api
+        .call(
+            "POST",
+            "/api/v1/keys",
+            Some(json!({"owner": "svc-x", "scopes": ["keys:validate"]})),
+        )
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("services create")
+    );
+
+    // Rotated: both work during the overlap; disabled: refused at once.
+    let (status, rotated) = api
+        .call(
+            "POST",
+            &format!("/api/v1/services/{id}/rotate"),
+            Some(json!({"overlap": 60})),
+        )
+        .await;
+    assert_eq!(status, 201, "{rotated}");
+    let new_token = rotated["key"].as_str().unwrap().to_owned();
+    for t in [&token, &new_token] {
+        let (status, answer) = validate_call(addr, Some(t), json!({"apiKey": client_key})).await;
+        assert_eq!((status, &answer["valid"]), (200, &json!(true)), "{answer}");
+    }
+    let (status, _) = api
+        .call("POST", &format!("/api/v1/services/{id}/disable"), None)
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = validate_call(addr, Some(&token), json!({"apiKey": client_key})).await;
+    assert_eq!(status, 401, "a disabled service credential still validates");
+    let (_, listed) = api.call("GET", "/api/v1/services", None).await;
+    assert_eq!(listed["services"].as_array().unwrap().len(), 2);
+    assert!(!listed.to_string().contains(&new_token));
+}
+
+/// Issue 12, item 2: `--validate-auth none` answers exactly the seed's
+/// request with exactly the fields the seed reads; the default refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_auth_none_answers_the_seeds_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let (strict, admin) = start(dir.path()).await;
+    let api = AdminApi::new(strict, &admin);
+    let (_, client) = api
+        .call(
+            "POST",
+            "/api/v1/keys",
+            Some(json!({"owner": "user-1", "scopes": ["stt"],
+                "rateLimit": {"requests": 30, "window": 60}})),
+        )
+        .await;
+    let key = client["key"].as_str().unwrap().to_owned();
+    let seed_request = json!({"apiKey": key, "scope": "stt"});
+    assert_eq!(
+        validate_call(strict, None, seed_request.clone()).await.0,
+        401
+    );
+
+    let store = auth_server::open_store(dir.path(), None).await.unwrap();
+    let options = auth_server::Options {
+        validate_auth: auth_server::ValidateAuth::None,
+    };
+    let app = auth_server::app_with(store, dir.path(), options)
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let open = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let (status, answer) = validate_call(open, None, seed_request).await;
+    assert_eq!(status, 200, "{answer}");
+    // What the seed's client reads, with the types it expects.
+    assert_eq!(answer["valid"], true);
+    assert_eq!(answer["userId"], "user-1");
+    assert_eq!(answer["scopes"], json!(["stt"]));
+    assert_eq!(answer["rateLimit"]["requests"], 30);
+    assert_eq!(answer["rateLimit"]["window"], 60);
+    assert!(answer.get("error").is_none(), "{answer}");
+    let (_, refused) = validate_call(
+        open,
+        None,
+        json!({"apiKey": "sk_live_nope", "scope": "stt"}),
+    )
+    .await;
+    assert_eq!(refused["valid"], false);
+    assert!(refused["error"].is_string(), "{refused}");
+    // No null fields: the seed's client reads `rateLimit` with a default
+    // only when it is absent.
+    assert!(refused.get("rateLimit").is_none(), "{refused}");
+    let (_, other_scope) = validate_call(open, None, json!({"apiKey": key, "scope": "tts"})).await;
+    assert_eq!(other_scope["valid"], false);
+    assert_eq!(other_scope["code"], "insufficient_scope");
+    // The document says so too.
+    let doc: Value = reqwest::get(format!("http://{open}/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["paths"]["/api/v1/api-keys/validate"]["post"]["security"].is_null());
+}
+
+/// Issue 12, item 10: numbers, times and text from a request are checked
+/// before anything is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_input_is_400_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, admin) = start(dir.path()).await;
+    let api = AdminApi::new(addr, &admin);
+    let (_, created) = api
+        .call("POST", "/api/v1/keys", Some(json!({"owner": "user-1"})))
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let key = created["key"].as_str().unwrap().to_owned();
+    let (_, service) = api
+        .call("POST", "/api/v1/services", Some(json!({"name": "svc"})))
+        .await;
+    let sid = service["id"].as_str().unwrap().to_owned();
+    let before = (
+        api.call("GET", "/api/v1/keys", None).await,
+        api.call("GET", "/api/v1/services", None).await,
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let cases: Vec<(&str, String, Value)> = vec![
+        (
+            "POST",
+            format!("/api/v1/keys/{id}/rotate"),
+            json!({"overlap": i64::MAX}),
+        ),
+        (
+            "POST",
+            format!("/api/v1/keys/{id}/rotate"),
+            json!({"overlap": 366 * 86_400}),
+        ),
+        (
+            "POST",
+            format!("/api/v1/services/{sid}/rotate"),
+            json!({"overlap": i64::MAX}),
+        ),
+        (
+            "POST",
+            "/api/v1/keys".into(),
+            json!({"owner": "a\u{0}b\u{1b}[31m"}),
+        ),
+        (
+            "POST",
+            "/api/v1/keys".into(),
+            json!({"owner": "line\nbreak"}),
+        ),
+        ("POST", "/api/v1/services".into(), json!({"name": "x\u{7}"})),
+        ("POST", "/api/v1/services".into(), json!({"name": " "})),
+        (
+            "POST",
+            "/api/v1/keys".into(),
+            json!({"owner": "a", "expiresAt": now - 10}),
+        ),
+        (
+            "POST",
+            "/api/v1/keys".into(),
+            json!({"owner": "a", "expiresAt": i64::MAX}),
+        ),
+        (
+            "POST",
+            "/api/v1/keys".into(),
+            json!({"owner": "a", "expiresAt": now + 200 * 31_536_000}),
+        ),
+        (
+            "PATCH",
+            format!("/api/v1/keys/{id}"),
+            json!({"expiresAt": now - 1}),
+        ),
+        (
+            "POST",
+            "/api/v1/keys".into(),
+            json!({"owner": "a", "rateLimit": {"requests": i64::MAX, "window": 60}}),
+        ),
+        (
+            "POST",
+            "/api/v1/keys".into(),
+            json!({"owner": "a", "rateLimit": {"requests": 10, "window": i64::MAX}}),
+        ),
+        (
+            "PATCH",
+            format!("/api/v1/keys/{id}"),
+            json!({"rateLimit": {"requests": 1, "window": 400 * 86_400}}),
+        ),
+    ];
+    for (method, path, body) in cases {
+        let (status, answer) = api.call(method, &path, Some(body.clone())).await;
+        assert_eq!(status, 400, "{method} {path} {body}: {answer}");
+        assert_eq!(answer["error"], "invalid_request", "{answer}");
+    }
+    let after = (
+        api.call("GET", "/api/v1/keys", None).await,
+        api.call("GET", "/api/v1/services", None).await,
+    );
+    assert_eq!(before, after, "bad input changed the database");
+    // The old key is untouched (no expiry set by a half-done rotation).
+    let remote = RemoteVerifier::builder(&format!("http://{addr}"))
+        .service_credential(
+            auth_server::SERVICE_HEADER,
+            service["key"].as_str().unwrap(),
+        )
+        .build()
+        .unwrap();
+    assert_eq!(verify(&remote, &key).await.unwrap(), "user-1");
+
+    // The CLI refuses the same, before writing.
+    for args in [
+        &["keys", "create", "--owner", "a\u{1b}[31m", "--json"][..],
+        &[
+            "keys",
+            "create",
+            "--owner",
+            "a",
+            "--expires",
+            "99999999999d",
+        ][..],
+        &["keys", "rotate", &id, "--overlap", "400d"][..],
+        &["services", "create", "--name", "a\u{1b}]0;x\u{7}"][..],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_auth-server"))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    assert_eq!(
+        (
+            api.call("GET", "/api/v1/keys", None).await,
+            api.call("GET", "/api/v1/services", None).await,
+        ),
+        before
+    );
+}
+
+/// Issue 12, item 11: `--help` never shows `DATABASE_URL`'s value.
+#[test]
+fn help_hides_the_database_password() {
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"][..],
+        &["keys", "list", "--help"][..],
+    ] {
+        let out = stdout_of(
+            Command::new(env!("CARGO_BIN_EXE_auth-server"))
+                .args(args)
+                .env(
+                    "DATABASE_URL",
+                    "postgres://admin:hunter2secret@db.internal/keys",
+                ),
+            "auth-server --help",
+        );
+        assert!(out.contains("DATABASE_URL"), "{out}");
+        assert!(
+            !out.contains("hunter2secret"),
+            "{args:?} shows the password: {out}"
+        );
+        assert!(
+            !out.contains("db.internal"),
+            "{args:?} shows the URL: {out}"
+        );
+    }
 }

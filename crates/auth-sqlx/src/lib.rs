@@ -64,6 +64,48 @@ pub enum Backend {
     Postgres,
 }
 
+/// Which kind of credential a row is. A boundary, not a naming convention:
+/// every query names its kind, so a service credential is never found as a
+/// client key and the other way round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyKind {
+    /// An API client's key (`sk_live_…`): validated for services.
+    Client,
+    /// A service's own credential (`sk_svc_…`): may call the key service's
+    /// validate endpoint (and its changes stream), nothing else.
+    Service,
+}
+
+impl KeyKind {
+    /// The value of the `kind` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Service => "service",
+        }
+    }
+
+    fn id_prefix(self) -> &'static str {
+        match self {
+            Self::Client => "key",
+            Self::Service => "svc",
+        }
+    }
+}
+
+/// The scope service credentials used to carry before they were a kind of
+/// their own; a client key may not be given it.
+pub const VALIDATE_SCOPE: &str = "keys:validate";
+
+/// The longest a key may live: expiries further out are refused.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 86_400);
+/// The longest overlap of a rotation.
+pub const MAX_OVERLAP: Duration = Duration::from_secs(365 * 86_400);
+/// The longest rate-limit window.
+pub const MAX_WINDOW: Duration = Duration::from_secs(365 * 86_400);
+/// The longest owner or service name, in characters.
+pub const MAX_NAME_CHARS: usize = 200;
+
 /// A key as an operator sees it: everything but the key and its digest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyInfo {
@@ -123,6 +165,24 @@ struct Inner {
     /// Ids looked up since the last flush of `last_used_at`.
     used: Mutex<HashSet<String>>,
     format: ApiKeyFormat,
+    service_format: ApiKeyFormat,
+}
+
+/// The service credentials in a [`SqlKeyStore`]'s database: the same
+/// operations as for client keys, on rows of [`KeyKind::Service`] only. As
+/// a [`KeyStore`] it finds service credentials and never a client key —
+/// the verifier for a key service's validate endpoint.
+#[derive(Clone)]
+pub struct ServiceCredentials {
+    store: SqlKeyStore,
+}
+
+impl fmt::Debug for ServiceCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceCredentials")
+            .field("backend", &self.store.inner.backend)
+            .finish_non_exhaustive()
+    }
 }
 
 impl fmt::Debug for SqlKeyStore {
@@ -153,6 +213,12 @@ pub fn check_scopes(scopes: &[String]) -> Result<(), Error> {
 
 fn scopes_text(scopes: &[String]) -> Result<String, Error> {
     for s in scopes {
+        if s == VALIDATE_SCOPE {
+            return Err(Error::Invalid(format!(
+                "`{VALIDATE_SCOPE}` belongs to service credentials: \
+                 create one with `auth-server services create`"
+            )));
+        }
         let ok = !s.is_empty()
             && s.len() <= 64
             && s.bytes()
@@ -169,9 +235,11 @@ fn scopes_text(scopes: &[String]) -> Result<String, Error> {
 fn rate_columns(limit: Option<RateLimitPolicy>) -> Result<(Option<i64>, Option<i64>), Error> {
     match limit {
         None => Ok((None, None)),
-        Some(p) if p.requests == 0 || p.window.as_secs() == 0 => Err(Error::Invalid(
-            "a rate limit needs at least 1 request per window of at least 1 s".into(),
-        )),
+        Some(p) if p.requests == 0 || p.window.as_secs() == 0 || p.window > MAX_WINDOW => {
+            Err(Error::Invalid(
+                "a rate limit needs at least 1 request per window of 1 s to 365 days".into(),
+            ))
+        }
         Some(p) => Ok((
             Some(i64::from(p.requests)),
             Some(i64::try_from(p.window.as_secs()).unwrap_or(i64::MAX)),
@@ -210,10 +278,47 @@ fn info(row: &AnyRow) -> Result<KeyInfo, sqlx::Error> {
     })
 }
 
-fn new_id() -> Result<String, Error> {
+fn new_id(kind: KeyKind) -> Result<String, Error> {
     // The key's own digest would do as an id, but ids are shown; digests are not.
     let key = ApiKey::generate()?;
-    Ok(format!("key_{}", &key.digest().to_hex()[..16]))
+    Ok(format!(
+        "{}_{}",
+        kind.id_prefix(),
+        &key.digest().to_hex()[..16]
+    ))
+}
+
+/// Checks an owner or a service name: 1 to [`MAX_NAME_CHARS`] characters,
+/// not blank, no control characters (they would reach operators'
+/// terminals through `keys list`).
+pub fn check_name(what: &str, name: &str) -> Result<(), Error> {
+    if name.trim().is_empty() || name.chars().count() > MAX_NAME_CHARS {
+        return Err(Error::Invalid(format!(
+            "the {what} must be 1 to {MAX_NAME_CHARS} characters"
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Error::Invalid(format!(
+            "the {what} must be printable (no control characters)"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks an expiry: after now and at most [`MAX_LIFETIME`] ahead (a key
+/// born expired is a mistake).
+pub fn check_expiry(at: Option<SystemTime>) -> Result<(), Error> {
+    let Some(at) = at else { return Ok(()) };
+    let now = SystemTime::now();
+    if at <= now {
+        return Err(Error::Invalid("the expiry must be in the future".into()));
+    }
+    if now.checked_add(MAX_LIFETIME).is_none_or(|max| at > max) {
+        return Err(Error::Invalid(
+            "the expiry must be at most 100 years ahead".into(),
+        ));
+    }
+    Ok(())
 }
 
 impl SqlKeyStore {
@@ -259,6 +364,7 @@ impl SqlKeyStore {
                 changes,
                 used: Mutex::new(HashSet::new()),
                 format: ApiKeyFormat::default(),
+                service_format: ApiKeyFormat::new("sk_svc", 256)?,
             }),
         })
     }
@@ -388,33 +494,62 @@ impl SqlKeyStore {
 
     /// Creates a key; the answer holds the plaintext, once.
     pub async fn create(&self, new: NewKey) -> Result<CreatedKey, Error> {
-        if new.owner.trim().is_empty() || new.owner.len() > 200 {
-            return Err(Error::Invalid(
-                "the owner must be 1 to 200 characters".into(),
-            ));
-        }
+        check_name("owner", &new.owner)?;
+        check_expiry(new.expires_at)?;
         let scopes = scopes_text(&new.scopes)?;
         let (requests, window) = rate_columns(new.rate_limit)?;
-        let key = self.inner.format.generate()?;
-        let id = new_id()?;
+        self.insert(
+            KeyKind::Client,
+            &new.owner,
+            &scopes,
+            (requests, window),
+            new.expires_at,
+        )
+        .await
+    }
+
+    /// The service credentials in the same database.
+    pub fn services(&self) -> ServiceCredentials {
+        ServiceCredentials {
+            store: self.clone(),
+        }
+    }
+
+    /// Inserts a row of `kind` (its input already checked).
+    async fn insert(
+        &self,
+        kind: KeyKind,
+        owner: &str,
+        scopes: &str,
+        (requests, window): (Option<i64>, Option<i64>),
+        expires_at: Option<SystemTime>,
+    ) -> Result<CreatedKey, Error> {
+        let format = match kind {
+            KeyKind::Client => &self.inner.format,
+            KeyKind::Service => &self.inner.service_format,
+        };
+        let key = format.generate()?;
+        let id = new_id(kind)?;
         let now = SystemTime::now();
         sqlx::query(
             "INSERT INTO auth_keys (id, prefix, digest, owner, scopes, rate_requests, \
-             rate_window_secs, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             rate_window_secs, created_at, expires_at, kind) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&id)
         .bind(key.display_prefix())
         .bind(key.digest().to_hex())
-        .bind(&new.owner)
-        .bind(&scopes)
+        .bind(owner)
+        .bind(scopes)
         .bind(requests)
         .bind(window)
         .bind(secs(now))
-        .bind(new.expires_at.map(secs))
+        .bind(expires_at.map(secs))
+        .bind(kind.as_str())
         .execute(&self.inner.pool)
         .await?;
         let info = self
-            .get(&id)
+            .get_kind(kind, &id)
             .await?
             .ok_or_else(|| Error::Invalid("the new key vanished".into()))?;
         Ok(CreatedKey { key, info })
@@ -422,9 +557,14 @@ impl SqlKeyStore {
 
     /// Every key (newest first), without keys or digests.
     pub async fn list(&self) -> Result<Vec<KeyInfo>, Error> {
+        self.list_kind(KeyKind::Client).await
+    }
+
+    async fn list_kind(&self, kind: KeyKind) -> Result<Vec<KeyInfo>, Error> {
         let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM auth_keys ORDER BY created_at DESC, id"
+            "SELECT {COLUMNS} FROM auth_keys WHERE kind = $1 ORDER BY created_at DESC, id"
         ))
+        .bind(kind.as_str())
         .fetch_all(&self.inner.pool)
         .await?;
         rows.iter().map(|r| info(r).map_err(Error::from)).collect()
@@ -432,27 +572,45 @@ impl SqlKeyStore {
 
     /// One key by id.
     pub async fn get(&self, id: &str) -> Result<Option<KeyInfo>, Error> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM auth_keys WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.inner.pool)
-            .await?;
+        self.get_kind(KeyKind::Client, id).await
+    }
+
+    async fn get_kind(&self, kind: KeyKind, id: &str) -> Result<Option<KeyInfo>, Error> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM auth_keys WHERE id = $1 AND kind = $2"
+        ))
+        .bind(id)
+        .bind(kind.as_str())
+        .fetch_optional(&self.inner.pool)
+        .await?;
         row.as_ref().map(info).transpose().map_err(Error::from)
     }
 
     /// Disables a key now; whether it existed.
     pub async fn disable(&self, id: &str) -> Result<bool, Error> {
+        self.disable_kind(KeyKind::Client, id).await
+    }
+
+    async fn disable_kind(&self, kind: KeyKind, id: &str) -> Result<bool, Error> {
+        let now = secs(SystemTime::now());
         self.write(
-            "UPDATE auth_keys SET disabled_at = $2 WHERE id = $1 RETURNING digest",
+            kind,
+            "UPDATE auth_keys SET disabled_at = $3 WHERE id = $1 AND kind = $2 RETURNING digest",
             id,
-            |q| q.bind(secs(SystemTime::now())),
+            |q| q.bind(now),
         )
         .await
     }
 
     /// Deletes a key; whether it existed.
     pub async fn delete(&self, id: &str) -> Result<bool, Error> {
+        self.delete_kind(KeyKind::Client, id).await
+    }
+
+    async fn delete_kind(&self, kind: KeyKind, id: &str) -> Result<bool, Error> {
         self.write(
-            "DELETE FROM auth_keys WHERE id = $1 RETURNING digest",
+            kind,
+            "DELETE FROM auth_keys WHERE id = $1 AND kind = $2 RETURNING digest",
             id,
             |q| q,
         )
@@ -463,7 +621,8 @@ impl SqlKeyStore {
     pub async fn set_scopes(&self, id: &str, scopes: &[String]) -> Result<bool, Error> {
         let text = scopes_text(scopes)?;
         self.write(
-            "UPDATE auth_keys SET scopes = $2 WHERE id = $1 RETURNING digest",
+            KeyKind::Client,
+            "UPDATE auth_keys SET scopes = $3 WHERE id = $1 AND kind = $2 RETURNING digest",
             id,
             |q| q.bind(text),
         )
@@ -478,22 +637,34 @@ impl SqlKeyStore {
     ) -> Result<bool, Error> {
         let (requests, window) = rate_columns(limit)?;
         self.write(
-            "UPDATE auth_keys SET rate_requests = $2, rate_window_secs = $3 WHERE id = $1 \
-             RETURNING digest",
+            KeyKind::Client,
+            "UPDATE auth_keys SET rate_requests = $3, rate_window_secs = $4 \
+             WHERE id = $1 AND kind = $2 RETURNING digest",
             id,
             |q| q.bind(requests).bind(window),
         )
         .await
     }
 
-    /// Sets or removes a key's expiry.
+    /// Sets or removes a key's expiry (a new expiry must be in the future).
     pub async fn set_expiry(
         &self,
         id: &str,
         expires_at: Option<SystemTime>,
     ) -> Result<bool, Error> {
+        check_expiry(expires_at)?;
+        self.set_expiry_kind(KeyKind::Client, id, expires_at).await
+    }
+
+    async fn set_expiry_kind(
+        &self,
+        kind: KeyKind,
+        id: &str,
+        expires_at: Option<SystemTime>,
+    ) -> Result<bool, Error> {
         self.write(
-            "UPDATE auth_keys SET expires_at = $2 WHERE id = $1 RETURNING digest",
+            kind,
+            "UPDATE auth_keys SET expires_at = $3 WHERE id = $1 AND kind = $2 RETURNING digest",
             id,
             |q| q.bind(expires_at.map(secs)),
         )
@@ -501,30 +672,44 @@ impl SqlKeyStore {
     }
 
     /// Rotates a key: a new key with the same owner, scopes and limit; the
-    /// old one stays valid for `overlap`, then expires. `None` when there is
-    /// no such key.
+    /// old one stays valid for `overlap` (at most [`MAX_OVERLAP`]), then
+    /// expires. `None` when there is no such key.
     pub async fn rotate(&self, id: &str, overlap: Duration) -> Result<Option<CreatedKey>, Error> {
-        let Some(old) = self.get(id).await? else {
+        self.rotate_kind(KeyKind::Client, id, overlap).await
+    }
+
+    async fn rotate_kind(
+        &self,
+        kind: KeyKind,
+        id: &str,
+        overlap: Duration,
+    ) -> Result<Option<CreatedKey>, Error> {
+        // Checked before anything is written: no orphan new key.
+        let until = (overlap <= MAX_OVERLAP)
+            .then(|| SystemTime::now().checked_add(overlap))
+            .flatten()
+            .ok_or_else(|| Error::Invalid("the overlap must be 0 s to 365 days".into()))?;
+        let Some(old) = self.get_kind(kind, id).await? else {
             return Ok(None);
         };
+        let rate = rate_columns(old.rate_limit)?;
+        let scopes = old.scopes.join(" ");
+        // The new key keeps the old expiry only while it is still ahead.
+        let expires_at = old.expires_at.filter(|at| *at > SystemTime::now());
         let created = self
-            .create(NewKey {
-                owner: old.owner,
-                scopes: old.scopes,
-                rate_limit: old.rate_limit,
-                expires_at: old.expires_at,
-            })
+            .insert(kind, &old.owner, &scopes, rate, expires_at)
             .await?;
-        let until = SystemTime::now() + overlap;
         let ends = old.expires_at.map_or(until, |at| at.min(until));
-        self.set_expiry(id, Some(ends)).await?;
+        self.set_expiry_kind(kind, id, Some(ends)).await?;
         Ok(Some(created))
     }
 
-    /// Runs a write that returns the affected key's digest, then announces
-    /// the change: locally at once, and to other processes with `NOTIFY`.
+    /// Runs a write (`$1` the id, `$2` the kind) that returns the affected
+    /// key's digest, then announces the change: locally at once, and to
+    /// other processes with `NOTIFY`.
     async fn write<'q>(
         &self,
+        kind: KeyKind,
         sql: &'q str,
         id: &'q str,
         bind: impl FnOnce(
@@ -532,7 +717,7 @@ impl SqlKeyStore {
         ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
     ) -> Result<bool, Error> {
         let mut tx = self.inner.pool.begin().await?;
-        let row = bind(sqlx::query(sql).bind(id))
+        let row = bind(sqlx::query(sql).bind(id).bind(kind.as_str()))
             .fetch_optional(&mut *tx)
             .await?;
         let Some(row) = row else {
@@ -553,15 +738,14 @@ impl SqlKeyStore {
         let _ = self.inner.changes.send(change);
         Ok(true)
     }
-}
 
-#[async_trait]
-impl KeyStore for SqlKeyStore {
-    async fn find_by_digest(&self, digest: &Digest) -> Result<Option<KeyRecord>, StoreError> {
+    /// The row of `kind` with this digest, as a record for verification.
+    async fn find(&self, kind: KeyKind, digest: &Digest) -> Result<Option<KeyRecord>, StoreError> {
         let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM auth_keys WHERE digest = $1"
+            "SELECT {COLUMNS} FROM auth_keys WHERE digest = $1 AND kind = $2"
         ))
         .bind(digest.to_hex())
+        .bind(kind.as_str())
         .fetch_optional(&self.inner.pool)
         .await
         .map_err(|e| StoreError(e.to_string()))?;
@@ -576,5 +760,64 @@ impl KeyStore for SqlKeyStore {
         record.expires_at = info.expires_at;
         record.disabled = info.disabled_at.is_some();
         Ok(Some(record))
+    }
+}
+
+impl ServiceCredentials {
+    /// Creates a service credential for the service `name`; the answer
+    /// holds the plaintext (`sk_svc_…`), once.
+    pub async fn create(&self, name: &str) -> Result<CreatedKey, Error> {
+        check_name("service name", name)?;
+        self.store
+            .insert(KeyKind::Service, name, "", (None, None), None)
+            .await
+    }
+
+    /// Every service credential (newest first), without keys or digests.
+    pub async fn list(&self) -> Result<Vec<KeyInfo>, Error> {
+        self.store.list_kind(KeyKind::Service).await
+    }
+
+    /// One service credential by id.
+    pub async fn get(&self, id: &str) -> Result<Option<KeyInfo>, Error> {
+        self.store.get_kind(KeyKind::Service, id).await
+    }
+
+    /// Disables a service credential now; whether it existed.
+    pub async fn disable(&self, id: &str) -> Result<bool, Error> {
+        self.store.disable_kind(KeyKind::Service, id).await
+    }
+
+    /// Deletes a service credential; whether it existed.
+    pub async fn delete(&self, id: &str) -> Result<bool, Error> {
+        self.store.delete_kind(KeyKind::Service, id).await
+    }
+
+    /// A new credential for the same service; the old one stays valid for
+    /// `overlap` (at most [`MAX_OVERLAP`]). `None` when there is no such
+    /// credential.
+    pub async fn rotate(&self, id: &str, overlap: Duration) -> Result<Option<CreatedKey>, Error> {
+        self.store.rotate_kind(KeyKind::Service, id, overlap).await
+    }
+
+    /// The store these credentials live in.
+    pub fn store(&self) -> &SqlKeyStore {
+        &self.store
+    }
+}
+
+#[async_trait]
+impl KeyStore for SqlKeyStore {
+    /// Client keys only.
+    async fn find_by_digest(&self, digest: &Digest) -> Result<Option<KeyRecord>, StoreError> {
+        self.find(KeyKind::Client, digest).await
+    }
+}
+
+#[async_trait]
+impl KeyStore for ServiceCredentials {
+    /// Service credentials only.
+    async fn find_by_digest(&self, digest: &Digest) -> Result<Option<KeyRecord>, StoreError> {
+        self.store.find(KeyKind::Service, digest).await
     }
 }

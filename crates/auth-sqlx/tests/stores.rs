@@ -67,8 +67,15 @@ async fn every_operation(store: SqlKeyStore) {
     assert!(p.has_scope("stt") && !p.has_scope("tts"));
     assert!(store.set_rate_limit(&id, None).await.unwrap());
     assert!(verify(&v, &key).await.unwrap().rate_limit().is_none());
+    // A key is never set to be born expired; one that expires, expires.
     let past = SystemTime::now() - Duration::from_secs(10);
-    assert!(store.set_expiry(&id, Some(past)).await.unwrap());
+    assert!(matches!(
+        store.set_expiry(&id, Some(past)).await,
+        Err(Error::Invalid(_))
+    ));
+    let soon = SystemTime::now() + Duration::from_millis(1_100);
+    assert!(store.set_expiry(&id, Some(soon)).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
     assert_eq!(verify(&v, &key).await.unwrap_err(), VerifyError::Expired);
     assert!(store.set_expiry(&id, None).await.unwrap());
     assert!(verify(&v, &key).await.is_ok());
@@ -284,4 +291,151 @@ async fn terminated_connections_fail_closed_and_recover() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Service credentials and client keys are found only as their own kind.
+async fn kinds_stay_apart(store: SqlKeyStore) {
+    let clients = HashedKeyStore::new(store.clone());
+    let services = HashedKeyStore::new(store.services());
+    let service = store.services().create("svc-stt").await.unwrap();
+    let token = service.key.expose().to_owned();
+    assert!(token.starts_with("sk_svc_") && service.info.id.starts_with("svc_"));
+    let client = plain_key(&store).await;
+    let key = client.key.expose().to_owned();
+
+    assert_eq!(verify(&services, &token).await.unwrap().id(), "svc-stt");
+    assert_eq!(
+        verify(&clients, &token).await.unwrap_err(),
+        VerifyError::Invalid
+    );
+    assert_eq!(
+        verify(&services, &key).await.unwrap_err(),
+        VerifyError::Invalid
+    );
+    assert!(verify(&clients, &key).await.is_ok());
+
+    // Each kind's operations touch only their own rows.
+    let sid = service.info.id.clone();
+    assert!(store.get(&sid).await.unwrap().is_none());
+    assert!(!store.disable(&sid).await.unwrap());
+    assert!(!store.delete(&sid).await.unwrap());
+    assert!(store.rotate(&sid, Duration::ZERO).await.unwrap().is_none());
+    assert!(
+        store
+            .services()
+            .get(&client.info.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(!store.services().disable(&client.info.id).await.unwrap());
+    assert_eq!(store.list().await.unwrap().len(), 1);
+    assert_eq!(store.services().list().await.unwrap().len(), 1);
+    assert!(matches!(
+        store.services().create("bad\u{1b}[2J").await,
+        Err(Error::Invalid(_))
+    ));
+
+    let rotated = store
+        .services()
+        .rotate(&sid, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(verify(&services, rotated.key.expose()).await.is_ok());
+    assert!(verify(&services, &token).await.is_ok(), "the overlap");
+    assert!(store.services().disable(&sid).await.unwrap());
+    assert_eq!(
+        verify(&services, &token).await.unwrap_err(),
+        VerifyError::Disabled
+    );
+    assert!(matches!(
+        store
+            .services()
+            .rotate(&sid, Duration::from_secs(366 * 86_400))
+            .await,
+        Err(Error::Invalid(_))
+    ));
+    assert_eq!(
+        store.services().list().await.unwrap().len(),
+        2,
+        "nothing written"
+    );
+}
+
+#[tokio::test]
+async fn kinds_stay_apart_on_sqlite() {
+    let (store, _dir) = sqlite().await;
+    kinds_stay_apart(store).await;
+}
+
+#[tokio::test]
+async fn kinds_stay_apart_on_postgres() {
+    kinds_stay_apart(postgres("kinds").await).await;
+}
+
+/// A database made before service credentials were a kind: its rows with
+/// the `keys:validate` scope become service credentials.
+#[tokio::test]
+async fn keys_validate_rows_are_migrated_to_service_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("keys.db").display());
+    // Only the first migration, as an older release left the database.
+    let first = tempfile::tempdir().unwrap();
+    let name = "20261124000001_auth_keys.sql";
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations")
+            .join(name),
+        first.path().join(name),
+    )
+    .unwrap();
+    {
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        sqlx::migrate::Migrator::new(first.path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        for (id, digest, scopes) in [
+            ("key_old_service", "a".repeat(64), "keys:validate"),
+            ("key_old_both", "b".repeat(64), "stt keys:validate"),
+            ("key_old_client", "c".repeat(64), "stt"),
+            ("key_look_alike", "d".repeat(64), "keys:validated"),
+        ] {
+            sqlx::query(
+                "INSERT INTO auth_keys (id, prefix, digest, owner, scopes, created_at) \
+                 VALUES ($1, 'sk_live_x', $2, 'o', $3, 1)",
+            )
+            .bind(id)
+            .bind(digest)
+            .bind(scopes)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+    }
+    let store = SqlKeyStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let mut services: Vec<String> = store
+        .services()
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    services.sort();
+    assert_eq!(services, ["key_old_both", "key_old_service"]);
+    let mut clients: Vec<String> = store
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    clients.sort();
+    assert_eq!(clients, ["key_look_alike", "key_old_client"]);
 }

@@ -1,0 +1,275 @@
+//! The key-service protocol, written once: what a service sends to a central
+//! key service's validate endpoint and what it gets back. auth-server answers
+//! with these types and auth-remote reads them, so the two cannot drift.
+//!
+//! Wire-compatible with the seed services' client, which sends
+//! `{"apiKey", "scope"}` and reads `valid`, `userId`, `scopes`,
+//! `rateLimit.requests`, `rateLimit.window` and `error`. On top of that every
+//! answer carries a [`Code`]: a client decides from the code alone, never by
+//! searching the `error` text, and an answer whose code it cannot read, or
+//! whose code disagrees with `valid`, is *unavailable* — never allowed.
+//!
+//! ```
+//! use auth_core::protocol::{Code, ValidateResponse, Verdict};
+//!
+//! let answer: ValidateResponse = serde_json::from_str(
+//!     r#"{"valid":true,"code":"valid","userId":"svc-a","scopes":["stt"]}"#,
+//! ).unwrap();
+//! assert!(matches!(answer.verdict(), Ok(Verdict::Valid)));
+//!
+//! // Another key service's free text decides nothing.
+//! let odd = r#"{"valid":false,"error":"key not valid for this scope"}"#;
+//! assert!(serde_json::from_str::<ValidateResponse>(odd).is_err());
+//!
+//! // A code that contradicts `valid` is not an answer.
+//! let liar: ValidateResponse =
+//!     serde_json::from_str(r#"{"valid":true,"code":"disabled"}"#).unwrap();
+//! assert!(liar.verdict().is_err());
+//! assert_eq!(ValidateResponse::refusal(Code::Disabled).error.as_deref(), Some("API key is disabled"));
+//! ```
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The validate endpoint's path on a key service.
+pub const VALIDATE_PATH: &str = "/api/v1/api-keys/validate";
+
+/// The header a service sends its own credential in.
+pub const SERVICE_TOKEN_HEADER: &str = "x-service-token";
+
+/// A validate request: the key to check and, optionally, the scope the
+/// calling route needs. Its `Debug` never shows the key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct ValidateRequest {
+    /// The client's key, as the client sent it.
+    pub api_key: String,
+    /// The scope the route needs; absent when it needs none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+impl fmt::Debug for ValidateRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ValidateRequest")
+            .field("api_key", &"<redacted>")
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+/// Why a key is or is not valid: the one field a client decides from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Code {
+    /// The key is valid (for the scope asked, if any).
+    Valid,
+    /// Not a key the service knows (or not a client key at all).
+    Invalid,
+    /// A known key past its expiry.
+    Expired,
+    /// A known key that was disabled.
+    Disabled,
+    /// A valid key without the scope asked for.
+    InsufficientScope,
+    /// A valid key over the limit the key service enforces itself.
+    RateLimited,
+}
+
+impl Code {
+    /// The code as it is written on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Valid => "valid",
+            Self::Invalid => "invalid",
+            Self::Expired => "expired",
+            Self::Disabled => "disabled",
+            Self::InsufficientScope => "insufficient_scope",
+            Self::RateLimited => "rate_limited",
+        }
+    }
+
+    /// The fixed `error` text that goes with a refusal (the seed's clients
+    /// show it); `None` for [`Code::Valid`].
+    pub fn message(self) -> Option<&'static str> {
+        match self {
+            Self::Valid => None,
+            Self::Invalid => Some("invalid API key"),
+            Self::Expired => Some("API key has expired"),
+            Self::Disabled => Some("API key is disabled"),
+            Self::InsufficientScope => Some("API key does not have the required scope"),
+            Self::RateLimited => Some("API key is over its rate limit"),
+        }
+    }
+}
+
+/// A key's own rate limit: `requests` per `window` seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RateLimit {
+    /// Requests allowed per window.
+    pub requests: u32,
+    /// The window, in seconds.
+    pub window: u64,
+}
+
+/// A validate answer. Absent fields are left out on the wire (the seed's
+/// client reads a missing `rateLimit` as its default, a `null` as an error).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct ValidateResponse {
+    /// Whether the key is valid for the scope asked; always agrees with
+    /// `code` (see [`verdict`](Self::verdict)).
+    pub valid: bool,
+    /// Why.
+    pub code: Code,
+    /// The key's owner (on valid and insufficient-scope answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// The key's scopes (on valid answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
+    /// The key's own rate limit, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// When the key expires, in Unix seconds, if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// A short text for people; never decides anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What a well-formed answer says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid: `userId`, `scopes`, `rateLimit` and `expiresAt` describe it.
+    Valid,
+    /// Not valid, for this reason (never [`Code::Valid`]).
+    Refused(Code),
+}
+
+/// An answer that is not one: its `code` contradicts `valid`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("key-service answer is inconsistent: valid={valid} with code `{code}`")]
+pub struct Inconsistent {
+    /// The answer's `valid`.
+    pub valid: bool,
+    /// The answer's `code`.
+    pub code: &'static str,
+}
+
+impl ValidateResponse {
+    /// A valid answer for `user_id` with `scopes`.
+    pub fn valid(user_id: impl Into<String>, scopes: Vec<String>) -> Self {
+        Self {
+            valid: true,
+            code: Code::Valid,
+            user_id: Some(user_id.into()),
+            scopes: Some(scopes),
+            rate_limit: None,
+            expires_at: None,
+            error: None,
+        }
+    }
+
+    /// A refusal for `code`, with its fixed message. `Code::Valid` makes an
+    /// answer whose [`verdict`](Self::verdict) is an error: do not.
+    pub fn refusal(code: Code) -> Self {
+        Self {
+            valid: false,
+            code,
+            user_id: None,
+            scopes: None,
+            rate_limit: None,
+            expires_at: None,
+            error: code.message().map(str::to_owned),
+        }
+    }
+
+    /// What the answer says, or [`Inconsistent`] when `valid` and `code`
+    /// disagree (such an answer is unavailable to a client, never valid).
+    pub fn verdict(&self) -> Result<Verdict, Inconsistent> {
+        match (self.valid, self.code) {
+            (true, Code::Valid) => Ok(Verdict::Valid),
+            (false, code) if code != Code::Valid => Ok(Verdict::Refused(code)),
+            (valid, code) => Err(Inconsistent {
+                valid,
+                code: code.as_str(),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_unknown_codes_are_unreadable() {
+        for code in [
+            Code::Valid,
+            Code::Invalid,
+            Code::Expired,
+            Code::Disabled,
+            Code::InsufficientScope,
+            Code::RateLimited,
+        ] {
+            let text = serde_json::to_string(&code).unwrap();
+            assert_eq!(text, format!("\"{}\"", code.as_str()));
+            assert_eq!(serde_json::from_str::<Code>(&text).unwrap(), code);
+        }
+        assert!(serde_json::from_str::<ValidateResponse>(r#"{"valid":true}"#).is_err());
+        assert!(
+            serde_json::from_str::<ValidateResponse>(r#"{"valid":true,"code":"maybe"}"#).is_err()
+        );
+    }
+
+    #[test]
+    fn absent_fields_are_left_out_for_the_seeds_client() {
+        let text = serde_json::to_string(&ValidateResponse::refusal(Code::Invalid)).unwrap();
+        assert_eq!(
+            text,
+            r#"{"valid":false,"code":"invalid","error":"invalid API key"}"#
+        );
+        let mut ok = ValidateResponse::valid("svc-a", vec!["stt".into()]);
+        ok.rate_limit = Some(RateLimit {
+            requests: 60,
+            window: 60,
+        });
+        let v: serde_json::Value = serde_json::to_value(&ok).unwrap();
+        assert_eq!(v["rateLimit"]["requests"], 60);
+        assert_eq!(v["rateLimit"]["window"], 60);
+        assert_eq!(v["userId"], "svc-a");
+        assert!(v.get("error").is_none() && v.get("expiresAt").is_none());
+    }
+
+    #[test]
+    fn the_request_reads_the_seeds_body_and_hides_the_key() {
+        let r: ValidateRequest =
+            serde_json::from_str(r#"{"apiKey":"sk_live_secret","scope":"stt"}"#).unwrap();
+        assert_eq!(r.scope.as_deref(), Some("stt"));
+        assert!(!format!("{r:?}").contains("sk_live_secret"));
+    }
+
+    #[test]
+    fn verdicts() {
+        let mut a = ValidateResponse::refusal(Code::InsufficientScope);
+        assert_eq!(a.verdict(), Ok(Verdict::Refused(Code::InsufficientScope)));
+        a.valid = true;
+        assert!(a.verdict().is_err());
+        let mut b = ValidateResponse::valid("u", vec![]);
+        b.valid = false;
+        assert!(b.verdict().is_err());
+    }
+}

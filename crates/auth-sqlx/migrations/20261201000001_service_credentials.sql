@@ -1,0 +1,6 @@
+-- Service credentials are a kind of their own: they may call the validate
+-- endpoint and nothing else, and a validate request never accepts one as
+-- a client key. Rows that were service credentials by convention (the
+-- `keys:validate` scope) become service credentials.
+ALTER TABLE auth_keys ADD COLUMN kind TEXT NOT NULL DEFAULT 'client';
+UPDATE auth_keys SET kind = 'service' WHERE (' ' || scopes || ' ') LIKE '% keys:validate %';
