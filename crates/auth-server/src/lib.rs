@@ -69,6 +69,54 @@ pub enum Error {
     /// The data directory.
     #[error("data directory: {0}")]
     Io(std::io::Error),
+    /// The TLS certificate or key could not be read or used.
+    #[error("TLS certificate or key: {0}")]
+    Tls(std::io::Error),
+    /// The listening socket.
+    #[error("listening: {0}")]
+    Listen(std::io::Error),
+}
+
+/// HTTPS: a certificate chain and its private key, as PEM files.
+#[derive(Clone, Debug)]
+pub struct Tls {
+    /// The certificate chain (PEM), the server's certificate first.
+    pub cert: PathBuf,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Serves `app` on `listener` — over HTTPS (rustls) when `tls` is given —
+/// until `shutdown` completes, then lets requests under way finish.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    app: Router,
+    tls: Option<&Tls>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    listener.set_nonblocking(true).map_err(Error::Listen)?;
+    let Some(tls) = tls else {
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(Error::Listen)?;
+        return axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(Error::Listen);
+    };
+    let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
+        .await
+        .map_err(Error::Tls)?;
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopper.graceful_shutdown(Some(Duration::from_secs(10)));
+    });
+    axum_server::from_tcp_rustls(listener, config)
+        .map_err(Error::Listen)?
+        .handle(handle)
+        .serve(app.into_make_service())
+        .await
+        .map_err(Error::Listen)
 }
 
 /// The database: `DATABASE_URL` if given (PostgreSQL or SQLite), else a

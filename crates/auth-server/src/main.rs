@@ -57,6 +57,12 @@ enum Command {
         /// credential — see docs/key-service.md for the risk).
         #[arg(long, value_enum, default_value = "service-token")]
         validate_auth: ValidateAuthArg,
+        /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM); needs --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Manages API clients' keys in the same database.
     Keys {
@@ -292,6 +298,8 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             bind,
             log_format,
             validate_auth,
+            tls_cert,
+            tls_key,
         } => {
             match log_format {
                 LogFormat::Text => tracing_subscriber::fmt().with_target(false).init(),
@@ -304,13 +312,16 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 },
             };
             let app = auth_server::app_with(store, &cli.data_dir, options).await?;
-            let listener = tokio::net::TcpListener::bind(bind).await?;
+            let tls = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => Some(auth_server::Tls { cert, key }),
+                _ => None,
+            };
+            let listener = std::net::TcpListener::bind(bind)?;
             tracing::info!(address = %listener.local_addr()?,
+                scheme = if tls.is_some() { "https" } else { "http" },
                 admin_key = %auth_server::admin_key_path(&cli.data_dir).display(),
                 "auth-server listening");
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown())
-                .await?;
+            auth_server::serve(listener, app, tls.as_ref(), shutdown()).await?;
             tracing::info!("auth-server stopped");
         }
         Command::Keys { command } => match command {

@@ -1093,3 +1093,114 @@ fn help_hides_the_database_password() {
         );
     }
 }
+
+/// A self-signed certificate for 127.0.0.1 and localhost, written to
+/// `dir`: the certificate's and the key's paths, and the certificate PEM.
+fn self_signed(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let made =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let cert = made.cert.pem();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, &cert).unwrap();
+    std::fs::write(&key_path, made.signing_key.serialize_pem()).unwrap();
+    (cert_path, key_path, cert)
+}
+
+/// Issue 12, item 14: `serve --tls-cert --tls-key` serves HTTPS; a client
+/// that trusts the certificate validates keys over it, one that does not
+/// gets no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_speaks_https_with_the_given_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path, cert_pem) = self_signed(dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _server = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_auth-server"))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args([
+                "serve",
+                "--bind",
+                &format!("127.0.0.1:{port}"),
+                "--tls-cert",
+            ])
+            .arg(&cert_path)
+            .arg("--tls-key")
+            .arg(&key_path)
+            .env_remove("DATABASE_URL")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let root = reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap();
+    let https = reqwest::Client::builder()
+        .tls_certs_only([root])
+        .build()
+        .unwrap();
+    let base = format!("https://127.0.0.1:{port}");
+    let mut status = None;
+    for _ in 0..100 {
+        if let Ok(r) = https.get(format!("{base}/health")).send().await {
+            status = Some(r.status().as_u16());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, Some(200), "no HTTPS answer on /health");
+    {
+        // Plain HTTP on the same port is no way in.
+        let plain = reqwest::get(format!("http://127.0.0.1:{port}/health")).await;
+        assert!(plain.is_err() || plain.unwrap().status() != 200);
+        // A client that does not trust the certificate is refused.
+        assert!(reqwest::get(format!("{base}/health")).await.is_err());
+
+        let admin = std::fs::read_to_string(auth_server::admin_key_path(dir.path())).unwrap();
+        let create = |path: &str, body: Value| {
+            https
+                .post(format!("{base}{path}"))
+                .header("x-api-key", admin.trim())
+                .json(&body)
+                .send()
+        };
+        let service: Value = create("/api/v1/services", json!({"name": "svc"}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let client: Value = create("/api/v1/keys", json!({"owner": "user-1"}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let answer: Value = https
+            .post(format!("{base}/api/v1/api-keys/validate"))
+            .header(
+                auth_server::SERVICE_HEADER,
+                service["key"].as_str().unwrap(),
+            )
+            .json(&json!({"apiKey": client["key"]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(answer["code"], "valid", "{answer}");
+    }
+}
+
+/// A child process that is killed when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
