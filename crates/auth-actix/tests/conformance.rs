@@ -39,7 +39,11 @@ impl Harness for Actix {
                     web::resource("/api/stt")
                         .wrap(auth.require_scope(SCOPE))
                         .wrap(auth.clone())
-                        .route(web::get().to(whoami)),
+                        .route(web::get().to(whoami))
+                        .route(
+                            web::method(actix_web::http::Method::OPTIONS)
+                                .to(|| async { HttpResponse::new(StatusCode::NO_CONTENT) }),
+                        ),
                 )
                 .service(
                     web::resource("/admin")

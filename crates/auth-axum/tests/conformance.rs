@@ -20,9 +20,11 @@ async fn whoami(who: Option<Authenticated>) -> String {
 fn app(guard: &Guard, extractor: bool) -> Router {
     let auth = AuthLayer::new(guard.clone());
     let stt = if extractor {
-        get(whoami_scoped)
+        get(whoami_scoped).options(preflight_scoped)
     } else {
-        get(whoami).route_layer(auth.require_scope(SCOPE))
+        get(whoami)
+            .options(|| async { StatusCode::NO_CONTENT })
+            .route_layer(auth.require_scope(SCOPE))
     };
     Router::new()
         .route("/health", get(|| async { "ok" }))
@@ -51,6 +53,10 @@ async fn whoami_scoped(scoped: Scoped<Stt>) -> String {
     scoped
         .principal
         .map_or_else(|| "anonymous".to_owned(), |p| p.id().to_owned())
+}
+
+async fn preflight_scoped(_: Scoped<Stt>) -> StatusCode {
+    StatusCode::NO_CONTENT
 }
 
 impl Harness for Axum {

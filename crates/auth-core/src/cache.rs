@@ -57,7 +57,8 @@ pub enum CacheEntry<V> {
     Denied(Denial),
 }
 
-/// Proof that a fill started at a given generation; see [`Cache::ticket`].
+/// When a fill started, taken before the source is asked; see
+/// [`Cache::ticket`].
 #[derive(Clone, Copy, Debug)]
 pub struct FillTicket {
     digest: Digest,
@@ -67,16 +68,28 @@ pub struct FillTicket {
 /// A cache of verification outcomes keyed by digest.
 ///
 /// Fills are two-step: take a [`ticket`](Cache::ticket) *before* asking the
-/// source, [`fill`](Cache::fill) with it after. An
-/// [`invalidate`](Cache::invalidate) or [`clear`](Cache::clear) in between
-/// voids the ticket, so a revocation racing an in-flight fill can never bring
-/// a "granted" entry back.
+/// source, [`fill`](Cache::fill) with it after. A fill never replaces a
+/// newer answer:
+///
+/// - an [`invalidate`](Cache::invalidate) or [`clear`](Cache::clear) voids
+///   the tickets taken before it, so a revocation racing an in-flight fill
+///   can never bring a "granted" entry back;
+/// - a fill voids the tickets for its digest taken before it, so a slow,
+///   older answer (granted or denied) arriving late cannot overwrite what a
+///   later question stored.
+///
+/// A voided fill is not stored; its caller still has its answer.
+/// Implementations may void more tickets than that (e.g. per shard), never
+/// fewer.
 pub trait Cache<V>: Send + Sync {
     /// The live entry for `digest`, if any.
     fn get(&self, digest: &Digest) -> Option<CacheEntry<V>>;
     /// A ticket for filling `digest` later.
     fn ticket(&self, digest: &Digest) -> FillTicket;
-    /// Stores `entry` unless the ticket was voided; returns whether it was stored.
+    /// Stores `entry` unless the ticket was voided (by an invalidation, or by
+    /// a fill for the same digest, since the ticket was taken); returns
+    /// whether it was stored. A stored fill voids every earlier ticket for
+    /// its digest, including its own.
     fn fill(&self, ticket: FillTicket, entry: CacheEntry<V>) -> bool;
     /// Drops the entry for `digest` and voids outstanding tickets for it.
     fn invalidate(&self, digest: &Digest);
@@ -147,9 +160,11 @@ struct ShardCell<V> {
     /// Bumped whenever a granted entry is replaced or removed, so that
     /// per-thread copies of it stop being served.
     granted_version: AtomicU64,
-    /// Bumped (under the write lock) by every invalidation, voiding the
-    /// tickets taken before it. An atomic, so that taking a ticket on the
-    /// hit path takes no lock.
+    /// The ticket clock: a ticket is its value when taken. Advanced (under
+    /// the write lock) by every fill, invalidation and clear, which are
+    /// stamped with the value after their own advance, so every ticket taken
+    /// before them reads less. An atomic, so that taking a ticket on the hit
+    /// path takes no lock.
     generation: AtomicU64,
     lock: RwLock<Shard<V>>,
 }
@@ -159,16 +174,42 @@ impl<V> ShardCell<V> {
         self.granted_version.fetch_add(1, Ordering::Release);
     }
 
-    /// Voids outstanding tickets; call with the write lock held.
-    fn void_tickets(&self) {
-        self.generation.fetch_add(1, Ordering::Release);
+    /// Advances the ticket clock; returns the stamp of the change being
+    /// made. Call with the write lock held.
+    fn advance(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::AcqRel) + 1
     }
 }
 
+/// A held answer.
+struct Slot<T> {
+    value: T,
+    /// Expiry, in nanoseconds of the cache's clock.
+    expires: u64,
+    /// The stamp of the fill that stored it: tickets below it are older.
+    filled: u64,
+}
+
 struct Shard<V> {
-    // Values with their expiry, in nanoseconds of the cache's clock.
-    granted: HashMap<Digest, (V, u64), DigestHasher>,
-    denied: HashMap<Digest, (Denial, u64), DigestHasher>,
+    // A digest is in at most one of the two maps.
+    granted: HashMap<Digest, Slot<V>, DigestHasher>,
+    denied: HashMap<Digest, Slot<Denial>, DigestHasher>,
+    /// Tickets below this are void for every digest of the shard. Raised by
+    /// invalidations (which drop entries, and with them their stamps) and by
+    /// evictions (which forget the stamp of the entry they drop).
+    floor: u64,
+}
+
+impl<V> Shard<V> {
+    /// Whether a fill with a ticket at `generation` may store for `digest`:
+    /// nothing newer than the ticket has been stored for it or dropped.
+    fn admits(&self, digest: &Digest, generation: u64) -> bool {
+        let newest = match self.granted.get(digest) {
+            Some(slot) => slot.filled,
+            None => self.denied.get(digest).map_or(0, |slot| slot.filled),
+        };
+        generation >= self.floor.max(newest)
+    }
 }
 
 /// The default [`Cache`]: sharded maps behind read-write locks.
@@ -245,6 +286,7 @@ impl<V: Clone + Send + Sync + 'static> TtlCache<V> {
                 lock: RwLock::new(Shard {
                     granted: HashMap::with_hasher(hasher),
                     denied: HashMap::with_hasher(hasher),
+                    floor: 0,
                 }),
             })
             .collect();
@@ -286,20 +328,21 @@ impl<V: Clone + Send + Sync + 'static> TtlCache<V> {
 }
 
 /// Removes one entry from a full map: an expired one among a small sample if
-/// there is one, else the sampled one closest to expiry.
-fn evict_one<T>(map: &mut HashMap<Digest, (T, u64), DigestHasher>, now: u64) -> bool {
+/// there is one, else the sampled one closest to expiry. Returns the stamp
+/// of the fill that stored it.
+fn evict_one<T>(map: &mut HashMap<Digest, Slot<T>, DigestHasher>, now: u64) -> Option<u64> {
     let victim = map
         .iter()
         .take(EVICTION_SAMPLE)
-        .min_by_key(|(_, (_, expires))| {
-            if *expires <= now {
+        .min_by_key(|(_, slot)| {
+            if slot.expires <= now {
                 None
             } else {
-                Some(*expires)
+                Some(slot.expires)
             }
         })
         .map(|(d, _)| *d);
-    victim.is_some_and(|d| map.remove(&d).is_some())
+    victim.and_then(|d| map.remove(&d)).map(|slot| slot.filled)
 }
 
 impl<V: Clone + Send + Sync + 'static> Cache<V> for TtlCache<V> {
@@ -312,11 +355,11 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> for TtlCache<V> {
             return Some(CacheEntry::Granted(v));
         }
         let shard = cell.lock.read();
-        if let Some((v, expires)) = shard.granted.get(digest) {
-            if now >= *expires {
+        if let Some(slot) = shard.granted.get(digest) {
+            if now >= slot.expires {
                 return None;
             }
-            let (value, expires) = (v.clone(), *expires);
+            let (value, expires) = (slot.value.clone(), slot.expires);
             // Writers bump the version under the write lock: read under the
             // read lock, it matches the entry just read.
             let version = cell.granted_version.load(Ordering::Acquire);
@@ -327,7 +370,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> for TtlCache<V> {
             return Some(CacheEntry::Granted(value));
         }
         match shard.denied.get(digest) {
-            Some((d, expires)) if now < *expires => Some(CacheEntry::Denied(*d)),
+            Some(slot) if now < slot.expires => Some(CacheEntry::Denied(slot.value)),
             _ => None,
         }
     }
@@ -343,33 +386,50 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> for TtlCache<V> {
         let now = self.now();
         let cell = self.shard(&ticket.digest);
         let mut shard = cell.lock.write();
-        if cell.generation.load(Ordering::Acquire) != ticket.generation {
+        let d = ticket.digest;
+        // Only an answer asked after everything stored or dropped for the
+        // digest may replace it: a late, older answer is not stored.
+        if !shard.admits(&d, ticket.generation) {
             return false;
         }
-        let d = ticket.digest;
+        // Stamped after the advance: this fill voids every earlier ticket
+        // for the digest, its own included.
+        let filled = cell.advance();
         let mut granted_changed = false;
+        // An evicted entry takes its stamp with it: void the tickets older
+        // than it, so its digest cannot be filled with an older answer.
+        let mut evicted = None;
         match entry {
-            CacheEntry::Granted(v) => {
+            CacheEntry::Granted(value) => {
                 shard.denied.remove(&d);
                 if !shard.granted.contains_key(&d) && shard.granted.len() >= self.per_shard {
-                    granted_changed |= evict_one(&mut shard.granted, now);
+                    evicted = evict_one(&mut shard.granted, now);
+                    granted_changed |= evicted.is_some();
                 }
-                granted_changed |= shard
-                    .granted
-                    .insert(d, (v, now.saturating_add(self.ttl)))
-                    .is_some();
+                let slot = Slot {
+                    value,
+                    expires: now.saturating_add(self.ttl),
+                    filled,
+                };
+                granted_changed |= shard.granted.insert(d, slot).is_some();
             }
-            CacheEntry::Denied(denial) => {
+            CacheEntry::Denied(value) => {
                 // The newer answer wins: a denial drops any grant held for
                 // the digest (on doubt, deny).
                 granted_changed |= shard.granted.remove(&d).is_some();
                 if !shard.denied.contains_key(&d) && shard.denied.len() >= self.per_shard_negative {
-                    evict_one(&mut shard.denied, now);
+                    evicted = evict_one(&mut shard.denied, now);
                 }
-                shard
-                    .denied
-                    .insert(d, (denial, now.saturating_add(self.negative_ttl)));
+                let slot = Slot {
+                    value,
+                    expires: now.saturating_add(self.negative_ttl),
+                    filled,
+                };
+                shard.denied.insert(d, slot);
             }
+        }
+        if let Some(stamp) = evicted {
+            shard.floor = shard.floor.max(stamp);
         }
         if granted_changed {
             cell.bump();
@@ -382,7 +442,9 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> for TtlCache<V> {
         let mut shard = cell.lock.write();
         shard.granted.remove(digest);
         shard.denied.remove(digest);
-        cell.void_tickets();
+        // The dropped entry's stamp is gone with it: void the shard's
+        // earlier tickets (for every digest; conservative, and rare).
+        shard.floor = cell.advance();
         cell.bump();
     }
 
@@ -391,7 +453,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> for TtlCache<V> {
             let mut shard = cell.lock.write();
             shard.granted.clear();
             shard.denied.clear();
-            cell.void_tickets();
+            shard.floor = cell.advance();
             cell.bump();
         }
     }
@@ -466,6 +528,99 @@ mod tests {
         assert!(put(&c, &d, CacheEntry::Granted(2)));
         c.clear();
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn a_late_older_answer_never_replaces_a_newer_one() {
+        let clock = Arc::new(ManualClock::new());
+        let c = cache(&clock, CacheConfig::default());
+        let d = Digest::of(b"k");
+
+        // An older grant arriving after a newer denial.
+        let (t1, t2) = (c.ticket(&d), c.ticket(&d));
+        assert!(c.fill(t2, CacheEntry::Denied(Denial::Disabled)));
+        assert!(!c.fill(t1, CacheEntry::Granted(1)), "older grant stored");
+        assert_eq!(c.get(&d), Some(CacheEntry::Denied(Denial::Disabled)));
+
+        // An older denial arriving after a newer grant.
+        c.invalidate(&d);
+        let (t1, t2) = (c.ticket(&d), c.ticket(&d));
+        assert!(c.fill(t2, CacheEntry::Granted(2)));
+        assert!(!c.fill(t1, CacheEntry::Denied(Denial::Invalid)));
+        assert_eq!(c.get(&d), Some(CacheEntry::Granted(2)));
+        // Nor does a ticket fill twice.
+        assert!(!c.fill(t2, CacheEntry::Granted(3)));
+        assert_eq!(c.get(&d), Some(CacheEntry::Granted(2)));
+
+        // An answer asked after the fill replaces it, of either kind.
+        let t3 = c.ticket(&d);
+        assert!(c.fill(t3, CacheEntry::Denied(Denial::Expired)));
+        assert_eq!(c.get(&d), Some(CacheEntry::Denied(Denial::Expired)));
+        assert!(put(&c, &d, CacheEntry::Granted(4)));
+        assert_eq!(c.get(&d), Some(CacheEntry::Granted(4)));
+
+        // Expired, the newer answer still outranks an older one.
+        let old = c.ticket(&d);
+        assert!(put(&c, &d, CacheEntry::Denied(Denial::Disabled)));
+        clock.advance(CacheConfig::default().negative_ttl);
+        assert_eq!(c.get(&d), None);
+        assert!(!c.fill(old, CacheEntry::Granted(5)));
+        assert_eq!(c.get(&d), None);
+    }
+
+    /// Fills in flight for other digests of the same shard are not voided,
+    /// so concurrent first requests for many keys all fill.
+    #[test]
+    fn a_fill_voids_only_its_own_digest() {
+        let clock = Arc::new(ManualClock::new());
+        let c = cache(
+            &clock,
+            CacheConfig {
+                shards: 1,
+                ..CacheConfig::default()
+            },
+        );
+        let keys: Vec<Digest> = (0..100u32).map(|i| Digest::of(&i.to_le_bytes())).collect();
+        let tickets: Vec<FillTicket> = keys.iter().map(|d| c.ticket(d)).collect();
+        for (i, t) in tickets.into_iter().enumerate() {
+            let entry = if i % 2 == 0 {
+                CacheEntry::Granted(i as u32)
+            } else {
+                CacheEntry::Denied(Denial::Invalid)
+            };
+            assert!(c.fill(t, entry), "fill {i} voided by another digest's");
+        }
+        assert_eq!(c.len(), 100);
+    }
+
+    /// An evicted entry's digest must not take an answer older than the
+    /// one it forgot.
+    #[test]
+    fn eviction_keeps_older_answers_out() {
+        let clock = Arc::new(ManualClock::new());
+        let c = cache(
+            &clock,
+            CacheConfig {
+                capacity: 1,
+                negative_capacity: 1,
+                shards: 1,
+                ..CacheConfig::default()
+            },
+        );
+        let (a, b, x) = (Digest::of(b"a"), Digest::of(b"b"), Digest::of(b"x"));
+        let old = c.ticket(&a);
+        assert!(put(&c, &a, CacheEntry::Denied(Denial::Disabled)));
+        let later = c.ticket(&x);
+        assert!(put(&c, &b, CacheEntry::Denied(Denial::Invalid))); // evicts a
+        assert_eq!(c.get(&a), None);
+        assert!(
+            !c.fill(old, CacheEntry::Granted(1)),
+            "forgotten denial overwritten"
+        );
+        assert_eq!(c.get(&a), None);
+        // A ticket taken after the forgotten answer still fills.
+        assert!(c.fill(later, CacheEntry::Granted(2)));
+        assert_eq!(c.get(&x), Some(CacheEntry::Granted(2)));
     }
 
     #[test]

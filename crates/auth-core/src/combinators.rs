@@ -3,6 +3,7 @@
 //! lookup ([`FormatChecked`]) and a slot filled after start ([`Deferred`]).
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
@@ -175,6 +176,12 @@ impl<V: Verifier, C: Cache<Arc<Principal>>> Verifier for Cached<V, C> {
 /// Offers no [`recheck`](Verifier::recheck): put [`Cached`] inside (around
 /// `A`), not outside.
 ///
+/// An outage is logged at its edges, not per request: a WARN when the
+/// primary first answers "unavailable", an INFO when it first decides a
+/// request again. In between, [`fallbacks`](Fallback::fallbacks) counts the
+/// requests handed to the fallback and
+/// [`primary_down`](Fallback::primary_down) reports the outage.
+///
 /// ```
 /// use auth_core::{verifier_fn, Credential, Fallback, KeySet, Principal, Verifier, VerifyContext, VerifyError};
 ///
@@ -184,17 +191,70 @@ impl<V: Verifier, C: Cache<Arc<Principal>>> Verifier for Cached<V, C> {
 /// let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
 /// let p = rt.block_on(v.verify(&Credential::new("k"), &VerifyContext::default()));
 /// assert_eq!(p.unwrap().id(), "local");
+/// assert_eq!(v.fallbacks(), 1);
+/// assert!(v.primary_down());
 /// ```
 #[derive(Debug)]
 pub struct Fallback<A, B> {
     primary: A,
     fallback: B,
+    /// Whether the primary's latest answer was "unavailable"; swapped, so
+    /// that only the request that starts or ends an outage logs it.
+    primary_down: AtomicBool,
+    /// Requests handed to the fallback, ever.
+    fallbacks: AtomicU64,
+    /// [`fallbacks`](Self::fallbacks) when the current outage started, for
+    /// the recovery's log line.
+    outage_from: AtomicU64,
 }
 
 impl<A: Verifier, B: Verifier> Fallback<A, B> {
     /// `primary`, then `fallback` when the primary is unavailable.
     pub fn new(primary: A, fallback: B) -> Self {
-        Self { primary, fallback }
+        Self {
+            primary,
+            fallback,
+            primary_down: AtomicBool::new(false),
+            fallbacks: AtomicU64::new(0),
+            outage_from: AtomicU64::new(0),
+        }
+    }
+
+    /// How many requests were handed to the fallback because the primary
+    /// was unavailable, since this verifier was made.
+    pub fn fallbacks(&self) -> u64 {
+        self.fallbacks.load(Ordering::Relaxed)
+    }
+
+    /// Whether the primary is considered down: its latest answer was
+    /// "unavailable", and it has not decided a request since.
+    pub fn primary_down(&self) -> bool {
+        self.primary_down.load(Ordering::Relaxed)
+    }
+
+    /// The primary could not decide: counted, and logged if it starts an
+    /// outage.
+    fn primary_unavailable(&self) {
+        let before = self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        if !self.primary_down.swap(true, Ordering::Relaxed) {
+            self.outage_from.store(before, Ordering::Relaxed);
+            tracing::warn!(target: "auth_core", "primary verifier unavailable; asking the fallback");
+        }
+    }
+
+    /// The primary decided: logged if it ends an outage.
+    fn primary_decided(&self) {
+        // Read first: when the primary is up (nearly always), no write to
+        // shared memory on the hot path.
+        if self.primary_down.load(Ordering::Relaxed)
+            && self.primary_down.swap(false, Ordering::Relaxed)
+        {
+            let during = self
+                .fallbacks()
+                .saturating_sub(self.outage_from.load(Ordering::Relaxed));
+            tracing::info!(target: "auth_core", fallbacks = during,
+                "primary verifier answering again; the fallback is no longer asked");
+        }
     }
 }
 
@@ -203,10 +263,13 @@ impl<A: Verifier, B: Verifier> Verifier for Fallback<A, B> {
     async fn verify(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> VerifyResult {
         match self.primary.verify(credential, ctx).await {
             Err(VerifyError::Unavailable) => {
-                tracing::warn!("primary verifier unavailable; asking the fallback");
+                self.primary_unavailable();
                 self.fallback.verify(credential, ctx).await
             }
-            decided => decided,
+            decided => {
+                self.primary_decided();
+                decided
+            }
         }
     }
 
@@ -214,8 +277,12 @@ impl<A: Verifier, B: Verifier> Verifier for Fallback<A, B> {
         // Only a primary that decides at once answers here; anything else
         // takes the async path, which asks the fallback.
         match self.primary.verify_now(credential, ctx)? {
+            // Counted and logged there.
             Err(VerifyError::Unavailable) => None,
-            decided => Some(decided),
+            decided => {
+                self.primary_decided();
+                Some(decided)
+            }
         }
     }
 

@@ -135,6 +135,20 @@ impl PublicPaths {
     }
 }
 
+/// A CORS preflight as browsers send it: `OPTIONS` with a non-blank
+/// `Origin` and a non-blank `Access-Control-Request-Method`. An `OPTIONS`
+/// without `Origin` is no browser's preflight, so it is authenticated.
+fn is_preflight<R: RequestView + ?Sized>(req: &R) -> bool {
+    let non_blank = |name| {
+        req.header_values(name)
+            .next()
+            .is_some_and(|v| !v.trim_ascii().is_empty())
+    };
+    req.method().eq_ignore_ascii_case("OPTIONS")
+        && non_blank("origin")
+        && non_blank("access-control-request-method")
+}
+
 /// An absolute path with no dot segments, empty segments, escapes or
 /// characters that some router or proxy might reinterpret.
 fn is_clean_path(path: &str) -> bool {
@@ -388,10 +402,15 @@ impl Guard {
 
     /// The decision for a route that requires `scope`, for a request this
     /// guard already let through: `principal` if it was authenticated, else
-    /// `passed`, why it passed without one. A public path, a preflight, open
-    /// mode and report-only passes need no scope; in report-only mode a
-    /// missing scope is logged and counted, not refused. A request that
-    /// reached the route without either was never checked: 401.
+    /// `passed`, why it passed without one. A public path, open mode and
+    /// report-only passes need no scope; in report-only mode a missing scope
+    /// is logged and counted, not refused. A request that reached the route
+    /// without either was never checked: 401.
+    ///
+    /// A CORS preflight never satisfies a scope: it is answered as a request
+    /// without a credential, 401 and counted as missing, except in open mode
+    /// (let through) and report-only mode (logged and counted, let through).
+    /// Put the CORS layer in front of a scoped route.
     pub fn route_scope(
         &self,
         principal: Option<&Principal>,
@@ -408,6 +427,21 @@ impl Guard {
                     Ok(())
                 }
                 decided => decided,
+            },
+            // The preflight pass skipped authentication, not the mode: decide
+            // it as the request without a credential it is.
+            (None, Some(PassReason::Preflight)) => match self.mode() {
+                Mode::Open => Ok(()),
+                Mode::ReportOnly => {
+                    self.shared.counters.count(Outcome::ReportOnly);
+                    tracing::warn!(target: "auth_core", keyring = %self.shared.keyring,
+                        scope, "report-only: request would have been refused (preflight on a scoped route)");
+                    Ok(())
+                }
+                Mode::Enforce | Mode::Uninitialised => {
+                    self.shared.counters.count(Outcome::Missing);
+                    Err(self.rejection(RejectionKind::Missing))
+                }
             },
             (None, Some(_)) => Ok(()),
             (None, None) => {
@@ -485,13 +519,9 @@ impl Guard {
             s.counters.count(Outcome::Passed);
             return Err(Decision::Pass(PassReason::PublicPath));
         }
-        if s.allow_preflight
-            && req.method().eq_ignore_ascii_case("OPTIONS")
-            && req
-                .header_values("access-control-request-method")
-                .next()
-                .is_some()
-        {
+        // A guard that requires a scope never lets a preflight through: a
+        // preflight carries no credential, so it cannot hold the scope.
+        if s.allow_preflight && self.scope.is_none() && is_preflight(req) {
             s.counters.count(Outcome::Passed);
             return Err(Decision::Pass(PassReason::Preflight));
         }
@@ -771,8 +801,16 @@ impl GuardBuilder {
         self
     }
 
-    /// Lets CORS preflights (`OPTIONS` with `Access-Control-Request-Method`)
-    /// through unauthenticated (default: off).
+    /// Lets CORS preflights through unauthenticated (default: off).
+    ///
+    /// A preflight is an `OPTIONS` request with both a non-blank `Origin`
+    /// and a non-blank `Access-Control-Request-Method` header; any other
+    /// `OPTIONS` request needs a key. A preflight passes with
+    /// [`PassReason::Preflight`] and no principal, and never satisfies a
+    /// scope: a guard that [requires a scope](GuardBuilder::require_scope)
+    /// does not let it through, and [`Guard::route_scope`] refuses it (401).
+    /// Answer preflights for scoped routes with a CORS layer in front of
+    /// the guard.
     pub fn allow_preflight(mut self, on: bool) -> Self {
         self.allow_preflight = on;
         self

@@ -14,10 +14,11 @@
 //! | `GET /api/items` | `200`, body: the principal's id, or `anonymous` when none |
 //! | `OPTIONS /api/items` | `204` (a CORS preflight that got through) |
 //! | `GET /api/stt` | like `/api/items`, behind the adapter's scope check for `stt` |
+//! | `OPTIONS /api/stt` | `204`, behind the same scope check (a preflight must not pass it) |
 //! | `GET /admin` | like `/api/items` |
 //!
-//! Every route sits behind the adapter's guard; `/api/stt` also behind its
-//! scope check for [`SCOPE`].
+//! Every route sits behind the adapter's guard; both `/api/stt` routes also
+//! behind its scope check for [`SCOPE`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -243,6 +244,28 @@ fn enforce() -> Guard {
     Guard::builder(standard_keys())
         .build()
         .expect("valid guard")
+}
+
+/// A guard over the standard keys that lets CORS preflights through.
+fn with_preflight() -> Guard {
+    Guard::builder(standard_keys())
+        .allow_preflight(true)
+        .build()
+        .expect("valid guard")
+}
+
+fn options(path: &str) -> TestRequest {
+    TestRequest {
+        method: "OPTIONS",
+        ..TestRequest::get(path)
+    }
+}
+
+/// A browser's CORS preflight for `path`.
+fn preflight(path: &str) -> TestRequest {
+    options(path)
+        .header("Origin", "https://app.example")
+        .header("Access-Control-Request-Method", "GET")
 }
 
 fn send(request: TestRequest, expect: Expect) -> Step {
@@ -553,36 +576,58 @@ fn cases(unknown_is_404: bool) -> Vec<Case> {
                 })),
             ],
         ),
-        {
-            let preflight = || {
-                TestRequest {
-                    method: "OPTIONS",
-                    ..TestRequest::get("/api/items")
-                }
-                .header("Origin", "https://app.example")
-                .header("Access-Control-Request-Method", "GET")
-            };
-            case(
-                "CORS preflight passes only with the option",
-                Guard::builder(standard_keys())
-                    .allow_preflight(true)
-                    .build()
-                    .expect("valid guard"),
-                vec![send(preflight(), Expect::one_of(&[200, 204]))],
-            )
-        },
+        case(
+            "CORS preflight passes only with the option",
+            with_preflight(),
+            vec![send(preflight("/api/items"), Expect::one_of(&[200, 204]))],
+        ),
+        case(
+            "OPTIONS without Origin or a requested method is no preflight → 401",
+            with_preflight(),
+            vec![
+                send(
+                    options("/api/items").header("Access-Control-Request-Method", "GET"),
+                    unauthorized(),
+                ),
+                send(
+                    options("/api/items")
+                        .header("Origin", "")
+                        .header("Access-Control-Request-Method", "GET"),
+                    unauthorized(),
+                ),
+                send(
+                    options("/api/items").header("Origin", "https://app.example"),
+                    unauthorized(),
+                ),
+                send(
+                    items()
+                        .header("Origin", "https://app.example")
+                        .header("Access-Control-Request-Method", "GET"),
+                    unauthorized(),
+                ),
+            ],
+        ),
+        case(
+            "a preflight does not pass a route's scope → 401",
+            with_preflight(),
+            vec![
+                send(preflight("/api/stt"), unauthorized()),
+                // The same route with the key and scope is reached.
+                send(options("/api/stt").key(KEY), Expect::one_of(&[200, 204])),
+                Step::Check(Box::new(|g: &Guard| {
+                    let c = g.counts();
+                    if (c.missing, c.allowed) == (1, 1) {
+                        Ok(())
+                    } else {
+                        Err(format!("counts {c:?}"))
+                    }
+                })),
+            ],
+        ),
         case(
             "CORS preflight without the option → 401",
             enforce(),
-            vec![send(
-                TestRequest {
-                    method: "OPTIONS",
-                    ..TestRequest::get("/api/items")
-                }
-                .header("Origin", "https://app.example")
-                .header("Access-Control-Request-Method", "GET"),
-                unauthorized(),
-            )],
+            vec![send(preflight("/api/items"), unauthorized())],
         ),
         {
             let rings = Keyrings::new()
@@ -700,6 +745,7 @@ pub struct SecretWatch {
     logs: Arc<std::sync::Mutex<Vec<u8>>>,
     seen: String,
     _default: tracing::subscriber::DefaultGuard,
+    _second: tracing::Dispatch,
 }
 
 #[derive(Clone)]
@@ -741,6 +787,10 @@ impl SecretWatch {
             logs,
             seen: String::new(),
             _default: tracing::subscriber::set_default(subscriber),
+            // With one dispatcher, tracing caches a callsite's interest from
+            // the default of whichever thread reaches it first (another
+            // test's, with none); a second one makes it ask every dispatcher.
+            _second: tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()),
         }
     }
 

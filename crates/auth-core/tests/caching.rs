@@ -96,6 +96,58 @@ async fn revocation_racing_a_fill_stays_revoked() {
     }
 }
 
+/// Grants its first question, but only once released; denies every later
+/// one at once (the key was disabled meanwhile, and nobody invalidated).
+#[derive(Default)]
+struct SlowGrantThenDisabled {
+    calls: AtomicUsize,
+    asked: Notify,
+    release: Notify,
+}
+
+#[async_trait]
+impl Verifier for SlowGrantThenDisabled {
+    async fn verify(&self, _: &Credential, _: &VerifyContext<'_>) -> VerifyResult {
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.asked.notify_one();
+            self.release.notified().await;
+            Ok(Arc::new(Principal::new("svc")))
+        } else {
+            Err(VerifyError::Disabled)
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_older_grant_never_replaces_a_newer_denial() {
+    let source = Arc::new(SlowGrantThenDisabled::default());
+    let cached = Arc::new(Cached::new(source.clone(), CacheConfig::default()));
+    // The first question is asked, and its answer is slow.
+    let slow = tokio::spawn({
+        let cached = cached.clone();
+        async move { verify(&*cached, "key").await }
+    });
+    source.asked.notified().await;
+    // A second question, asked later, is denied and cached.
+    assert_eq!(
+        verify(&*cached, "key").await.unwrap_err(),
+        VerifyError::Disabled
+    );
+    // The old grant arrives last: its caller gets it, the cache does not.
+    source.release.notify_one();
+    assert!(slow.await.unwrap().is_ok());
+    assert_eq!(
+        verify(&*cached, "key").await.unwrap_err(),
+        VerifyError::Disabled,
+        "the older grant replaced the newer denial"
+    );
+    assert_eq!(
+        source.calls.load(Ordering::SeqCst),
+        2,
+        "the denial was not cached"
+    );
+}
+
 #[tokio::test]
 async fn cache_never_grants_what_the_store_denies() {
     let store = Arc::new(MemoryKeyStore::new());

@@ -137,6 +137,96 @@ async fn cors_preflight_only_when_configured() {
     // A plain OPTIONS (no preflight header) still needs a key.
     let plain = PlainRequest::new("OPTIONS", "/items");
     assert_eq!(rejected(g.check(&plain).await).status(), 401);
+    // A preflight needs both a non-blank Origin and a requested method,
+    // on OPTIONS.
+    let options = || PlainRequest::new("OPTIONS", "/items");
+    for (what, req) in [
+        (
+            "no Origin",
+            options().header("access-control-request-method", "POST"),
+        ),
+        (
+            "blank Origin",
+            options()
+                .header("origin", " ")
+                .header("access-control-request-method", "POST"),
+        ),
+        (
+            "no requested method",
+            options().header("origin", "https://app.example"),
+        ),
+        (
+            "blank requested method",
+            options()
+                .header("origin", "https://app.example")
+                .header("access-control-request-method", ""),
+        ),
+        (
+            "not OPTIONS",
+            PlainRequest::get("/items")
+                .header("origin", "https://app.example")
+                .header("access-control-request-method", "POST"),
+        ),
+    ] {
+        let r = rejected(g.check(&req).await);
+        assert_eq!(
+            (r.status(), r.kind()),
+            (401, RejectionKind::Missing),
+            "{what}"
+        );
+    }
+    assert_eq!(g.counts().passed, 1, "only the real preflight passed");
+    // A guard that requires a scope lets no preflight through.
+    let scoped = g.with_scope("admin").unwrap();
+    let r = rejected(scoped.check(&preflight).await);
+    assert_eq!((r.status(), r.kind()), (401, RejectionKind::Missing));
+}
+
+#[tokio::test]
+async fn a_preflight_never_passes_a_route_scope() {
+    let g = Guard::builder(StaticKey::new(KEY).unwrap())
+        .allow_preflight(true)
+        .build()
+        .unwrap();
+    let preflight = PlainRequest::new("OPTIONS", "/admin")
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "DELETE");
+    let Decision::Pass(reason) = g.check(&preflight).await else {
+        panic!("the preflight did not pass the guard")
+    };
+    assert_eq!(reason, PassReason::Preflight);
+
+    // The same 401 as a request that was never authenticated, counted as
+    // missing.
+    let missing_before = g.counts().missing;
+    let r = g.route_scope(None, Some(reason), "admin").unwrap_err();
+    assert_eq!((r.status(), r.kind()), (401, RejectionKind::Missing));
+    assert_eq!(g.route_scope(None, None, "admin").unwrap_err(), r);
+    let admin = g.scope_for_route("admin").unwrap();
+    assert_eq!(admin.check(None, Some(reason)).unwrap_err(), r);
+    assert_eq!(g.counts().missing, missing_before + 3);
+
+    // The other reasons to pass keep needing no scope.
+    for other in [
+        PassReason::PublicPath,
+        PassReason::Open,
+        PassReason::ReportOnly(RejectionKind::Missing),
+    ] {
+        assert!(
+            g.route_scope(None, Some(other), "admin").is_ok(),
+            "{other:?}"
+        );
+    }
+
+    // The mode still decides: report-only logs and counts, open lets through.
+    g.set_mode(Mode::ReportOnly);
+    let report_only_before = g.counts().report_only;
+    assert!(admin.check(None, Some(reason)).is_ok());
+    assert_eq!(g.counts().report_only, report_only_before + 1);
+    g.set_mode(Mode::Open);
+    assert!(admin.check(None, Some(reason)).is_ok());
+    g.set_mode(Mode::Enforce);
+    assert_eq!(admin.check(None, Some(reason)).unwrap_err().status(), 401);
 }
 
 #[tokio::test]

@@ -51,6 +51,10 @@ fn logs_and_debug_never_carry_the_key() {
         .with_ansi(false)
         .finish();
     let _default = tracing::subscriber::set_default(subscriber);
+    // With one dispatcher, tracing caches a callsite's interest from the
+    // default of whichever thread reaches it first (another test's thread,
+    // with none); a second one makes it ask every dispatcher.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();

@@ -7,24 +7,30 @@
 #![cfg_attr(test, allow(unused_crate_dependencies))]
 
 mod breaker;
+mod budget;
+mod inflight;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use auth_core::protocol::{Code, RateLimit, ValidateRequest, ValidateResponse, Verdict};
 use auth_core::{
     Cache, CacheConfig, CacheEntry, Clock, CoarseClock, Credential, Denial, Digest, Principal,
     RateLimitPolicy, TtlCache, Verifier, VerifyContext, VerifyError, VerifyResult,
 };
-use breaker::{Breaker, Permit};
-use parking_lot::Mutex;
-use serde_json::{Map, Value};
-use tokio::sync::OnceCell;
+use breaker::Breaker;
+use budget::Budget;
+use inflight::Inflight;
 
-/// The path of the validate endpoint on central key services.
-pub const DEFAULT_PATH: &str = "/api/v1/api-keys/validate";
+/// The path of the validate endpoint on central key services
+/// ([`auth_core::protocol::VALIDATE_PATH`]).
+pub const DEFAULT_PATH: &str = auth_core::protocol::VALIDATE_PATH;
+
+/// The largest answer read from the key service.
+const MAX_ANSWER: usize = 64 * 1024;
 
 /// What can go wrong building a [`RemoteVerifier`] (requests never fail:
 /// their failures are answers — unavailable — see [`RemoteVerifier`]).
@@ -40,68 +46,32 @@ pub enum Error {
     Client(#[from] reqwest::Error),
 }
 
-/// The JSON field names of the protocol, for services that differ.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Fields {
-    /// Request: the key (default `apiKey`).
-    pub api_key: String,
-    /// Request: the scope asked for (default `scope`).
-    pub scope: String,
-    /// Answer: whether the key is valid (default `valid`).
-    pub valid: String,
-    /// Answer: the key's owner (default `userId`).
-    pub user_id: String,
-    /// Answer: the key's scopes (default `scopes`).
-    pub scopes: String,
-    /// Answer: the rate limit object (default `rateLimit`).
-    pub rate_limit: String,
-    /// In the rate limit: requests per window (default `requests`).
-    pub requests: String,
-    /// In the rate limit: the window in seconds (default `window`).
-    pub window: String,
-    /// Answer: why not valid (default `error`).
-    pub error: String,
-}
-
-impl Default for Fields {
-    fn default() -> Self {
-        Self {
-            api_key: "apiKey".into(),
-            scope: "scope".into(),
-            valid: "valid".into(),
-            user_id: "userId".into(),
-            scopes: "scopes".into(),
-            rate_limit: "rateLimit".into(),
-            requests: "requests".into(),
-            window: "window".into(),
-            error: "error".into(),
-        }
-    }
-}
-
 /// Builds a [`RemoteVerifier`]. Defaults: path [`DEFAULT_PATH`], timeout
 /// 5 s, valid answers cached 5 minutes and invalid ones 10 seconds (at most
-/// 100,000 and 10,000), breaker opening after 5 consecutive failures for
-/// 30 s, no serve-stale.
+/// 100,000 and 10,000), breaker opening after 5 consecutive failures and
+/// probing 1 s later, then after doubling waits up to 30 s, at most 100
+/// upstream calls a second, no serve-stale.
 pub struct RemoteVerifierBuilder {
     base_url: String,
     path: String,
-    fields: Fields,
     credential: Option<(String, String)>,
     scope: Option<String>,
     timeout: Duration,
     cache: CacheConfig,
     breaker_threshold: u32,
     breaker_cooldown: Duration,
+    probe_backoff: Duration,
+    upstream_budget: u32,
     serve_stale: Option<Duration>,
-    scope_error_marker: String,
     clock: Option<Arc<dyn Clock>>,
+    /// Extra trusted roots (PEM), for a key service with a private CA.
+    roots: Vec<Vec<u8>>,
 }
 
 impl fmt::Debug for RemoteVerifierBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RemoteVerifierBuilder")
-            .field("url", &format_args!("{}{}", self.base_url, self.path))
+            .field("url", &redacted(&format!("{}{}", self.base_url, self.path)))
             .field(
                 "credential_header",
                 &self.credential.as_ref().map(|(h, _)| h),
@@ -117,14 +87,9 @@ impl RemoteVerifierBuilder {
         self
     }
 
-    /// The protocol's field names.
-    pub fn fields(mut self, fields: Fields) -> Self {
-        self.fields = fields;
-        self
-    }
-
     /// Our own credential for the key service (this call is itself
-    /// service-to-service): sent as `header: value` on every call.
+    /// service-to-service): sent as `header: value` on every call (the
+    /// protocol's header is [`auth_core::protocol::SERVICE_TOKEN_HEADER`]).
     pub fn service_credential(mut self, header: &str, value: &str) -> Self {
         self.credential = Some((header.to_owned(), value.to_owned()));
         self
@@ -143,13 +108,14 @@ impl RemoteVerifierBuilder {
         self
     }
 
-    /// How long a valid answer is used.
+    /// How long a valid answer is used (never past the key's own
+    /// `expiresAt`).
     pub fn cache_ttl(mut self, ttl: Duration) -> Self {
         self.cache.ttl = ttl;
         self
     }
 
-    /// How long an invalid answer is used.
+    /// How long an invalid, expired or disabled answer is used.
     pub fn negative_ttl(mut self, ttl: Duration) -> Self {
         self.cache.negative_ttl = ttl;
         self
@@ -162,30 +128,51 @@ impl RemoteVerifierBuilder {
         self
     }
 
-    /// Opens the circuit after `failures` consecutive unavailable answers,
-    /// for `cooldown`.
+    /// Opens the circuit after `failures` consecutive unavailable answers;
+    /// while open, one probe goes out after the
+    /// [`probe_backoff`](Self::probe_backoff), then after twice the
+    /// previous wait each time it fails, at most `cooldown` (default 30 s).
     pub fn breaker(mut self, failures: u32, cooldown: Duration) -> Self {
         self.breaker_threshold = failures;
         self.breaker_cooldown = cooldown;
         self
     }
 
+    /// The wait before the first probe of an open circuit (default 1 s;
+    /// capped at the breaker's cool-down).
+    pub fn probe_backoff(mut self, first: Duration) -> Self {
+        self.probe_backoff = first;
+        self
+    }
+
+    /// At most `per_second` calls to the service a second, in bursts of
+    /// up to `per_second` (default 100; `0`: no budget). Cache misses
+    /// beyond it are answered unavailable (503) at once, for that request
+    /// only: a flood of random keys cannot become a flood of calls, and it
+    /// neither opens the circuit nor is cached.
+    pub fn upstream_budget(mut self, per_second: u32) -> Self {
+        self.upstream_budget = per_second;
+        self
+    }
+
     /// While the service is unavailable, a valid answer that expired less
-    /// than `grace` ago is used (logged). Off by default.
+    /// than `grace` ago is used (never past the key's own `expiresAt`).
+    /// Off by default.
     pub fn serve_stale(mut self, grace: Duration) -> Self {
         self.serve_stale = Some(grace);
         self
     }
 
-    /// How an answer says "invalid only for this scope": a text its `error`
-    /// contains (case-insensitive; default `scope`). Such answers are not
-    /// cached as an invalid key.
-    pub fn scope_error_marker(mut self, marker: &str) -> Self {
-        self.scope_error_marker = marker.to_ascii_lowercase();
+    /// Trusts this CA certificate (PEM) for `https://` besides the
+    /// platform's roots: for a key service whose certificate a private CA
+    /// signed. Without it, the platform's roots only.
+    pub fn tls_root_certificate(mut self, pem: &[u8]) -> Self {
+        self.roots.push(pem.to_vec());
         self
     }
 
-    /// Another clock for the cache's TTLs and the breaker (tests).
+    /// Another clock for the cache's TTLs, the breaker and the budget
+    /// (tests).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
         self
@@ -197,7 +184,7 @@ impl RemoteVerifierBuilder {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(Error::Config(format!(
                 "the key service URL must start with http:// or https:// (got `{}`)",
-                self.base_url
+                redacted(&self.base_url)
             )));
         }
         let credential = match self.credential {
@@ -215,7 +202,25 @@ impl RemoteVerifierBuilder {
             )),
             None => None,
         };
-        let client = reqwest::Client::builder().timeout(self.timeout).build()?;
+        let mut roots = Vec::with_capacity(self.roots.len());
+        for pem in &self.roots {
+            // A text without one certificate in it is a mistake, not "none".
+            match reqwest::Certificate::from_pem_bundle(pem) {
+                Ok(certs) if !certs.is_empty() => roots.extend(certs),
+                _ => {
+                    return Err(Error::Config(
+                        "the TLS root certificate is not a PEM certificate".into(),
+                    ));
+                }
+            }
+        }
+        let client = reqwest::Client::builder()
+            .timeout(self.timeout)
+            // A redirect would re-send the key, in the body, to wherever
+            // the service points: a 3xx is unavailable instead.
+            .redirect(reqwest::redirect::Policy::none())
+            .tls_certs_merge(roots)
+            .build()?;
         let clock: Arc<dyn Clock> = self.clock.unwrap_or_else(|| Arc::new(CoarseClock));
         // Entries live for the TTL plus the serve-stale grace; freshness is
         // decided from the time each answer came in.
@@ -223,32 +228,62 @@ impl RemoteVerifierBuilder {
         cache_config.ttl += self.serve_stale.unwrap_or_default();
         Ok(RemoteVerifier {
             inner: Arc::new(Inner {
+                shown_url: redacted(&url),
                 url,
-                fields: self.fields,
                 credential,
                 scope: self.scope,
                 client,
                 cache: TtlCache::with_clock(cache_config, Arc::clone(&clock)),
                 fresh_for: self.cache.ttl,
                 serve_stale: self.serve_stale,
-                breaker: Breaker::new(self.breaker_threshold, self.breaker_cooldown),
-                inflight: Mutex::new(HashMap::new()),
-                scope_error_marker: self.scope_error_marker,
+                breaker: Breaker::new(
+                    self.breaker_threshold,
+                    self.probe_backoff,
+                    self.breaker_cooldown,
+                    Arc::clone(&clock),
+                ),
+                budget: Budget::new(self.upstream_budget, Arc::clone(&clock)),
+                budget_per_second: self.upstream_budget,
+                inflight: Inflight::new(),
+                health: Health::default(),
                 clock,
             }),
         })
     }
 }
 
+/// The URL for `Debug` and errors: userinfo and query hidden
+/// (`http://***@host:port/path?***`).
+fn redacted(url: &str) -> String {
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        // Nothing of it: a malformed URL may hold a password anywhere.
+        return "<unparseable URL>".to_owned();
+    };
+    let mut shown = format!("{}://", parsed.scheme());
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        shown.push_str("***@");
+    }
+    shown.push_str(parsed.host_str().unwrap_or_default());
+    if let Some(port) = parsed.port() {
+        shown.push_str(&format!(":{port}"));
+    }
+    shown.push_str(parsed.path());
+    if parsed.query().is_some() {
+        shown.push_str("?***");
+    }
+    shown
+}
+
 /// A verifier that asks a central key service (see the crate docs).
 ///
 /// Every outcome is one of: a principal (the service said valid; its
 /// scopes and rate limit ride along, and the guard checks them), a denial
-/// (the service said invalid), or [`VerifyError::Unavailable`] — connect
-/// errors, timeouts, 5xx, 429, a refused service credential, a malformed
-/// answer, an open circuit — which the guard answers with 503 and which a
-/// [`Fallback`](auth_core::Fallback) hands to a local verifier. Errors are
-/// never cached.
+/// (the service said invalid, expired or disabled), or
+/// [`VerifyError::Unavailable`] — connect errors, timeouts, 5xx, 429, 3xx,
+/// a refused service credential, a malformed or inconsistent answer, an
+/// open circuit, a spent upstream budget — which the guard answers with
+/// 503 and which a [`Fallback`](auth_core::Fallback) hands to a local
+/// verifier. Errors are never cached.
 #[derive(Clone)]
 pub struct RemoteVerifier {
     inner: Arc<Inner>,
@@ -259,13 +294,15 @@ pub struct RemoteVerifier {
 struct Fresh {
     principal: Arc<Principal>,
     until: Duration,
+    /// When the key itself expires (its `expiresAt`): not even serve-stale
+    /// uses the answer after that.
+    key_expires: Duration,
 }
-
-type Inflight = Arc<OnceCell<Outcome>>;
 
 struct Inner {
     url: String,
-    fields: Fields,
+    /// `url` without userinfo and query, for `Debug`.
+    shown_url: String,
     credential: Option<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
     scope: Option<String>,
     client: reqwest::Client,
@@ -273,10 +310,10 @@ struct Inner {
     fresh_for: Duration,
     serve_stale: Option<Duration>,
     breaker: Breaker,
-    /// Calls under way, by digest and scope asked: later callers wait for
-    /// the first one's answer.
-    inflight: Mutex<HashMap<(Digest, Option<String>), Inflight>>,
-    scope_error_marker: String,
+    budget: Option<Budget>,
+    budget_per_second: u32,
+    inflight: Inflight<Outcome>,
+    health: Health,
     clock: Arc<dyn Clock>,
 }
 
@@ -284,18 +321,107 @@ struct Inner {
 #[derive(Clone, Debug)]
 enum Outcome {
     Valid(Arc<Principal>),
-    /// Invalid only for the scope asked: not cached as an invalid key.
+    /// Valid, but not for the scope asked: not cached as an invalid key.
     LacksScope(Arc<Principal>),
-    Invalid,
+    Denied(Denial),
+    /// The service is down, or the circuit is open.
     Unavailable,
+    /// The service asked us to slow down (HTTP 429, or `rate_limited`).
+    Throttled,
+    /// Our own upstream budget is spent.
+    Shed,
+}
+
+/// What came back from one HTTP exchange.
+enum Reply {
+    Answer(ValidateResponse, Verdict),
+    /// HTTP 429: the service is up, but busy.
+    TooManyRequests,
+    Failed(Failure),
+}
+
+/// Why the service counts as unavailable, for the log.
+#[derive(Clone, Copy, Debug)]
+struct Failure {
+    why: &'static str,
+    status: Option<u16>,
+}
+
+impl Failure {
+    const fn new(why: &'static str) -> Self {
+        Self { why, status: None }
+    }
+}
+
+/// The service's health as logs tell it: one WARN when an outage starts,
+/// one INFO when it ends, a counter for everything between.
+#[derive(Default)]
+struct Health {
+    down: AtomicBool,
+    /// Requests answered unavailable, ever.
+    unavailable: AtomicU64,
+    /// `unavailable` when the current outage started.
+    down_since: AtomicU64,
+    /// When the last "budget spent" / "service throttles" WARN was logged
+    /// (nanoseconds of the clock, plus one; 0: never).
+    shed_logged: AtomicU64,
+    throttle_logged: AtomicU64,
+}
+
+/// How often a "budget spent" or "throttled" WARN is repeated at most.
+const REPEAT_WARN: Duration = Duration::from_secs(10);
+
+impl Health {
+    fn failed(&self, failure: Failure) {
+        if self.down.swap(true, Ordering::AcqRel) {
+            tracing::debug!(target: "auth_remote", why = failure.why, status = failure.status,
+                "key service still unavailable");
+            return;
+        }
+        self.down_since
+            .store(self.unavailable.load(Ordering::Relaxed), Ordering::Relaxed);
+        if failure.status == Some(401) || failure.status == Some(403) {
+            tracing::error!(target: "auth_remote", why = failure.why, status = failure.status,
+                "key service unavailable: check our service credential's configuration");
+        } else {
+            tracing::warn!(target: "auth_remote", why = failure.why, status = failure.status,
+                "key service unavailable");
+        }
+    }
+
+    fn answered(&self) {
+        // A load first: no write on the common path.
+        if self.down.load(Ordering::Relaxed) && self.down.swap(false, Ordering::AcqRel) {
+            let answered_unavailable = self
+                .unavailable
+                .load(Ordering::Relaxed)
+                .saturating_sub(self.down_since.load(Ordering::Relaxed));
+            tracing::info!(target: "auth_remote", answered_unavailable,
+                "key service available again");
+        }
+    }
+
+    /// Whether a repeated WARN is due (at most one per [`REPEAT_WARN`]).
+    fn due(last: &AtomicU64, now: Duration) -> bool {
+        let now = u64::try_from(now.as_nanos())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        let before = last.load(Ordering::Relaxed);
+        let period = u64::try_from(REPEAT_WARN.as_nanos()).unwrap_or(u64::MAX);
+        (before == 0 || now.saturating_sub(before) >= period)
+            && last
+                .compare_exchange(before, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
 }
 
 impl fmt::Debug for RemoteVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RemoteVerifier")
-            .field("url", &self.inner.url)
+            .field("url", &self.inner.shown_url)
             .field("cached", &self.inner.cache.len())
             .field("circuit_open", &self.inner.breaker.is_open())
+            .field("unavailable_count", &self.unavailable_count())
             .finish_non_exhaustive()
     }
 }
@@ -306,7 +432,6 @@ impl RemoteVerifier {
         RemoteVerifierBuilder {
             base_url: base_url.to_owned(),
             path: DEFAULT_PATH.to_owned(),
-            fields: Fields::default(),
             credential: None,
             scope: None,
             timeout: Duration::from_secs(5),
@@ -317,9 +442,11 @@ impl RemoteVerifier {
             },
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(30),
+            probe_backoff: Duration::from_secs(1),
+            upstream_budget: 100,
             serve_stale: None,
-            scope_error_marker: "scope".into(),
             clock: None,
+            roots: Vec::new(),
         }
     }
 
@@ -410,6 +537,20 @@ impl RemoteVerifier {
         self.inner.breaker.is_open()
     }
 
+    /// How many requests were answered unavailable so far (outages, an
+    /// open circuit, throttling, the upstream budget). An outage is logged
+    /// once when it starts and once when it ends; this counts the rest.
+    pub fn unavailable_count(&self) -> u64 {
+        self.inner.health.unavailable.load(Ordering::Relaxed)
+    }
+
+    /// How many calls are under way (distinct keys and scopes being asked
+    /// about); for tests and metrics.
+    #[doc(hidden)]
+    pub fn inflight_len(&self) -> usize {
+        self.inner.inflight.len()
+    }
+
     /// The cached answer, fresh or (for serve-stale) not.
     fn cached(&self, digest: &Digest) -> Option<CacheEntry<Fresh>> {
         self.inner.cache.get(digest)
@@ -422,97 +563,126 @@ impl RemoteVerifier {
 
 impl Inner {
     /// One call to the service.
-    async fn call(&self, credential: &Credential, scope: Option<&str>) -> Outcome {
-        let fingerprint = credential.fingerprint();
-        let Ok(key) = std::str::from_utf8(credential.expose()) else {
-            // Extraction admits only visible ASCII; anything else is no key.
-            return Outcome::Invalid;
+    async fn call(&self, key: &str, scope: Option<&str>) -> Reply {
+        let body = ValidateRequest {
+            api_key: key.to_owned(),
+            scope: scope.map(str::to_owned),
         };
-        let mut body = Map::new();
-        body.insert(self.fields.api_key.clone(), Value::from(key));
-        if let Some(scope) = scope {
-            body.insert(self.fields.scope.clone(), Value::from(scope));
-        }
         let mut request = self.client.post(&self.url).json(&body);
+        // The request holds the serialised body: one copy of the key fewer.
+        drop(body);
         if let Some((name, value)) = &self.credential {
             request = request.header(name.clone(), value.clone());
         }
         let response = match request.send().await {
             Ok(r) => r,
             Err(e) => {
-                let why = if e.is_timeout() {
+                return Reply::Failed(Failure::new(if e.is_timeout() {
                     "timeout"
                 } else if e.is_connect() {
                     "connect error"
                 } else {
                     "request error"
-                };
-                tracing::warn!(target: "auth_remote", fingerprint = %fingerprint, why,
-                    "key service unavailable");
-                return Outcome::Unavailable;
+                }));
             }
         };
         let status = response.status();
-        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
-            tracing::error!(target: "auth_remote", status = status.as_u16(),
-                "the key service refused our service credential: check its configuration");
-            return Outcome::Unavailable;
+        if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            return Reply::TooManyRequests;
         }
         if !status.is_success() {
-            tracing::warn!(target: "auth_remote", fingerprint = %fingerprint,
-                status = status.as_u16(), "key service unavailable");
-            return Outcome::Unavailable;
-        }
-        let Ok(answer) = response.json::<Value>().await else {
-            tracing::warn!(target: "auth_remote", fingerprint = %fingerprint,
-                "key service answered with malformed JSON");
-            return Outcome::Unavailable;
-        };
-        self.read(&answer, credential.digest())
-    }
-
-    /// The service's answer as an outcome.
-    fn read(&self, answer: &Value, digest: &Digest) -> Outcome {
-        let f = &self.fields;
-        let Some(valid) = answer.get(&f.valid).and_then(Value::as_bool) else {
-            tracing::warn!(target: "auth_remote", "key service answer lacks `{}`", f.valid);
-            return Outcome::Unavailable;
-        };
-        // A per-key limit bucket: 64 bits of the digest, not the key.
-        let key_id = format!("remote:{}", &digest.to_hex()[..16]);
-        let user = answer
-            .get(&f.user_id)
-            .and_then(Value::as_str)
-            .map_or_else(|| key_id.clone(), str::to_owned);
-        let mut principal = Principal::new(user).with_key_id(key_id);
-        if !valid {
-            let lacks_scope = answer
-                .get(&f.error)
-                .and_then(Value::as_str)
-                .is_some_and(|e| e.to_ascii_lowercase().contains(&self.scope_error_marker));
-            return if lacks_scope {
-                Outcome::LacksScope(Arc::new(principal))
-            } else {
-                Outcome::Invalid
+            let why = match status.as_u16() {
+                401 | 403 => "the key service refused our service credential",
+                300..=399 => "redirected (not followed: it would re-send the key)",
+                _ => "error status",
             };
+            return Reply::Failed(Failure {
+                why,
+                status: Some(status.as_u16()),
+            });
         }
-        if let Some(scopes) = answer.get(&f.scopes).and_then(Value::as_array) {
-            principal = principal.with_scopes(scopes.iter().filter_map(Value::as_str));
+        // Read at most MAX_ANSWER bytes: an answer is a few hundred.
+        let mut response = response;
+        let mut bytes = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) if bytes.len() + chunk.len() <= MAX_ANSWER => {
+                    bytes.extend_from_slice(&chunk);
+                }
+                Ok(Some(_)) => return Reply::Failed(Failure::new("the answer is too large")),
+                Ok(None) => break,
+                Err(_) => return Reply::Failed(Failure::new("the answer was cut off")),
+            }
         }
-        if let Some(limit) = answer.get(&f.rate_limit) {
-            let requests = limit.get(&f.requests).and_then(Value::as_u64);
-            let window = limit.get(&f.window).and_then(Value::as_u64);
-            if let (Some(requests), Some(window)) = (requests, window) {
+        // An unknown or missing `code` fails here: never decided from text.
+        let Ok(answer) = serde_json::from_slice::<ValidateResponse>(&bytes) else {
+            return Reply::Failed(Failure::new("malformed answer"));
+        };
+        match answer.verdict() {
+            Ok(verdict) => Reply::Answer(answer, verdict),
+            Err(_) => Reply::Failed(Failure::new(
+                "inconsistent answer (`valid` contradicts `code`)",
+            )),
+        }
+    }
+}
+
+/// What a well-formed answer means, and for a valid one how long the key
+/// has left (its `expiresAt`).
+fn read(
+    answer: ValidateResponse,
+    verdict: Verdict,
+    digest: &Digest,
+) -> (Outcome, Option<Duration>) {
+    // A per-key limit bucket: 64 bits of the digest, not the key.
+    let key_id = format!("remote:{}", &digest.to_hex()[..16]);
+    let principal = |user: Option<String>| {
+        Principal::new(user.unwrap_or_else(|| key_id.clone())).with_key_id(key_id.clone())
+    };
+    let code = match verdict {
+        Verdict::Valid => {
+            let left = match answer.expires_at {
+                None => None,
+                Some(at) => match time_left(at) {
+                    Some(left) => Some(left),
+                    // Valid, says the service, but past its own expiry.
+                    None => return (Outcome::Denied(Denial::Expired), None),
+                },
+            };
+            let mut p = principal(answer.user_id);
+            if let Some(scopes) = answer.scopes {
+                p = p.with_scopes(scopes);
+            }
+            if let Some(RateLimit { requests, window }) = answer.rate_limit {
                 if requests > 0 && window > 0 {
-                    principal = principal.with_rate_limit(RateLimitPolicy::new(
-                        u32::try_from(requests).unwrap_or(u32::MAX),
+                    p = p.with_rate_limit(RateLimitPolicy::new(
+                        requests,
                         Duration::from_secs(window),
                     ));
                 }
             }
+            return (Outcome::Valid(Arc::new(p)), left);
         }
-        Outcome::Valid(Arc::new(principal))
-    }
+        Verdict::Refused(code) => code,
+    };
+    let outcome = match code {
+        Code::Invalid => Outcome::Denied(Denial::Invalid),
+        Code::Expired => Outcome::Denied(Denial::Expired),
+        Code::Disabled => Outcome::Denied(Denial::Disabled),
+        Code::InsufficientScope => Outcome::LacksScope(Arc::new(principal(answer.user_id))),
+        Code::RateLimited => Outcome::Throttled,
+        // `verdict` never refuses with `valid`; if it did, decide nothing.
+        Code::Valid => Outcome::Unavailable,
+    };
+    (outcome, None)
+}
+
+/// Time until `expires_at` (Unix seconds), `None` when it has passed.
+fn time_left(expires_at: u64) -> Option<Duration> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?;
+    Duration::from_secs(expires_at)
+        .checked_sub(now)
+        .filter(|left| !left.is_zero())
 }
 
 #[async_trait]
@@ -529,28 +699,20 @@ impl Verifier for RemoteVerifier {
             .map(str::to_owned)
             .or_else(|| inner.scope.clone());
         // One call per key (and scope) at a time; the others wait for it.
-        let slot = Arc::clone(
-            inner
-                .inflight
-                .lock()
-                .entry((digest, scope.clone()))
-                .or_default(),
-        );
-        let outcome = slot
-            .get_or_init(|| self.ask(credential, scope.as_deref()))
+        // The guard leaves the map clean however this future ends.
+        let joined = inner.inflight.join((digest, scope));
+        let outcome = joined
+            .cell()
+            .get_or_init(|| self.ask(credential, joined.scope()))
             .await
             .clone();
-        {
-            let mut inflight = inner.inflight.lock();
-            let key = (digest, scope);
-            if inflight.get(&key).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
-                inflight.remove(&key);
-            }
-        }
+        drop(joined);
         match outcome {
             Outcome::Valid(p) | Outcome::LacksScope(p) => Ok(p),
-            Outcome::Invalid => Err(VerifyError::Invalid),
-            Outcome::Unavailable => self.stale(&digest),
+            Outcome::Denied(denial) => Err(denial.into()),
+            Outcome::Unavailable | Outcome::Shed => self.stale(&digest),
+            // TODO(core): VerifyError::RateLimited → 429
+            Outcome::Throttled => Err(self.unavailable()),
         }
     }
 
@@ -572,42 +734,76 @@ impl Verifier for RemoteVerifier {
 }
 
 impl RemoteVerifier {
-    /// Asks the service unless the circuit is open, and records the answer
-    /// (the cache for valid and invalid ones, the breaker for all).
+    /// Asks the service unless the circuit is open or the budget spent,
+    /// and records the answer (the cache for valid and refused keys, the
+    /// breaker for all).
     async fn ask(&self, credential: &Credential, scope: Option<&str>) -> Outcome {
         let inner = &*self.inner;
+        let digest = credential.digest();
         // A caller that missed the cache just before another's call filled
         // it and left: the answer is there now.
-        match self.verify_now(credential, &VerifyContext::default()) {
-            Some(Ok(principal)) => return Outcome::Valid(principal),
-            Some(Err(_)) => return Outcome::Invalid,
-            None => {}
+        match self.cached(digest) {
+            Some(CacheEntry::Granted(fresh)) if self.now() < fresh.until => {
+                return Outcome::Valid(fresh.principal);
+            }
+            Some(CacheEntry::Denied(denial)) => return Outcome::Denied(denial),
+            _ => {}
         }
-        if inner.breaker.permit(self.now()) == Permit::Refused {
+        let Ok(key) = std::str::from_utf8(credential.expose()) else {
+            // Extraction admits only visible ASCII; anything else is no key.
+            return Outcome::Denied(Denial::Invalid);
+        };
+        let Some(attempt) = inner.breaker.permit() else {
             return Outcome::Unavailable;
+        };
+        if inner.budget.as_ref().is_some_and(|b| !b.try_take()) {
+            attempt.release();
+            if Health::due(&inner.health.shed_logged, self.now()) {
+                tracing::warn!(target: "auth_remote", per_second = inner.budget_per_second,
+                    "upstream call budget spent: cache misses answered unavailable");
+            }
+            return Outcome::Shed;
         }
-        let digest = credential.digest();
         // Taken before the call: an invalidation meanwhile voids the fill.
         let ticket = inner.cache.ticket(digest);
-        let outcome = inner.call(credential, scope).await;
-        match &outcome {
-            Outcome::Unavailable => inner.breaker.failure(self.now()),
-            _ => inner.breaker.success(),
-        }
+        // Dropped mid-call (the caller hung up), `attempt` counts as failed.
+        let (outcome, key_left) = match inner.call(key, scope).await {
+            Reply::Answer(answer, verdict) => {
+                attempt.success();
+                inner.health.answered();
+                read(answer, verdict, digest)
+            }
+            Reply::TooManyRequests => {
+                // Busy, not down: this request only.
+                attempt.throttled();
+                if Health::due(&inner.health.throttle_logged, self.now()) {
+                    tracing::warn!(target: "auth_remote",
+                        "the key service answers 429: cache misses answered unavailable");
+                }
+                (Outcome::Throttled, None)
+            }
+            Reply::Failed(failure) => {
+                attempt.failure();
+                inner.health.failed(failure);
+                (Outcome::Unavailable, None)
+            }
+        };
         match &outcome {
             Outcome::Valid(p) => {
+                let now = self.now();
+                let key_expires = key_left.map_or(Duration::MAX, |left| now.saturating_add(left));
                 let fresh = Fresh {
                     principal: Arc::clone(p),
-                    until: self.now() + inner.fresh_for,
+                    // Never fresh past the key's own expiry.
+                    until: now.saturating_add(inner.fresh_for).min(key_expires),
+                    key_expires,
                 };
                 inner.cache.fill(ticket, CacheEntry::Granted(fresh));
             }
-            Outcome::Invalid => {
-                inner
-                    .cache
-                    .fill(ticket, CacheEntry::Denied(Denial::Invalid));
+            Outcome::Denied(denial) => {
+                inner.cache.fill(ticket, CacheEntry::Denied(*denial));
             }
-            Outcome::LacksScope(_) | Outcome::Unavailable => {}
+            Outcome::LacksScope(_) | Outcome::Unavailable | Outcome::Throttled | Outcome::Shed => {}
         }
         tracing::debug!(target: "auth_remote", fingerprint = %digest.fingerprint(),
             outcome = outcome_name(&outcome), "key service answered");
@@ -620,13 +816,23 @@ impl RemoteVerifier {
         if let (Some(grace), Some(CacheEntry::Granted(fresh))) =
             (self.inner.serve_stale, self.cached(digest))
         {
-            if self.now() < fresh.until + grace {
-                tracing::warn!(target: "auth_remote", fingerprint = %digest.fingerprint(),
+            let now = self.now();
+            if now < fresh.until.saturating_add(grace) && now < fresh.key_expires {
+                tracing::debug!(target: "auth_remote", fingerprint = %digest.fingerprint(),
                     "key service unavailable: serving a stale valid answer");
                 return Ok(fresh.principal);
             }
         }
-        Err(VerifyError::Unavailable)
+        Err(self.unavailable())
+    }
+
+    /// Counts an unavailable answer.
+    fn unavailable(&self) -> VerifyError {
+        self.inner
+            .health
+            .unavailable
+            .fetch_add(1, Ordering::Relaxed);
+        VerifyError::Unavailable
     }
 }
 
@@ -634,7 +840,34 @@ fn outcome_name(outcome: &Outcome) -> &'static str {
     match outcome {
         Outcome::Valid(_) => "valid",
         Outcome::LacksScope(_) => "lacks scope",
-        Outcome::Invalid => "invalid",
+        Outcome::Denied(Denial::Expired) => "expired",
+        Outcome::Denied(Denial::Disabled) => "disabled",
+        Outcome::Denied(_) => "invalid",
         Outcome::Unavailable => "unavailable",
+        Outcome::Throttled => "throttled",
+        Outcome::Shed => "over budget",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_shown_without_userinfo_or_query() {
+        for (url, shown) in [
+            ("http://127.0.0.1:8080/v", "http://127.0.0.1:8080/v"),
+            (
+                "http://u:p@[::1]:8080/v?k=s#f",
+                "http://***@[::1]:8080/v?***",
+            ),
+            (
+                "https://only-user@keys.internal/v",
+                "https://***@keys.internal/v",
+            ),
+            ("http://u:p@host:notaport/v", "<unparseable URL>"),
+        ] {
+            assert_eq!(redacted(url), shown);
+        }
     }
 }

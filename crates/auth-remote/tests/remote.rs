@@ -3,11 +3,15 @@
 #![allow(unused_crate_dependencies)]
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::task::Poll;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use auth_core::protocol::{Code, RateLimit, ValidateRequest, ValidateResponse};
 use auth_core::{
     Credential, Decision, Fallback, Guard, KeySet, ManualClock, PlainRequest, Principal, Verifier,
     VerifyContext, VerifyError,
@@ -19,11 +23,16 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use parking_lot::Mutex;
-use serde_json::{Value, json};
 
 const GOOD: &str = "sk_live_good_key_0123456789abcdef";
 const LIMITED: &str = "sk_live_limited_key_0123456789ab";
-const SERVICE_HEADER: &str = "x-service-token";
+const EXPIRED: &str = "sk_live_expired_key_0123456789ab";
+const DISABLED: &str = "sk_live_disabled_key_0123456789a";
+/// Valid, expiring 2 s after each answer.
+const EXPIRING: &str = "sk_live_expiring_key_0123456789a";
+/// Valid, says the service, with an `expiresAt` already past.
+const LAPSED: &str = "sk_live_lapsed_key_0123456789abc";
+const SERVICE_HEADER: &str = auth_core::protocol::SERVICE_TOKEN_HEADER;
 const SERVICE_TOKEN: &str = "our-service-credential";
 
 /// How the double answers.
@@ -33,15 +42,50 @@ enum Mode {
     Slow,
     Status(u16),
     Garbage,
+    /// This JSON body, whatever the key.
+    Raw(&'static str),
+    /// 307 to `/other`, which would say valid.
+    Redirect,
 }
 
-/// A key's owner, scopes and rate limit (requests, window in seconds).
-type KeyInfo = (&'static str, Vec<&'static str>, Option<(u32, u64)>);
+/// A valid answer padded past the 64 KiB an answer may have.
+static HUGE_ANSWER: std::sync::LazyLock<&'static str> = std::sync::LazyLock::new(|| {
+    let padded = format!(
+        r#"{{"valid":true,"code":"valid","userId":"user-1","error":"{}"}}"#,
+        "x".repeat(70 * 1024)
+    );
+    Box::leak(padded.into_boxed_str())
+});
+
+/// A key as the double knows it.
+struct KeyInfo {
+    user: &'static str,
+    scopes: Vec<&'static str>,
+    /// Requests, window in seconds.
+    limit: Option<(u32, u64)>,
+    /// Valid, or why not.
+    code: Code,
+    /// `expiresAt`, in seconds from the answer.
+    expires_in: Option<i64>,
+}
+
+impl KeyInfo {
+    fn valid(user: &'static str, scopes: Vec<&'static str>) -> Self {
+        Self {
+            user,
+            scopes,
+            limit: None,
+            code: Code::Valid,
+            expires_in: None,
+        }
+    }
+}
 
 struct Double {
     calls: AtomicUsize,
+    /// Calls to `/other`, the redirect's target.
+    other_calls: AtomicUsize,
     mode: Mutex<Mode>,
-    /// key → (user, scopes, rate limit)
     keys: HashMap<&'static str, KeyInfo>,
 }
 
@@ -49,10 +93,45 @@ impl Double {
     fn new() -> Arc<Self> {
         Arc::new(Self {
             calls: AtomicUsize::new(0),
+            other_calls: AtomicUsize::new(0),
             mode: Mutex::new(Mode::Normal),
             keys: HashMap::from([
-                (GOOD, ("user-1", vec!["stt", "tts"], None)),
-                (LIMITED, ("user-2", vec!["stt"], Some((2, 60)))),
+                (GOOD, KeyInfo::valid("user-1", vec!["stt", "tts"])),
+                (
+                    LIMITED,
+                    KeyInfo {
+                        limit: Some((2, 60)),
+                        ..KeyInfo::valid("user-2", vec!["stt"])
+                    },
+                ),
+                (
+                    EXPIRED,
+                    KeyInfo {
+                        code: Code::Expired,
+                        ..KeyInfo::valid("user-3", vec![])
+                    },
+                ),
+                (
+                    DISABLED,
+                    KeyInfo {
+                        code: Code::Disabled,
+                        ..KeyInfo::valid("user-4", vec![])
+                    },
+                ),
+                (
+                    EXPIRING,
+                    KeyInfo {
+                        expires_in: Some(2),
+                        ..KeyInfo::valid("user-5", vec![])
+                    },
+                ),
+                (
+                    LAPSED,
+                    KeyInfo {
+                        expires_in: Some(-10),
+                        ..KeyInfo::valid("user-6", vec![])
+                    },
+                ),
             ]),
         })
     }
@@ -66,10 +145,15 @@ impl Double {
     }
 }
 
+fn unix_now() -> i64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    i64::try_from(now.as_secs()).unwrap()
+}
+
 async fn validate(
     State(double): State<Arc<Double>>,
     headers: HeaderMap,
-    Json(body): Json<Value>,
+    Json(body): Json<ValidateRequest>,
 ) -> Response {
     double.calls.fetch_add(1, Ordering::SeqCst);
     let mode = *double.mode.lock();
@@ -77,34 +161,53 @@ async fn validate(
         Mode::Slow => tokio::time::sleep(Duration::from_secs(2)).await,
         Mode::Status(code) => return StatusCode::from_u16(code).unwrap().into_response(),
         Mode::Garbage => return "<html>not json</html>".into_response(),
+        Mode::Raw(text) => {
+            return ([("content-type", "application/json")], text).into_response();
+        }
+        Mode::Redirect => {
+            return (StatusCode::TEMPORARY_REDIRECT, [("location", "/other")]).into_response();
+        }
         Mode::Normal => {}
     }
     if headers.get(SERVICE_HEADER).and_then(|v| v.to_str().ok()) != Some(SERVICE_TOKEN) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    let key = body["apiKey"].as_str().unwrap_or_default();
-    let scope = body["scope"].as_str();
-    let Some((user, scopes, limit)) = double.keys.get(key) else {
-        return Json(json!({"valid": false, "error": "invalid api key"})).into_response();
+    let Some(info) = double.keys.get(body.api_key.as_str()) else {
+        return Json(ValidateResponse::refusal(Code::Invalid)).into_response();
     };
-    if let Some(scope) = scope {
-        if !scopes.contains(&scope) {
-            return Json(
-                json!({"valid": false, "error": format!("API key does not have scope: {scope}")}),
-            )
-            .into_response();
+    if info.code != Code::Valid {
+        return Json(ValidateResponse::refusal(info.code)).into_response();
+    }
+    if let Some(scope) = body.scope.as_deref() {
+        if !info.scopes.contains(&scope) {
+            let mut answer = ValidateResponse::refusal(Code::InsufficientScope);
+            answer.user_id = Some(info.user.to_owned());
+            return Json(answer).into_response();
         }
     }
-    let mut answer = json!({"valid": true, "userId": user, "scopes": scopes});
-    if let Some((requests, window)) = limit {
-        answer["rateLimit"] = json!({"requests": requests, "window": window});
-    }
+    let mut answer = ValidateResponse::valid(
+        info.user,
+        info.scopes.iter().map(|s| (*s).to_owned()).collect(),
+    );
+    answer.rate_limit = info
+        .limit
+        .map(|(requests, window)| RateLimit { requests, window });
+    answer.expires_at = info
+        .expires_in
+        .map(|s| u64::try_from(unix_now() + s).unwrap());
     Json(answer).into_response()
+}
+
+/// The redirect's target: would say valid to anything.
+async fn other(State(double): State<Arc<Double>>) -> Response {
+    double.other_calls.fetch_add(1, Ordering::SeqCst);
+    Json(ValidateResponse::valid("redirected", vec![])).into_response()
 }
 
 async fn serve(double: Arc<Double>) -> SocketAddr {
     let app = axum::Router::new()
-        .route("/api/v1/api-keys/validate", post(validate))
+        .route(auth_core::protocol::VALIDATE_PATH, post(validate))
+        .route("/other", post(other))
         .with_state(double);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -570,4 +673,517 @@ fn from_env_reads_and_refuses_clearly() {
     .unwrap();
     assert!(ok.build().is_ok());
     assert!(RemoteVerifier::builder("ftp://x").build().is_err());
+}
+
+/// Polls a future once.
+async fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *f).poll(cx))).await
+}
+
+/// Well-formed keys nobody issued, different on every run.
+fn random_keys() -> impl FnMut() -> String {
+    let mut state = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    move || {
+        // splitmix64
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        format!("sk_live_{:016x}{:016x}", z ^ (z >> 31), state)
+    }
+}
+
+// --- A: the typed protocol ---
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_without_a_readable_consistent_code_are_unavailable() {
+    let (double, addr) = started().await;
+    let v = patient(addr);
+    for raw in [
+        // Free text decides nothing, however it is worded.
+        r#"{"valid":false,"error":"key not valid for this scope"}"#,
+        r#"{"valid":true,"userId":"user-1","scopes":["stt"]}"#,
+        // `valid` contradicting `code`.
+        r#"{"valid":true,"code":"disabled"}"#,
+        r#"{"valid":false,"code":"valid","userId":"user-1"}"#,
+        r#"{"valid":true,"code":"maybe","userId":"user-1"}"#,
+        // Over 64 KiB: not read to the end.
+        *HUGE_ANSWER,
+    ] {
+        double.set(Mode::Raw(raw));
+        let before = double.calls();
+        for answer in [
+            verify(&v, GOOD).await,
+            verify_scoped(&v, GOOD, "stt").await,
+            verify(&v, GOOD).await,
+        ] {
+            assert_eq!(answer.unwrap_err(), VerifyError::Unavailable, "{raw}");
+        }
+        assert_eq!(double.calls(), before + 3, "{raw}: cached");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_and_disabled_codes_are_cached_denials_of_their_kind() {
+    let (double, addr) = started().await;
+    let v = patient(addr);
+    for _ in 0..2 {
+        assert_eq!(verify(&v, EXPIRED).await.unwrap_err(), VerifyError::Expired);
+        assert_eq!(
+            verify(&v, DISABLED).await.unwrap_err(),
+            VerifyError::Disabled
+        );
+    }
+    assert_eq!(double.calls(), 2, "the denials are cached");
+    // Valid, says the service, but its `expiresAt` is past: expired.
+    assert_eq!(verify(&v, LAPSED).await.unwrap_err(), VerifyError::Expired);
+    assert_eq!(verify(&v, LAPSED).await.unwrap_err(), VerifyError::Expired);
+    assert_eq!(double.calls(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_answer_is_never_used_past_the_keys_expiry() {
+    let (double, addr) = started().await;
+    for stale in [None, Some(Duration::from_secs(600))] {
+        let clock = Arc::new(ManualClock::new());
+        let mut builder = remote(addr)
+            .clock(clock.clone())
+            .cache_ttl(Duration::from_secs(300))
+            .breaker(1_000, Duration::from_secs(1));
+        if let Some(grace) = stale {
+            builder = builder.serve_stale(grace);
+        }
+        let v = builder.build().unwrap();
+        double.set(Mode::Normal);
+        let before = double.calls();
+        assert_eq!(verify(&v, EXPIRING).await.unwrap().id(), "user-5");
+        assert_eq!(verify(&v, EXPIRING).await.unwrap().id(), "user-5");
+        assert_eq!(double.calls(), before + 1, "cached while the key lives");
+        // `expiresAt` was at most 2 s ahead; the TTL (5 min) is not what
+        // counts.
+        clock.advance(Duration::from_secs(3));
+        assert_eq!(verify(&v, EXPIRING).await.unwrap().id(), "user-5");
+        assert_eq!(
+            double.calls(),
+            before + 2,
+            "served from cache after expiresAt"
+        );
+        // Not even serve-stale uses it past the key's expiry.
+        double.set(Mode::Status(503));
+        clock.advance(Duration::from_secs(3));
+        assert_eq!(
+            verify(&v, EXPIRING).await.unwrap_err(),
+            VerifyError::Unavailable,
+            "stale {stale:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_code_is_unavailable_uncached_and_not_a_failure() {
+    let (double, addr) = started().await;
+    let v = remote(addr)
+        .breaker(5, Duration::from_secs(30))
+        .build()
+        .unwrap();
+    double.set(Mode::Raw(r#"{"valid":false,"code":"rate_limited"}"#));
+    for _ in 0..6 {
+        assert_eq!(
+            verify(&v, GOOD).await.unwrap_err(),
+            VerifyError::Unavailable
+        );
+    }
+    assert_eq!(double.calls(), 6, "not cached");
+    assert!(!v.circuit_open());
+    double.set(Mode::Normal);
+    assert!(verify(&v, GOOD).await.is_ok());
+}
+
+// --- B: a dropped probe ---
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_probe_does_not_leave_the_circuit_half_open() {
+    let (double, addr) = started().await;
+    let clock = Arc::new(ManualClock::new());
+    let v = remote(addr)
+        .clock(clock.clone())
+        .breaker(3, Duration::from_secs(30))
+        .build()
+        .unwrap();
+    double.set(Mode::Status(500));
+    for _ in 0..3 {
+        verify(&v, GOOD).await.unwrap_err();
+    }
+    assert!(v.circuit_open());
+    // The probe's caller hangs up mid-call.
+    clock.advance(Duration::from_secs(1));
+    double.set(Mode::Slow);
+    let hung_up = tokio::time::timeout(Duration::from_millis(50), verify(&v, GOOD)).await;
+    assert!(hung_up.is_err(), "the probe should still be under way");
+    assert!(v.circuit_open());
+    // It counted as a failed probe: the next one comes after the next wait.
+    double.set(Mode::Normal);
+    clock.advance(Duration::from_secs(2));
+    let before = double.calls();
+    assert_eq!(verify(&v, GOOD).await.unwrap().id(), "user-1");
+    assert_eq!(double.calls(), before + 1);
+    assert!(!v.circuit_open());
+}
+
+// --- C: the in-flight map ---
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_first_caller_hands_the_call_on_and_the_last_one_out_cleans_up() {
+    let (double, addr) = started().await;
+    let v = patient(addr);
+    double.set(Mode::Slow);
+    let mut first = Box::pin(verify(&v, GOOD));
+    assert!(poll_once(&mut first).await.is_pending());
+    let mut second = Box::pin(verify(&v, GOOD));
+    assert!(poll_once(&mut second).await.is_pending());
+    assert_eq!(v.inflight_len(), 1);
+    drop(first);
+    assert_eq!(v.inflight_len(), 1, "the second caller still waits");
+    double.set(Mode::Normal);
+    assert_eq!(
+        second.await.unwrap().id(),
+        "user-1",
+        "the call was handed on"
+    );
+    assert_eq!(v.inflight_len(), 0);
+
+    // Both callers of an unanswered call leave, in either order.
+    double.set(Mode::Slow);
+    for first_leaves_first in [true, false] {
+        v.clear();
+        let mut a = Box::pin(verify(&v, LIMITED));
+        let mut b = Box::pin(verify(&v, LIMITED));
+        assert!(poll_once(&mut a).await.is_pending());
+        assert!(poll_once(&mut b).await.is_pending());
+        if first_leaves_first {
+            drop(a);
+            drop(b);
+        } else {
+            drop(b);
+            drop(a);
+        }
+        assert_eq!(v.inflight_len(), 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_cancelled_callers_leave_no_inflight_entry() {
+    let (double, addr) = started().await;
+    let v = patient(addr);
+    double.set(Mode::Slow);
+    let mut next_key = random_keys();
+    let mut pending = 0;
+    let start = Instant::now();
+    for i in 0..100_000 {
+        let key = next_key();
+        // Most polls are made with tokio's cooperative budget spent, so
+        // those callers are dropped waiting for the slot; after a yield the
+        // budget is whole and the poll reaches the upstream budget: a call
+        // under way (pending) or shed (ready).
+        if i % 2 == 0 {
+            tokio::task::yield_now().await;
+        }
+        let mut call = Box::pin(verify(&v, &key));
+        match poll_once(&mut call).await {
+            Poll::Pending => pending += 1,
+            Poll::Ready(answer) => assert_eq!(answer.unwrap_err(), VerifyError::Unavailable),
+        }
+    }
+    eprintln!(
+        "{pending} of 100,000 callers dropped pending, in {:?}; {} calls arrived",
+        start.elapsed(),
+        double.calls()
+    );
+    assert!(pending > 0, "no call was under way when dropped");
+    assert_eq!(v.inflight_len(), 0, "{pending} cancelled calls");
+}
+
+// --- D: probes back off ---
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_back_off_from_a_second_to_the_cool_down() {
+    let (double, addr) = started().await;
+    let clock = Arc::new(ManualClock::new());
+    let v = remote(addr)
+        .clock(clock.clone())
+        .breaker(3, Duration::from_secs(10))
+        .probe_backoff(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let ms = Duration::from_millis(1);
+    double.set(Mode::Status(500));
+    for _ in 0..3 {
+        verify(&v, GOOD).await.unwrap_err();
+    }
+    assert!(v.circuit_open());
+    // Each failed probe doubles the wait, up to the cool-down.
+    for wait in [1, 2, 4, 8, 10, 10] {
+        let before = double.calls();
+        clock.advance(Duration::from_secs(wait) - ms);
+        verify(&v, GOOD).await.unwrap_err();
+        assert_eq!(double.calls(), before, "probed before {wait} s");
+        clock.advance(ms);
+        verify(&v, GOOD).await.unwrap_err();
+        assert_eq!(double.calls(), before + 1, "no probe after {wait} s");
+    }
+    // The service is back: the next probe closes the circuit.
+    double.set(Mode::Normal);
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(verify(&v, GOOD).await.unwrap().id(), "user-1");
+    assert!(!v.circuit_open());
+
+    // A success reset the wait: the next outage is probed after 1 s, and
+    // a service back by then is used again at once.
+    v.clear();
+    double.set(Mode::Status(500));
+    for _ in 0..3 {
+        verify(&v, GOOD).await.unwrap_err();
+    }
+    assert!(v.circuit_open());
+    double.set(Mode::Normal);
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(verify(&v, GOOD).await.unwrap().id(), "user-1");
+    assert!(!v.circuit_open());
+}
+
+// --- E: the upstream budget ---
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_random_keys_stays_within_the_upstream_budget() {
+    const BUDGET: u32 = 100;
+    const FLOODERS: usize = 4;
+    let (double, addr) = started().await;
+    let start = Instant::now();
+    let v = remote(addr).upstream_budget(BUDGET).build().unwrap();
+    let flooding = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flood: Vec<_> = (0..FLOODERS)
+        .map(|_| {
+            let v = v.clone();
+            tokio::spawn(async move {
+                let mut next_key = random_keys();
+                for i in 0..100_000 / FLOODERS {
+                    match verify(&v, &next_key()).await {
+                        Err(VerifyError::Invalid | VerifyError::Unavailable) => {}
+                        other => panic!("a random key: {other:?}"),
+                    }
+                    if i % 1_000 == 0 {
+                        assert!(!v.circuit_open(), "the flood opened the circuit");
+                    }
+                }
+            })
+        })
+        .collect();
+    // Meanwhile a good key nobody asked for yet gets through.
+    let good = {
+        let v = v.clone();
+        let flooding = flooding.clone();
+        tokio::spawn(async move {
+            loop {
+                match verify(&v, GOOD).await {
+                    Ok(p) => return (p, flooding.load(Ordering::SeqCst)),
+                    Err(VerifyError::Unavailable) => tokio::task::yield_now().await,
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+        })
+    };
+    for task in flood {
+        task.await.unwrap();
+    }
+    flooding.store(false, Ordering::SeqCst);
+    let (p, during) = good.await.unwrap();
+    assert_eq!(p.id(), "user-1");
+    assert!(during, "the good key got through only after the flood");
+    // And afterwards, another.
+    let mut answer = verify(&v, LIMITED).await;
+    for _ in 0..100 {
+        if answer.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        answer = verify(&v, LIMITED).await;
+    }
+    assert_eq!(answer.unwrap().id(), "user-2");
+    assert!(!v.circuit_open());
+    let elapsed = start.elapsed().as_secs_f64();
+    eprintln!(
+        "{} upstream calls in {elapsed:.2} s; {} answered unavailable",
+        double.calls(),
+        v.unavailable_count()
+    );
+    let bound = f64::from(BUDGET) * elapsed + f64::from(BUDGET) + 1.0;
+    let calls = double.calls();
+    assert!(
+        (calls as f64) <= bound,
+        "{calls} upstream calls in {elapsed:.1} s, budget {BUDGET}/s"
+    );
+    assert!(v.unavailable_count() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_answering_429_never_opens_the_circuit() {
+    let (double, addr) = started().await;
+    let v = remote(addr)
+        .breaker(5, Duration::from_secs(30))
+        .build()
+        .unwrap();
+    double.set(Mode::Status(429));
+    for _ in 0..6 {
+        assert_eq!(
+            verify(&v, GOOD).await.unwrap_err(),
+            VerifyError::Unavailable
+        );
+    }
+    assert_eq!(
+        double.calls(),
+        6,
+        "every request asked: not cached, not refused"
+    );
+    assert!(!v.circuit_open());
+    double.set(Mode::Normal);
+    assert!(verify(&v, GOOD).await.is_ok());
+}
+
+// --- F: one WARN per outage ---
+
+/// Everything logged on this thread while it lives.
+struct Captured {
+    logs: Arc<Mutex<Vec<u8>>>,
+    _default: tracing::subscriber::DefaultGuard,
+}
+
+#[derive(Clone)]
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn start() -> Self {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = Sink(logs.clone());
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .finish();
+        Self {
+            logs,
+            _default: tracing::subscriber::set_default(subscriber),
+        }
+    }
+
+    /// Lines at `level` containing `text`.
+    fn count(&self, level: &str, text: &str) -> usize {
+        String::from_utf8_lossy(&self.logs.lock())
+            .lines()
+            .filter(|l| l.contains(level) && l.contains(text))
+            .count()
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_outage_is_logged_once_and_counted() {
+    let logs = Captured::start();
+    let (double, addr) = started().await;
+    for breaker in [1_000, 5] {
+        let before = logs.count("WARN", "key service unavailable");
+        let clock = Arc::new(ManualClock::new());
+        let v = remote(addr)
+            .clock(clock.clone())
+            .breaker(breaker, Duration::from_secs(30))
+            .build()
+            .unwrap();
+        double.set(Mode::Status(503));
+        let mut next_key = random_keys();
+        for i in 0..50 {
+            let key = if i % 2 == 0 {
+                GOOD.to_owned()
+            } else {
+                next_key()
+            };
+            assert_eq!(
+                verify(&v, &key).await.unwrap_err(),
+                VerifyError::Unavailable
+            );
+        }
+        assert_eq!(
+            logs.count("WARN", "key service unavailable") - before,
+            1,
+            "breaker {breaker}"
+        );
+        assert_eq!(v.unavailable_count(), 50);
+        let recovered = logs.count("INFO", "key service available again");
+        double.set(Mode::Normal);
+        clock.advance(Duration::from_secs(1));
+        assert!(verify(&v, GOOD).await.is_ok());
+        assert!(verify(&v, LIMITED).await.is_ok());
+        assert_eq!(
+            logs.count("INFO", "key service available again"),
+            recovered + 1
+        );
+    }
+}
+
+// --- G: redirects ---
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_not_followed() {
+    let (double, addr) = started().await;
+    let v = patient(addr);
+    double.set(Mode::Redirect);
+    assert_eq!(
+        verify(&v, GOOD).await.unwrap_err(),
+        VerifyError::Unavailable
+    );
+    assert_eq!(
+        verify(&v, "sk_live_unknown").await.unwrap_err(),
+        VerifyError::Unavailable
+    );
+    assert_eq!(double.calls(), 2);
+    assert_eq!(
+        double.other_calls.load(Ordering::SeqCst),
+        0,
+        "the key was re-sent to the redirect's target"
+    );
+}
+
+// --- H: Debug ---
+
+#[test]
+fn debug_hides_the_urls_userinfo_and_query() {
+    let builder =
+        RemoteVerifier::builder("http://user:secret@127.0.0.1:1").path("/validate?token=hush");
+    let shown = format!("{builder:?}");
+    let v = builder.build().unwrap();
+    let shown = format!("{shown}{v:?}");
+    assert!(
+        !shown.contains("secret") && !shown.contains("hush"),
+        "{shown}"
+    );
+    assert!(!shown.contains("user"), "{shown}");
+    assert!(
+        shown.contains("http://***@127.0.0.1:1/validate?***"),
+        "{shown}"
+    );
+    let err = RemoteVerifier::builder("ftp://user:secret@127.0.0.1:1")
+        .build()
+        .unwrap_err();
+    assert!(!err.to_string().contains("secret"), "{err}");
 }

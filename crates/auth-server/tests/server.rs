@@ -1192,6 +1192,31 @@ async fn serve_speaks_https_with_the_given_certificate() {
             .await
             .unwrap();
         assert_eq!(answer["code"], "valid", "{answer}");
+
+        // auth-remote over HTTPS: with the CA it validates; without it (the
+        // platform's roots only) the service is unavailable, never valid.
+        let token = service["key"].as_str().unwrap();
+        let key = client["key"].as_str().unwrap();
+        let trusting = RemoteVerifier::builder(&base)
+            .service_credential(auth_server::SERVICE_HEADER, token)
+            .tls_root_certificate(cert_pem.as_bytes())
+            .build()
+            .unwrap();
+        assert_eq!(verify(&trusting, key).await.unwrap(), "user-1");
+        let untrusting = RemoteVerifier::builder(&base)
+            .service_credential(auth_server::SERVICE_HEADER, token)
+            .build()
+            .unwrap();
+        assert_eq!(
+            verify(&untrusting, key).await.unwrap_err(),
+            VerifyError::Unavailable
+        );
+        assert!(
+            RemoteVerifier::builder(&base)
+                .tls_root_certificate(b"not a certificate")
+                .build()
+                .is_err()
+        );
     }
 }
 

@@ -40,6 +40,10 @@ impl Harness for Warp {
             .and(warp::get())
             .and(auth.with_scope(SCOPE))
             .map(|c: Caller| whoami(&c));
+        let stt_preflight = warp::path!("api" / "stt")
+            .and(warp::options())
+            .and(auth.with_scope(SCOPE))
+            .map(|_: Caller| StatusCode::NO_CONTENT.into_response());
         let admin = warp::path!("admin")
             .and(warp::get())
             .and(auth.filter())
@@ -50,6 +54,8 @@ impl Harness for Warp {
             .or(preflight)
             .unify()
             .or(stt)
+            .unify()
+            .or(stt_preflight)
             .unify()
             .or(admin)
             .unify()

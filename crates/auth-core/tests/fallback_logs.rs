@@ -1,0 +1,123 @@
+//! `Fallback`'s outage logging, captured with `tracing`. In a binary of its
+//! own: while only one subscriber exists, `tracing` caches a callsite's
+//! interest from the default subscriber of whichever thread reaches it
+//! first, so a parallel test (with none) reaching the same callsites could
+//! hide these events.
+#![allow(unused_crate_dependencies)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use auth_core::{
+    Credential, Fallback, KeySet, Principal, Verifier, VerifyContext, VerifyError, VerifyResult,
+    verifier_fn,
+};
+
+async fn verify(v: &impl Verifier, key: &str) -> VerifyResult {
+    v.verify(&Credential::new(key), &VerifyContext::default())
+        .await
+}
+
+/// Everything logged on this thread, as text.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
+}
+
+impl Logs {
+    /// Lines that carry both texts (a level and a message, say).
+    fn count(&self, a: &str, b: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains(a) && l.contains(b))
+            .count()
+    }
+}
+
+/// An outage is logged once when it starts and once when it ends, however
+/// many requests it lasts; the requests in between are counted.
+#[tokio::test]
+async fn fallback_logs_an_outage_once_and_counts_it() {
+    const DOWN: &str = "primary verifier unavailable; asking the fallback";
+    const BACK: &str = "primary verifier answering again";
+    let logs = Logs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .without_time()
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let up = Arc::new(AtomicBool::new(false));
+    let primary = {
+        let up = up.clone();
+        verifier_fn(move |_: &Credential| {
+            if up.load(Ordering::SeqCst) {
+                Ok(Arc::new(Principal::new("primary")))
+            } else {
+                Err(VerifyError::Unavailable)
+            }
+        })
+    };
+    let local = KeySet::new()
+        .with_key("k", Principal::new("local"))
+        .unwrap();
+    let v = Fallback::new(primary, local);
+    assert!(!v.primary_down());
+
+    for _ in 0..100 {
+        assert_eq!(verify(&v, "k").await.unwrap().id(), "local");
+    }
+    assert_eq!(logs.count("WARN", DOWN), 1, "an outage warned per request");
+    assert_eq!(v.fallbacks(), 100);
+    assert!(v.primary_down());
+    assert_eq!(logs.count("INFO", BACK), 0);
+
+    up.store(true, Ordering::SeqCst);
+    for _ in 0..10 {
+        assert_eq!(verify(&v, "k").await.unwrap().id(), "primary");
+    }
+    assert_eq!(
+        logs.count("INFO", BACK),
+        1,
+        "the recovery was not logged once"
+    );
+    assert_eq!(
+        logs.count(BACK, "fallbacks=100"),
+        1,
+        "the recovery did not report the outage's count"
+    );
+    assert!(!v.primary_down());
+    assert_eq!(v.fallbacks(), 100, "the fallback was asked while up");
+
+    // A second outage warns again; a recovery seen without waiting
+    // (`verify_now`) ends it too.
+    up.store(false, Ordering::SeqCst);
+    for _ in 0..5 {
+        assert_eq!(verify(&v, "k").await.unwrap().id(), "local");
+    }
+    assert_eq!(logs.count("WARN", DOWN), 2);
+    assert_eq!(v.fallbacks(), 105);
+    up.store(true, Ordering::SeqCst);
+    let now = v.verify_now(&Credential::new("k"), &VerifyContext::default());
+    assert_eq!(now.unwrap().unwrap().id(), "primary");
+    assert!(!v.primary_down());
+    assert_eq!(logs.count("INFO", BACK), 2);
+    assert_eq!(logs.count("WARN", DOWN), 2);
+}
