@@ -27,13 +27,14 @@ pub enum Denial {
 }
 
 impl Denial {
-    /// The denial of a verification error; `None` for `Unavailable`.
+    /// The denial of a verification error; `None` for `Unavailable` and
+    /// `RateLimited` (neither is an answer about the key that may be kept).
     pub fn from_error(error: VerifyError) -> Option<Self> {
         match error {
             VerifyError::Invalid => Some(Self::Invalid),
             VerifyError::Expired => Some(Self::Expired),
             VerifyError::Disabled => Some(Self::Disabled),
-            VerifyError::Unavailable => None,
+            VerifyError::Unavailable | VerifyError::RateLimited => None,
         }
     }
 }

@@ -631,6 +631,7 @@ impl Guard {
             let fingerprint = credential.digest();
             let (kind, outcome) = match e {
                 VerifyError::Unavailable => (RejectionKind::Unavailable, Outcome::Unavailable),
+                VerifyError::RateLimited => (RejectionKind::RateLimited, Outcome::Limited),
                 e => (RejectionKind::Invalid(e), Outcome::Invalid),
             };
             s.counters.count(outcome);
@@ -640,6 +641,11 @@ impl Guard {
             } else {
                 tracing::info!(target: "auth_core", keyring = %s.keyring,
                     fingerprint = %fingerprint, reason = e.reason(), "denied");
+            }
+            if kind == RejectionKind::RateLimited {
+                // The verifier's limit gives no wait: a second, then ask again.
+                return Rejection::new(kind, s.realm.clone())
+                    .with_retry_after(std::time::Duration::from_secs(1));
             }
             self.rejection(kind)
         })

@@ -150,6 +150,10 @@ pub enum VerifyError {
     /// The verifier could not decide: backend down, not loaded yet (→ 503).
     /// Never cached, never treated as "invalid".
     Unavailable,
+    /// A known key over a limit its verifier enforces itself, e.g. a central
+    /// key service's `rate_limited` (→ 429). Never cached: the next request
+    /// asks again.
+    RateLimited,
 }
 
 impl VerifyError {
@@ -165,6 +169,7 @@ impl VerifyError {
             Self::Expired => "expired",
             Self::Disabled => "disabled",
             Self::Unavailable => "unavailable",
+            Self::RateLimited => "rate_limited",
         }
     }
 }

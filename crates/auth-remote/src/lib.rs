@@ -326,8 +326,12 @@ enum Outcome {
     Denied(Denial),
     /// The service is down, or the circuit is open.
     Unavailable,
-    /// The service asked us to slow down (HTTP 429, or `rate_limited`).
+    /// The service asked us to slow down (HTTP 429): unavailable for this
+    /// request.
     Throttled,
+    /// The key is over a limit the service enforces (`rate_limited`): 429
+    /// for this request, not cached.
+    KeyLimited,
     /// Our own upstream budget is spent.
     Shed,
 }
@@ -670,7 +674,7 @@ fn read(
         Code::Expired => Outcome::Denied(Denial::Expired),
         Code::Disabled => Outcome::Denied(Denial::Disabled),
         Code::InsufficientScope => Outcome::LacksScope(Arc::new(principal(answer.user_id))),
-        Code::RateLimited => Outcome::Throttled,
+        Code::RateLimited => Outcome::KeyLimited,
         // `verdict` never refuses with `valid`; if it did, decide nothing.
         Code::Valid => Outcome::Unavailable,
     };
@@ -711,8 +715,8 @@ impl Verifier for RemoteVerifier {
             Outcome::Valid(p) | Outcome::LacksScope(p) => Ok(p),
             Outcome::Denied(denial) => Err(denial.into()),
             Outcome::Unavailable | Outcome::Shed => self.stale(&digest),
-            // TODO(core): VerifyError::RateLimited → 429
             Outcome::Throttled => Err(self.unavailable()),
+            Outcome::KeyLimited => Err(VerifyError::RateLimited),
         }
     }
 
@@ -803,7 +807,11 @@ impl RemoteVerifier {
             Outcome::Denied(denial) => {
                 inner.cache.fill(ticket, CacheEntry::Denied(*denial));
             }
-            Outcome::LacksScope(_) | Outcome::Unavailable | Outcome::Throttled | Outcome::Shed => {}
+            Outcome::LacksScope(_)
+            | Outcome::Unavailable
+            | Outcome::Throttled
+            | Outcome::KeyLimited
+            | Outcome::Shed => {}
         }
         tracing::debug!(target: "auth_remote", fingerprint = %digest.fingerprint(),
             outcome = outcome_name(&outcome), "key service answered");
@@ -845,6 +853,7 @@ fn outcome_name(outcome: &Outcome) -> &'static str {
         Outcome::Denied(_) => "invalid",
         Outcome::Unavailable => "unavailable",
         Outcome::Throttled => "throttled",
+        Outcome::KeyLimited => "rate limited",
         Outcome::Shed => "over budget",
     }
 }

@@ -783,7 +783,7 @@ async fn a_valid_answer_is_never_used_past_the_keys_expiry() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rate_limited_code_is_unavailable_uncached_and_not_a_failure() {
+async fn a_rate_limited_code_is_429_uncached_and_not_a_failure() {
     let (double, addr) = started().await;
     let v = remote(addr)
         .breaker(5, Duration::from_secs(30))
@@ -793,11 +793,27 @@ async fn a_rate_limited_code_is_unavailable_uncached_and_not_a_failure() {
     for _ in 0..6 {
         assert_eq!(
             verify(&v, GOOD).await.unwrap_err(),
-            VerifyError::Unavailable
+            VerifyError::RateLimited
         );
     }
     assert_eq!(double.calls(), 6, "not cached");
     assert!(!v.circuit_open());
+    // Through a guard: 429 with a Retry-After, never a grant.
+    let guard = Guard::builder(v.clone()).build().unwrap();
+    match guard
+        .check(&PlainRequest::get("/x").header("x-api-key", GOOD))
+        .await
+    {
+        Decision::Reject(r) => {
+            assert_eq!(r.status(), 429);
+            assert!(
+                r.headers()
+                    .iter()
+                    .any(|(name, _)| name.eq_ignore_ascii_case("retry-after"))
+            );
+        }
+        other => panic!("expected 429, got {other:?}"),
+    }
     double.set(Mode::Normal);
     assert!(verify(&v, GOOD).await.is_ok());
 }
@@ -1058,6 +1074,7 @@ async fn a_service_answering_429_never_opens_the_circuit() {
 struct Captured {
     logs: Arc<Mutex<Vec<u8>>>,
     _default: tracing::subscriber::DefaultGuard,
+    _second: tracing::Dispatch,
 }
 
 #[derive(Clone)]
@@ -1086,6 +1103,10 @@ impl Captured {
         Self {
             logs,
             _default: tracing::subscriber::set_default(subscriber),
+            // With one dispatcher, tracing caches a callsite's interest from
+            // the default of whichever thread reaches it first (another
+            // test's, with none); a second one makes it ask every dispatcher.
+            _second: tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()),
         }
     }
 

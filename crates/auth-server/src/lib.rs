@@ -798,6 +798,7 @@ fn code_of(e: VerifyError) -> Code {
     match e {
         VerifyError::Expired => Code::Expired,
         VerifyError::Disabled => Code::Disabled,
+        VerifyError::RateLimited => Code::RateLimited,
         _ => Code::Invalid,
     }
 }
