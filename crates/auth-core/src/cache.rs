@@ -75,9 +75,10 @@ pub struct FillTicket {
 /// - an [`invalidate`](Cache::invalidate) or [`clear`](Cache::clear) voids
 ///   the tickets taken before it, so a revocation racing an in-flight fill
 ///   can never bring a "granted" entry back;
-/// - a fill voids the tickets for its digest taken before it, so a slow,
-///   older answer (granted or denied) arriving late cannot overwrite what a
-///   later question stored.
+/// - answers are ordered by when they were *asked* (their tickets), not by
+///   when they arrive: a slow answer to an older question cannot overwrite
+///   what a later question stored, whichever kind either is; answers asked
+///   at the same moment resolve to the denial (on doubt, deny).
 ///
 /// A voided fill is not stored; its caller still has its answer.
 /// Implementations may void more tickets than that (e.g. per shard), never
@@ -87,10 +88,10 @@ pub trait Cache<V>: Send + Sync {
     fn get(&self, digest: &Digest) -> Option<CacheEntry<V>>;
     /// A ticket for filling `digest` later.
     fn ticket(&self, digest: &Digest) -> FillTicket;
-    /// Stores `entry` unless the ticket was voided (by an invalidation, or by
-    /// a fill for the same digest, since the ticket was taken); returns
-    /// whether it was stored. A stored fill voids every earlier ticket for
-    /// its digest, including its own.
+    /// Stores `entry` unless the ticket was voided (by an invalidation since
+    /// it was taken) or the answer held for the digest was asked later (or
+    /// at the same moment, and this is not a denial); returns whether it was
+    /// stored.
     fn fill(&self, ticket: FillTicket, entry: CacheEntry<V>) -> bool;
     /// Drops the entry for `digest` and voids outstanding tickets for it.
     fn invalidate(&self, digest: &Digest);
@@ -187,8 +188,8 @@ struct Slot<T> {
     value: T,
     /// Expiry, in nanoseconds of the cache's clock.
     expires: u64,
-    /// The stamp of the fill that stored it: tickets below it are older.
-    filled: u64,
+    /// The ticket it was asked under: an answer asked earlier is older.
+    asked: u64,
 }
 
 struct Shard<V> {
@@ -202,14 +203,18 @@ struct Shard<V> {
 }
 
 impl<V> Shard<V> {
-    /// Whether a fill with a ticket at `generation` may store for `digest`:
-    /// nothing newer than the ticket has been stored for it or dropped.
-    fn admits(&self, digest: &Digest, generation: u64) -> bool {
-        let newest = match self.granted.get(digest) {
-            Some(slot) => slot.filled,
-            None => self.denied.get(digest).map_or(0, |slot| slot.filled),
-        };
-        generation >= self.floor.max(newest)
+    /// Whether an answer asked at `generation` (a denial or not) may be
+    /// stored for `digest`: it is not older than the last invalidation or
+    /// eviction, nor than the answer held; a tie goes to the denial.
+    fn admits(&self, digest: &Digest, generation: u64, denial: bool) -> bool {
+        if generation < self.floor {
+            return false;
+        }
+        match (self.granted.get(digest), self.denied.get(digest)) {
+            (Some(held), _) => generation > held.asked || (denial && generation == held.asked),
+            (None, Some(held)) => generation > held.asked,
+            (None, None) => true,
+        }
     }
 }
 
@@ -343,7 +348,7 @@ fn evict_one<T>(map: &mut HashMap<Digest, Slot<T>, DigestHasher>, now: u64) -> O
             }
         })
         .map(|(d, _)| *d);
-    victim.and_then(|d| map.remove(&d)).map(|slot| slot.filled)
+    victim.and_then(|d| map.remove(&d)).map(|slot| slot.asked)
 }
 
 impl<V: Clone + Send + Sync + 'static> Cache<V> for TtlCache<V> {
@@ -388,14 +393,16 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> for TtlCache<V> {
         let cell = self.shard(&ticket.digest);
         let mut shard = cell.lock.write();
         let d = ticket.digest;
-        // Only an answer asked after everything stored or dropped for the
-        // digest may replace it: a late, older answer is not stored.
-        if !shard.admits(&d, ticket.generation) {
+        // Only an answer asked after the one held (or dropped) for the
+        // digest may replace it: a late answer to an older question is not
+        // stored.
+        let denial = matches!(entry, CacheEntry::Denied(_));
+        if !shard.admits(&d, ticket.generation, denial) {
             return false;
         }
-        // Stamped after the advance: this fill voids every earlier ticket
-        // for the digest, its own included.
-        let filled = cell.advance();
+        // Tickets taken from now on rank after this answer.
+        cell.advance();
+        let asked = ticket.generation;
         let mut granted_changed = false;
         // An evicted entry takes its stamp with it: void the tickets older
         // than it, so its digest cannot be filled with an older answer.
@@ -410,7 +417,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> for TtlCache<V> {
                 let slot = Slot {
                     value,
                     expires: now.saturating_add(self.ttl),
-                    filled,
+                    asked,
                 };
                 granted_changed |= shard.granted.insert(d, slot).is_some();
             }
@@ -424,13 +431,14 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> for TtlCache<V> {
                 let slot = Slot {
                     value,
                     expires: now.saturating_add(self.negative_ttl),
-                    filled,
+                    asked,
                 };
                 shard.denied.insert(d, slot);
             }
         }
-        if let Some(stamp) = evicted {
-            shard.floor = shard.floor.max(stamp);
+        if let Some(asked) = evicted {
+            // Nothing asked as early as the forgotten answer may take its place.
+            shard.floor = shard.floor.max(asked.saturating_add(1));
         }
         if granted_changed {
             cell.bump();
@@ -543,15 +551,37 @@ mod tests {
         assert!(!c.fill(t1, CacheEntry::Granted(1)), "older grant stored");
         assert_eq!(c.get(&d), Some(CacheEntry::Denied(Denial::Disabled)));
 
-        // An older denial arriving after a newer grant.
+        // An older denial arriving after a newer grant (another digest's
+        // fill in between makes t2 the later question).
         c.invalidate(&d);
-        let (t1, t2) = (c.ticket(&d), c.ticket(&d));
+        let t1 = c.ticket(&d);
+        assert!(put(&c, &Digest::of(b"other"), CacheEntry::Granted(0)));
+        let t2 = c.ticket(&d);
         assert!(c.fill(t2, CacheEntry::Granted(2)));
         assert!(!c.fill(t1, CacheEntry::Denied(Denial::Invalid)));
         assert_eq!(c.get(&d), Some(CacheEntry::Granted(2)));
         // Nor does a ticket fill twice.
         assert!(!c.fill(t2, CacheEntry::Granted(3)));
         assert_eq!(c.get(&d), Some(CacheEntry::Granted(2)));
+
+        // Arrival order does not matter: the later question wins even when
+        // the older answer arrives first.
+        let d2 = Digest::of(b"k2");
+        let t1 = c.ticket(&d2);
+        assert!(put(&c, &Digest::of(b"other"), CacheEntry::Granted(0)));
+        let t2 = c.ticket(&d2);
+        assert!(c.fill(t1, CacheEntry::Granted(7)));
+        assert!(c.fill(t2, CacheEntry::Denied(Denial::Disabled)));
+        assert_eq!(c.get(&d2), Some(CacheEntry::Denied(Denial::Disabled)));
+        // Asked at the same moment: the denial wins, whichever comes last.
+        let d3 = Digest::of(b"k3");
+        let (t1, t2) = (c.ticket(&d3), c.ticket(&d3));
+        assert!(c.fill(t1, CacheEntry::Granted(8)));
+        assert!(c.fill(t2, CacheEntry::Denied(Denial::Invalid)));
+        let (t1, t2) = (c.ticket(&d3), c.ticket(&d3));
+        assert!(c.fill(t1, CacheEntry::Denied(Denial::Expired)));
+        assert!(!c.fill(t2, CacheEntry::Granted(9)));
+        assert_eq!(c.get(&d3), Some(CacheEntry::Denied(Denial::Expired)));
 
         // An answer asked after the fill replaces it, of either kind.
         let t3 = c.ticket(&d);

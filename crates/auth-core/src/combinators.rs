@@ -226,8 +226,10 @@ impl<A: Verifier, B: Verifier> Fallback<A, B> {
         self.fallbacks.load(Ordering::Relaxed)
     }
 
-    /// Whether the primary is considered down: its latest answer was
-    /// "unavailable", and it has not decided a request since.
+    /// Whether the primary is considered down: its latest answer through
+    /// [`verify`](Verifier::verify) was "unavailable", and it has not
+    /// decided a request there since (answers given at once — cache hits,
+    /// through `verify_now` — say nothing about its backend).
     pub fn primary_down(&self) -> bool {
         self.primary_down.load(Ordering::Relaxed)
     }
@@ -275,14 +277,13 @@ impl<A: Verifier, B: Verifier> Verifier for Fallback<A, B> {
 
     fn verify_now(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> Option<VerifyResult> {
         // Only a primary that decides at once answers here; anything else
-        // takes the async path, which asks the fallback.
+        // takes the async path, which asks the fallback. An answer given at
+        // once (a cache hit) says nothing about the primary's backend, so
+        // it neither ends an outage nor logs: during an outage, a mix of
+        // cached and new keys would otherwise log on every request.
         match self.primary.verify_now(credential, ctx)? {
-            // Counted and logged there.
             Err(VerifyError::Unavailable) => None,
-            decided => {
-                self.primary_decided();
-                Some(decided)
-            }
+            decided => Some(decided),
         }
     }
 

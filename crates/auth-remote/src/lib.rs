@@ -225,7 +225,9 @@ impl RemoteVerifierBuilder {
         // Entries live for the TTL plus the serve-stale grace; freshness is
         // decided from the time each answer came in.
         let mut cache_config = self.cache.clone();
-        cache_config.ttl += self.serve_stale.unwrap_or_default();
+        cache_config.ttl = cache_config
+            .ttl
+            .saturating_add(self.serve_stale.unwrap_or_default());
         Ok(RemoteVerifier {
             inner: Arc::new(Inner {
                 shown_url: redacted(&url),
@@ -255,9 +257,12 @@ impl RemoteVerifierBuilder {
 /// The URL for `Debug` and errors: userinfo and query hidden
 /// (`http://***@host:port/path?***`).
 fn redacted(url: &str) -> String {
-    let Ok(parsed) = reqwest::Url::parse(url) else {
+    let parsed = match reqwest::Url::parse(url) {
+        // `admin:secret@host` parses with `admin` as its scheme: only an
+        // http(s) URL with a host is shown at all.
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => u,
         // Nothing of it: a malformed URL may hold a password anywhere.
-        return "<unparseable URL>".to_owned();
+        _ => return "<not an http(s) URL>".to_owned(),
     };
     let mut shown = format!("{}://", parsed.scheme());
     if !parsed.username().is_empty() || parsed.password().is_some() {
@@ -689,6 +694,74 @@ fn time_left(expires_at: u64) -> Option<Duration> {
         .filter(|left| !left.is_zero())
 }
 
+impl Inner {
+    /// One call unless the circuit is open or the budget spent, and its
+    /// answer recorded: the breaker for all, the cache for valid and
+    /// refused keys.
+    async fn upstream(&self, key: &str, scope: Option<&str>, digest: &Digest) -> Outcome {
+        let Some(attempt) = self.breaker.permit() else {
+            return Outcome::Unavailable;
+        };
+        if self.budget.as_ref().is_some_and(|b| !b.try_take()) {
+            attempt.release();
+            if Health::due(&self.health.shed_logged, self.clock.now()) {
+                tracing::warn!(target: "auth_remote", per_second = self.budget_per_second,
+                    "upstream call budget spent: cache misses answered unavailable");
+            }
+            return Outcome::Shed;
+        }
+        // Taken before the call: an invalidation meanwhile voids the fill.
+        let ticket = self.cache.ticket(digest);
+        // Dropped mid-call (only when the runtime shuts down), `attempt`
+        // counts as failed.
+        let (outcome, key_left) = match self.call(key, scope).await {
+            Reply::Answer(answer, verdict) => {
+                attempt.success();
+                self.health.answered();
+                read(answer, verdict, digest)
+            }
+            Reply::TooManyRequests => {
+                // Busy, not down: this request only.
+                attempt.throttled();
+                if Health::due(&self.health.throttle_logged, self.clock.now()) {
+                    tracing::warn!(target: "auth_remote",
+                        "the key service answers 429: cache misses answered unavailable");
+                }
+                (Outcome::Throttled, None)
+            }
+            Reply::Failed(failure) => {
+                attempt.failure();
+                self.health.failed(failure);
+                (Outcome::Unavailable, None)
+            }
+        };
+        match &outcome {
+            Outcome::Valid(p) => {
+                let now = self.clock.now();
+                let key_expires = key_left.map_or(Duration::MAX, |left| now.saturating_add(left));
+                let fresh = Fresh {
+                    principal: Arc::clone(p),
+                    // Never fresh past the key's own expiry.
+                    until: now.saturating_add(self.fresh_for).min(key_expires),
+                    key_expires,
+                };
+                self.cache.fill(ticket, CacheEntry::Granted(fresh));
+            }
+            Outcome::Denied(denial) => {
+                self.cache.fill(ticket, CacheEntry::Denied(*denial));
+            }
+            Outcome::LacksScope(_)
+            | Outcome::Unavailable
+            | Outcome::Throttled
+            | Outcome::KeyLimited
+            | Outcome::Shed => {}
+        }
+        tracing::debug!(target: "auth_remote", fingerprint = %digest.fingerprint(),
+            outcome = outcome_name(&outcome), "key service answered");
+        outcome
+    }
+}
+
 #[async_trait]
 impl Verifier for RemoteVerifier {
     async fn verify(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> VerifyResult {
@@ -742,7 +815,6 @@ impl RemoteVerifier {
     /// and records the answer (the cache for valid and refused keys, the
     /// breaker for all).
     async fn ask(&self, credential: &Credential, scope: Option<&str>) -> Outcome {
-        let inner = &*self.inner;
         let digest = credential.digest();
         // A caller that missed the cache just before another's call filled
         // it and left: the answer is there now.
@@ -757,65 +829,21 @@ impl RemoteVerifier {
             // Extraction admits only visible ASCII; anything else is no key.
             return Outcome::Denied(Denial::Invalid);
         };
-        let Some(attempt) = inner.breaker.permit() else {
-            return Outcome::Unavailable;
-        };
-        if inner.budget.as_ref().is_some_and(|b| !b.try_take()) {
-            attempt.release();
-            if Health::due(&inner.health.shed_logged, self.now()) {
-                tracing::warn!(target: "auth_remote", per_second = inner.budget_per_second,
-                    "upstream call budget spent: cache misses answered unavailable");
-            }
-            return Outcome::Shed;
-        }
-        // Taken before the call: an invalidation meanwhile voids the fill.
-        let ticket = inner.cache.ticket(digest);
-        // Dropped mid-call (the caller hung up), `attempt` counts as failed.
-        let (outcome, key_left) = match inner.call(key, scope).await {
-            Reply::Answer(answer, verdict) => {
-                attempt.success();
-                inner.health.answered();
-                read(answer, verdict, digest)
-            }
-            Reply::TooManyRequests => {
-                // Busy, not down: this request only.
-                attempt.throttled();
-                if Health::due(&inner.health.throttle_logged, self.now()) {
-                    tracing::warn!(target: "auth_remote",
-                        "the key service answers 429: cache misses answered unavailable");
-                }
-                (Outcome::Throttled, None)
-            }
-            Reply::Failed(failure) => {
-                attempt.failure();
-                inner.health.failed(failure);
-                (Outcome::Unavailable, None)
-            }
-        };
-        match &outcome {
-            Outcome::Valid(p) => {
-                let now = self.now();
-                let key_expires = key_left.map_or(Duration::MAX, |left| now.saturating_add(left));
-                let fresh = Fresh {
-                    principal: Arc::clone(p),
-                    // Never fresh past the key's own expiry.
-                    until: now.saturating_add(inner.fresh_for).min(key_expires),
-                    key_expires,
-                };
-                inner.cache.fill(ticket, CacheEntry::Granted(fresh));
-            }
-            Outcome::Denied(denial) => {
-                inner.cache.fill(ticket, CacheEntry::Denied(*denial));
-            }
-            Outcome::LacksScope(_)
-            | Outcome::Unavailable
-            | Outcome::Throttled
-            | Outcome::KeyLimited
-            | Outcome::Shed => {}
-        }
-        tracing::debug!(target: "auth_remote", fingerprint = %digest.fingerprint(),
-            outcome = outcome_name(&outcome), "key service answered");
-        outcome
+        // The breaker's permit, the call and its recording run in a task of
+        // their own: a caller that hangs up (or a timeout layer) cannot cut
+        // them short, so every permitted call ends with the service's real
+        // answer — recorded in the breaker and the cache — within the
+        // timeout. Were the call dropped with its caller, a client hanging
+        // up would count as the service failing, and a few of them could
+        // hold the circuit open.
+        let task = tokio::spawn({
+            let inner = Arc::clone(&self.inner);
+            let (key, scope, digest) = (key.to_owned(), scope.map(str::to_owned), *digest);
+            async move { inner.upstream(&key, scope.as_deref(), &digest).await }
+        });
+        // Only a runtime shutting down ends the task early: unavailable (and
+        // the attempt's guard counts it as a failure).
+        task.await.unwrap_or(Outcome::Unavailable)
     }
 
     /// The answer while the service is unavailable: a recently expired
@@ -874,7 +902,10 @@ mod tests {
                 "https://only-user@keys.internal/v",
                 "https://***@keys.internal/v",
             ),
-            ("http://u:p@host:notaport/v", "<unparseable URL>"),
+            ("http://u:p@host:notaport/v", "<not an http(s) URL>"),
+            // A scheme forgotten: `admin` would be read as the scheme.
+            ("admin:hunter2@keys.internal:8080", "<not an http(s) URL>"),
+            ("postgres://u:p@db/x", "<not an http(s) URL>"),
         ] {
             assert_eq!(redacted(url), shown);
         }

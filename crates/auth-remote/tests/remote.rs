@@ -40,6 +40,8 @@ const SERVICE_TOKEN: &str = "our-service-credential";
 enum Mode {
     Normal,
     Slow,
+    /// Answers normally, after 150 ms (within the verifiers' timeout).
+    Sluggish,
     Status(u16),
     Garbage,
     /// This JSON body, whatever the key.
@@ -159,6 +161,7 @@ async fn validate(
     let mode = *double.mode.lock();
     match mode {
         Mode::Slow => tokio::time::sleep(Duration::from_secs(2)).await,
+        Mode::Sluggish => tokio::time::sleep(Duration::from_millis(150)).await,
         Mode::Status(code) => return StatusCode::from_u16(code).unwrap().into_response(),
         Mode::Garbage => return "<html>not json</html>".into_response(),
         Mode::Raw(text) => {
@@ -834,19 +837,55 @@ async fn a_dropped_probe_does_not_leave_the_circuit_half_open() {
         verify(&v, GOOD).await.unwrap_err();
     }
     assert!(v.circuit_open());
-    // The probe's caller hangs up mid-call.
+    // The probe's caller hangs up mid-call: the probe goes on without it
+    // and ends with the service's answer (here its timeout), so the circuit
+    // is not left half-open — it opens again and probes after the next wait.
     clock.advance(Duration::from_secs(1));
     double.set(Mode::Slow);
+    let before = double.calls();
     let hung_up = tokio::time::timeout(Duration::from_millis(50), verify(&v, GOOD)).await;
     assert!(hung_up.is_err(), "the probe should still be under way");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(double.calls(), before + 1, "the probe was made once");
     assert!(v.circuit_open());
-    // It counted as a failed probe: the next one comes after the next wait.
+    assert_eq!(
+        verify(&v, GOOD).await.unwrap_err(),
+        VerifyError::Unavailable,
+        "a probe before the next wait"
+    );
     double.set(Mode::Normal);
     clock.advance(Duration::from_secs(2));
     let before = double.calls();
     assert_eq!(verify(&v, GOOD).await.unwrap().id(), "user-1");
     assert_eq!(double.calls(), before + 1);
     assert!(!v.circuit_open());
+}
+
+/// Callers that hang up mid-call are not the service failing: however many
+/// do, a healthy service's circuit stays closed, and their calls still fill
+/// the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_hanging_up_never_open_the_circuit() {
+    let (double, addr) = started().await;
+    let v = remote(addr)
+        .breaker(3, Duration::from_secs(30))
+        .build()
+        .unwrap();
+    double.set(Mode::Sluggish);
+    let mut next_key = random_keys();
+    for _ in 0..10 {
+        let key = next_key();
+        let hung_up = tokio::time::timeout(Duration::from_millis(20), verify(&v, &key)).await;
+        assert!(hung_up.is_err());
+    }
+    let hung_up = tokio::time::timeout(Duration::from_millis(20), verify(&v, GOOD)).await;
+    assert!(hung_up.is_err());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!v.circuit_open(), "clients hanging up opened the circuit");
+    assert_eq!(double.calls(), 11, "every call went on to its answer");
+    // The abandoned call's answer was kept: no second call for it.
+    assert_eq!(verify(&v, GOOD).await.unwrap().id(), "user-1");
+    assert_eq!(double.calls(), 11);
 }
 
 // --- C: the in-flight map ---

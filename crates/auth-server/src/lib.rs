@@ -622,31 +622,15 @@ async fn update(
         Ok(e) => e,
         Err(e) => return store_error(&e),
     };
-    if let Some(scopes) = &b.scopes {
-        if let Err(e) = auth_sqlx::check_scopes(scopes) {
-            return store_error(&e);
-        }
-    }
-    match s.store.get(&id).await {
-        Ok(Some(_)) => {}
-        Ok(None) => return not_found(),
-        Err(e) => return store_error(&e),
-    }
-    let result = async {
-        if let Some(scopes) = &b.scopes {
-            s.store.set_scopes(&id, scopes).await?;
-        }
-        if let Some(rate) = rate {
-            s.store.set_rate_limit(&id, rate).await?;
-        }
-        if let Some(expires) = expires {
-            s.store.set_expiry(&id, expires).await?;
-        }
-        Ok::<_, auth_sqlx::Error>(())
-    }
-    .await;
-    match result {
-        Ok(()) => get_key(State(s), UrlPath(id)).await,
+    let change = auth_sqlx::KeyUpdate {
+        scopes: b.scopes,
+        rate_limit: rate,
+        expires_at: expires,
+    };
+    // One statement: all of the change, or none of it.
+    match s.store.update(&id, change).await {
+        Ok(true) => get_key(State(s), UrlPath(id)).await,
+        Ok(false) => not_found(),
         Err(e) => store_error(&e),
     }
 }

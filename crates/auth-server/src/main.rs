@@ -227,7 +227,7 @@ fn ago(t: Option<SystemTime>) -> String {
 fn shown(text: &str) -> String {
     text.chars()
         .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
+            let escaped: Vec<char> = if auth_sqlx::is_hidden(c) {
                 c.escape_default().collect()
             } else {
                 vec![c]
@@ -478,9 +478,12 @@ mod tests {
 
     #[test]
     fn control_characters_never_reach_the_terminal() {
-        let text = shown("a\u{0}b\u{1b}[31mc\u{7}d\u{9b}e");
-        assert!(!text.chars().any(char::is_control), "{text:?}");
-        assert_eq!(text, "a\\u{0}b\\u{1b}[31mc\\u{7}d\\u{9b}e");
+        let text = shown("a\u{0}b\u{1b}[31mc\u{7}d\u{9b}e\u{202e}f\u{200b}");
+        assert!(!text.chars().any(auth_sqlx::is_hidden), "{text:?}");
+        assert_eq!(
+            text,
+            "a\\u{0}b\\u{1b}[31mc\\u{7}d\\u{9b}e\\u{202e}f\\u{200b}"
+        );
         assert_eq!(shown("svc-ä €"), "svc-ä €");
     }
 

@@ -978,6 +978,21 @@ async fn out_of_range_input_is_400_and_writes_nothing() {
         ("POST", "/api/v1/services".into(), json!({"name": " "})),
         (
             "POST",
+            "/api/v1/services".into(),
+            json!({"name": "svc\u{202e}gnp.exe"}),
+        ),
+        (
+            "POST",
+            "/api/v1/keys".into(),
+            json!({"owner": "zero\u{200b}width"}),
+        ),
+        (
+            "PATCH",
+            format!("/api/v1/keys/{id}"),
+            json!({"scopes": ["changed"], "expiresAt": now - 1}),
+        ),
+        (
+            "POST",
             "/api/v1/keys".into(),
             json!({"owner": "a", "expiresAt": now - 10}),
         ),

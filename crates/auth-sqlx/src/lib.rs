@@ -142,6 +142,18 @@ pub struct NewKey {
     pub expires_at: Option<SystemTime>,
 }
 
+/// A change to a key for [`SqlKeyStore::update`]: `None` leaves a field as
+/// it is; `Some(None)` removes a rate limit or an expiry.
+#[derive(Clone, Debug, Default)]
+pub struct KeyUpdate {
+    /// New scopes.
+    pub scopes: Option<Vec<String>>,
+    /// A new rate limit, or none.
+    pub rate_limit: Option<Option<RateLimitPolicy>>,
+    /// A new expiry (in the future), or none.
+    pub expires_at: Option<Option<SystemTime>>,
+}
+
 /// A key just made: the plaintext is here once and nowhere else.
 #[derive(Debug)]
 pub struct CreatedKey {
@@ -289,20 +301,39 @@ fn new_id(kind: KeyKind) -> Result<String, Error> {
 }
 
 /// Checks an owner or a service name: 1 to [`MAX_NAME_CHARS`] characters,
-/// not blank, no control characters (they would reach operators'
-/// terminals through `keys list`).
+/// not blank, nothing [hidden](is_hidden) (it would reach operators'
+/// terminals through `keys list`, or disguise one name as another).
 pub fn check_name(what: &str, name: &str) -> Result<(), Error> {
     if name.trim().is_empty() || name.chars().count() > MAX_NAME_CHARS {
         return Err(Error::Invalid(format!(
             "the {what} must be 1 to {MAX_NAME_CHARS} characters"
         )));
     }
-    if name.chars().any(char::is_control) {
+    if name.chars().any(is_hidden) {
         return Err(Error::Invalid(format!(
-            "the {what} must be printable (no control characters)"
+            "the {what} must be printable (no control, format or invisible characters)"
         )));
     }
     Ok(())
+}
+
+/// Whether `c` would act on a terminal or hide itself rather than show:
+/// control characters, bidirectional overrides and isolates, zero-width
+/// and other invisible format characters, line and paragraph separators.
+pub fn is_hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{061C}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{206F}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+        )
 }
 
 /// Checks an expiry: after now and at most [`MAX_LIFETIME`] ahead (a key
@@ -521,16 +552,33 @@ impl SqlKeyStore {
         kind: KeyKind,
         owner: &str,
         scopes: &str,
-        (requests, window): (Option<i64>, Option<i64>),
+        rate: (Option<i64>, Option<i64>),
         expires_at: Option<SystemTime>,
     ) -> Result<CreatedKey, Error> {
+        let mut conn = self.inner.pool.acquire().await?;
+        let (key, id) = self
+            .insert_row(&mut conn, kind, owner, scopes, rate, expires_at)
+            .await?;
+        drop(conn);
+        self.created(kind, key, &id).await
+    }
+
+    /// Writes a new row of `kind` on `conn`; the key and the row's id.
+    async fn insert_row(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        kind: KeyKind,
+        owner: &str,
+        scopes: &str,
+        (requests, window): (Option<i64>, Option<i64>),
+        expires_at: Option<SystemTime>,
+    ) -> Result<(ApiKey, String), Error> {
         let format = match kind {
             KeyKind::Client => &self.inner.format,
             KeyKind::Service => &self.inner.service_format,
         };
         let key = format.generate()?;
         let id = new_id(kind)?;
-        let now = SystemTime::now();
         sqlx::query(
             "INSERT INTO auth_keys (id, prefix, digest, owner, scopes, rate_requests, \
              rate_window_secs, created_at, expires_at, kind) \
@@ -543,13 +591,18 @@ impl SqlKeyStore {
         .bind(scopes)
         .bind(requests)
         .bind(window)
-        .bind(secs(now))
+        .bind(secs(SystemTime::now()))
         .bind(expires_at.map(secs))
         .bind(kind.as_str())
-        .execute(&self.inner.pool)
+        .execute(&mut *conn)
         .await?;
+        Ok((key, id))
+    }
+
+    /// A just-written key with its record.
+    async fn created(&self, kind: KeyKind, key: ApiKey, id: &str) -> Result<CreatedKey, Error> {
         let info = self
-            .get_kind(kind, &id)
+            .get_kind(kind, id)
             .await?
             .ok_or_else(|| Error::Invalid("the new key vanished".into()))?;
         Ok(CreatedKey { key, info })
@@ -617,16 +670,59 @@ impl SqlKeyStore {
         .await
     }
 
+    /// Changes a key's scopes, rate limit and expiry in one statement (all
+    /// or nothing; everything checked first); whether the key exists.
+    pub async fn update(&self, id: &str, change: KeyUpdate) -> Result<bool, Error> {
+        let scopes = change.scopes.as_deref().map(scopes_text).transpose()?;
+        let rate = change.rate_limit.map(rate_columns).transpose()?;
+        if let Some(at) = change.expires_at {
+            check_expiry(at)?;
+        }
+        let mut sets = Vec::new();
+        let mut n = 3;
+        if scopes.is_some() {
+            sets.push(format!("scopes = ${n}"));
+            n += 1;
+        }
+        if rate.is_some() {
+            sets.push(format!(
+                "rate_requests = ${n}, rate_window_secs = ${}",
+                n + 1
+            ));
+            n += 2;
+        }
+        if change.expires_at.is_some() {
+            sets.push(format!("expires_at = ${n}"));
+        }
+        if sets.is_empty() {
+            return Ok(self.get(id).await?.is_some());
+        }
+        let sql = format!(
+            "UPDATE auth_keys SET {} WHERE id = $1 AND kind = $2 RETURNING digest",
+            sets.join(", ")
+        );
+        self.write(KeyKind::Client, &sql, id, |mut q| {
+            if let Some(text) = scopes {
+                q = q.bind(text);
+            }
+            if let Some((requests, window)) = rate {
+                q = q.bind(requests).bind(window);
+            }
+            if let Some(at) = change.expires_at {
+                q = q.bind(at.map(secs));
+            }
+            q
+        })
+        .await
+    }
+
     /// Replaces a key's scopes.
     pub async fn set_scopes(&self, id: &str, scopes: &[String]) -> Result<bool, Error> {
-        let text = scopes_text(scopes)?;
-        self.write(
-            KeyKind::Client,
-            "UPDATE auth_keys SET scopes = $3 WHERE id = $1 AND kind = $2 RETURNING digest",
-            id,
-            |q| q.bind(text),
-        )
-        .await
+        let change = KeyUpdate {
+            scopes: Some(scopes.to_vec()),
+            ..KeyUpdate::default()
+        };
+        self.update(id, change).await
     }
 
     /// Sets or removes a key's own rate limit.
@@ -635,15 +731,11 @@ impl SqlKeyStore {
         id: &str,
         limit: Option<RateLimitPolicy>,
     ) -> Result<bool, Error> {
-        let (requests, window) = rate_columns(limit)?;
-        self.write(
-            KeyKind::Client,
-            "UPDATE auth_keys SET rate_requests = $3, rate_window_secs = $4 \
-             WHERE id = $1 AND kind = $2 RETURNING digest",
-            id,
-            |q| q.bind(requests).bind(window),
-        )
-        .await
+        let change = KeyUpdate {
+            rate_limit: Some(limit),
+            ..KeyUpdate::default()
+        };
+        self.update(id, change).await
     }
 
     /// Sets or removes a key's expiry (a new expiry must be in the future).
@@ -652,23 +744,11 @@ impl SqlKeyStore {
         id: &str,
         expires_at: Option<SystemTime>,
     ) -> Result<bool, Error> {
-        check_expiry(expires_at)?;
-        self.set_expiry_kind(KeyKind::Client, id, expires_at).await
-    }
-
-    async fn set_expiry_kind(
-        &self,
-        kind: KeyKind,
-        id: &str,
-        expires_at: Option<SystemTime>,
-    ) -> Result<bool, Error> {
-        self.write(
-            kind,
-            "UPDATE auth_keys SET expires_at = $3 WHERE id = $1 AND kind = $2 RETURNING digest",
-            id,
-            |q| q.bind(expires_at.map(secs)),
-        )
-        .await
+        let change = KeyUpdate {
+            expires_at: Some(expires_at),
+            ..KeyUpdate::default()
+        };
+        self.update(id, change).await
     }
 
     /// Rotates a key: a new key with the same owner, scopes and limit; the
@@ -689,19 +769,47 @@ impl SqlKeyStore {
             .then(|| SystemTime::now().checked_add(overlap))
             .flatten()
             .ok_or_else(|| Error::Invalid("the overlap must be 0 s to 365 days".into()))?;
-        let Some(old) = self.get_kind(kind, id).await? else {
+        // One transaction: the new key and the old one's end together, or
+        // neither (a caller hanging up mid-way rolls it back).
+        let mut tx = self.inner.pool.begin().await?;
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS}, digest FROM auth_keys WHERE id = $1 AND kind = $2"
+        ))
+        .bind(id)
+        .bind(kind.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
             return Ok(None);
         };
+        let old = info(&row)?;
+        let old_digest: String = row.try_get("digest")?;
         let rate = rate_columns(old.rate_limit)?;
         let scopes = old.scopes.join(" ");
         // The new key keeps the old expiry only while it is still ahead.
         let expires_at = old.expires_at.filter(|at| *at > SystemTime::now());
-        let created = self
-            .insert(kind, &old.owner, &scopes, rate, expires_at)
+        let (key, new_id) = self
+            .insert_row(&mut tx, kind, &old.owner, &scopes, rate, expires_at)
             .await?;
         let ends = old.expires_at.map_or(until, |at| at.min(until));
-        self.set_expiry_kind(kind, id, Some(ends)).await?;
-        Ok(Some(created))
+        sqlx::query("UPDATE auth_keys SET expires_at = $3 WHERE id = $1 AND kind = $2")
+            .bind(id)
+            .bind(kind.as_str())
+            .bind(secs(ends))
+            .execute(&mut *tx)
+            .await?;
+        if self.inner.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(&old_digest)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        let change = Digest::from_hex(&old_digest).map_or(Change::All, Change::Key);
+        let _ = self.inner.changes.send(change);
+        self.created(kind, key, &new_id).await.map(Some)
     }
 
     /// Runs a write (`$1` the id, `$2` the kind) that returns the affected

@@ -403,6 +403,7 @@ async fn keys_validate_rows_are_migrated_to_service_credentials() {
             ("key_old_both", "b".repeat(64), "stt keys:validate"),
             ("key_old_client", "c".repeat(64), "stt"),
             ("key_look_alike", "d".repeat(64), "keys:validated"),
+            ("key_other_case", "e".repeat(64), "stt KEYS:VALIDATE"),
         ] {
             sqlx::query(
                 "INSERT INTO auth_keys (id, prefix, digest, owner, scopes, created_at) \
@@ -437,5 +438,8 @@ async fn keys_validate_rows_are_migrated_to_service_credentials() {
         .map(|k| k.id)
         .collect();
     clients.sort();
-    assert_eq!(clients, ["key_look_alike", "key_old_client"]);
+    assert_eq!(
+        clients,
+        ["key_look_alike", "key_old_client", "key_other_case"]
+    );
 }
