@@ -5,6 +5,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 
@@ -108,6 +109,11 @@ impl<V: Verifier, C: Cache<Arc<Principal>>> Cached<V, C> {
     #[inline]
     fn lookup(&self, digest: &Digest) -> Option<Result<VerifyResult, Arc<Principal>>> {
         match self.cache.get(digest)? {
+            // Never past the key's own expiry (the wall clock is read only
+            // for keys that expire): ask the source again.
+            CacheEntry::Granted(p) if p.expires_at().is_some_and(|at| SystemTime::now() >= at) => {
+                None
+            }
             CacheEntry::Granted(p) if self.inner.rechecks() => Some(Err(p)),
             CacheEntry::Granted(p) => Some(Ok(Ok(p))),
             CacheEntry::Denied(denial) => Some(Ok(Err(denial.into()))),

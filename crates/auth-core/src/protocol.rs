@@ -38,6 +38,120 @@ pub const VALIDATE_PATH: &str = "/api/v1/api-keys/validate";
 /// The header a service sends its own credential in.
 pub const SERVICE_TOKEN_HEADER: &str = "x-service-token";
 
+/// The changes stream's path on a key service: Server-Sent Events for
+/// services holding a service credential (see [`ChangeEvent`]).
+pub const EVENTS_PATH: &str = "/api/v1/api-keys/events";
+
+/// One event of the changes stream, as the SSE `event:` name and its `data:`
+/// (JSON). Every event carries the stream's sequence number as its SSE `id:`
+/// too, which a client sends back as `Last-Event-ID` when it reconnects.
+///
+/// - `ready` — first on every connection: the stream is live from `seq` on
+///   (after any events replayed for `Last-Event-ID`).
+/// - `key` — the key with this SHA-256 digest changed (disabled, deleted,
+///   rotated out, its scopes, limit or expiry changed): drop what is cached
+///   for it. Sent in commit order, from every instance of the key service.
+/// - `reset` — what was missed cannot be replayed: drop every cached grant.
+///
+/// ```
+/// use auth_core::protocol::ChangeEvent;
+///
+/// let e = ChangeEvent::Key { seq: 7, digest: "ab".repeat(32) };
+/// assert_eq!(e.name(), "key");
+/// assert_eq!(e.seq(), 7);
+/// let back = ChangeEvent::parse("key", &e.data()).unwrap();
+/// assert_eq!(back, e);
+/// assert!(ChangeEvent::parse("key", "{}").is_none());
+/// assert!(ChangeEvent::parse("party", &e.data()).is_none());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChangeEvent {
+    /// The stream is live from `seq` on.
+    Ready {
+        /// The last sequence number already sent or replayed.
+        seq: u64,
+    },
+    /// A key changed.
+    Key {
+        /// Its sequence number.
+        seq: u64,
+        /// The key's SHA-256 digest, lowercase hex (never the key).
+        digest: String,
+    },
+    /// Drop every cached grant; the stream goes on from `seq`.
+    Reset {
+        /// The sequence number the stream goes on from.
+        seq: u64,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Position {
+    seq: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyChanged {
+    seq: u64,
+    digest: String,
+}
+
+impl ChangeEvent {
+    /// The SSE event name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Ready { .. } => "ready",
+            Self::Key { .. } => "key",
+            Self::Reset { .. } => "reset",
+        }
+    }
+
+    /// The sequence number (also the SSE `id:`).
+    pub fn seq(&self) -> u64 {
+        match self {
+            Self::Ready { seq } | Self::Key { seq, .. } | Self::Reset { seq } => *seq,
+        }
+    }
+
+    /// The SSE `data:` line's JSON.
+    pub fn data(&self) -> String {
+        let json = match self {
+            Self::Ready { seq } | Self::Reset { seq } => {
+                serde_json::to_string(&Position { seq: *seq })
+            }
+            Self::Key { seq, digest } => serde_json::to_string(&KeyChanged {
+                seq: *seq,
+                digest: digest.clone(),
+            }),
+        };
+        json.unwrap_or_default()
+    }
+
+    /// An event from its SSE name and data; `None` for anything else (a
+    /// client ignores unknown event names, and treats unreadable data of a
+    /// known one as a broken stream).
+    pub fn parse(name: &str, data: &str) -> Option<Self> {
+        match name {
+            "ready" => serde_json::from_str::<Position>(data)
+                .ok()
+                .map(|p| Self::Ready { seq: p.seq }),
+            "reset" => serde_json::from_str::<Position>(data)
+                .ok()
+                .map(|p| Self::Reset { seq: p.seq }),
+            "key" => serde_json::from_str::<KeyChanged>(data)
+                .ok()
+                .filter(|k| k.digest.len() == 64 && k.digest.bytes().all(|b| b.is_ascii_hexdigit()))
+                .map(|k| Self::Key {
+                    seq: k.seq,
+                    digest: k.digest,
+                }),
+            _ => None,
+        }
+    }
+}
+
 /// A validate request: the key to check and, optionally, the scope the
 /// calling route needs. Its `Debug` never shows the key.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -67,6 +67,7 @@ impl KeyRecord {
             && principal.key_id() == Some(self.id.as_str())
             && principal.scopes() == self.scopes.as_slice()
             && principal.rate_limit() == self.rate_limit
+            && principal.expires_at() == self.expires_at
             && principal.labels().is_empty()
     }
 
@@ -78,6 +79,9 @@ impl KeyRecord {
             .with_scopes(self.scopes.iter().cloned());
         if let Some(limit) = self.rate_limit {
             p = p.with_rate_limit(limit);
+        }
+        if let Some(at) = self.expires_at {
+            p = p.with_expiry(at);
         }
         Ok(Arc::new(p))
     }

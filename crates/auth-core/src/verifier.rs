@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
@@ -48,6 +48,7 @@ pub struct Principal {
     scopes: Vec<String>,
     rate_limit: Option<RateLimitPolicy>,
     labels: BTreeMap<String, String>,
+    expires_at: Option<SystemTime>,
 }
 
 impl Principal {
@@ -59,6 +60,7 @@ impl Principal {
             scopes: Vec::new(),
             rate_limit: None,
             labels: BTreeMap::new(),
+            expires_at: None,
         }
     }
 
@@ -82,6 +84,18 @@ impl Principal {
     pub fn with_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.labels.insert(key.into(), value.into());
         self
+    }
+
+    /// Records when the key this principal was verified from expires: a
+    /// cache never serves it past then.
+    pub fn with_expiry(mut self, at: SystemTime) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
+
+    /// When the key it was verified from expires, where the verifier knows.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.expires_at
     }
 
     /// Records the id of the key record this principal was verified from, so

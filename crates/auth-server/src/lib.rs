@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use auth_axum::AuthLayer;
-use auth_core::protocol::{Code, RateLimit, VALIDATE_PATH, ValidateRequest, ValidateResponse};
+use auth_core::protocol::{
+    ChangeEvent, Code, EVENTS_PATH, RateLimit, VALIDATE_PATH, ValidateRequest, ValidateResponse,
+};
 use auth_core::{
     CacheConfig, Cached, Credential, CredentialSources, Guard, HashedKeyStore, KeyFile, Principal,
     RateLimitPolicy, Verifier, VerifyContext, VerifyError,
@@ -20,6 +22,7 @@ use auth_sqlx::{CreatedKey, KeyInfo, NewKey, SqlKeyStore};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path as UrlPath, Request, State};
 use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -201,7 +204,9 @@ pub async fn app_with(
         .route("/api/v1/services/{id}/disable", post(disable_service))
         .route("/api/v1/services/{id}/rotate", post(rotate_service))
         .route_layer(AuthLayer::new(admin));
-    let mut validate_routes = Router::new().route(VALIDATE_PATH, post(validate));
+    let mut validate_routes = Router::new()
+        .route(VALIDATE_PATH, post(validate))
+        .route(EVENTS_PATH, get(events));
     match options.validate_auth {
         ValidateAuth::ServiceToken => {
             let guard = Guard::builder(services)
@@ -820,13 +825,131 @@ async fn validate(State(s): State<AppState>, Body(b): Body<ValidateRequest>) -> 
         requests: p.requests,
         window: p.window.as_secs(),
     });
+    // A service's cache never keeps the grant past it.
+    answer.expires_at = principal.expires_at().map(unix);
     Json(answer).into_response()
+}
+
+/// How often the changes stream sends a comment when nothing happens, so
+/// that clients (and proxies) can tell a quiet stream from a dead one.
+const STREAM_PING: Duration = Duration::from_secs(15);
+
+/// Where a changes stream starts for a client that last saw `resume`: the
+/// events to send first (a replay, or a reset) and the position after them.
+async fn stream_start(
+    store: &SqlKeyStore,
+    resume: Option<u64>,
+) -> Result<(Vec<ChangeEvent>, u64), auth_sqlx::Error> {
+    let latest = store.latest_seq().await?;
+    let Some(from) = resume else {
+        return Ok((vec![ChangeEvent::Ready { seq: latest }], latest));
+    };
+    let replayable = from <= latest
+        && (from == latest || store.oldest_seq().await?.is_some_and(|o| o <= from + 1));
+    if !replayable {
+        // Pruned past it, or from another database: start over.
+        return Ok((
+            vec![
+                ChangeEvent::Reset { seq: latest },
+                ChangeEvent::Ready { seq: latest },
+            ],
+            latest,
+        ));
+    }
+    let mut events = Vec::new();
+    let mut pos = from;
+    while pos < latest {
+        let page = store.changes_since(pos, 1000).await?;
+        let Some(&(last, _)) = page.last() else { break };
+        events.extend(page.into_iter().take_while(|(seq, _)| *seq <= latest).map(
+            |(seq, digest)| ChangeEvent::Key {
+                seq,
+                digest: digest.to_hex(),
+            },
+        ));
+        pos = last;
+    }
+    events.push(ChangeEvent::Ready { seq: latest });
+    Ok((events, latest))
+}
+
+fn sse_event(e: &ChangeEvent) -> Event {
+    Event::default()
+        .id(e.seq().to_string())
+        .event(e.name())
+        .data(e.data())
+}
+
+/// The changes stream (Server-Sent Events, [`auth_core::protocol::ChangeEvent`]):
+/// every change to a key, in commit order, from every instance; with
+/// `Last-Event-ID`, what the client missed first, or a `reset`.
+#[utoipa::path(get, path = "/api/v1/api-keys/events", tag = "validate",
+    params(("Last-Event-ID" = Option<u64>, Header, description = "the last sequence number seen")),
+    security(("serviceToken" = [])),
+    responses((status = 200, description = "text/event-stream: `ready`, `key`, `reset` events"),
+        (status = 400, body = ErrorBody), (status = 401, description = "not a known service"),
+        (status = 503, body = ErrorBody)))]
+async fn events(State(s): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    let resume = match headers.get("last-event-id").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(v)) => match v.trim().parse::<u64>() {
+            Ok(n) => Some(n),
+            Err(_) => return bad("Last-Event-ID must be a sequence number"),
+        },
+        Some(Err(_)) => return bad("Last-Event-ID must be a sequence number"),
+    };
+    // Subscribed before the log is read: nothing falls between the two.
+    let live = s.store.logged();
+    let (first, pos) = match stream_start(&s.store, resume).await {
+        Ok(start) => start,
+        Err(e) => return store_error(&e),
+    };
+    let store = s.store.clone();
+    let pending: std::collections::VecDeque<ChangeEvent> = first.into();
+    let stream = futures_util::stream::unfold(
+        (live, pending, pos, store),
+        |(mut live, mut pending, mut pos, store)| async move {
+            loop {
+                if let Some(e) = pending.pop_front() {
+                    let event = sse_event(&e);
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(event),
+                        (live, pending, pos, store),
+                    ));
+                }
+                match live.recv().await {
+                    Ok(auth_sqlx::Logged::Key { seq, digest }) if seq > pos => {
+                        pos = seq;
+                        pending.push_back(ChangeEvent::Key {
+                            seq,
+                            digest: digest.to_hex(),
+                        });
+                    }
+                    // Already sent (replayed).
+                    Ok(auth_sqlx::Logged::Key { .. }) => {}
+                    Ok(auth_sqlx::Logged::Reset { seq }) => {
+                        pos = pos.max(seq);
+                        pending.push_back(ChangeEvent::Reset { seq: pos });
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        // This client fell behind: what it missed is gone.
+                        pos = store.latest_seq().await.unwrap_or(pos).max(pos);
+                        pending.push_back(ChangeEvent::Reset { seq: pos });
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        },
+    );
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(STREAM_PING).text("ping"))
+        .into_response()
 }
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "auth-server", description = "The central API key service."),
-    paths(health_doc, ready, validate, list, create, get_key, update, delete, disable, rotate,
+    paths(health_doc, ready, validate, events, list, create, get_key, update, delete, disable, rotate,
         list_services, create_service, get_service, delete_service, disable_service,
         rotate_service),
     components(schemas(Code, RateLimit)),

@@ -1244,3 +1244,179 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Reads Server-Sent Events from a response, one at a time.
+struct EventReader {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl EventReader {
+    /// Opens the changes stream of `addr` as the service `token`, resuming
+    /// after `last` when given.
+    async fn open(addr: SocketAddr, token: &str, last: Option<&str>) -> (u16, Self) {
+        let mut request = reqwest::Client::new()
+            .get(format!("http://{addr}/api/v1/api-keys/events"))
+            .header(auth_server::SERVICE_HEADER, token);
+        if let Some(last) = last {
+            request = request.header("last-event-id", last);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (
+            status,
+            Self {
+                response,
+                buffer: String::new(),
+            },
+        )
+    }
+
+    /// The next event as (id, name, data), waiting at most `within`.
+    async fn next(&mut self, within: std::time::Duration) -> (String, String, Value) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut id, mut name, mut data) = (String::new(), String::new(), String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        name = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim());
+                    }
+                }
+                if name.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                return (id, name, serde_json::from_str(&data).unwrap());
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
+                .await
+                .expect("no event in time")
+                .unwrap()
+                .expect("the stream ended");
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
+
+/// Issue 13, items 1 and 4: the changes stream carries every change — the
+/// admin API's and another process's (the CLI on SQLite) — in order, with
+/// consecutive sequence numbers; a client resuming with `Last-Event-ID`
+/// gets what it missed, or a reset when it cannot be replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_changes_stream_carries_every_change_in_order() {
+    let second = std::time::Duration::from_secs(1);
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, admin) = start(dir.path()).await;
+    let api = AdminApi::new(addr, &admin);
+    let (_, service) = api
+        .call("POST", "/api/v1/services", Some(json!({"name": "svc"})))
+        .await;
+    let token = service["key"].as_str().unwrap().to_owned();
+    let make = || async {
+        let (_, k) = api
+            .call("POST", "/api/v1/keys", Some(json!({"owner": "user-1"})))
+            .await;
+        k
+    };
+    let (a, b, c) = (make().await, make().await, make().await);
+    let digest = |k: &Value| Digest::of(k["key"].as_str().unwrap().as_bytes()).to_hex();
+
+    assert_eq!(EventReader::open(addr, "sk_svc_wrong", None).await.0, 401);
+    assert_eq!(
+        EventReader::open(addr, &token, Some("yesterday")).await.0,
+        400
+    );
+    let (status, mut stream) = EventReader::open(addr, &token, None).await;
+    assert_eq!(status, 200);
+    let (_, name, ready) = stream.next(second).await;
+    assert_eq!(name, "ready");
+    let start = ready["seq"].as_u64().unwrap();
+
+    // Through the admin API; through the CLI, another process; a rotation.
+    let id = |k: &Value| k["id"].as_str().unwrap().to_owned();
+    api.call("POST", &format!("/api/v1/keys/{}/disable", id(&a)), None)
+        .await;
+    cli(dir.path(), &["keys", "list", "--json"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_auth-server"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["keys", "disable", &id(&b)])
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    api.call(
+        "POST",
+        &format!("/api/v1/keys/{}/rotate", id(&c)),
+        Some(json!({"overlap": 0})),
+    )
+    .await;
+    let mut seen = Vec::new();
+    for expected in [&a, &b, &c] {
+        let (event_id, name, data) = stream.next(second).await;
+        assert_eq!(name, "key", "{data}");
+        assert_eq!(data["digest"], digest(expected).as_str(), "out of order");
+        assert_eq!(event_id, data["seq"].to_string());
+        seen.push(data["seq"].as_u64().unwrap());
+    }
+    assert_eq!(seen, [start + 1, start + 2, start + 3]);
+
+    // Resuming after the first: the two it missed, then ready.
+    let (_, mut resumed) = EventReader::open(addr, &token, Some(&seen[0].to_string())).await;
+    for expected in [&b, &c] {
+        let (_, name, data) = resumed.next(second).await;
+        assert_eq!(
+            (name.as_str(), &data["digest"]),
+            ("key", &json!(digest(expected)))
+        );
+    }
+    let (_, name, data) = resumed.next(second).await;
+    assert_eq!(
+        (name.as_str(), data["seq"].as_u64()),
+        ("ready", Some(seen[2]))
+    );
+    // From a position the log cannot have: reset, then ready.
+    let (_, mut lost) = EventReader::open(addr, &token, Some("999999")).await;
+    assert_eq!(lost.next(second).await.1, "reset");
+    assert_eq!(lost.next(second).await.1, "ready");
+    // The live stream goes on.
+    api.call("DELETE", &format!("/api/v1/keys/{}", id(&a)), None)
+        .await;
+    let (_, name, data) = stream.next(second).await;
+    assert_eq!(
+        (name.as_str(), data["seq"].as_u64()),
+        ("key", Some(start + 4))
+    );
+}
+
+/// Issue 13, item 3: the validate answer carries the key's expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_validate_answer_carries_the_keys_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, admin) = start(dir.path()).await;
+    let api = AdminApi::new(addr, &admin);
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3_600;
+    let (_, key) = api
+        .call(
+            "POST",
+            "/api/v1/keys",
+            Some(json!({"owner": "user-1", "expiresAt": at})),
+        )
+        .await;
+    let (_, service) = api
+        .call("POST", "/api/v1/services", Some(json!({"name": "svc"})))
+        .await;
+    let (_, answer) =
+        validate_call(addr, service["key"].as_str(), json!({"apiKey": key["key"]})).await;
+    assert_eq!(answer["code"], "valid");
+    assert_eq!(answer["expiresAt"], at);
+}

@@ -22,8 +22,22 @@ use tokio::task::JoinHandle;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-/// The PostgreSQL channel writes are announced on.
+/// The PostgreSQL channel writes are announced on (a wake-up: what changed
+/// is read from the change log).
 pub const CHANNEL: &str = "auth_keys";
+
+/// The PostgreSQL advisory lock every write holds until it commits: one
+/// writer at a time, so the change log's order is the commit order.
+const WRITE_LOCK: i64 = 0x6175_7468_6b65_7973; // "authkeys"
+
+/// How often the log is read without a wake-up: SQLite has no
+/// notifications (another process's write is seen within this), and on
+/// PostgreSQL it bounds the delay when a notification is lost.
+pub const POLL_EVERY: Duration = Duration::from_millis(200);
+
+/// How long the change log keeps a change (a service reconnecting after a
+/// longer partition gets a reset instead of a replay).
+pub const LOG_KEEPS: Duration = Duration::from_secs(24 * 3600);
 
 /// What can go wrong in the store's own operations. Lookups made for
 /// verification never fail this way: their failures are
@@ -53,6 +67,25 @@ pub enum Change {
     Key(Digest),
     /// Anything may have changed (notifications may have been missed).
     All,
+}
+
+/// A change read from the change log, in commit order (see
+/// [`SqlKeyStore::logged`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logged {
+    /// The key with this digest changed; `seq` is its place in the log.
+    Key {
+        /// The change's sequence number.
+        seq: u64,
+        /// The changed key's digest.
+        digest: Digest,
+    },
+    /// Changes up to `seq` could not be read one by one (they were pruned
+    /// before this process read them): anything may have changed.
+    Reset {
+        /// The log's position after the gap.
+        seq: u64,
+    },
 }
 
 /// Which database.
@@ -174,6 +207,8 @@ struct Inner {
     backend: Backend,
     url: String,
     changes: broadcast::Sender<Change>,
+    /// The change log as this process reads it, in commit order.
+    logged: broadcast::Sender<Logged>,
     /// Ids looked up since the last flush of `last_used_at`.
     used: Mutex<HashSet<String>>,
     format: ApiKeyFormat,
@@ -387,12 +422,14 @@ impl SqlKeyStore {
                 .await?;
         }
         let (changes, _) = broadcast::channel(1024);
+        let (logged, _) = broadcast::channel(4096);
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
                 backend,
                 url,
                 changes,
+                logged,
                 used: Mutex::new(HashSet::new()),
                 format: ApiKeyFormat::default(),
                 service_format: ApiKeyFormat::new("sk_svc", 256)?,
@@ -454,39 +491,207 @@ impl SqlKeyStore {
         })
     }
 
-    /// On PostgreSQL: listens for other processes' writes (`LISTEN
-    /// auth_keys`) and passes them to [`subscribe`](Self::subscribe)rs.
-    /// After the listening connection drops and comes back, sends
-    /// [`Change::All`]: notifications may have been missed. On SQLite:
-    /// nothing to do (writes come through this store).
-    pub async fn listen(&self) -> Result<Option<JoinHandle<()>>, Error> {
-        if self.inner.backend != Backend::Postgres {
-            return Ok(None);
-        }
-        let mut listener = sqlx::postgres::PgListener::connect(&self.inner.url).await?;
-        listener.listen(CHANNEL).await?;
-        let changes = self.inner.changes.clone();
-        Ok(Some(tokio::spawn(async move {
+    /// The change log as this process reads it (see [`listen`](Self::listen)):
+    /// every change in commit order, from this process and every other,
+    /// with its sequence number — what a changes stream serves.
+    pub fn logged(&self) -> broadcast::Receiver<Logged> {
+        self.inner.logged.subscribe()
+    }
+
+    /// Follows the change log: every change any process commits (this one,
+    /// the CLI, other instances) reaches [`subscribe`](Self::subscribe)rs
+    /// (and so the caches of [`invalidate_on_change`](Self::invalidate_on_change))
+    /// and [`logged`](Self::logged) receivers, in commit order, within
+    /// [`POLL_EVERY`] — on PostgreSQL at once, woken by `NOTIFY`. Nothing
+    /// is lost when the listening connection drops: the log is read after
+    /// `LISTEN` is issued again, from where this process left it (only a gap
+    /// pruned from the log, over [`LOG_KEEPS`] behind, clears everything).
+    /// Also prunes the log now and then. Run once per process.
+    pub async fn listen(&self) -> Result<JoinHandle<()>, Error> {
+        let mut last = self.latest_seq().await?;
+        let mut wake = match self.inner.backend {
+            Backend::Postgres => {
+                let mut listener = sqlx::postgres::PgListener::connect(&self.inner.url).await?;
+                listener.listen(CHANNEL).await?;
+                Some(listener)
+            }
+            Backend::Sqlite => None,
+        };
+        let store = self.clone();
+        Ok(tokio::spawn(async move {
+            let mut failing = false;
+            let mut pruned = std::time::Instant::now();
             loop {
-                match listener.try_recv().await {
-                    Ok(Some(n)) => {
-                        let change = Digest::from_hex(n.payload()).map_or(Change::All, Change::Key);
-                        let _ = changes.send(change);
+                match &mut wake {
+                    // A notification, or the poll's time: either way the
+                    // log says what changed.
+                    Some(listener) => {
+                        match tokio::time::timeout(POLL_EVERY, listener.try_recv()).await {
+                            Err(_) | Ok(Ok(Some(_))) => {}
+                            Ok(Ok(None)) => {
+                                // The next `try_recv` connects and listens again;
+                                // the log covers the time between.
+                                tracing::warn!(target: "auth_sqlx",
+                                "key-change listener lost its connection; reconnecting");
+                            }
+                            Ok(Err(e)) => {
+                                tracing::warn!(target: "auth_sqlx", error = %e,
+                                "key-change listener cannot reach the database; retrying");
+                                tokio::time::sleep(POLL_EVERY).await;
+                            }
+                        }
                     }
-                    Ok(None) => {
-                        tracing::warn!(target: "auth_sqlx",
-                            "key-change listener lost its connection: clearing caches");
-                        let _ = changes.send(Change::All);
+                    None => tokio::time::sleep(POLL_EVERY).await,
+                }
+                match store.follow(last).await {
+                    Ok(seq) => {
+                        last = seq;
+                        if failing {
+                            tracing::info!(target: "auth_sqlx", "the change log is read again");
+                            failing = false;
+                        }
                     }
                     Err(e) => {
-                        tracing::warn!(target: "auth_sqlx", error = %e,
-                            "key-change listener cannot reach the database; retrying");
-                        let _ = changes.send(Change::All);
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        if !failing {
+                            tracing::warn!(target: "auth_sqlx", error = %e,
+                                "cannot read the change log; retrying");
+                            failing = true;
+                        }
+                    }
+                }
+                if pruned.elapsed() > Duration::from_secs(600) {
+                    pruned = std::time::Instant::now();
+                    if let Err(e) = store.prune_log().await {
+                        tracing::warn!(target: "auth_sqlx", error = %e, "could not prune the change log");
                     }
                 }
             }
-        })))
+        }))
+    }
+
+    /// Reads the log after `last` and passes it on; the new position.
+    async fn follow(&self, mut last: u64) -> Result<u64, Error> {
+        loop {
+            let rows = self.changes_since(last, 1000).await?;
+            let Some(&(end, _)) = rows.last() else {
+                return Ok(last);
+            };
+            for (seq, digest) in &rows {
+                if *seq != last + 1 {
+                    // Pruned before we read it: anything may have changed.
+                    tracing::warn!(target: "auth_sqlx", from = last, to = *seq,
+                        "change log gap: clearing caches");
+                    let _ = self.inner.changes.send(Change::All);
+                    let _ = self.inner.logged.send(Logged::Reset { seq: seq - 1 });
+                }
+                let _ = self.inner.changes.send(Change::Key(*digest));
+                let _ = self.inner.logged.send(Logged::Key {
+                    seq: *seq,
+                    digest: *digest,
+                });
+                last = *seq;
+            }
+            if rows.len() < 1000 {
+                return Ok(end);
+            }
+        }
+    }
+
+    /// Changes after `after`, in order, at most `limit`: sequence numbers
+    /// and digests.
+    pub async fn changes_since(&self, after: u64, limit: u32) -> Result<Vec<(u64, Digest)>, Error> {
+        let rows = sqlx::query(
+            "SELECT seq, digest FROM auth_key_changes WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(&self.inner.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let seq: i64 = row.try_get("seq")?;
+            let digest: String = row.try_get("digest")?;
+            if let (Ok(seq), Ok(digest)) = (u64::try_from(seq), Digest::from_hex(&digest)) {
+                out.push((seq, digest));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The newest change's sequence number (0 when there is none).
+    pub async fn latest_seq(&self) -> Result<u64, Error> {
+        let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS seq FROM auth_key_changes")
+            .fetch_one(&self.inner.pool)
+            .await?;
+        Ok(u64::try_from(row.try_get::<i64, _>("seq")?).unwrap_or(0))
+    }
+
+    /// The oldest change still in the log, if any: a reader at a position
+    /// before `oldest - 1` has missed changes that can no longer be read.
+    pub async fn oldest_seq(&self) -> Result<Option<u64>, Error> {
+        let row = sqlx::query("SELECT MIN(seq) AS seq FROM auth_key_changes")
+            .fetch_one(&self.inner.pool)
+            .await?;
+        Ok(row
+            .try_get::<Option<i64>, _>("seq")?
+            .and_then(|s| u64::try_from(s).ok()))
+    }
+
+    /// Drops changes older than [`LOG_KEEPS`], always keeping the newest
+    /// (sequence numbers never restart).
+    pub async fn prune_log(&self) -> Result<u64, Error> {
+        let before = SystemTime::now().checked_sub(LOG_KEEPS).map_or(0, secs);
+        let done = sqlx::query(
+            "DELETE FROM auth_key_changes WHERE changed_at < $1 \
+             AND seq < (SELECT MAX(seq) FROM auth_key_changes)",
+        )
+        .bind(before)
+        .execute(&self.inner.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Begins a write: on PostgreSQL it holds the writers' lock until it
+    /// commits (SQLite has one writer at a time anyway), so the change
+    /// log's order is the commit order.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, Error> {
+        let mut tx = self.inner.pool.begin().await?;
+        if self.inner.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(WRITE_LOCK)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(tx)
+    }
+
+    /// Logs a change of the key with `digest` in the write under way, and
+    /// wakes other processes when it commits.
+    async fn log_change(&self, tx: &mut sqlx::AnyConnection, digest: &str) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO auth_key_changes (seq, digest, changed_at) \
+             SELECT COALESCE(MAX(seq), 0) + 1, $1, $2 FROM auth_key_changes",
+        )
+        .bind(digest)
+        .bind(secs(SystemTime::now()))
+        .execute(&mut *tx)
+        .await?;
+        if self.inner.backend == Backend::Postgres {
+            // Delivered on commit, to every listener: a wake-up.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(digest)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// After a commit: this process's caches hear of it at once (others,
+    /// and this one's log readers, through the log).
+    fn announce(&self, digest: &str) {
+        let change = Digest::from_hex(digest).map_or(Change::All, Change::Key);
+        let _ = self.inner.changes.send(change);
     }
 
     /// Writes `last_used_at` for the keys looked up since the last flush,
@@ -771,7 +976,7 @@ impl SqlKeyStore {
             .ok_or_else(|| Error::Invalid("the overlap must be 0 s to 365 days".into()))?;
         // One transaction: the new key and the old one's end together, or
         // neither (a caller hanging up mid-way rolls it back).
-        let mut tx = self.inner.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query(&format!(
             "SELECT {COLUMNS}, digest FROM auth_keys WHERE id = $1 AND kind = $2"
         ))
@@ -799,16 +1004,9 @@ impl SqlKeyStore {
             .bind(secs(ends))
             .execute(&mut *tx)
             .await?;
-        if self.inner.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CHANNEL)
-                .bind(&old_digest)
-                .execute(&mut *tx)
-                .await?;
-        }
+        self.log_change(&mut tx, &old_digest).await?;
         tx.commit().await?;
-        let change = Digest::from_hex(&old_digest).map_or(Change::All, Change::Key);
-        let _ = self.inner.changes.send(change);
+        self.announce(&old_digest);
         self.created(kind, key, &new_id).await.map(Some)
     }
 
@@ -824,7 +1022,7 @@ impl SqlKeyStore {
             sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
         ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
     ) -> Result<bool, Error> {
-        let mut tx = self.inner.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let row = bind(sqlx::query(sql).bind(id).bind(kind.as_str()))
             .fetch_optional(&mut *tx)
             .await?;
@@ -833,17 +1031,9 @@ impl SqlKeyStore {
             return Ok(false);
         };
         let digest: String = row.try_get("digest")?;
-        if self.inner.backend == Backend::Postgres {
-            // Delivered on commit, to every listener.
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CHANNEL)
-                .bind(&digest)
-                .execute(&mut *tx)
-                .await?;
-        }
+        self.log_change(&mut tx, &digest).await?;
         tx.commit().await?;
-        let change = Digest::from_hex(&digest).map_or(Change::All, Change::Key);
-        let _ = self.inner.changes.send(change);
+        self.announce(&digest);
         Ok(true)
     }
 
