@@ -4,7 +4,7 @@
 #![allow(unused_crate_dependencies)]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use auth_core::{
     CacheConfig, Cached, Credential, Decision, Guard, HashedKeyStore, PlainRequest,
@@ -73,9 +73,12 @@ async fn every_operation(store: SqlKeyStore) {
         store.set_expiry(&id, Some(past)).await,
         Err(Error::Invalid(_))
     ));
-    let soon = SystemTime::now() + Duration::from_millis(1_100);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let soon = UNIX_EPOCH + Duration::from_secs(now.as_secs() + 2);
     assert!(store.set_expiry(&id, Some(soon)).await.unwrap());
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    while SystemTime::now() <= soon {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(verify(&v, &key).await.unwrap_err(), VerifyError::Expired);
     assert!(store.set_expiry(&id, None).await.unwrap());
     assert!(verify(&v, &key).await.is_ok());
@@ -380,19 +383,24 @@ async fn sqlite_sees_other_processes_writes_within_a_second() {
 async fn a_cached_grant_never_outlives_its_key() {
     let (store, _dir) = sqlite().await;
     let v = cached(&store);
+    // Stored in whole seconds: two seconds after the next whole one.
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let at = UNIX_EPOCH + Duration::from_secs(now.as_secs() + 2);
     let created = store
         .create(NewKey {
             owner: "svc".into(),
-            expires_at: Some(SystemTime::now() + Duration::from_millis(1_500)),
+            expires_at: Some(at),
             ..NewKey::default()
         })
         .await
         .unwrap();
     let key = created.key.expose();
     let p = verify(&*v, key).await.unwrap();
-    assert!(p.expires_at().is_some());
+    assert_eq!(p.expires_at(), Some(at));
     assert!(verify(&*v, key).await.is_ok(), "a cache hit");
-    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    while SystemTime::now() <= at {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(verify(&*v, key).await.unwrap_err(), VerifyError::Expired);
 }
 
