@@ -17,6 +17,7 @@ use auth_core::{Deferred, Guard, KeyFile, Mode, Principal, PublicPaths};
 
 pub mod actix_service;
 pub mod axum_service;
+pub mod remote_service;
 pub mod warp_service;
 
 /// The scope of the admin route.

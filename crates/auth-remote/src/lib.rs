@@ -9,6 +9,7 @@
 mod breaker;
 mod budget;
 mod inflight;
+mod stream;
 
 use std::fmt;
 use std::sync::Arc;
@@ -24,6 +25,8 @@ use auth_core::{
 use breaker::Breaker;
 use budget::Budget;
 use inflight::Inflight;
+use parking_lot::Mutex;
+use stream::{StreamConfig, StreamState};
 
 /// The path of the validate endpoint on central key services
 /// ([`auth_core::protocol::VALIDATE_PATH`]).
@@ -50,7 +53,8 @@ pub enum Error {
 /// 5 s, valid answers cached 5 minutes and invalid ones 10 seconds (at most
 /// 100,000 and 10,000), breaker opening after 5 consecutive failures and
 /// probing 1 s later, then after doubling waits up to 30 s, at most 100
-/// upstream calls a second, no serve-stale.
+/// upstream calls a second, no serve-stale, the changes stream on (grants
+/// used at most 5 s while it is down, a stream silent for 45 s reconnected).
 pub struct RemoteVerifierBuilder {
     base_url: String,
     path: String,
@@ -66,6 +70,9 @@ pub struct RemoteVerifierBuilder {
     clock: Option<Arc<dyn Clock>>,
     /// Extra trusted roots (PEM), for a key service with a private CA.
     roots: Vec<Vec<u8>>,
+    changes_stream: bool,
+    stream_down_ttl: Duration,
+    stream_idle_timeout: Duration,
 }
 
 impl fmt::Debug for RemoteVerifierBuilder {
@@ -76,6 +83,7 @@ impl fmt::Debug for RemoteVerifierBuilder {
                 "credential_header",
                 &self.credential.as_ref().map(|(h, _)| h),
             )
+            .field("changes_stream", &self.changes_stream)
             .finish_non_exhaustive()
     }
 }
@@ -102,7 +110,8 @@ impl RemoteVerifierBuilder {
         self
     }
 
-    /// How long a call may take before the service counts as unavailable.
+    /// How long a call may take before the service counts as unavailable
+    /// (also how long the changes stream may take to connect and answer).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -171,8 +180,39 @@ impl RemoteVerifierBuilder {
         self
     }
 
-    /// Another clock for the cache's TTLs, the breaker and the budget
-    /// (tests).
+    /// Whether to subscribe to the service's changes stream
+    /// ([`auth_core::protocol::EVENTS_PATH`]; default `true`): a key
+    /// disabled, deleted or changed there is dropped from the cache at once
+    /// instead of at the end of its TTL. A service that answers the stream
+    /// request with 404 or 405 offers none: the verifier works as without
+    /// it, and asks again every minute. See the crate docs.
+    pub fn changes_stream(mut self, on: bool) -> Self {
+        self.changes_stream = on;
+        self
+    }
+
+    /// How long a cached grant is used at most while the changes stream is
+    /// down — counted from when the grant came in, or when the stream went
+    /// down if that was later (default 5 s). Down: the service is known to
+    /// offer the stream (its last telling answer to the stream request was
+    /// an event stream or a 401/403) and no `ready` came on the current
+    /// connection. When it is live again, grants are used for the whole
+    /// TTL again. Denials keep their own TTL.
+    pub fn stream_down_ttl(mut self, ttl: Duration) -> Self {
+        self.stream_down_ttl = ttl;
+        self
+    }
+
+    /// How long the changes stream may stay silent — the service pings
+    /// about every 15 s — before it counts as dead and is reconnected
+    /// (default 45 s).
+    pub fn stream_idle_timeout(mut self, idle: Duration) -> Self {
+        self.stream_idle_timeout = idle;
+        self
+    }
+
+    /// Another clock for the cache's TTLs, the breaker, the budget and the
+    /// stream-down bound (tests).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
         self
@@ -214,13 +254,34 @@ impl RemoteVerifierBuilder {
                 }
             }
         }
+        // One client for validate calls and the stream (one pool, and the
+        // roots loaded once). No total timeout here: validate calls set
+        // theirs per request, the stream has none (it lasts).
         let client = reqwest::Client::builder()
-            .timeout(self.timeout)
+            .connect_timeout(self.timeout)
             // A redirect would re-send the key, in the body, to wherever
             // the service points: a 3xx is unavailable instead.
             .redirect(reqwest::redirect::Policy::none())
             .tls_certs_merge(roots)
             .build()?;
+        let stream = if self.changes_stream {
+            Some(StreamConfig {
+                url: format!(
+                    "{}{}",
+                    self.base_url.trim_end_matches('/'),
+                    auth_core::protocol::EVENTS_PATH
+                ),
+                credential: credential.clone(),
+                // A silent stream is caught by the idle timeout instead of a
+                // total timeout.
+                client: client.clone(),
+                answer_within: self.timeout,
+                idle: self.stream_idle_timeout,
+                down_ttl: self.stream_down_ttl,
+            })
+        } else {
+            None
+        };
         let clock: Arc<dyn Clock> = self.clock.unwrap_or_else(|| Arc::new(CoarseClock));
         // Entries live for the TTL plus the serve-stale grace; freshness is
         // decided from the time each answer came in.
@@ -228,29 +289,35 @@ impl RemoteVerifierBuilder {
         cache_config.ttl = cache_config
             .ttl
             .saturating_add(self.serve_stale.unwrap_or_default());
-        Ok(RemoteVerifier {
-            inner: Arc::new(Inner {
-                shown_url: redacted(&url),
-                url,
-                credential,
-                scope: self.scope,
-                client,
-                cache: TtlCache::with_clock(cache_config, Arc::clone(&clock)),
-                fresh_for: self.cache.ttl,
-                serve_stale: self.serve_stale,
-                breaker: Breaker::new(
-                    self.breaker_threshold,
-                    self.probe_backoff,
-                    self.breaker_cooldown,
-                    Arc::clone(&clock),
-                ),
-                budget: Budget::new(self.upstream_budget, Arc::clone(&clock)),
-                budget_per_second: self.upstream_budget,
-                inflight: Inflight::new(),
-                health: Health::default(),
-                clock,
-            }),
-        })
+        let inner = Arc::new(Inner {
+            shown_url: redacted(&url),
+            url,
+            credential,
+            scope: self.scope,
+            client,
+            timeout: self.timeout,
+            cache: TtlCache::with_clock(cache_config, Arc::clone(&clock)),
+            fresh_for: self.cache.ttl,
+            serve_stale: self.serve_stale,
+            breaker: Breaker::new(
+                self.breaker_threshold,
+                self.probe_backoff,
+                self.breaker_cooldown,
+                Arc::clone(&clock),
+            ),
+            budget: Budget::new(self.upstream_budget, Arc::clone(&clock)),
+            budget_per_second: self.upstream_budget,
+            inflight: Inflight::new(),
+            health: Health::default(),
+            clock,
+            stream_state: StreamState::new(),
+            stream_down_ttl: self.stream_down_ttl,
+            stream,
+            subscriber: Mutex::new(None),
+        });
+        // Within a runtime, subscribe now; else on the first cache miss.
+        inner.subscribe();
+        Ok(RemoteVerifier { inner })
     }
 }
 
@@ -289,6 +356,10 @@ fn redacted(url: &str) -> String {
 /// open circuit, a spent upstream budget — which the guard answers with
 /// 503 and which a [`Fallback`](auth_core::Fallback) hands to a local
 /// verifier. Errors are never cached.
+///
+/// By default it also follows the service's changes stream (see
+/// [`RemoteVerifierBuilder::changes_stream`]) in a background task, which
+/// ends when the last clone of the verifier is dropped.
 #[derive(Clone)]
 pub struct RemoteVerifier {
     inner: Arc<Inner>,
@@ -298,6 +369,8 @@ pub struct RemoteVerifier {
 #[derive(Clone)]
 struct Fresh {
     principal: Arc<Principal>,
+    /// When the answer came in (the stream-down bound counts from it).
+    filled: Duration,
     until: Duration,
     /// When the key itself expires (its `expiresAt`): not even serve-stale
     /// uses the answer after that.
@@ -310,7 +383,10 @@ struct Inner {
     shown_url: String,
     credential: Option<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
     scope: Option<String>,
+    /// Without a total timeout (see `build`).
     client: reqwest::Client,
+    /// A validate call's total timeout.
+    timeout: Duration,
     cache: TtlCache<Fresh>,
     fresh_for: Duration,
     serve_stale: Option<Duration>,
@@ -320,6 +396,68 @@ struct Inner {
     inflight: Inflight<Outcome>,
     health: Health,
     clock: Arc<dyn Clock>,
+    /// Whether the changes stream is live, and since when it is down.
+    stream_state: StreamState,
+    stream_down_ttl: Duration,
+    /// `None`: the stream is switched off.
+    stream: Option<StreamConfig>,
+    /// The subscriber's task, aborted when the verifier goes.
+    subscriber: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Inner {
+    /// Until when a cached grant is used: its freshness, bounded while the
+    /// changes stream is down. One atomic load on top of the hit.
+    #[inline]
+    fn served_until(&self, fresh: &Fresh) -> Duration {
+        self.stream_state
+            .served_until(fresh.filled, fresh.until, self.stream_down_ttl)
+    }
+
+    /// Starts the stream's subscriber unless it runs, is switched off, or
+    /// there is no runtime to run it on. A subscriber whose runtime shut
+    /// down is replaced.
+    fn subscribe(self: &Arc<Self>) {
+        let Some(config) = &self.stream else {
+            return;
+        };
+        let mut task = self.subscriber.lock();
+        if task.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        // Weak: the task must not keep the verifier alive.
+        let handle = runtime.spawn(stream::run(Arc::downgrade(self), config.clone()));
+        *task = Some(handle.abort_handle());
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = self.subscriber.get_mut().take() {
+            task.abort();
+        }
+    }
+}
+
+impl stream::Target for Inner {
+    fn stream(&self) -> &StreamState {
+        &self.stream_state
+    }
+
+    fn now(&self) -> Duration {
+        self.clock.now()
+    }
+
+    fn invalidate(&self, digest: &Digest) {
+        self.cache.invalidate(digest);
+    }
+
+    fn clear(&self) {
+        self.cache.clear();
+    }
 }
 
 /// What one call to the service came to.
@@ -431,6 +569,7 @@ impl fmt::Debug for RemoteVerifier {
             .field("cached", &self.inner.cache.len())
             .field("circuit_open", &self.inner.breaker.is_open())
             .field("unavailable_count", &self.unavailable_count())
+            .field("stream_live", &self.stream_live())
             .finish_non_exhaustive()
     }
 }
@@ -456,13 +595,20 @@ impl RemoteVerifier {
             serve_stale: None,
             clock: None,
             roots: Vec::new(),
+            changes_stream: true,
+            stream_down_ttl: Duration::from_secs(5),
+            stream_idle_timeout: Duration::from_secs(45),
         }
     }
 
     /// The builder from the environment, or `None` when
     /// `AUTH_REMOTE_ENABLED` is unset or `false`: `AUTH_REMOTE_URL`
-    /// (required when enabled), `AUTH_REMOTE_CACHE_TTL` and
-    /// `AUTH_REMOTE_TIMEOUT` (seconds).
+    /// (required when enabled), `AUTH_REMOTE_SERVICE_TOKEN` (our own
+    /// credential, sent as
+    /// [`SERVICE_TOKEN_HEADER`](auth_core::protocol::SERVICE_TOKEN_HEADER);
+    /// set but blank is an error), `AUTH_REMOTE_CACHE_TTL` and
+    /// `AUTH_REMOTE_TIMEOUT` (seconds). Errors name the variable, never a
+    /// token's value.
     pub fn from_env() -> Result<Option<RemoteVerifierBuilder>, Error> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -475,11 +621,24 @@ impl RemoteVerifier {
     /// let env = |name: &str| match name {
     ///     "AUTH_REMOTE_ENABLED" => Some("true".to_owned()),
     ///     "AUTH_REMOTE_URL" => Some("http://127.0.0.1:8080".to_owned()),
-    ///     "AUTH_REMOTE_TIMEOUT" => Some("soon".to_owned()),
+    ///     "AUTH_REMOTE_SERVICE_TOKEN" => Some("our-own-service-key".to_owned()),
     ///     _ => None,
     /// };
-    /// let err = RemoteVerifier::from_lookup(env).unwrap_err();
-    /// assert!(err.to_string().contains("AUTH_REMOTE_TIMEOUT"));
+    /// let remote = RemoteVerifier::from_lookup(env)?.expect("enabled").build()?;
+    /// assert!(!format!("{remote:?}").contains("our-own-service-key"));
+    ///
+    /// // Mistakes are named, never echoed when they are secrets.
+    /// for (name, bad) in [("AUTH_REMOTE_SERVICE_TOKEN", " "), ("AUTH_REMOTE_TIMEOUT", "soon")] {
+    ///     let env = |n: &str| match n {
+    ///         "AUTH_REMOTE_ENABLED" => Some("true".to_owned()),
+    ///         "AUTH_REMOTE_URL" => Some("http://127.0.0.1:8080".to_owned()),
+    ///         n if n == name => Some(bad.to_owned()),
+    ///         _ => None,
+    ///     };
+    ///     let err = RemoteVerifier::from_lookup(env).unwrap_err();
+    ///     assert!(err.to_string().contains(name));
+    /// }
+    /// # Ok::<(), auth_remote::Error>(())
     /// ```
     pub fn from_lookup(
         lookup: impl Fn(&str) -> Option<String>,
@@ -522,6 +681,18 @@ impl RemoteVerifier {
                 })
         };
         let mut builder = Self::builder(url.trim());
+        if let Some(token) = lookup("AUTH_REMOTE_SERVICE_TOKEN") {
+            // The value is a secret: never in the message.
+            if token.trim().is_empty() {
+                return Err(Error::Config(
+                    "AUTH_REMOTE_SERVICE_TOKEN is set but blank (unset it, or give our \
+                     service credential)"
+                        .into(),
+                ));
+            }
+            builder =
+                builder.service_credential(auth_core::protocol::SERVICE_TOKEN_HEADER, token.trim());
+        }
         if let Some(ttl) = seconds("AUTH_REMOTE_CACHE_TTL")? {
             builder = builder.cache_ttl(ttl);
         }
@@ -539,6 +710,14 @@ impl RemoteVerifier {
     /// Drops every cached answer.
     pub fn clear(&self) {
         self.inner.cache.clear();
+    }
+
+    /// Whether the changes stream is live: connected, its `ready` received,
+    /// key changes reaching the cache as they happen. `false` while it
+    /// connects or is down, when the service offers none, and when it is
+    /// switched off.
+    pub fn stream_live(&self) -> bool {
+        self.inner.stream_state.live()
     }
 
     /// Whether the circuit is open (calls are not being made).
@@ -577,7 +756,11 @@ impl Inner {
             api_key: key.to_owned(),
             scope: scope.map(str::to_owned),
         };
-        let mut request = self.client.post(&self.url).json(&body);
+        let mut request = self
+            .client
+            .post(&self.url)
+            .timeout(self.timeout)
+            .json(&body);
         // The request holds the serialised body: one copy of the key fewer.
         drop(body);
         if let Some((name, value)) = &self.credential {
@@ -741,6 +924,7 @@ impl Inner {
                 let key_expires = key_left.map_or(Duration::MAX, |left| now.saturating_add(left));
                 let fresh = Fresh {
                     principal: Arc::clone(p),
+                    filled: now,
                     // Never fresh past the key's own expiry.
                     until: now.saturating_add(self.fresh_for).min(key_expires),
                     key_expires,
@@ -768,6 +952,7 @@ impl Verifier for RemoteVerifier {
         if let Some(answer) = self.verify_now(credential, ctx) {
             return answer;
         }
+        self.inner.subscribe();
         let inner = &*self.inner;
         let digest = *credential.digest();
         tracing::trace!(target: "auth_remote", fingerprint = %digest.fingerprint(), "cache miss");
@@ -799,11 +984,12 @@ impl Verifier for RemoteVerifier {
         _ctx: &VerifyContext<'_>,
     ) -> Option<VerifyResult> {
         match self.cached(credential.digest())? {
-            CacheEntry::Granted(fresh) if self.now() < fresh.until => {
+            CacheEntry::Granted(fresh) if self.now() < self.inner.served_until(&fresh) => {
                 tracing::trace!(target: "auth_remote", "cache hit");
                 Some(Ok(fresh.principal))
             }
-            // Stale: used only while the service is unavailable.
+            // Stale (or the changes stream is down): used only while the
+            // service is unavailable.
             CacheEntry::Granted(_) => None,
             CacheEntry::Denied(denial) => Some(Err(denial.into())),
         }
@@ -819,7 +1005,7 @@ impl RemoteVerifier {
         // A caller that missed the cache just before another's call filled
         // it and left: the answer is there now.
         match self.cached(digest) {
-            Some(CacheEntry::Granted(fresh)) if self.now() < fresh.until => {
+            Some(CacheEntry::Granted(fresh)) if self.now() < self.inner.served_until(&fresh) => {
                 return Outcome::Valid(fresh.principal);
             }
             Some(CacheEntry::Denied(denial)) => return Outcome::Denied(denial),
@@ -853,7 +1039,10 @@ impl RemoteVerifier {
             (self.inner.serve_stale, self.cached(digest))
         {
             let now = self.now();
-            if now < fresh.until.saturating_add(grace) && now < fresh.key_expires {
+            // The grace counts from when the answer stopped being used,
+            // the stream-down bound included.
+            let served_until = self.inner.served_until(&fresh);
+            if now < served_until.saturating_add(grace) && now < fresh.key_expires {
                 tracing::debug!(target: "auth_remote", fingerprint = %digest.fingerprint(),
                     "key service unavailable: serving a stale valid answer");
                 return Ok(fresh.principal);
