@@ -312,6 +312,9 @@ impl<T: Target> Subscriber<T> {
     /// The stream ended or could not be reached: bounded grants if the
     /// service offers it; the backoff's wait.
     fn lost(&mut self, why: &'static str, status: Option<u16>) -> Result<Duration, Gone> {
+        // Only a 404/405 says "no stream": a connect error, a timeout or a
+        // 5xx (a proxy's 502 included) leave grants bounded, never open.
+        self.offered = true;
         let offered = self.offered;
         let was_live = self.with(|t| {
             let state = t.stream();

@@ -604,3 +604,31 @@ async fn from_lookup_reads_the_service_token() {
         .unwrap();
     assert!(!format!("{builder:?}").contains(SERVICE_TOKEN));
 }
+
+/// A stream request answered 502 (a proxy in front of a key service whose
+/// stream is down) is no "no stream": grants stay bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_error_on_the_stream_bounds_grants() {
+    let (double, addr) = started(StreamMode::Status(502)).await;
+    let clock = Arc::new(ManualClock::new());
+    let v = remote(addr)
+        .clock(clock.clone())
+        .cache_ttl(Duration::from_secs(300))
+        .stream_down_ttl(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    eventually("asked", SOON, || double.stream_requests() >= 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    verify(&v, GOOD).await.unwrap();
+    clock.advance(Duration::from_secs(4));
+    verify(&v, GOOD).await.unwrap();
+    assert_eq!(double.calls(), 1);
+    clock.advance(Duration::from_secs(2));
+    verify(&v, GOOD).await.unwrap();
+    assert_eq!(
+        double.calls(),
+        2,
+        "a grant outlived the bound while the stream was failing"
+    );
+    assert!(!v.stream_live());
+}

@@ -22,7 +22,7 @@ use auth_sqlx::{CreatedKey, KeyInfo, NewKey, SqlKeyStore};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path as UrlPath, Request, State};
 use axum::http::StatusCode;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -830,47 +830,64 @@ async fn validate(State(s): State<AppState>, Body(b): Body<ValidateRequest>) -> 
     Json(answer).into_response()
 }
 
-/// How often the changes stream sends a comment when nothing happens, so
-/// that clients (and proxies) can tell a quiet stream from a dead one.
-const STREAM_PING: Duration = Duration::from_secs(15);
+/// How often the changes stream sends a heartbeat (an SSE comment) while
+/// this instance follows the change log: a client that hears nothing for a
+/// few of these knows the stream is dead, however it looks.
+const STREAM_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// The most changes replayed to a client resuming; further behind, a reset.
+const MAX_REPLAY: u64 = 10_000;
 
 /// Where a changes stream starts for a client that last saw `resume`: the
 /// events to send first (a replay, or a reset) and the position after them.
+/// The position is what this instance has applied to its own caches, so a
+/// client is never told of a change this instance could still answer
+/// against.
 async fn stream_start(
     store: &SqlKeyStore,
     resume: Option<u64>,
 ) -> Result<(Vec<ChangeEvent>, u64), auth_sqlx::Error> {
-    let latest = store.latest_seq().await?;
-    let Some(from) = resume else {
-        return Ok((vec![ChangeEvent::Ready { seq: latest }], latest));
+    let applied = store.applied_seq();
+    let reset = || {
+        vec![
+            ChangeEvent::Reset { seq: applied },
+            ChangeEvent::Ready { seq: applied },
+        ]
     };
-    let replayable = from <= latest
-        && (from == latest || store.oldest_seq().await?.is_some_and(|o| o <= from + 1));
-    if !replayable {
-        // Pruned past it, or from another database: start over.
-        return Ok((
-            vec![
-                ChangeEvent::Reset { seq: latest },
-                ChangeEvent::Ready { seq: latest },
-            ],
-            latest,
-        ));
+    let Some(from) = resume else {
+        return Ok((vec![ChangeEvent::Ready { seq: applied }], applied));
+    };
+    if from > applied || applied - from > MAX_REPLAY {
+        // From another database, or too far behind: start over.
+        return Ok((reset(), applied));
     }
     let mut events = Vec::new();
     let mut pos = from;
-    while pos < latest {
+    while pos < applied {
         let page = store.changes_since(pos, 1000).await?;
-        let Some(&(last, _)) = page.last() else { break };
-        events.extend(page.into_iter().take_while(|(seq, _)| *seq <= latest).map(
-            |(seq, digest)| ChangeEvent::Key {
+        if page.is_empty() {
+            break;
+        }
+        for (seq, digest) in page {
+            if seq > applied {
+                break;
+            }
+            if seq != pos + 1 {
+                // Pruned (the first) or a hole: cannot be replayed.
+                return Ok((reset(), applied));
+            }
+            events.push(ChangeEvent::Key {
                 seq,
                 digest: digest.to_hex(),
-            },
-        ));
-        pos = last;
+            });
+            pos = seq;
+        }
     }
-    events.push(ChangeEvent::Ready { seq: latest });
-    Ok((events, latest))
+    if pos != applied {
+        return Ok((reset(), applied));
+    }
+    events.push(ChangeEvent::Ready { seq: applied });
+    Ok((events, applied))
 }
 
 fn sse_event(e: &ChangeEvent) -> Event {
@@ -880,9 +897,71 @@ fn sse_event(e: &ChangeEvent) -> Event {
         .data(e.data())
 }
 
+/// A changes stream's state between events.
+struct StreamState {
+    live: tokio::sync::broadcast::Receiver<auth_sqlx::Logged>,
+    pending: std::collections::VecDeque<ChangeEvent>,
+    pos: u64,
+    store: SqlKeyStore,
+    heartbeat: tokio::time::Interval,
+    /// The caller's own credential: when it changes, the stream ends (the
+    /// reconnect is refused if it was revoked).
+    own: Option<auth_core::Digest>,
+    ending: bool,
+}
+
+impl StreamState {
+    /// The next SSE event, or `None` to end the stream.
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Some(sse_event(&e));
+            }
+            if self.ending {
+                return None;
+            }
+            tokio::select! {
+                received = self.live.recv() => match received {
+                    Ok(auth_sqlx::Logged::Key { seq, digest }) if seq > self.pos => {
+                        self.pos = seq;
+                        self.ending = self.own == Some(digest);
+                        self.pending.push_back(ChangeEvent::Key {
+                            seq,
+                            digest: digest.to_hex(),
+                        });
+                    }
+                    // Already sent (replayed).
+                    Ok(auth_sqlx::Logged::Key { .. }) => {}
+                    Ok(auth_sqlx::Logged::Reset { seq }) => {
+                        self.pos = self.pos.max(seq);
+                        self.pending.push_back(ChangeEvent::Reset { seq: self.pos });
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        // This client fell behind: what it missed is gone.
+                        self.pos = self.store.applied_seq().max(self.pos);
+                        self.pending.push_back(ChangeEvent::Reset { seq: self.pos });
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                },
+                _ = self.heartbeat.tick() => {
+                    if !self.store.following() {
+                        // This instance no longer hears of changes: a stream
+                        // that looked live would say nothing. End it; the
+                        // client bounds its grants until one is back.
+                        tracing::warn!("changes stream closed: the change log is not being read");
+                        return None;
+                    }
+                    return Some(Event::default().comment("ping"));
+                }
+            }
+        }
+    }
+}
+
 /// The changes stream (Server-Sent Events, [`auth_core::protocol::ChangeEvent`]):
 /// every change to a key, in commit order, from every instance; with
-/// `Last-Event-ID`, what the client missed first, or a `reset`.
+/// `Last-Event-ID`, what the client missed first, or a `reset`. A comment
+/// every second while this instance follows the change log.
 #[utoipa::path(get, path = "/api/v1/api-keys/events", tag = "validate",
     params(("Last-Event-ID" = Option<u64>, Header, description = "the last sequence number seen")),
     security(("serviceToken" = [])),
@@ -898,52 +977,39 @@ async fn events(State(s): State<AppState>, headers: axum::http::HeaderMap) -> Re
         },
         Some(Err(_)) => return bad("Last-Event-ID must be a sequence number"),
     };
-    // Subscribed before the log is read: nothing falls between the two.
+    if !s.store.following() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the change log is not being read",
+        );
+    }
+    let own = headers
+        .get(SERVICE_HEADER)
+        .map(|v| auth_core::Digest::of(v.as_bytes()));
+    // Subscribed before the position is read: nothing falls between.
     let live = s.store.logged();
     let (first, pos) = match stream_start(&s.store, resume).await {
         Ok(start) => start,
         Err(e) => return store_error(&e),
     };
-    let store = s.store.clone();
-    let pending: std::collections::VecDeque<ChangeEvent> = first.into();
-    let stream = futures_util::stream::unfold(
-        (live, pending, pos, store),
-        |(mut live, mut pending, mut pos, store)| async move {
-            loop {
-                if let Some(e) = pending.pop_front() {
-                    let event = sse_event(&e);
-                    return Some((
-                        Ok::<_, std::convert::Infallible>(event),
-                        (live, pending, pos, store),
-                    ));
-                }
-                match live.recv().await {
-                    Ok(auth_sqlx::Logged::Key { seq, digest }) if seq > pos => {
-                        pos = seq;
-                        pending.push_back(ChangeEvent::Key {
-                            seq,
-                            digest: digest.to_hex(),
-                        });
-                    }
-                    // Already sent (replayed).
-                    Ok(auth_sqlx::Logged::Key { .. }) => {}
-                    Ok(auth_sqlx::Logged::Reset { seq }) => {
-                        pos = pos.max(seq);
-                        pending.push_back(ChangeEvent::Reset { seq: pos });
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        // This client fell behind: what it missed is gone.
-                        pos = store.latest_seq().await.unwrap_or(pos).max(pos);
-                        pending.push_back(ChangeEvent::Reset { seq: pos });
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-                }
-            }
-        },
-    );
-    Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(STREAM_PING).text("ping"))
-        .into_response()
+    let mut heartbeat = tokio::time::interval(STREAM_HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    heartbeat.reset();
+    let state = StreamState {
+        live,
+        pending: first.into(),
+        pos,
+        store: s.store.clone(),
+        heartbeat,
+        own,
+        ending: false,
+    };
+    let stream = futures_util::stream::unfold(state, |mut state| async move {
+        let event = state.next().await?;
+        Some((Ok::<_, std::convert::Infallible>(event), state))
+    });
+    Sse::new(stream).into_response()
 }
 
 #[derive(OpenApi)]

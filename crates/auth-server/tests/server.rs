@@ -1424,3 +1424,111 @@ async fn the_validate_answer_carries_the_keys_expiry() {
     assert_eq!(answer["code"], "valid");
     assert_eq!(answer["expiresAt"], at);
 }
+
+/// Review of issue 13: a stream that looks live carries revocations. The
+/// server sends a heartbeat each second while it follows the change log,
+/// ends the stream (and refuses new ones) when it stops, ends a stream whose
+/// own credential changed, and resets a resume across a hole in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_stream_means_the_log_is_followed() {
+    let second = std::time::Duration::from_secs(3);
+    let dir = tempfile::tempdir().unwrap();
+    let store = auth_server::open_store(dir.path(), None).await.unwrap();
+    let app = auth_server::app(store.clone(), dir.path()).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let admin = std::fs::read_to_string(auth_server::admin_key_path(dir.path())).unwrap();
+    let api = AdminApi::new(addr, admin.trim());
+    let (_, service) = api
+        .call("POST", "/api/v1/services", Some(json!({"name": "svc"})))
+        .await;
+    let (_, other) = api
+        .call("POST", "/api/v1/services", Some(json!({"name": "other"})))
+        .await;
+    let token = service["key"].as_str().unwrap().to_owned();
+
+    // Heartbeats: bytes at least every second with nothing happening.
+    let (_, mut stream) = EventReader::open(addr, &token, None).await;
+    assert_eq!(stream.next(second).await.1, "ready");
+    for _ in 0..2 {
+        let chunk = tokio::time::timeout(second, stream.response.chunk())
+            .await
+            .expect("no heartbeat")
+            .unwrap()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&chunk).starts_with(':'),
+            "{chunk:?}"
+        );
+    }
+
+    // Its own credential disabled: the event, then the end; no way back.
+    let (_, mut own) = EventReader::open(addr, other["key"].as_str().unwrap(), None).await;
+    assert_eq!(own.next(second).await.1, "ready");
+    let id = other["id"].as_str().unwrap();
+    api.call("POST", &format!("/api/v1/services/{id}/disable"), None)
+        .await;
+    assert_eq!(own.next(second).await.1, "key");
+    let end = tokio::time::timeout(second, async {
+        loop {
+            match own.response.chunk().await {
+                Ok(Some(_)) => continue,
+                _ => return,
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the stream outlived its credential");
+    assert_eq!(
+        EventReader::open(addr, other["key"].as_str().unwrap(), None)
+            .await
+            .0,
+        401
+    );
+
+    // A hole in the log: a resume across it is a reset, not a partial replay.
+    let (_, k1) = api
+        .call("POST", "/api/v1/keys", Some(json!({"owner": "a"})))
+        .await;
+    let (_, k2) = api
+        .call("POST", "/api/v1/keys", Some(json!({"owner": "b"})))
+        .await;
+    let (_, mut live) = EventReader::open(addr, &token, None).await;
+    let (_, _, ready) = live.next(second).await;
+    let before = ready["seq"].as_u64().unwrap();
+    for k in [&k1, &k2] {
+        let id = k["id"].as_str().unwrap();
+        api.call("POST", &format!("/api/v1/keys/{id}/disable"), None)
+            .await;
+        assert_eq!(live.next(second).await.1, "key");
+    }
+    store
+        .execute_raw(&format!(
+            "DELETE FROM auth_key_changes WHERE seq = {}",
+            before + 1
+        ))
+        .await
+        .unwrap();
+    let (_, mut resumed) = EventReader::open(addr, &token, Some(&before.to_string())).await;
+    assert_eq!(resumed.next(second).await.1, "reset");
+
+    // The log no longer read (the database gone): streams end, new ones
+    // are refused.
+    store.close().await;
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            match live.response.chunk().await {
+                Ok(Some(_)) => continue,
+                _ => return,
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "a stream looked live while the log was not read"
+    );
+    let refused = EventReader::open(addr, &token, None).await.0;
+    assert!(matches!(refused, 401 | 503), "{refused}");
+}

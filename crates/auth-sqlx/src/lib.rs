@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Once};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -68,6 +69,9 @@ pub enum Change {
     /// Anything may have changed (notifications may have been missed).
     All,
 }
+
+/// A cache's hook into the store's changes.
+type Invalidator = Box<dyn Fn(Change) + Send + Sync>;
 
 /// A change read from the change log, in commit order (see
 /// [`SqlKeyStore::logged`]).
@@ -209,6 +213,13 @@ struct Inner {
     changes: broadcast::Sender<Change>,
     /// The change log as this process reads it, in commit order.
     logged: broadcast::Sender<Logged>,
+    /// Caches kept in step, told of each change before anyone else.
+    invalidators: Mutex<Vec<Invalidator>>,
+    /// The change log's position applied to caches and sent to `logged`.
+    applied: AtomicU64,
+    /// When the log was last read successfully (ms since `epoch`, 0 never).
+    followed_at: AtomicU64,
+    epoch: std::time::Instant,
     /// Ids looked up since the last flush of `last_used_at`.
     used: Mutex<HashSet<String>>,
     format: ApiKeyFormat,
@@ -430,6 +441,10 @@ impl SqlKeyStore {
                 url,
                 changes,
                 logged,
+                invalidators: Mutex::new(Vec::new()),
+                applied: AtomicU64::new(0),
+                followed_at: AtomicU64::new(0),
+                epoch: std::time::Instant::now(),
                 used: Mutex::new(HashSet::new()),
                 format: ApiKeyFormat::default(),
                 service_format: ApiKeyFormat::new("sk_svc", 256)?,
@@ -474,21 +489,45 @@ impl SqlKeyStore {
 
     /// Keeps `cached` in step with the store: every change drops the
     /// affected entry, [`Change::All`] (and a lagging receiver) everything.
-    pub fn invalidate_on_change<V, C>(&self, cached: Arc<Cached<V, C>>) -> JoinHandle<()>
+    ///
+    /// The cache hears of a change synchronously, before the change reaches
+    /// [`subscribe`](Self::subscribe)rs or [`logged`](Self::logged)
+    /// receivers: a changes stream never tells a service of a revocation
+    /// that this process's own cache could still grant.
+    pub fn invalidate_on_change<V, C>(&self, cached: Arc<Cached<V, C>>)
     where
         V: Verifier + 'static,
         C: Cache<Arc<Principal>> + 'static,
     {
-        let mut changes = self.subscribe();
-        tokio::spawn(async move {
-            loop {
-                match changes.recv().await {
-                    Ok(Change::Key(digest)) => cached.invalidate(&digest),
-                    Ok(Change::All) | Err(broadcast::error::RecvError::Lagged(_)) => cached.clear(),
-                    Err(broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        })
+        self.inner
+            .invalidators
+            .lock()
+            .push(Box::new(move |change: Change| match change {
+                Change::Key(digest) => cached.invalidate(&digest),
+                Change::All => cached.clear(),
+            }));
+    }
+
+    /// A change, applied: the registered caches first, then subscribers.
+    fn apply(&self, change: Change) {
+        for invalidate in self.inner.invalidators.lock().iter() {
+            invalidate(change);
+        }
+        let _ = self.inner.changes.send(change);
+    }
+
+    /// The change log's position this process has applied: every change
+    /// up to it has reached its caches (see [`listen`](Self::listen)).
+    pub fn applied_seq(&self) -> u64 {
+        self.inner.applied.load(Ordering::Acquire)
+    }
+
+    /// Whether this process follows the change log: its last read
+    /// succeeded within a second. A changes stream served while it does
+    /// not would look live and say nothing.
+    pub fn following(&self) -> bool {
+        let at = self.inner.followed_at.load(Ordering::Acquire);
+        at != 0 && self.inner.epoch.elapsed().as_millis() < u128::from(at) + 1_000
     }
 
     /// The change log as this process reads it (see [`listen`](Self::listen)):
@@ -509,6 +548,8 @@ impl SqlKeyStore {
     /// Also prunes the log now and then. Run once per process.
     pub async fn listen(&self) -> Result<JoinHandle<()>, Error> {
         let mut last = self.latest_seq().await?;
+        self.inner.applied.store(last, Ordering::Release);
+        self.followed();
         let mut wake = match self.inner.backend {
             Backend::Postgres => {
                 let mut listener = sqlx::postgres::PgListener::connect(&self.inner.url).await?;
@@ -527,7 +568,14 @@ impl SqlKeyStore {
                     // log says what changed.
                     Some(listener) => {
                         match tokio::time::timeout(POLL_EVERY, listener.try_recv()).await {
-                            Err(_) | Ok(Ok(Some(_))) => {}
+                            Err(_) => {}
+                            Ok(Ok(Some(n))) => {
+                                // An instance of an older version writes no
+                                // log: its notification's digest is all there is.
+                                if let Ok(digest) = Digest::from_hex(n.payload()) {
+                                    store.apply(Change::Key(digest));
+                                }
+                            }
                             Ok(Ok(None)) => {
                                 // The next `try_recv` connects and listens again;
                                 // the log covers the time between.
@@ -546,6 +594,7 @@ impl SqlKeyStore {
                 match store.follow(last).await {
                     Ok(seq) => {
                         last = seq;
+                        store.followed();
                         if failing {
                             tracing::info!(target: "auth_sqlx", "the change log is read again");
                             failing = false;
@@ -581,10 +630,13 @@ impl SqlKeyStore {
                     // Pruned before we read it: anything may have changed.
                     tracing::warn!(target: "auth_sqlx", from = last, to = *seq,
                         "change log gap: clearing caches");
-                    let _ = self.inner.changes.send(Change::All);
+                    self.apply(Change::All);
+                    self.inner.applied.store(seq - 1, Ordering::Release);
                     let _ = self.inner.logged.send(Logged::Reset { seq: seq - 1 });
                 }
-                let _ = self.inner.changes.send(Change::Key(*digest));
+                // Caches first, then the position, then the stream's readers.
+                self.apply(Change::Key(*digest));
+                self.inner.applied.store(*seq, Ordering::Release);
                 let _ = self.inner.logged.send(Logged::Key {
                     seq: *seq,
                     digest: *digest,
@@ -690,8 +742,13 @@ impl SqlKeyStore {
     /// After a commit: this process's caches hear of it at once (others,
     /// and this one's log readers, through the log).
     fn announce(&self, digest: &str) {
-        let change = Digest::from_hex(digest).map_or(Change::All, Change::Key);
-        let _ = self.inner.changes.send(change);
+        self.apply(Digest::from_hex(digest).map_or(Change::All, Change::Key));
+    }
+
+    /// Records a successful read of the log.
+    fn followed(&self) {
+        let ms = u64::try_from(self.inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.inner.followed_at.store(ms.max(1), Ordering::Release);
     }
 
     /// Writes `last_used_at` for the keys looked up since the last flush,

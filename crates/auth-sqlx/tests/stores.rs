@@ -554,3 +554,55 @@ async fn keys_validate_rows_are_migrated_to_service_credentials() {
         ["key_look_alike", "key_old_client", "key_other_case"]
     );
 }
+
+/// Review of issue 13: a store's own caches hear of a change before anyone
+/// else can — before the write call returns, and before a log reader (the
+/// changes stream) is told of another process's write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caches_hear_of_a_change_before_anyone_else() {
+    let (server, dir) = sqlite().await;
+    server.listen().await.unwrap();
+    let v = cached(&server);
+    for _ in 0..20 {
+        let created = plain_key(&server).await;
+        assert!(verify(&*v, created.key.expose()).await.is_ok());
+        server.disable(&created.info.id).await.unwrap();
+        // No yield between: the invalidation was synchronous.
+        assert_eq!(
+            verify(&*v, created.key.expose()).await.unwrap_err(),
+            VerifyError::Disabled
+        );
+    }
+    let other = SqlKeyStore::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("keys.db").display()
+    ))
+    .await
+    .unwrap();
+    let mut logged = server.logged();
+    for _ in 0..5 {
+        let created = plain_key(&other).await;
+        assert!(verify(&*v, created.key.expose()).await.is_ok());
+        other.disable(&created.info.id).await.unwrap();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(2), logged.recv()).await {
+                Ok(Ok(auth_sqlx::Logged::Key { digest, seq }))
+                    if digest == created.key.digest() =>
+                {
+                    assert_eq!(server.applied_seq(), seq);
+                    break;
+                }
+                Ok(Ok(_)) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(
+            v.verify_now(
+                &Credential::new(created.key.expose()),
+                &VerifyContext::default()
+            )
+            .is_none_or(|answer| answer.is_err()),
+            "told of the change while the cache still granted it"
+        );
+    }
+}
