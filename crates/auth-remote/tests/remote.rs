@@ -2,6 +2,9 @@
 //! served by axum on 127.0.0.1 (a free port), over real HTTP.
 #![allow(unused_crate_dependencies)]
 
+mod common;
+use common::Captured;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -1108,55 +1111,6 @@ async fn a_service_answering_429_never_opens_the_circuit() {
 }
 
 // --- F: one WARN per outage ---
-
-/// Everything logged on this thread while it lives.
-struct Captured {
-    logs: Arc<Mutex<Vec<u8>>>,
-    _default: tracing::subscriber::DefaultGuard,
-    _second: tracing::Dispatch,
-}
-
-#[derive(Clone)]
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn start() -> Self {
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = Sink(logs.clone());
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_writer(move || sink.clone())
-            .with_ansi(false)
-            .finish();
-        Self {
-            logs,
-            _default: tracing::subscriber::set_default(subscriber),
-            // With one dispatcher, tracing caches a callsite's interest from
-            // the default of whichever thread reaches it first (another
-            // test's, with none); a second one makes it ask every dispatcher.
-            _second: tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()),
-        }
-    }
-
-    /// Lines at `level` containing `text`.
-    fn count(&self, level: &str, text: &str) -> usize {
-        String::from_utf8_lossy(&self.logs.lock())
-            .lines()
-            .filter(|l| l.contains(level) && l.contains(text))
-            .count()
-    }
-}
 
 #[tokio::test(flavor = "current_thread")]
 async fn an_outage_is_logged_once_and_counted() {

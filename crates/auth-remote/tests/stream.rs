@@ -3,6 +3,9 @@
 //! 127.0.0.1 over real HTTP.
 #![allow(unused_crate_dependencies)]
 
+mod common;
+use common::Captured;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -474,56 +477,6 @@ async fn the_stream_can_be_switched_off() {
 }
 
 // --- the refused credential, in the logs ---
-
-/// Everything logged on this thread while it lives.
-struct Captured {
-    logs: Arc<Mutex<Vec<u8>>>,
-    _default: tracing::subscriber::DefaultGuard,
-    _second: tracing::Dispatch,
-}
-
-#[derive(Clone)]
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn start() -> Self {
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = Sink(logs.clone());
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || sink.clone())
-            .with_ansi(false)
-            .finish();
-        Self {
-            logs,
-            _default: tracing::subscriber::set_default(subscriber),
-            // See tests/remote.rs: makes tracing ask every dispatcher.
-            _second: tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()),
-        }
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.logs.lock()).into_owned()
-    }
-
-    fn count(&self, level: &str, text: &str) -> usize {
-        self.text()
-            .lines()
-            .filter(|l| l.contains(level) && l.contains(text))
-            .count()
-    }
-}
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_refused_credential_is_logged_once_and_bounds_grants() {
