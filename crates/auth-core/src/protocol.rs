@@ -256,6 +256,12 @@ pub struct ValidateResponse {
     /// A short text for people; never decides anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The changes stream's position this answer reflects: every change up
+    /// to it had reached the answering instance. A client that has seen a
+    /// later change on the stream does not cache the answer (it may come
+    /// from an instance that has not heard of that change yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
 }
 
 /// What a well-formed answer says.
@@ -288,6 +294,7 @@ impl ValidateResponse {
             rate_limit: None,
             expires_at: None,
             error: None,
+            seq: None,
         }
     }
 
@@ -302,6 +309,7 @@ impl ValidateResponse {
             rate_limit: None,
             expires_at: None,
             error: code.message().map(str::to_owned),
+            seq: None,
         }
     }
 

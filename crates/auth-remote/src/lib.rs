@@ -897,10 +897,16 @@ impl Inner {
         let ticket = self.cache.ticket(digest);
         // Dropped mid-call (only when the runtime shuts down), `attempt`
         // counts as failed.
+        let mut keep = true;
         let (outcome, key_left) = match self.call(key, scope).await {
             Reply::Answer(answer, verdict) => {
                 attempt.success();
                 self.health.answered();
+                // From an instance that had not heard of a change this
+                // verifier has seen: used for this request, not kept.
+                if answer.seq.is_some_and(|seq| seq < self.stream_state.seen()) {
+                    keep = false;
+                }
                 read(answer, verdict, digest)
             }
             Reply::TooManyRequests => {
@@ -919,6 +925,7 @@ impl Inner {
             }
         };
         match &outcome {
+            _ if !keep => {}
             Outcome::Valid(p) => {
                 let now = self.clock.now();
                 let key_expires = key_left.map_or(Duration::MAX, |left| now.saturating_add(left));

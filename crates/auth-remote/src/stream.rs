@@ -52,6 +52,8 @@ pub(crate) struct StreamState {
     down_since: AtomicU64,
     /// A `ready` came on the current connection.
     live: AtomicBool,
+    /// The last sequence number seen on the stream (0 before any).
+    seen: AtomicU64,
 }
 
 impl StreamState {
@@ -59,7 +61,13 @@ impl StreamState {
         Self {
             down_since: AtomicU64::new(UNBOUNDED),
             live: AtomicBool::new(false),
+            seen: AtomicU64::new(0),
         }
+    }
+
+    /// The last sequence number seen on the stream.
+    pub(crate) fn seen(&self) -> u64 {
+        self.seen.load(Ordering::Acquire)
     }
 
     /// Until when a grant filled at `filled`, fresh until `until`, is used:
@@ -306,6 +314,7 @@ impl<T: Target> Subscriber<T> {
             }
         }
         self.last_seq = Some(change.seq());
+        self.with(|t| t.stream().seen.store(change.seq(), Ordering::Release))?;
         Ok(None)
     }
 

@@ -53,6 +53,8 @@ struct Double {
     conn: Mutex<Option<mpsc::UnboundedSender<String>>>,
     /// The last sequence number sent.
     seq: AtomicU64,
+    /// The `seq` validate answers carry (an instance's applied position).
+    answer_seq: Mutex<Option<u64>>,
 }
 
 impl Double {
@@ -124,12 +126,13 @@ async fn validate(
     if headers.get(SERVICE_HEADER).and_then(|v| v.to_str().ok()) != Some(SERVICE_TOKEN) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    match double.keys.lock().get(body.api_key.as_str()) {
-        Some(Code::Valid) => Json(ValidateResponse::valid("user-1", vec!["stt".into()])),
-        Some(code) => Json(ValidateResponse::refusal(*code)),
-        None => Json(ValidateResponse::refusal(Code::Invalid)),
-    }
-    .into_response()
+    let mut answer = match double.keys.lock().get(body.api_key.as_str()) {
+        Some(Code::Valid) => ValidateResponse::valid("user-1", vec!["stt".into()]),
+        Some(code) => ValidateResponse::refusal(*code),
+        None => ValidateResponse::refusal(Code::Invalid),
+    };
+    answer.seq = *double.answer_seq.lock();
+    Json(answer).into_response()
 }
 
 async fn events(State(double): State<Arc<Double>>, headers: HeaderMap) -> Response {
@@ -172,6 +175,7 @@ async fn started(mode: StreamMode) -> (Arc<Double>, SocketAddr) {
         last_event_ids: Mutex::new(Vec::new()),
         conn: Mutex::new(None),
         seq: AtomicU64::new(5),
+        answer_seq: Mutex::new(None),
     });
     let app = axum::Router::new()
         .route(auth_core::protocol::VALIDATE_PATH, post(validate))
@@ -584,4 +588,32 @@ async fn a_proxy_error_on_the_stream_bounds_grants() {
         "a grant outlived the bound while the stream was failing"
     );
     assert!(!v.stream_live());
+}
+
+/// An answer from an instance behind what the stream already said (a load
+/// balancer spreading validate calls over instances whose followers lag)
+/// is used for its request but not cached; an answer that is not behind is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_behind_the_stream_is_not_cached() {
+    let (double, addr) = started(StreamMode::Serve).await;
+    let v = remote(addr).build().unwrap();
+    eventually("live", SOON, || v.stream_live()).await;
+    assert_eq!(verify(&v, SECOND).await.unwrap(), "user-1");
+    double.key_changed("sk_live_someone_elses_key_000000");
+    double.key_changed(SECOND);
+    // SECOND evicted: the stream's position (7) has been read.
+    eventually("SECOND evicted", SOON, || !cached(&v, SECOND)).await;
+    // An instance answering from position 6: behind the stream.
+    *double.answer_seq.lock() = Some(6);
+    for round in 1..=3 {
+        assert_eq!(verify(&v, GOOD).await.unwrap(), "user-1");
+        assert!(
+            !cached(&v, GOOD),
+            "round {round}: an answer behind the stream was kept"
+        );
+    }
+    assert_eq!(double.calls(), 1 + 3);
+    *double.answer_seq.lock() = Some(7);
+    assert_eq!(verify(&v, GOOD).await.unwrap(), "user-1");
+    assert!(cached(&v, GOOD));
 }

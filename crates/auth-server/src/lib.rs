@@ -800,6 +800,9 @@ fn code_of(e: VerifyError) -> Code {
         (status = 400, body = ErrorBody), (status = 401, description = "not a known service"),
         (status = 503, body = ErrorBody)))]
 async fn validate(State(s): State<AppState>, Body(b): Body<ValidateRequest>) -> Response {
+    // Read before the answer is made: every change up to it has already
+    // reached the caches the answer comes from.
+    let seq = Some(s.store.applied_seq());
     let credential = Credential::new(b.api_key.into_bytes());
     let principal: Arc<Principal> =
         match s.keys.verify(&credential, &VerifyContext::default()).await {
@@ -811,12 +814,17 @@ async fn validate(State(s): State<AppState>, Body(b): Body<ValidateRequest>) -> 
                     "the key store is unavailable",
                 );
             }
-            Err(e) => return Json(ValidateResponse::refusal(code_of(e))).into_response(),
+            Err(e) => {
+                let mut answer = ValidateResponse::refusal(code_of(e));
+                answer.seq = seq;
+                return Json(answer).into_response();
+            }
         };
     if let Some(scope) = b.scope.as_deref().filter(|s| !s.is_empty()) {
         if !principal.has_scope(scope) {
             let mut answer = ValidateResponse::refusal(Code::InsufficientScope);
             answer.user_id = Some(principal.id().to_owned());
+            answer.seq = seq;
             return Json(answer).into_response();
         }
     }
@@ -827,6 +835,7 @@ async fn validate(State(s): State<AppState>, Body(b): Body<ValidateRequest>) -> 
     });
     // A service's cache never keeps the grant past it.
     answer.expires_at = principal.expires_at().map(unix);
+    answer.seq = seq;
     Json(answer).into_response()
 }
 
