@@ -2,7 +2,7 @@
 //! auth-remote's verifier, configured from the environment only.
 
 use auth_axum::{AuthLayer, Authenticated};
-use auth_core::Guard;
+use auth_core::{Guard, PublicPaths};
 use auth_remote::{RemoteVerifier, RemoteVerifierBuilder};
 use axum::Router;
 use axum::routing::get;
@@ -26,18 +26,47 @@ pub fn verifier_from(
     builder.ok_or_else(|| auth_remote::Error::Config("AUTH_REMOTE_URL is required".into()))
 }
 
-/// The routes: `/health` open, `/api/v1/items` for any valid key,
-/// `/api/v1/stt` for keys with the `stt` scope.
-pub fn app(guard: Guard) -> Router {
+/// The routes: `/health` and `/ready` open, `/api/v1/items` for any valid
+/// key, `/api/v1/stt` for keys with the `stt` scope.
+pub fn app(guard: Guard, verifier: RemoteVerifier) -> Router {
     let auth = AuthLayer::new(guard);
     Router::new()
         .route("/health", get(|| async { "ok" }))
+        .route("/ready", get(move || ready(verifier.clone())))
         .route("/api/v1/items", get(items))
         .route(
             "/api/v1/stt",
             get(stt).route_layer(auth.require_scope(STT_SCOPE)),
         )
         .route_layer(auth)
+}
+
+/// Ready while keys not in the cache can be validated (the circuit to the
+/// key service is closed): 503 otherwise, so that an orchestrator sends
+/// new traffic elsewhere. The body says what the verifier knows.
+async fn ready(verifier: RemoteVerifier) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let state = verifier.state();
+    let last = state.last_answer.map_or_else(
+        || "null".to_owned(),
+        |t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+                .to_string()
+        },
+    );
+    let body = format!(
+        "{{\"ready\":{},\"circuitOpen\":{},\"streamLive\":{},\"lastAnswer\":{last}}}",
+        state.can_validate_new_keys(),
+        state.circuit_open,
+        state.stream_live
+    );
+    let status = if state.can_validate_new_keys() {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, [("content-type", "application/json")], body).into_response()
 }
 
 async fn items(who: Authenticated) -> String {
@@ -54,8 +83,11 @@ pub async fn run(
     verifier: RemoteVerifier,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let guard = Guard::builder(verifier).keyring("api").build()?;
-    axum::serve(listener, app(guard))
+    let guard = Guard::builder(verifier.clone())
+        .keyring("api")
+        .public_paths(PublicPaths::default().exact("/ready"))
+        .build()?;
+    axum::serve(listener, app(guard, verifier))
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())

@@ -132,3 +132,59 @@ async fn remote_service_answers_from_the_key_service_and_hears_revocations() {
     assert_eq!(get("/api/v1/items", Some(&alice)).await, 401);
     assert_eq!(get("/api/v1/items", Some(&bob)).await, 200);
 }
+
+/// Issue 15, item 3: `/ready` is 503 while keys not in the cache cannot be
+/// validated (the circuit to the key service is open), 200 otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_follows_the_circuit() {
+    // A key service that is not there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let env = HashMap::from([
+        ("AUTH_REMOTE_URL", format!("http://127.0.0.1:{port}")),
+        ("AUTH_REMOTE_SERVICE_TOKEN", "sk_svc_unused".to_owned()),
+    ]);
+    let verifier = auth_examples::remote_service::verifier_from(|n| env.get(n).cloned())
+        .unwrap()
+        .build()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(auth_examples::remote_service::run(
+        listener,
+        verifier,
+        std::future::pending(),
+    ));
+    let http = reqwest::Client::new();
+    let ready = || async {
+        let r = http
+            .get(format!("http://{addr}/ready"))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    let (status, body) = ready().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["lastAnswer"], Value::Null);
+    // Unknown keys while the key service is away: 503s, then the circuit
+    // opens (5 failures) and /ready says so.
+    for i in 0..6 {
+        let status = http
+            .get(format!("http://{addr}/api/v1/items"))
+            .header("x-api-key", format!("sk_live_unknown_key_number_{i:08}"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        assert_eq!(status, 503);
+    }
+    let (status, body) = ready().await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["circuitOpen"], true);
+    assert_eq!(body["ready"], false);
+}

@@ -346,6 +346,28 @@ fn redacted(url: &str) -> String {
     shown
 }
 
+/// A [`RemoteVerifier`]'s state, for readiness checks and dashboards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RemoteState {
+    /// The circuit is open: keys not in the cache cannot be validated now.
+    pub circuit_open: bool,
+    /// The changes stream is live: revocations reach the cache at once.
+    pub stream_live: bool,
+    /// When the key service last answered a validate call.
+    pub last_answer: Option<SystemTime>,
+    /// Requests answered unavailable so far.
+    pub unavailable: u64,
+}
+
+impl RemoteState {
+    /// Whether keys not in the cache can be validated now: the answer a
+    /// service's `/ready` gives its orchestrator (503 while not).
+    pub fn can_validate_new_keys(&self) -> bool {
+        !self.circuit_open
+    }
+}
+
 /// A verifier that asks a central key service (see the crate docs).
 ///
 /// Every outcome is one of: a principal (the service said valid; its
@@ -513,6 +535,8 @@ struct Health {
     /// (nanoseconds of the clock, plus one; 0: never).
     shed_logged: AtomicU64,
     throttle_logged: AtomicU64,
+    /// When the service last answered (Unix milliseconds; 0: never).
+    last_answer: AtomicU64,
 }
 
 /// How often a "budget spent" or "throttled" WARN is repeated at most.
@@ -537,6 +561,11 @@ impl Health {
     }
 
     fn answered(&self) {
+        // On the miss path only (after an HTTP exchange): a store is nothing.
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.last_answer.store(ms, Ordering::Relaxed);
         // A load first: no write on the common path.
         if self.down.load(Ordering::Relaxed) && self.down.swap(false, Ordering::AcqRel) {
             let answered_unavailable = self
@@ -723,6 +752,26 @@ impl RemoteVerifier {
     /// Whether the circuit is open (calls are not being made).
     pub fn circuit_open(&self) -> bool {
         self.inner.breaker.is_open()
+    }
+
+    /// What a readiness check needs: whether new keys can be validated,
+    /// whether revocations arrive as they happen, when the service last
+    /// answered.
+    ///
+    /// ```
+    /// let v = auth_remote::RemoteVerifier::builder("http://127.0.0.1:1").build().unwrap();
+    /// let state = v.state();
+    /// assert!(state.can_validate_new_keys());
+    /// assert_eq!(state.last_answer, None);
+    /// ```
+    pub fn state(&self) -> RemoteState {
+        let ms = self.inner.health.last_answer.load(Ordering::Relaxed);
+        RemoteState {
+            circuit_open: self.circuit_open(),
+            stream_live: self.stream_live(),
+            last_answer: (ms != 0).then(|| UNIX_EPOCH + Duration::from_millis(ms)),
+            unavailable: self.unavailable_count(),
+        }
     }
 
     /// How many requests were answered unavailable so far (outages, an

@@ -766,19 +766,29 @@ async fn admin_page() -> Response {
 fn health_doc() {}
 
 #[utoipa::path(get, path = "/ready", tag = "health",
-    responses((status = 200, description = "the database answers"),
-        (status = 503, description = "the database is unavailable")))]
+    responses((status = 200, description = "the database answers and the change log is followed"),
+        (status = 503, description = "the database is unavailable or the change log is not followed")))]
 async fn ready(State(s): State<AppState>) -> Response {
-    match s.store.ping().await {
-        Ok(_) => Json(json!({"status": "ready", "database": "ok"})).into_response(),
+    // Ready: the database answers, and the change log is followed (else
+    // its changes streams would carry no revocations: they are closed).
+    let database = match s.store.ping().await {
+        Ok(()) => true,
         Err(e) => {
-            tracing::warn!(error = %e, "not ready");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "not ready", "database": "unavailable"})),
-            )
-                .into_response()
+            tracing::warn!(error = %e, "not ready: the database");
+            false
         }
+    };
+    let following = s.store.following();
+    let body = json!({
+        "status": if database && following { "ready" } else { "not ready" },
+        "database": if database { "ok" } else { "unavailable" },
+        "changes": if following { "following" } else { "not following" },
+        "changesSeq": s.store.applied_seq(),
+    });
+    if database && following {
+        Json(body).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
 }
 

@@ -1531,4 +1531,9 @@ async fn a_live_stream_means_the_log_is_followed() {
     );
     let refused = EventReader::open(addr, &token, None).await.0;
     assert!(matches!(refused, 401 | 503), "{refused}");
+    // And readiness says so (issue 15, item 3).
+    let ready = reqwest::get(format!("http://{addr}/ready")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["changes"], "not following", "{body}");
 }
