@@ -33,6 +33,22 @@ async fn admin(addr: SocketAddr, key: &str, method: &str, path: &str, body: Valu
         .unwrap_or(Value::Null)
 }
 
+/// The example's service, configured from `env`, on a free port.
+async fn remote_service(env: &HashMap<&str, String>) -> SocketAddr {
+    let verifier = auth_examples::remote_service::verifier_from(|n| env.get(n).cloned())
+        .unwrap()
+        .build()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(auth_examples::remote_service::run(
+        listener,
+        verifier,
+        std::future::pending(),
+    ));
+    addr
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_service_answers_from_the_key_service_and_hears_revocations() {
     let dir = tempfile::tempdir().unwrap();
@@ -70,21 +86,11 @@ async fn remote_service_answers_from_the_key_service_and_hears_revocations() {
             service["key"].as_str().unwrap().to_owned(),
         ),
     ]);
-    let verifier = auth_examples::remote_service::verifier_from(|n| env.get(n).cloned())
-        .unwrap()
-        .build()
-        .unwrap();
     assert!(
         auth_examples::remote_service::verifier_from(|_| None).is_err(),
         "no AUTH_REMOTE_URL"
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(auth_examples::remote_service::run(
-        listener,
-        verifier,
-        std::future::pending(),
-    ));
+    let addr = remote_service(&env).await;
 
     let http = reqwest::Client::new();
     let get = |path: &str, key: Option<&Value>| {
@@ -147,17 +153,7 @@ async fn ready_follows_the_circuit() {
         ("AUTH_REMOTE_URL", format!("http://127.0.0.1:{port}")),
         ("AUTH_REMOTE_SERVICE_TOKEN", "sk_svc_unused".to_owned()),
     ]);
-    let verifier = auth_examples::remote_service::verifier_from(|n| env.get(n).cloned())
-        .unwrap()
-        .build()
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(auth_examples::remote_service::run(
-        listener,
-        verifier,
-        std::future::pending(),
-    ));
+    let addr = remote_service(&env).await;
     let http = reqwest::Client::new();
     let ready = || async {
         let r = http
