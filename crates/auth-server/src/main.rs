@@ -259,6 +259,93 @@ fn print_services(services: &[auth_sqlx::KeyInfo]) {
     }
 }
 
+/// How the CLI shows one kind of credential (client keys, service
+/// credentials): the same commands, their own table, JSON and words.
+struct Shown {
+    /// "key", "credential".
+    noun: &'static str,
+    /// In errors: "key", "service credential".
+    what: &'static str,
+    /// The JSON list's field.
+    plural: &'static str,
+    table: fn(&[auth_sqlx::KeyInfo]),
+    info_json: fn(&auth_sqlx::KeyInfo) -> serde_json::Value,
+    created_json: fn(&auth_sqlx::CreatedKey) -> serde_json::Value,
+}
+
+const KEYS: Shown = Shown {
+    noun: "key",
+    what: "key",
+    plural: "keys",
+    table: print_table,
+    info_json: auth_server::info_json,
+    created_json: auth_server::created_json,
+};
+
+const SERVICES: Shown = Shown {
+    noun: "credential",
+    what: "service credential",
+    plural: "services",
+    table: print_services,
+    info_json: auth_server::service_json,
+    created_json: auth_server::created_service_json,
+};
+
+impl Shown {
+    /// A new credential: its row and, once, the secret after `label`.
+    fn created(&self, created: &auth_sqlx::CreatedKey, json: bool, label: &str) {
+        if json {
+            println!("{}", (self.created_json)(created));
+        } else {
+            (self.table)(std::slice::from_ref(&created.info));
+            println!("\n{label}: {}", created.key.expose());
+        }
+    }
+
+    fn list(&self, list: &[auth_sqlx::KeyInfo], json: bool) {
+        if json {
+            let list: Vec<_> = list.iter().map(self.info_json).collect();
+            println!("{}", serde_json::json!({ self.plural: list }));
+        } else {
+            (self.table)(list);
+        }
+    }
+
+    fn missing(&self, id: &str) -> Box<dyn std::error::Error> {
+        format!("no {} with id {id}", self.what).into()
+    }
+
+    fn disabled(&self, existed: bool, id: &str) -> Result<(), Box<dyn std::error::Error>> {
+        if !existed {
+            return Err(self.missing(id));
+        }
+        println!("disabled {id}");
+        Ok(())
+    }
+
+    fn rotated(
+        &self,
+        created: Option<auth_sqlx::CreatedKey>,
+        id: &str,
+        overlap: Duration,
+        json: bool,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let created = created.ok_or_else(|| self.missing(id))?;
+        if json {
+            println!("{}", (self.created_json)(&created));
+        } else {
+            (self.table)(std::slice::from_ref(&created.info));
+            println!(
+                "\nnew {} (shown once): {}\n{id} stays valid for {}s",
+                self.noun,
+                created.key.expose(),
+                overlap.as_secs()
+            );
+        }
+        Ok(())
+    }
+}
+
 fn print_table(keys: &[auth_sqlx::KeyInfo]) {
     println!(
         "{:<22} {:<16} {:<14} {:<20} {:<10} {:<11} {:<11} {:<8}",
@@ -348,42 +435,13 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                         expires_at,
                     })
                     .await?;
-                if json {
-                    println!("{}", auth_server::created_json(&created));
-                } else {
-                    print_table(std::slice::from_ref(&created.info));
-                    println!("\nkey (shown once): {}", created.key.expose());
-                }
+                KEYS.created(&created, json, "key (shown once)");
             }
-            KeysCommand::List { json } => {
-                let keys = store.list().await?;
-                if json {
-                    let list: Vec<_> = keys.iter().map(auth_server::info_json).collect();
-                    println!("{}", serde_json::json!({ "keys": list }));
-                } else {
-                    print_table(&keys);
-                }
-            }
-            KeysCommand::Disable { id } => {
-                if !store.disable(&id).await? {
-                    return Err(format!("no key with id {id}").into());
-                }
-                println!("disabled {id}");
-            }
+            KeysCommand::List { json } => KEYS.list(&store.list().await?, json),
+            KeysCommand::Disable { id } => KEYS.disabled(store.disable(&id).await?, &id)?,
             KeysCommand::Rotate { id, overlap, json } => {
-                let Some(created) = store.rotate(&id, overlap).await? else {
-                    return Err(format!("no key with id {id}").into());
-                };
-                if json {
-                    println!("{}", auth_server::created_json(&created));
-                } else {
-                    print_table(std::slice::from_ref(&created.info));
-                    println!(
-                        "\nnew key (shown once): {}\n{id} stays valid for {}s",
-                        created.key.expose(),
-                        overlap.as_secs()
-                    );
-                }
+                let created = store.rotate(&id, overlap).await?;
+                KEYS.rotated(created, &id, overlap, json)?;
             }
         },
         Command::Services { command } => services(&store.services(), command).await?,
@@ -398,45 +456,17 @@ async fn services(
     match command {
         ServicesCommand::Create { name, json } => {
             let created = services.create(&name).await?;
-            if json {
-                println!("{}", auth_server::created_service_json(&created));
-            } else {
-                print_services(std::slice::from_ref(&created.info));
-                println!(
-                    "\ncredential (shown once; send it as X-Service-Token): {}",
-                    created.key.expose()
-                );
-            }
+            SERVICES.created(
+                &created,
+                json,
+                "credential (shown once; send it as X-Service-Token)",
+            );
         }
-        ServicesCommand::List { json } => {
-            let list = services.list().await?;
-            if json {
-                let list: Vec<_> = list.iter().map(auth_server::service_json).collect();
-                println!("{}", serde_json::json!({ "services": list }));
-            } else {
-                print_services(&list);
-            }
-        }
-        ServicesCommand::Disable { id } => {
-            if !services.disable(&id).await? {
-                return Err(format!("no service credential with id {id}").into());
-            }
-            println!("disabled {id}");
-        }
+        ServicesCommand::List { json } => SERVICES.list(&services.list().await?, json),
+        ServicesCommand::Disable { id } => SERVICES.disabled(services.disable(&id).await?, &id)?,
         ServicesCommand::Rotate { id, overlap, json } => {
-            let Some(created) = services.rotate(&id, overlap).await? else {
-                return Err(format!("no service credential with id {id}").into());
-            };
-            if json {
-                println!("{}", auth_server::created_service_json(&created));
-            } else {
-                print_services(std::slice::from_ref(&created.info));
-                println!(
-                    "\nnew credential (shown once): {}\n{id} stays valid for {}s",
-                    created.key.expose(),
-                    overlap.as_secs()
-                );
-            }
+            let created = services.rotate(&id, overlap).await?;
+            SERVICES.rotated(created, &id, overlap, json)?;
         }
     }
     Ok(())
