@@ -21,8 +21,9 @@ pub(crate) enum Setup<'a> {
     /// A layer that decides nothing and hands one value to the handler the
     /// framework's way: what the framework charges for a layer that tells
     /// handlers who called. axum: a `route_layer` inserting into the
-    /// request's extensions; actix-web: a `wrap_fn` doing the same; warp: the
-    /// method, full-path and header-map filters our filter is built on.
+    /// request's extensions; actix-web: a `wrap_fn` doing the same; warp: a
+    /// tower layer doing the same in front of `warp::service`, and
+    /// `warp::ext::get` in the route (the shape of auth-warp's `Auth`).
     Passthrough,
 }
 
@@ -55,7 +56,7 @@ pub(crate) fn axum(setup: Setup<'_>) -> Pipeline<axum::http::Request<axum::body:
 
     let app = axum::Router::new().route("/items", get(|| async { "ok" }));
     let app = match setup {
-        Setup::Ours(g) => app.route_layer(auth_axum::AuthLayer::new(g.clone())),
+        Setup::Ours(g) => app.route_layer(auth_axum::Auth::new(g.clone())),
         Setup::Ecosystem(token) => {
             #[allow(deprecated)]
             let check = tower_http::validate_request::ValidateRequestHeaderLayer::bearer(token);
@@ -93,22 +94,29 @@ pub(crate) fn axum(setup: Setup<'_>) -> Pipeline<axum::http::Request<axum::body:
 }
 
 pub(crate) fn warp(setup: Setup<'_>) -> Pipeline<warp::http::Request<String>> {
-    use tower::Service;
+    use tower::{Layer, Service};
     use warp::Filter;
 
     let route = warp::path!("items").and(warp::get());
-    let filter = match setup {
+    // Each branch has its own service type; the boxed closure erases it.
+    let call: Box<dyn FnMut(warp::http::Request<String>) -> bool> = match setup {
         Setup::Ours(g) => {
+            // auth-warp's way: the `Auth` layer in front of the service,
+            // the route reading its decision.
             let auth = auth_warp::Auth::new(g.clone());
-            route
-                .and(auth.filter())
-                .map(|_: auth_warp::Caller| "ok")
-                .recover(auth_warp::recover)
-                .boxed()
+            let filter = route
+                .and(auth.caller())
+                .map(|_| "ok")
+                .recover(auth_warp::recover);
+            let mut service = auth.layer(warp::service(filter));
+            Box::new(move |req| {
+                let res = auth_benches::ready(service.call(req)).unwrap();
+                res.status().is_success()
+            })
         }
         Setup::Ecosystem(token) => {
             let expected = format!("Bearer {token}");
-            route
+            let filter = route
                 .and(warp::header::<String>("authorization"))
                 .and_then(move |value: String| {
                     let ok = value == expected;
@@ -120,24 +128,42 @@ pub(crate) fn warp(setup: Setup<'_>) -> Pipeline<warp::http::Request<String>> {
                         }
                     }
                 })
-                .recover(auth_warp::recover)
-                .boxed()
+                .recover(auth_warp::recover);
+            let mut service = warp::service(filter);
+            Box::new(move |req| {
+                let res = auth_benches::ready(service.call(req)).unwrap();
+                res.status().is_success()
+            })
         }
-        Setup::Passthrough => route
-            .and(warp::method())
-            .and(warp::path::full())
-            .and(warp::header::headers_cloned())
-            .map(|_, _, _| "ok")
-            .recover(auth_warp::recover)
-            .boxed(),
-        Setup::Open => route.map(|| "ok").recover(auth_warp::recover).boxed(),
+        Setup::Passthrough => {
+            // The same shape as ours with no decision: a tower layer that
+            // inserts a value, and the route reading it.
+            let state = Marker(1);
+            let filter = route
+                .and(warp::ext::get::<Marker>())
+                .map(|_| "ok")
+                .recover(auth_warp::recover);
+            let layer =
+                tower::util::MapRequestLayer::new(move |mut req: warp::http::Request<String>| {
+                    req.extensions_mut().insert(state);
+                    req
+                });
+            let mut service = layer.layer(warp::service(filter));
+            Box::new(move |req| {
+                let res = auth_benches::ready(service.call(req)).unwrap();
+                res.status().is_success()
+            })
+        }
+        Setup::Open => {
+            let mut service = warp::service(route.map(|| "ok").recover(auth_warp::recover));
+            Box::new(move |req| {
+                let res = auth_benches::ready(service.call(req)).unwrap();
+                res.status().is_success()
+            })
+        }
     };
-    let mut service = warp::service(filter);
     Pipeline {
-        call: Box::new(move |req| {
-            let res = auth_benches::ready(service.call(req)).unwrap();
-            res.status().is_success()
-        }),
+        call,
         request: |value| {
             warp::http::Request::get("/items")
                 .header(

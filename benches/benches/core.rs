@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use auth_benches::{XorShift, key, ready};
 use auth_core::{
-    CacheConfig, Cached, Credential, Digest, Guard, HashedKeyStore, KeyRecord, KeySet,
+    Answer, CacheConfig, Cached, Credential, Digest, Guard, HashedKeyStore, KeyRecord, KeySet,
     MemoryKeyStore, PlainRequest, Principal, StaticKey, Verifier, VerifyContext,
 };
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
@@ -25,8 +25,8 @@ fn key_set(n: u64) -> KeySet {
 
 /// Times what verification costs a request from the presented bytes: they
 /// become a `Credential` the way extraction makes it (copied inline, hashed
-/// once), the verifier answers the way the guard asks it (`verify_now`,
-/// else `verify`), and the credential is dropped (zeroized). Only making
+/// once), the verifier answers the way the guard asks it (`verify`, awaited
+/// only when it is pending), and the credential is dropped (zeroized). Only making
 /// the bytes falls outside the timing.
 fn bench_verify(
     c: &mut Criterion,
@@ -40,9 +40,10 @@ fn bench_verify(
             || next_key().into_bytes(),
             |bytes| {
                 let cred = Credential::from_slice(bytes);
-                let r = v
-                    .verify_now(&cred, &ctx)
-                    .unwrap_or_else(|| ready(v.verify(&cred, &ctx)));
+                let r = match v.verify(&cred, &ctx) {
+                    Answer::Ready(r) => r,
+                    Answer::Pending(r) => ready(r),
+                };
                 r.is_ok()
             },
             BatchSize::SmallInput,
@@ -123,7 +124,7 @@ fn contention(c: &mut Criterion) {
     for threads in [1usize, 2] {
         c.bench_function(&format!("contention/StaticKey, {threads} threads"), |b| {
             b.iter_custom(|iters| {
-                on_threads(threads, iters, |_| static_key.verify_now(&creds[0], &ctx))
+                on_threads(threads, iters, |_| static_key.verify(&creds[0], &ctx).now())
             })
         });
     }
@@ -137,7 +138,9 @@ fn contention(c: &mut Criterion) {
         let name = format!("contention/Cached<HashedKeyStore> hit, {threads} threads");
         c.bench_function(&name, |b| {
             b.iter_custom(|iters| {
-                on_threads(threads, iters, |_| cached_store.verify_now(&creds[0], &ctx))
+                on_threads(threads, iters, |_| {
+                    cached_store.verify(&creds[0], &ctx).now()
+                })
             })
         });
     }
@@ -148,7 +151,7 @@ fn contention(c: &mut Criterion) {
                 b.iter_custom(|iters| {
                     on_threads(threads, iters, |t| {
                         let cred = &creds[if spread { t * 7 % creds.len() } else { 0 }];
-                        cached.verify_now(cred, &ctx)
+                        cached.verify(cred, &ctx).now()
                     })
                 })
             });
@@ -179,7 +182,8 @@ fn on_threads<T>(
 
 /// The parts of a cache hit besides the hash.
 fn parts(c: &mut Criterion) {
-    use auth_core::{Cache, Clock, CoarseClock, SystemClock, TtlCache};
+    use auth_core::cache::{Cache, CacheEntry, TtlCache};
+    use auth_core::clock::{Clock, CoarseClock, SystemClock};
     c.bench_function("clock/SystemClock (Instant)", |b| {
         b.iter(|| SystemClock.now())
     });
@@ -188,7 +192,7 @@ fn parts(c: &mut Criterion) {
     let d = Digest::of(key(0).as_bytes());
     cache.fill(
         cache.ticket(&d),
-        auth_core::CacheEntry::Granted(Arc::new(Principal::new("p"))),
+        CacheEntry::Granted(Arc::new(Principal::new("p"))),
     );
     c.bench_function("cache/TtlCache get (hit)", |b| {
         b.iter(|| cache.get(black_box(&d)))
@@ -200,11 +204,11 @@ fn guard(c: &mut Criterion) {
     let g = Guard::builder(StaticKey::new(&k).unwrap()).build().unwrap();
     let req = PlainRequest::get("/api/items").header("x-api-key", &k);
     c.bench_function("guard/check StaticKey (extract+verify+policy)", |b| {
-        b.iter(|| black_box(ready(g.check(black_box(&req)))))
+        b.iter(|| black_box(g.check(black_box(&req)).now()))
     });
     let bad = PlainRequest::get("/api/items").header("x-api-key", key(1));
     c.bench_function("guard/check StaticKey wrong key", |b| {
-        b.iter(|| black_box(ready(g.check(black_box(&bad)))))
+        b.iter(|| black_box(g.check(black_box(&bad)).now()))
     });
 }
 

@@ -8,7 +8,8 @@ use std::process::Command;
 use std::sync::Arc;
 
 use auth_benches::key;
-use auth_core::{Cache, CacheConfig, CacheEntry, Digest, KeySet, Principal, TtlCache};
+use auth_core::cache::{Cache, CacheEntry, TtlCache};
+use auth_core::{CacheConfig, Digest, KeySet, Principal};
 
 const CASE_VAR: &str = "AUTH_BENCH_MEMORY_CASE";
 const KEYS: usize = 1_000_000;

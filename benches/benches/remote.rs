@@ -65,7 +65,7 @@ fn remote(c: &mut Criterion) {
                 || hot.clone().into_bytes(),
                 |bytes| {
                     let cred = Credential::from_slice(bytes);
-                    let answer = verifier.verify_now(&cred, &ctx).expect("a cached answer");
+                    let answer = verifier.verify(&cred, &ctx).now().expect("a cached answer");
                     black_box(answer.is_ok())
                 },
                 BatchSize::SmallInput,
@@ -188,8 +188,7 @@ fn sql_stores(c: &mut Criterion) {
         let admin = SqlKeyStore::connect(&pg)
             .await
             .expect("PostgreSQL reachable");
-        admin
-            .execute_raw(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+        auth_sqlx::testing::execute_raw(&admin, &format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
             .await
             .unwrap();
     });
@@ -222,7 +221,7 @@ fn sql_stores(c: &mut Criterion) {
                 || key.clone().into_bytes(),
                 |bytes| {
                     let cred = Credential::from_slice(bytes);
-                    let answer = cached.verify_now(&cred, &ctx).expect("a cache hit");
+                    let answer = cached.verify(&cred, &ctx).now().expect("a cache hit");
                     black_box(answer.is_ok())
                 },
                 BatchSize::SmallInput,
@@ -231,8 +230,7 @@ fn sql_stores(c: &mut Criterion) {
     }
     rt.block_on(async {
         let admin = SqlKeyStore::connect(&pg).await.unwrap();
-        admin
-            .execute_raw(&format!("DROP SCHEMA {schema} CASCADE"))
+        auth_sqlx::testing::execute_raw(&admin, &format!("DROP SCHEMA {schema} CASCADE"))
             .await
             .unwrap();
     });

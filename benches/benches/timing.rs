@@ -21,8 +21,8 @@ use std::time::Instant;
 
 use auth_benches::{XorShift, ready};
 use auth_core::{
-    Credential, Digest, HashedKeyStore, KeyRecord, KeySet, MemoryKeyStore, Principal, StaticKey,
-    Verifier, VerifyContext,
+    Answer, Credential, Digest, HashedKeyStore, KeyRecord, KeySet, MemoryKeyStore, Principal,
+    StaticKey, Verifier, VerifyContext,
 };
 
 /// The pass line, as in dudect: beyond it the two classes' times differ.
@@ -240,9 +240,10 @@ fn verify_with<'a, V: Verifier>(verifiers: &'a [[V; 2]], flipped: &'a [bool]) ->
         let v = &verifiers[j][usize::from(short != flipped[j])];
         let ctx = VerifyContext::default();
         let credential = Credential::from_slice(input);
-        let answer = v
-            .verify_now(&credential, &ctx)
-            .unwrap_or_else(|| ready(v.verify(&credential, &ctx)));
+        let answer = match v.verify(&credential, &ctx) {
+            Answer::Ready(answer) => answer,
+            Answer::Pending(answer) => ready(answer),
+        };
         answer.is_ok()
     })
 }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use auth_axum::{AuthLayer, Authenticated};
+use auth_axum::{Auth, Authenticated};
 use auth_core::Guard;
 use axum::Router;
 use axum::routing::get;
@@ -11,7 +11,7 @@ use axum::routing::get;
 /// The routes, behind `guard`. `route_layer` runs the guard on matched
 /// routes only, so an unknown path is a 404, not a 401.
 pub fn app(guard: Guard) -> Router {
-    let auth = AuthLayer::new(guard);
+    let auth = Auth::new(guard);
     let openapi = crate::openapi_json(&auth.security_schemes());
     Router::new()
         .route("/health", get(|| async { "ok" }))

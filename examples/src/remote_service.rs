@@ -1,7 +1,7 @@
 //! A service behind the central key service: auth-axum's layer over
 //! auth-remote's verifier, configured from the environment only.
 
-use auth_axum::{AuthLayer, Authenticated};
+use auth_axum::{Auth, Authenticated};
 use auth_core::{Guard, PublicPaths};
 use auth_remote::{RemoteVerifier, RemoteVerifierBuilder};
 use axum::Router;
@@ -29,7 +29,7 @@ pub fn verifier_from(
 /// The routes: `/health` and `/ready` open, `/api/v1/items` for any valid
 /// key, `/api/v1/stt` for keys with the `stt` scope.
 pub fn app(guard: Guard, verifier: RemoteVerifier) -> Router {
-    let auth = AuthLayer::new(guard);
+    let auth = Auth::new(guard);
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(move || ready(verifier.clone())))

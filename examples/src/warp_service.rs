@@ -1,16 +1,12 @@
-//! The warp service: auth-warp's filters after each route's path (so
-//! unknown routes stay 404), a scope on one route, `recover` at the end.
+//! The warp service: the routes as filters, behind auth-warp's `Auth`
+//! layer (`auth_warp::serve`), a scope on one route, `recover` at the end.
 
 use std::path::PathBuf;
 
-use auth_warp::{Auth, Caller, recover};
+use auth_warp::{Auth, Authenticated, recover};
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::{Reply, Response};
-
-fn items(caller: Caller) -> Response {
-    caller.reply(crate::items_body(caller.id().unwrap_or("anonymous")))
-}
 
 /// The same routes with no authentication (`EXAMPLE_NO_AUTH=1`).
 pub fn routes_without_auth() -> BoxedFilter<(Response,)> {
@@ -23,25 +19,22 @@ pub fn routes_without_auth() -> BoxedFilter<(Response,)> {
     health.or(items).unify().boxed()
 }
 
-fn admin(caller: Caller) -> Response {
-    let id = caller.id().unwrap_or("anonymous").to_owned();
-    caller.reply(format!("{{\"caller\":\"{id}\",\"admin\":true}}"))
-}
-
-/// The routes, each behind `auth`.
+/// The routes, reading what `auth` decided.
 pub fn routes(auth: &Auth) -> BoxedFilter<(Response,)> {
     let health = warp::path!("health")
         .and(warp::get())
-        .and(auth.filter())
-        .map(|_: Caller| "ok".into_response());
+        .map(|| "ok".into_response());
     let items = warp::path!("api" / "v1" / "items")
         .and(warp::get())
-        .and(auth.filter())
-        .map(items);
+        .and(auth.authenticated())
+        .map(|who: Authenticated| crate::items_body(who.id()).into_response());
     let admin = warp::path!("api" / "v1" / "admin")
         .and(warp::get())
-        .and(auth.with_scope(crate::ADMIN_SCOPE))
-        .map(admin);
+        .and(auth.require_scope(crate::ADMIN_SCOPE))
+        .and(auth.authenticated())
+        .map(|_, who: Authenticated| {
+            format!("{{\"caller\":\"{}\",\"admin\":true}}", who.id()).into_response()
+        });
     health
         .or(items)
         .unify()
@@ -61,18 +54,22 @@ pub async fn run(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let addr = listener.local_addr()?;
     let (guard, slot) = crate::first_start_guard();
-    let routes = if crate::auth_disabled() {
-        routes_without_auth()
+    let server = if crate::auth_disabled() {
+        let routes = routes_without_auth();
+        tokio::spawn(async move {
+            warp::serve(routes)
+                .incoming(listener)
+                .graceful(shutdown)
+                .run()
+                .await;
+            Ok(())
+        })
     } else {
-        routes(&Auth::new(guard))
+        let auth = Auth::new(guard);
+        let routes = routes(&auth);
+        tokio::spawn(auth_warp::serve(listener, auth, routes, shutdown))
     };
-    let server = tokio::spawn(
-        warp::serve(routes)
-            .incoming(listener)
-            .graceful(shutdown)
-            .run(),
-    );
     crate::load_key(slot, key_file, addr).await?;
-    server.await?;
+    server.await??;
     Ok(())
 }

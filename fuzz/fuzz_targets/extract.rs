@@ -104,7 +104,8 @@ fuzz_target!(|input: Input| {
         return;
     };
     let decision = guard
-        .check_now(&req)
+        .check(&req)
+        .now()
         .expect("a static key decides without waiting");
     match decision {
         Decision::Allow(_) => assert!(

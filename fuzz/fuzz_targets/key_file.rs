@@ -39,11 +39,13 @@ fuzz_target!(|data: &[u8]| {
         Ok(key_file) => {
             assert!(well_formed && private, "used a file it should refuse");
             let ctx = VerifyContext::default();
-            let right = key_file.verify_now(&Credential::new(body.to_vec()), &ctx);
+            let right = key_file
+                .verify(&Credential::new(body.to_vec()), &ctx)
+                .now();
             assert!(matches!(right, Some(Ok(_))), "the file's key is refused");
             let mut other = body.to_vec();
             other[0] = if other[0] == b'0' { b'1' } else { b'0' };
-            let wrong = key_file.verify_now(&Credential::new(other), &ctx);
+            let wrong = key_file.verify(&Credential::new(other), &ctx).now();
             assert!(matches!(wrong, Some(Err(_))), "another key is accepted");
         }
         Err(e) => {

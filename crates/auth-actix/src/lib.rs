@@ -18,35 +18,32 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseErr
 #[cfg(feature = "openapi")]
 pub use auth_core::openapi::SecuritySchemes;
 use auth_core::{
-    Decision, Guard, PassReason, Principal, Rejection, RejectionKind, RequestView, RouteScope,
+    Admission, Answer, Decision, Guard, Principal, Rejection, RequestView, RouteScope,
 };
 use futures_util::future::{Either, MapOk, TryFutureExt};
 
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
-/// A request seen through auth-core's [`RequestView`].
-struct View<'a> {
-    method: &'a str,
-    path: &'a str,
-    headers: &'a HeaderMap,
-}
+/// actix-web's request seen through auth-core's [`RequestView`] (actix-web
+/// has its own `http` types, so auth-core's `http` glue does not apply).
+struct View<'a>(&'a ServiceRequest);
 
 impl RequestView for View<'_> {
     fn method(&self) -> &str {
-        self.method
+        self.0.method().as_str()
     }
 
     fn path(&self) -> &str {
-        self.path
+        self.0.path()
     }
 
     fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         // The default sources by constant: a lookup by `&str` parses the
         // name on every request.
         let values = match name {
-            "authorization" => self.headers.get_all(AUTHORIZATION),
-            "x-api-key" => self.headers.get_all(X_API_KEY),
-            other => self.headers.get_all(other),
+            "authorization" => self.0.headers().get_all(AUTHORIZATION),
+            "x-api-key" => self.0.headers().get_all(X_API_KEY),
+            other => self.0.headers().get_all(other),
         };
         values.map(HeaderValue::as_bytes)
     }
@@ -54,7 +51,7 @@ impl RequestView for View<'_> {
 
 fn append_headers(map: &mut HeaderMap, headers: Vec<(&'static str, String)>) {
     for (name, value) in headers {
-        // The core's values are visible ASCII; a failure here would be a core bug.
+        // The core's values are visible ASCII; a failure would be a core bug.
         if let Ok(value) = HeaderValue::try_from(value) {
             map.append(HeaderName::from_static(name), value);
         }
@@ -62,23 +59,23 @@ fn append_headers(map: &mut HeaderMap, headers: Vec<(&'static str, String)>) {
 }
 
 /// auth-core's [`Rejection`] as an actix-web error: status, headers and JSON
-/// body, all decided by the core.
+/// body, all decided by the guard.
 #[derive(Clone)]
-pub struct AuthError(pub Rejection);
+pub struct AuthRejection(pub Rejection);
 
-impl fmt::Debug for AuthError {
+impl fmt::Debug for AuthRejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&self.0, f)
     }
 }
 
-impl fmt::Display for AuthError {
+impl fmt::Display for AuthRejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&self.0, f)
     }
 }
 
-impl ResponseError for AuthError {
+impl ResponseError for AuthRejection {
     fn status_code(&self) -> StatusCode {
         StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::UNAUTHORIZED)
     }
@@ -91,7 +88,7 @@ impl ResponseError for AuthError {
     }
 }
 
-impl From<Rejection> for AuthError {
+impl From<Rejection> for AuthRejection {
     fn from(r: Rejection) -> Self {
         Self(r)
     }
@@ -99,18 +96,34 @@ impl From<Rejection> for AuthError {
 
 /// The middleware that authenticates every request with a [`Guard`].
 ///
-/// Allowed requests reach the service with an [`Authenticated`] in their
-/// extensions; requests let through without a key carry an [`Anonymous`];
-/// refused ones are answered at once with the core's rejection.
+/// Admitted requests reach the service with an [`Admission`] in their
+/// extensions (read by [`Authenticated`] and [`require_scope`](Auth::require_scope)),
+/// their credential headers marked sensitive, and get the `RateLimit`
+/// headers on their response; refused ones are answered at once with the
+/// guard's rejection.
 #[derive(Clone, Debug)]
 pub struct Auth {
     guard: Guard,
+    /// The credential headers the guard reads, to mark them sensitive.
+    sensitive: Arc<[HeaderName]>,
 }
 
 impl Auth {
     /// Middleware around `guard`.
     pub fn new(guard: Guard) -> Self {
-        Self { guard }
+        let sources = guard.sources();
+        let mut sensitive: Vec<HeaderName> = sources
+            .key_header_names()
+            .iter()
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect();
+        if sources.reads_bearer() {
+            sensitive.push(AUTHORIZATION);
+        }
+        Self {
+            guard,
+            sensitive: sensitive.into(),
+        }
     }
 
     /// The guard.
@@ -125,8 +138,9 @@ impl Auth {
         SecuritySchemes::of(&self.guard)
     }
 
-    /// Middleware for a resource or scope that requires `scope` of requests
-    /// this middleware let through (403 when the principal lacks it).
+    /// Middleware for a resource or scope that requires `scope` of what this
+    /// middleware admitted (403 when the principal lacks it; see
+    /// auth-core's [`RouteScope`]).
     ///
     /// # Panics
     /// If `scope` is not a valid scope token — a programming error caught
@@ -135,7 +149,7 @@ impl Auth {
         RequireScope {
             check: self
                 .guard
-                .scope_for_route(scope)
+                .route_scope(scope)
                 .unwrap_or_else(|e| panic!("require_scope: {e}")),
         }
     }
@@ -145,7 +159,7 @@ impl Auth {
 #[derive(Debug)]
 pub struct AuthMiddleware<S> {
     service: Rc<S>,
-    guard: Guard,
+    auth: Auth,
 }
 
 type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
@@ -164,7 +178,7 @@ where
     fn new_transform(&self, service: S) -> Self::Future {
         ready(Ok(AuthMiddleware {
             service: Rc::new(service),
-            guard: self.guard.clone(),
+            auth: self.clone(),
         }))
     }
 }
@@ -183,19 +197,21 @@ where
 
     forward_ready!(service);
 
-    fn call(&self, request: ServiceRequest) -> Self::Future {
-        let view = View {
-            method: request.method().as_str(),
-            path: request.path(),
-            headers: request.headers(),
-        };
-        match self.guard.check_now(&view) {
-            // At once where no I/O is needed: the service's own future.
-            Some(decision) => match mark(decision, &request) {
-                Marked::Continue(headers) if headers.is_empty() => {
+    fn call(&self, mut request: ServiceRequest) -> Self::Future {
+        let headers = request.headers_mut();
+        for name in self.auth.sensitive.iter() {
+            if let Some(value) = headers.get_mut(name) {
+                value.set_sensitive(true);
+            }
+        }
+        let guard = &self.auth.guard;
+        match guard.check(&View(&request)) {
+            Answer::Ready(decision) => match admit(guard, decision, &request) {
+                // Decided at once, nothing to add: the service's own future.
+                Ok(headers) if headers.is_empty() => {
                     Either::Left(self.service.call(request).map_ok(left_body))
                 }
-                Marked::Continue(headers) => {
+                Ok(headers) => {
                     let call = self.service.call(request);
                     Either::Right(Box::pin(async move {
                         let mut response = call.await?;
@@ -203,29 +219,21 @@ where
                         Ok(response.map_into_left_body())
                     }))
                 }
-                Marked::Refuse(response) => Either::Right(Box::pin(ready(Ok(request
-                    .into_response(response)
+                Err(refused) => Either::Right(Box::pin(ready(Ok(request
+                    .into_response(refused)
                     .map_into_right_body())))),
             },
-            None => {
+            Answer::Pending(decision) => {
                 let service = Rc::clone(&self.service);
-                let guard = self.guard.clone();
+                let guard = guard.clone();
                 Either::Right(Box::pin(async move {
-                    let view = View {
-                        method: request.method().as_str(),
-                        path: request.path(),
-                        headers: request.headers(),
-                    };
-                    let decision = guard.check(&view).await;
-                    match mark(decision, &request) {
-                        Marked::Continue(headers) => {
+                    match admit(&guard, decision.await, &request) {
+                        Ok(headers) => {
                             let mut response = service.call(request).await?;
                             append_headers(response.headers_mut(), headers);
                             Ok(response.map_into_left_body())
                         }
-                        Marked::Refuse(response) => {
-                            Ok(request.into_response(response).map_into_right_body())
-                        }
+                        Err(refused) => Ok(request.into_response(refused).map_into_right_body()),
                     }
                 }))
             }
@@ -237,29 +245,20 @@ fn left_body<B>(response: ServiceResponse<B>) -> ServiceResponse<EitherBody<B>> 
     response.map_into_left_body()
 }
 
-/// What the middleware does with a decision.
-enum Marked {
-    /// Call the service, then add these headers.
-    Continue(Vec<(&'static str, String)>),
-    /// Answer with this.
-    Refuse(HttpResponse),
-}
-
-/// Records the decision in the request for handlers and extractors.
-fn mark(decision: Decision, request: &ServiceRequest) -> Marked {
-    match decision {
-        Decision::Allow(grant) => {
-            let headers = grant.headers();
-            request
-                .extensions_mut()
-                .insert(Authenticated(grant.into_principal()));
-            Marked::Continue(headers)
+/// Stores the admission for handlers and scope checks and gives the
+/// headers to add to the response; or the response refusing the request.
+fn admit(
+    guard: &Guard,
+    decision: Decision,
+    request: &ServiceRequest,
+) -> Result<Vec<(&'static str, String)>, HttpResponse> {
+    match guard.admit(decision) {
+        Ok(admission) => {
+            let headers = admission.headers();
+            request.extensions_mut().insert(admission);
+            Ok(headers)
         }
-        Decision::Pass(reason) => {
-            request.extensions_mut().insert(Anonymous(reason));
-            Marked::Continue(Vec::new())
-        }
-        Decision::Reject(rejection) => Marked::Refuse(AuthError(rejection).error_response()),
+        Err(rejection) => Err(AuthRejection(rejection).error_response()),
     }
 }
 
@@ -273,7 +272,7 @@ pub struct RequireScope {
 #[derive(Debug)]
 pub struct RequireScopeMiddleware<S> {
     service: Rc<S>,
-    check: RequireScope,
+    check: RouteScope,
 }
 
 impl<S, B> Transform<S, ServiceRequest> for RequireScope
@@ -290,7 +289,7 @@ where
     fn new_transform(&self, service: S) -> Self::Future {
         ready(Ok(RequireScopeMiddleware {
             service: Rc::new(service),
-            check: self.clone(),
+            check: self.check.clone(),
         }))
     }
 }
@@ -302,25 +301,20 @@ where
 {
     type Response = ServiceResponse<EitherBody<B>>;
     type Error = actix_web::Error;
-    type Future = LocalBoxFuture<Result<Self::Response, Self::Error>>;
+    type Future = Either<
+        MapOk<S::Future, fn(ServiceResponse<B>) -> ServiceResponse<EitherBody<B>>>,
+        Ready<Result<Self::Response, Self::Error>>,
+    >;
 
     forward_ready!(service);
 
     fn call(&self, request: ServiceRequest) -> Self::Future {
-        let decided = {
-            let extensions = request.extensions();
-            let principal = extensions.get::<Authenticated>().map(|a| Arc::clone(&a.0));
-            let passed = extensions.get::<Anonymous>().map(|a| a.0);
-            self.check.check.check(principal.as_deref(), passed)
-        };
+        let decided = self.check.check(request.extensions().get::<Admission>());
         match decided {
-            Ok(()) => {
-                let service = Rc::clone(&self.service);
-                Box::pin(async move { Ok(service.call(request).await?.map_into_left_body()) })
-            }
+            Ok(()) => Either::Left(self.service.call(request).map_ok(left_body)),
             Err(rejection) => {
-                let response = AuthError(rejection).error_response();
-                Box::pin(ready(Ok(request
+                let response = AuthRejection(rejection).error_response();
+                Either::Right(ready(Ok(request
                     .into_response(response)
                     .map_into_right_body())))
             }
@@ -328,9 +322,9 @@ where
     }
 }
 
-/// The authenticated caller: an extractor, and what [`Auth`] puts in the
-/// request's extensions. Without one the extractor answers 401; use
-/// `Option<Authenticated>` where that is expected.
+/// The authenticated caller: an extractor reading what [`Auth`] stored.
+/// Without one it answers 401; use `Option<Authenticated>` where that is
+/// expected.
 #[derive(Clone, Debug)]
 pub struct Authenticated(pub Arc<Principal>);
 
@@ -342,26 +336,16 @@ impl Deref for Authenticated {
     }
 }
 
-/// Why a request passed [`Auth`] without a key (public path, preflight,
-/// open or report-only mode); in the request's extensions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Anonymous(pub PassReason);
-
 impl FromRequest for Authenticated {
-    type Error = AuthError;
-    type Future = Ready<Result<Self, AuthError>>;
+    type Error = AuthRejection;
+    type Future = Ready<Result<Self, AuthRejection>>;
 
     fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        let admission = req.extensions();
         ready(
-            req.extensions()
-                .get::<Authenticated>()
-                .cloned()
-                .ok_or_else(|| {
-                    AuthError(Rejection::new(
-                        RejectionKind::Missing,
-                        auth_core::DEFAULT_REALM.into(),
-                    ))
-                }),
+            Admission::authenticated(admission.get::<Admission>())
+                .map(Self)
+                .map_err(AuthRejection),
         )
     }
 }

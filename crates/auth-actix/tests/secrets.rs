@@ -2,10 +2,10 @@
 //! public types, on allow and deny paths.
 #![allow(unused_crate_dependencies)]
 
-use actix_web::{App, test, web};
-use auth_actix::{Auth, AuthError, Authenticated};
+use actix_web::{App, HttpRequest, test, web};
+use auth_actix::{Auth, AuthRejection, Authenticated};
+use auth_core::PlainRequest;
 use auth_core::testing::SecretWatch;
-use auth_core::{Rejection, RejectionKind};
 
 const SECRET: &str = "actix-secret-key-value-0123456789";
 const GUESS: &str = "actix-wrong-guess-0123456789abcdef";
@@ -19,7 +19,13 @@ async fn no_secret_in_logs_debug_or_answers() {
     let app = test::init_service(
         App::new().service(
             web::resource("/items")
-                .route(web::get().to(|who: Authenticated| async move { format!("{who:?}") }))
+                // A handler that logs the request's headers: the credential
+                // headers are marked sensitive, so the key is not among them.
+                .route(
+                    web::get().to(|who: Authenticated, req: HttpRequest| async move {
+                        format!("{who:?}{:?}", req.headers())
+                    }),
+                )
                 .wrap(auth),
         ),
     )
@@ -35,7 +41,8 @@ async fn no_secret_in_logs_debug_or_answers() {
         let body = test::read_body(response).await;
         watch.observe(String::from_utf8_lossy(&body));
     }
-    let error = AuthError(Rejection::new(RejectionKind::Missing, "api".into()));
+    let refused = guard.check(&PlainRequest::get("/items").header("x-api-key", GUESS));
+    let error = AuthRejection(refused.await.rejection().unwrap().clone());
     watch.observe(format!("{error:?}{error}"));
     watch.finish();
 }

@@ -2,7 +2,7 @@
 //! (`tower::ServiceExt::oneshot` on a `Router`).
 #![allow(unused_crate_dependencies)]
 
-use auth_axum::{AuthLayer, Authenticated, ScopeName, Scoped};
+use auth_axum::{Auth, Authenticated};
 use auth_core::Guard;
 use auth_core::testing::{Harness, SCOPE, TestRequest, TestResponse, run_suite};
 use axum::Router;
@@ -17,47 +17,25 @@ async fn whoami(who: Option<Authenticated>) -> String {
 }
 
 /// The suite's standard app (see `auth_core::testing`).
-fn app(guard: &Guard, extractor: bool) -> Router {
-    let auth = AuthLayer::new(guard.clone());
-    let stt = if extractor {
-        get(whoami_scoped).options(preflight_scoped)
-    } else {
-        get(whoami)
-            .options(|| async { StatusCode::NO_CONTENT })
-            .route_layer(auth.require_scope(SCOPE))
-    };
+fn app(guard: &Guard) -> Router {
+    let auth = Auth::new(guard.clone());
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route(
             "/api/items",
             get(whoami).options(|| async { StatusCode::NO_CONTENT }),
         )
-        .route("/api/stt", stt)
+        .route(
+            "/api/stt",
+            get(whoami)
+                .options(|| async { StatusCode::NO_CONTENT })
+                .route_layer(auth.require_scope(SCOPE)),
+        )
         .route("/admin", get(whoami))
         .route_layer(auth)
 }
 
-/// The harness, with `/api/stt` guarded by the scope layer or by the
-/// `Scoped` extractor.
-struct Axum {
-    extractor: bool,
-}
-
-struct Stt;
-
-impl ScopeName for Stt {
-    const SCOPE: &'static str = SCOPE;
-}
-
-async fn whoami_scoped(scoped: Scoped<Stt>) -> String {
-    scoped
-        .principal
-        .map_or_else(|| "anonymous".to_owned(), |p| p.id().to_owned())
-}
-
-async fn preflight_scoped(_: Scoped<Stt>) -> StatusCode {
-    StatusCode::NO_CONTENT
-}
+struct Axum;
 
 impl Harness for Axum {
     async fn send(&mut self, guard: &Guard, request: TestRequest) -> TestResponse {
@@ -67,7 +45,7 @@ impl Harness for Axum {
         for (name, value) in &request.headers {
             builder = builder.header(name.as_str(), HeaderValue::from_bytes(value).unwrap());
         }
-        let response = app(guard, self.extractor)
+        let response = app(guard)
             .oneshot(builder.body(Body::empty()).unwrap())
             .await
             .unwrap();
@@ -88,10 +66,5 @@ impl Harness for Axum {
 
 #[tokio::test]
 async fn axum_passes_the_conformance_suite() {
-    run_suite(&mut Axum { extractor: false }).await;
-}
-
-#[tokio::test]
-async fn axum_passes_the_conformance_suite_with_the_scope_extractor() {
-    run_suite(&mut Axum { extractor: true }).await;
+    run_suite(&mut Axum).await;
 }

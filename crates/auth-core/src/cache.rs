@@ -9,8 +9,10 @@ use std::time::Duration;
 use parking_lot::RwLock;
 
 use crate::clock::nanos;
+use crate::clock::{Clock, CoarseClock};
+use crate::digest::DigestHasher;
 use crate::local;
-use crate::{Clock, CoarseClock, Digest, DigestHasher, VerifyError};
+use crate::{Digest, VerifyError};
 
 /// A definite "no" that may be cached. "Could not decide"
 /// ([`VerifyError::Unavailable`]) has no `Denial`, so an error can never be
@@ -230,7 +232,8 @@ impl<V> Shard<V> {
 ///   entry may outlive its TTL by one scheduler tick (a few ms).
 ///
 /// ```
-/// use auth_core::{Cache, CacheConfig, CacheEntry, Digest, TtlCache};
+/// use auth_core::cache::{Cache, CacheEntry, TtlCache};
+/// use auth_core::{CacheConfig, Digest};
 ///
 /// let cache: TtlCache<&str> = TtlCache::new(CacheConfig::default());
 /// let d = Digest::of(b"key");
@@ -481,7 +484,7 @@ impl<V: Clone + Send + Sync + 'static> Cache<V> for TtlCache<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ManualClock;
+    use crate::clock::ManualClock;
 
     fn cache(clock: &Arc<ManualClock>, config: CacheConfig) -> TtlCache<u32> {
         TtlCache::with_clock(config, clock.clone())

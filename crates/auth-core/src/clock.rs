@@ -56,7 +56,7 @@ impl Clock for CoarseClock {
 /// A clock that moves only when told to.
 ///
 /// ```
-/// use auth_core::{Clock, ManualClock};
+/// use auth_core::clock::{Clock, ManualClock};
 /// use std::time::Duration;
 ///
 /// let clock = ManualClock::new();

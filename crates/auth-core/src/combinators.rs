@@ -7,18 +7,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
-use async_trait::async_trait;
-
-use crate::verifier::BoxFuture;
+use crate::cache::{Cache, CacheEntry, Denial, FillTicket, TtlCache};
 use crate::{
-    ApiKeyFormat, Cache, CacheConfig, CacheEntry, Credential, Denial, Digest, Principal, TtlCache,
-    Verifier, VerifyContext, VerifyError, VerifyResult,
+    Answer, ApiKeyFormat, CacheConfig, Credential, Digest, Principal, Recheck, Verifier,
+    VerifyContext, VerifyError, VerifyResult,
 };
 
 /// A TTL cache in front of any verifier, keyed by the credential's digest.
 ///
 /// - A hit for a granted key is re-checked against the live record where
-///   the inner verifier offers a cheap [`recheck`](Verifier::recheck) (as
+///   the inner verifier offers a cheap [`Recheck`] (as
 ///   [`HashedKeyStore`](crate::HashedKeyStore) does), so the cache can never
 ///   grant what the store denies.
 /// - Denials are cached on their own, shorter TTL; errors are never cached.
@@ -29,7 +27,8 @@ use crate::{
 /// than through the principal's scopes (which the guard checks per route).
 ///
 /// ```
-/// use auth_core::{Cache, Cached, CacheConfig, Credential, KeySet, Principal, Verifier, VerifyContext};
+/// use auth_core::cache::Cache;
+/// use auth_core::{Cached, CacheConfig, Credential, KeySet, Principal, Verifier, VerifyContext};
 ///
 /// let keys = KeySet::new().with_key("k", Principal::new("svc")).unwrap();
 /// let cached = Cached::new(keys, CacheConfig::default());
@@ -37,12 +36,15 @@ use crate::{
 /// let cred = Credential::new("k");
 /// assert!(rt.block_on(cached.verify(&cred, &VerifyContext::default())).is_ok());
 /// assert_eq!(cached.cache().len(), 1);
+/// // A hit is answered at once.
+/// assert!(cached.verify(&cred, &VerifyContext::default()).is_ready());
 /// cached.invalidate(cred.digest());
 /// assert_eq!(cached.cache().len(), 0);
 /// ```
 pub struct Cached<V, C = TtlCache<Arc<Principal>>> {
     inner: V,
-    cache: C,
+    /// Shared with the futures of answers that had to wait, which fill it.
+    cache: Arc<C>,
 }
 
 impl<V: Verifier> Cached<V> {
@@ -58,7 +60,10 @@ impl<V: Verifier> Cached<V> {
 impl<V: Verifier, C: Cache<Arc<Principal>>> Cached<V, C> {
     /// `inner` behind a cache of your own (an `Arc<dyn Cache<_>>` works).
     pub fn with_cache(inner: V, cache: C) -> Self {
-        Self { inner, cache }
+        Self {
+            inner,
+            cache: Arc::new(cache),
+        }
     }
 
     /// Drops the cached outcome for a key (call after a write to the source).
@@ -80,17 +85,51 @@ impl<V: Verifier, C: Cache<Arc<Principal>>> Cached<V, C> {
     pub fn inner(&self) -> &V {
         &self.inner
     }
+}
 
-    fn remember(&self, ticket: crate::FillTicket, result: &VerifyResult) {
-        match result {
-            Ok(p) => {
-                self.cache.fill(ticket, CacheEntry::Granted(Arc::clone(p)));
+/// Keeps an answer asked under `ticket`: grants and definite denials, never
+/// "could not decide".
+fn remember<C: Cache<Arc<Principal>> + ?Sized>(
+    cache: &C,
+    ticket: FillTicket,
+    result: &VerifyResult,
+) {
+    match result {
+        Ok(p) => {
+            cache.fill(ticket, CacheEntry::Granted(Arc::clone(p)));
+        }
+        Err(e) => {
+            if let Some(denial) = Denial::from_error(*e) {
+                cache.fill(ticket, CacheEntry::Denied(denial));
             }
-            Err(e) => {
-                if let Some(denial) = Denial::from_error(*e) {
-                    self.cache.fill(ticket, CacheEntry::Denied(denial));
+        }
+    }
+}
+
+/// `answer`, kept in `cache` under `ticket` once known; `keep` says which
+/// answers to keep.
+fn remembered<C: Cache<Arc<Principal>> + 'static>(
+    cache: &Arc<C>,
+    ticket: FillTicket,
+    answer: Answer<VerifyResult>,
+    keep: fn(&VerifyResult) -> bool,
+) -> Answer<VerifyResult> {
+    match answer {
+        Answer::Ready(result) => {
+            if keep(&result) {
+                remember(&**cache, ticket, &result);
+            }
+            Answer::Ready(result)
+        }
+        Answer::Pending(result) => {
+            let cache = Arc::clone(cache);
+            Answer::pending(async move {
+                let result = result.await;
+                if keep(&result) {
+                    remember(&*cache, ticket, &result);
                 }
-            }
+                result
+            })
         }
     }
 }
@@ -103,65 +142,53 @@ impl<V, C: Cache<Arc<Principal>>> fmt::Debug for Cached<V, C> {
     }
 }
 
+/// A cache hit: the answer, or a grant to re-check with the verifier that
+/// re-checks it.
+enum Hit<'a> {
+    Answer(VerifyResult),
+    Recheck(Arc<Principal>, &'a dyn Recheck),
+}
+
 impl<V: Verifier, C: Cache<Arc<Principal>>> Cached<V, C> {
-    /// The cached answer, if the cache can give it without waiting.
-    /// `Err(principal)`: a grant that must be re-checked first.
+    /// What the cache holds for `digest`, if anything.
     #[inline]
-    fn lookup(&self, digest: &Digest) -> Option<Result<VerifyResult, Arc<Principal>>> {
+    fn lookup(&self, digest: &Digest) -> Option<Hit<'_>> {
         match self.cache.get(digest)? {
             // Never past the key's own expiry (the wall clock is read only
             // for keys that expire): ask the source again.
             CacheEntry::Granted(p) if p.expires_at().is_some_and(|at| SystemTime::now() >= at) => {
                 None
             }
-            CacheEntry::Granted(p) if self.inner.rechecks() => Some(Err(p)),
-            CacheEntry::Granted(p) => Some(Ok(Ok(p))),
-            CacheEntry::Denied(denial) => Some(Ok(Err(denial.into()))),
+            CacheEntry::Granted(p) => Some(match self.inner.rechecks() {
+                Some(live) => Hit::Recheck(p, live),
+                None => Hit::Answer(Ok(p)),
+            }),
+            CacheEntry::Denied(denial) => Some(Hit::Answer(Err(denial.into()))),
         }
     }
 }
 
-#[async_trait]
-impl<V: Verifier, C: Cache<Arc<Principal>>> Verifier for Cached<V, C> {
-    async fn verify(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> VerifyResult {
+impl<V: Verifier, C: Cache<Arc<Principal>> + 'static> Verifier for Cached<V, C> {
+    fn verify(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> Answer<VerifyResult> {
         let digest = credential.digest();
         match self.lookup(digest) {
-            Some(Ok(answer)) => return answer,
-            Some(Err(principal)) => {
+            Some(Hit::Answer(answer)) => Answer::Ready(answer),
+            Some(Hit::Recheck(principal, live)) => {
                 let ticket = self.cache.ticket(digest);
-                let live = self.inner.recheck(digest, &principal).await;
                 // A denial replaces the grant; a success leaves the entry as
                 // it is (no write lock on the hit path).
-                if live.is_err() {
-                    self.remember(ticket, &live);
-                }
-                return live;
-            }
-            None => {}
-        }
-        let ticket = self.cache.ticket(digest);
-        let result = self.inner.verify(credential, ctx).await;
-        self.remember(ticket, &result);
-        result
-    }
-
-    fn verify_now(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> Option<VerifyResult> {
-        let digest = credential.digest();
-        match self.lookup(digest) {
-            Some(Ok(answer)) => Some(answer),
-            Some(Err(principal)) => {
-                let ticket = self.cache.ticket(digest);
-                let live = self.inner.recheck_now(digest, &principal)?;
-                if live.is_err() {
-                    self.remember(ticket, &live);
-                }
-                Some(live)
+                remembered(&self.cache, ticket, live.recheck(digest, &principal), |r| {
+                    r.is_err()
+                })
             }
             None => {
                 let ticket = self.cache.ticket(digest);
-                let result = self.inner.verify_now(credential, ctx)?;
-                self.remember(ticket, &result);
-                Some(result)
+                remembered(
+                    &self.cache,
+                    ticket,
+                    self.inner.verify(credential, ctx),
+                    |_| true,
+                )
             }
         }
     }
@@ -179,29 +206,42 @@ impl<V: Verifier, C: Cache<Arc<Principal>>> Verifier for Cached<V, C> {
 /// never when `A` answered "invalid", so a local fallback cannot resurrect
 /// a key the primary revoked.
 ///
-/// Offers no [`recheck`](Verifier::recheck): put [`Cached`] inside (around
-/// `A`), not outside.
+/// Put [`Cached`] inside (around `A`), not outside: a cache outside would
+/// keep the fallback's answers.
+///
+/// The fallback's principals are its own: a local [`StaticKey`](crate::StaticKey)
+/// grants no scope unless given one, so behind a route that requires a scope
+/// it answers 403. Give the local key the scopes its routes require (see
+/// [`StaticKey::principal`](crate::StaticKey::principal)).
 ///
 /// An outage is logged at its edges, not per request: a WARN when the
 /// primary first answers "unavailable", an INFO when it first decides a
-/// request again. In between, [`fallbacks`](Fallback::fallbacks) counts the
-/// requests handed to the fallback and
-/// [`primary_down`](Fallback::primary_down) reports the outage.
+/// request again after waiting on its backend. In between,
+/// [`fallbacks`](Fallback::fallbacks) counts the requests handed to the
+/// fallback and [`primary_down`](Fallback::primary_down) reports the outage.
 ///
 /// ```
-/// use auth_core::{verifier_fn, Credential, Fallback, KeySet, Principal, Verifier, VerifyContext, VerifyError};
+/// use auth_core::{verifier_fn, Credential, Fallback, Guard, PlainRequest, Principal, StaticKey, VerifyError};
 ///
+/// // The primary (a key service, here down) and a local key for the
+/// // routes that need the scope `stt`.
 /// let down = verifier_fn(|_: &Credential| Err(VerifyError::Unavailable));
-/// let local = KeySet::new().with_key("k", Principal::new("local")).unwrap();
-/// let v = Fallback::new(down, local);
+/// let local = StaticKey::new("local-key")
+///     .unwrap()
+///     .principal(Principal::new("local").with_scopes(["stt"]));
+/// let guard = Guard::builder(Fallback::new(down, local)).require_scope("stt").build().unwrap();
+///
 /// let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-/// let p = rt.block_on(v.verify(&Credential::new("k"), &VerifyContext::default()));
-/// assert_eq!(p.unwrap().id(), "local");
-/// assert_eq!(v.fallbacks(), 1);
-/// assert!(v.primary_down());
+/// let decision = rt.block_on(guard.check(&PlainRequest::get("/stt").header("x-api-key", "local-key")));
+/// assert_eq!(decision.principal().unwrap().id(), "local");
 /// ```
-#[derive(Debug)]
 pub struct Fallback<A, B> {
+    /// Shared with the futures of answers that had to wait.
+    shared: Arc<FallbackShared<A, B>>,
+}
+
+#[derive(Debug)]
+struct FallbackShared<A, B> {
     primary: A,
     fallback: B,
     /// Whether the primary's latest answer was "unavailable"; swapped, so
@@ -209,37 +249,52 @@ pub struct Fallback<A, B> {
     primary_down: AtomicBool,
     /// Requests handed to the fallback, ever.
     fallbacks: AtomicU64,
-    /// [`fallbacks`](Self::fallbacks) when the current outage started, for
-    /// the recovery's log line.
+    /// [`fallbacks`](Fallback::fallbacks) when the current outage started,
+    /// for the recovery's log line.
     outage_from: AtomicU64,
+}
+
+impl<A, B> fmt::Debug for Fallback<A, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fallback")
+            .field("primary_down", &self.primary_down())
+            .field("fallbacks", &self.fallbacks())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<A: Verifier, B: Verifier> Fallback<A, B> {
     /// `primary`, then `fallback` when the primary is unavailable.
     pub fn new(primary: A, fallback: B) -> Self {
         Self {
-            primary,
-            fallback,
-            primary_down: AtomicBool::new(false),
-            fallbacks: AtomicU64::new(0),
-            outage_from: AtomicU64::new(0),
+            shared: Arc::new(FallbackShared {
+                primary,
+                fallback,
+                primary_down: AtomicBool::new(false),
+                fallbacks: AtomicU64::new(0),
+                outage_from: AtomicU64::new(0),
+            }),
         }
     }
+}
 
+impl<A, B> Fallback<A, B> {
     /// How many requests were handed to the fallback because the primary
     /// was unavailable, since this verifier was made.
     pub fn fallbacks(&self) -> u64 {
-        self.fallbacks.load(Ordering::Relaxed)
+        self.shared.fallbacks.load(Ordering::Relaxed)
     }
 
-    /// Whether the primary is considered down: its latest answer through
-    /// [`verify`](Verifier::verify) was "unavailable", and it has not
-    /// decided a request there since (answers given at once — cache hits,
-    /// through `verify_now` — say nothing about its backend).
+    /// Whether the primary is considered down: its latest answer was
+    /// "unavailable", and it has not decided a request by asking its
+    /// backend since (answers given at once — cache hits — say nothing about
+    /// its backend).
     pub fn primary_down(&self) -> bool {
-        self.primary_down.load(Ordering::Relaxed)
+        self.shared.primary_down.load(Ordering::Relaxed)
     }
+}
 
+impl<A, B> FallbackShared<A, B> {
     /// The primary could not decide: counted, and logged if it starts an
     /// outage.
     fn primary_unavailable(&self) {
@@ -250,15 +305,17 @@ impl<A: Verifier, B: Verifier> Fallback<A, B> {
         }
     }
 
-    /// The primary decided: logged if it ends an outage.
+    /// The primary decided after asking its backend: logged if it ends an
+    /// outage.
     fn primary_decided(&self) {
         // Read first: when the primary is up (nearly always), no write to
-        // shared memory on the hot path.
+        // shared memory.
         if self.primary_down.load(Ordering::Relaxed)
             && self.primary_down.swap(false, Ordering::Relaxed)
         {
             let during = self
-                .fallbacks()
+                .fallbacks
+                .load(Ordering::Relaxed)
                 .saturating_sub(self.outage_from.load(Ordering::Relaxed));
             tracing::info!(target: "auth_core", fallbacks = during,
                 "primary verifier answering again; the fallback is no longer asked");
@@ -266,42 +323,57 @@ impl<A: Verifier, B: Verifier> Fallback<A, B> {
     }
 }
 
-#[async_trait]
-impl<A: Verifier, B: Verifier> Verifier for Fallback<A, B> {
-    async fn verify(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> VerifyResult {
-        match self.primary.verify(credential, ctx).await {
-            Err(VerifyError::Unavailable) => {
-                self.primary_unavailable();
-                self.fallback.verify(credential, ctx).await
+impl<A: Verifier + 'static, B: Verifier + 'static> Verifier for Fallback<A, B> {
+    fn verify(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> Answer<VerifyResult> {
+        let shared = &self.shared;
+        match shared.primary.verify(credential, ctx) {
+            Answer::Ready(Err(VerifyError::Unavailable)) => {
+                shared.primary_unavailable();
+                shared.fallback.verify(credential, ctx)
             }
-            decided => {
-                self.primary_decided();
-                decided
+            // Decided at once (a cache hit): says nothing about the
+            // primary's backend, so it neither ends an outage nor logs —
+            // during an outage, a mix of cached and new keys would
+            // otherwise log on every request.
+            Answer::Ready(decided) => Answer::Ready(decided),
+            Answer::Pending(primary) => {
+                // The fallback may be needed later: the future owns copies.
+                let shared = Arc::clone(shared);
+                let credential = credential.clone();
+                let path = ctx.path.to_owned();
+                let scope = ctx.required_scope.map(str::to_owned);
+                Answer::pending(async move {
+                    match primary.await {
+                        Err(VerifyError::Unavailable) => {
+                            shared.primary_unavailable();
+                            let ctx = VerifyContext {
+                                path: &path,
+                                required_scope: scope.as_deref(),
+                            };
+                            shared.fallback.verify(&credential, &ctx).await
+                        }
+                        decided => {
+                            shared.primary_decided();
+                            decided
+                        }
+                    }
+                })
             }
-        }
-    }
-
-    fn verify_now(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> Option<VerifyResult> {
-        // Only a primary that decides at once answers here; anything else
-        // takes the async path, which asks the fallback. An answer given at
-        // once (a cache hit) says nothing about the primary's backend, so
-        // it neither ends an outage nor logs: during an outage, a mix of
-        // cached and new keys would otherwise log on every request.
-        match self.primary.verify_now(credential, ctx)? {
-            Err(VerifyError::Unavailable) => None,
-            decided => Some(decided),
         }
     }
 
     fn known_digests(&self) -> Option<Vec<Digest>> {
-        match (self.primary.known_digests(), self.fallback.known_digests()) {
+        match (
+            self.shared.primary.known_digests(),
+            self.shared.fallback.known_digests(),
+        ) {
             (None, None) => None,
             (a, b) => Some(a.into_iter().chain(b).flatten().collect()),
         }
     }
 
     fn is_ready(&self) -> bool {
-        self.primary.is_ready() || self.fallback.is_ready()
+        self.shared.primary.is_ready() || self.shared.fallback.is_ready()
     }
 }
 
@@ -321,36 +393,16 @@ impl<V: Verifier> FormatChecked<V> {
     }
 }
 
-#[async_trait]
 impl<V: Verifier> Verifier for FormatChecked<V> {
-    async fn verify(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> VerifyResult {
+    fn verify(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> Answer<VerifyResult> {
         if !self.format.is_well_formed(credential.expose()) {
-            return Err(VerifyError::Invalid);
+            return Answer::Ready(Err(VerifyError::Invalid));
         }
-        self.inner.verify(credential, ctx).await
+        self.inner.verify(credential, ctx)
     }
 
-    fn verify_now(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> Option<VerifyResult> {
-        if !self.format.is_well_formed(credential.expose()) {
-            return Some(Err(VerifyError::Invalid));
-        }
-        self.inner.verify_now(credential, ctx)
-    }
-
-    fn rechecks(&self) -> bool {
+    fn rechecks(&self) -> Option<&dyn Recheck> {
         self.inner.rechecks()
-    }
-
-    fn recheck_now(&self, digest: &Digest, cached: &Arc<Principal>) -> Option<VerifyResult> {
-        self.inner.recheck_now(digest, cached)
-    }
-
-    fn recheck<'a>(
-        &'a self,
-        digest: &'a Digest,
-        cached: &'a Arc<Principal>,
-    ) -> BoxFuture<'a, VerifyResult> {
-        self.inner.recheck(digest, cached)
     }
 
     fn known_digests(&self) -> Option<Vec<Digest>> {
@@ -410,39 +462,16 @@ impl<V> fmt::Debug for Deferred<V> {
     }
 }
 
-#[async_trait]
 impl<V: Verifier> Verifier for Deferred<V> {
-    async fn verify(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> VerifyResult {
+    fn verify(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> Answer<VerifyResult> {
         match self.slot.get() {
-            Some(v) => v.verify(credential, ctx).await,
-            None => Err(VerifyError::Unavailable),
+            Some(v) => v.verify(credential, ctx),
+            None => Answer::Ready(Err(VerifyError::Unavailable)),
         }
     }
 
-    fn verify_now(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> Option<VerifyResult> {
-        match self.slot.get() {
-            Some(v) => v.verify_now(credential, ctx),
-            None => Some(Err(VerifyError::Unavailable)),
-        }
-    }
-
-    fn rechecks(&self) -> bool {
-        self.slot.get().is_some_and(Verifier::rechecks)
-    }
-
-    fn recheck_now(&self, digest: &Digest, cached: &Arc<Principal>) -> Option<VerifyResult> {
-        self.slot.get()?.recheck_now(digest, cached)
-    }
-
-    fn recheck<'a>(
-        &'a self,
-        digest: &'a Digest,
-        cached: &'a Arc<Principal>,
-    ) -> BoxFuture<'a, VerifyResult> {
-        match self.slot.get() {
-            Some(v) => v.recheck(digest, cached),
-            None => Box::pin(std::future::ready(Err(VerifyError::Unavailable))),
-        }
+    fn rechecks(&self) -> Option<&dyn Recheck> {
+        self.slot.get()?.rechecks()
     }
 
     fn known_digests(&self) -> Option<Vec<Digest>> {

@@ -29,6 +29,24 @@ pub struct Credential {
     digest: Digest,
 }
 
+/// A copy for a future that must own it (a verifier that waits); each copy
+/// is wiped when dropped.
+impl Clone for Credential {
+    fn clone(&self) -> Self {
+        let secret = match &self.secret {
+            Secret::Inline { len, bytes } => Secret::Inline {
+                len: *len,
+                bytes: *bytes,
+            },
+            Secret::Heap(v) => Secret::Heap(v.clone()),
+        };
+        Self {
+            secret,
+            digest: self.digest,
+        }
+    }
+}
+
 /// Keys up to this many bytes are held inline: no allocation per request.
 const INLINE: usize = 96;
 

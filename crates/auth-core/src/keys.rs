@@ -4,29 +4,21 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::digest::DigestHasher;
 use crate::local;
-use crate::{Credential, Digest, DigestHasher, Error, Principal, VerifyError, VerifyResult};
+use crate::{Credential, Digest, Error, Principal, VerifyError, VerifyResult};
 
 /// The `Verifier` of a verifier that answers from memory through its
-/// `check(&Credential)`: at once, and the same from `verify`.
+/// `check(&Credential)`: always at once.
 macro_rules! in_memory_verifier {
     ($ty:ty, |$this:ident| $digests:expr) => {
-        #[async_trait::async_trait]
         impl $crate::Verifier for $ty {
-            async fn verify(
+            fn verify(
                 &self,
                 credential: &$crate::Credential,
                 _ctx: &$crate::VerifyContext<'_>,
-            ) -> $crate::VerifyResult {
-                self.check(credential)
-            }
-
-            fn verify_now(
-                &self,
-                credential: &$crate::Credential,
-                _ctx: &$crate::VerifyContext<'_>,
-            ) -> Option<$crate::VerifyResult> {
-                Some(self.check(credential))
+            ) -> $crate::Answer<$crate::VerifyResult> {
+                $crate::Answer::Ready(self.check(credential))
             }
 
             fn known_digests(&self) -> Option<Vec<$crate::Digest>> {

@@ -7,21 +7,26 @@
 // Dev-dependencies serve the integration tests; unit tests need not use each.
 #![cfg_attr(test, allow(unused_crate_dependencies))]
 
+pub mod answer;
 mod api_key;
-mod cache;
-mod clock;
+pub mod cache;
+pub mod clock;
 mod combinators;
 mod credential;
-mod digest;
+pub mod digest;
 mod error;
 mod guard;
+#[cfg(feature = "http")]
+pub mod http;
 mod key_file;
 mod keys;
 mod local;
 mod metrics;
 mod rate_limit;
-mod rejection;
+pub mod rejection;
 mod store;
+#[cfg(feature = "tower")]
+pub mod tower;
 mod verifier;
 
 #[cfg(feature = "openapi")]
@@ -31,29 +36,35 @@ pub mod protocol;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+// The names users write; plumbing (cache internals, clocks, hashers, header
+// helpers) stays in its module.
+pub use answer::Answer;
 pub use api_key::{ApiKey, ApiKeyFormat};
-pub use cache::{Cache, CacheConfig, CacheEntry, Denial, FillTicket, TtlCache};
-pub use clock::{Clock, CoarseClock, ManualClock, SystemClock};
+pub use cache::CacheConfig;
 pub use combinators::{Cached, Deferred, Fallback, FormatChecked};
-pub use credential::{
-    Credential, CredentialSources, DEFAULT_MAX_CREDENTIAL_LEN, ExtractError, PlainRequest,
-    RequestView,
-};
-pub use digest::{Digest, DigestHasher, DigestStateHasher, digest};
+pub use credential::{Credential, CredentialSources, ExtractError, PlainRequest, RequestView};
+pub use digest::Digest;
 pub use error::Error;
 pub use guard::{
-    DEFAULT_KEYRING, DEFAULT_REALM, Decision, Grant, Guard, GuardBuilder, Keyrings, Mode,
-    PassReason, PublicPaths, RouteScope,
+    Admission, Admitted, Decision, Grant, Guard, GuardBuilder, Keyrings, Mode, PassReason,
+    PublicPaths, RouteScope,
 };
-pub use key_file::{DEFAULT_KEY_FILE_ENV, DEFAULT_KEY_FILE_PRINCIPAL, KeyFile, KeyFileBuilder};
-pub use keys::{DEFAULT_STATIC_PRINCIPAL, KeySet, StaticKey};
-pub use metrics::{DecisionCounters, DecisionCounts};
-pub use rate_limit::{GcraLimiter, RateDecision, RateLimiter, RateStatus};
-pub use rejection::{
-    JSON_CONTENT_TYPE, Rejection, RejectionKind, rate_limit_headers, retry_after_secs,
+pub use key_file::{KeyFile, KeyFileBuilder};
+pub use keys::{KeySet, StaticKey};
+pub use metrics::DecisionCounts;
+pub use rate_limit::{GcraLimiter, RateDecision, RateLimitPolicy, RateLimiter, RateStatus};
+pub use rejection::{Rejection, RejectionKind};
+pub use store::{
+    FindById, HashedKeyStore, KeyRecord, KeyStore, Lookup, MemoryKeyStore, StoreError,
 };
-pub use store::{HashedKeyStore, KeyRecord, KeyStore, MemoryKeyStore, StoreError};
 pub use verifier::{
-    BoxFuture, FnVerifier, Principal, RateLimitPolicy, Verifier, VerifyContext, VerifyError,
-    VerifyResult, verifier_fn,
+    FnVerifier, Principal, Recheck, Verifier, VerifyContext, VerifyError, VerifyResult, verifier_fn,
 };
+
+/// Defaults that configurations name.
+pub mod defaults {
+    pub use crate::credential::DEFAULT_MAX_CREDENTIAL_LEN;
+    pub use crate::guard::{DEFAULT_KEYRING, DEFAULT_REALM};
+    pub use crate::key_file::{DEFAULT_KEY_FILE_ENV, DEFAULT_KEY_FILE_PRINCIPAL};
+    pub use crate::keys::DEFAULT_STATIC_PRINCIPAL;
+}

@@ -11,7 +11,7 @@ struct Padded(AtomicU64);
 
 /// Live counters of one guard.
 #[derive(Debug, Default)]
-pub struct DecisionCounters {
+pub(crate) struct DecisionCounters {
     allowed: Padded,
     passed: Padded,
     missing: Padded,
@@ -86,7 +86,7 @@ impl DecisionCounters {
     }
 
     /// The current values.
-    pub fn snapshot(&self) -> DecisionCounts {
+    pub(crate) fn snapshot(&self) -> DecisionCounts {
         let r = |c: &Padded| c.0.load(Ordering::Relaxed);
         DecisionCounts {
             allowed: r(&self.allowed),

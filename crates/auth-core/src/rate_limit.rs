@@ -6,11 +6,31 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use parking_lot::Mutex;
 
+use crate::Answer;
 use crate::clock::nanos;
-use crate::{Clock, RateLimitPolicy, SystemClock};
+use crate::clock::{Clock, SystemClock};
+
+/// A rate-limit policy: at most `requests` per `window`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RateLimitPolicy {
+    /// Requests admitted per window (at least 1).
+    pub requests: u32,
+    /// The window length (at least 1 ms).
+    pub window: Duration,
+}
+
+impl RateLimitPolicy {
+    /// `requests` per `window`. Zero values are raised to the smallest
+    /// meaningful ones (1 request, 1 ms) so a policy can never divide by zero.
+    pub fn new(requests: u32, window: Duration) -> Self {
+        Self {
+            requests: requests.max(1),
+            window: window.max(Duration::from_millis(1)),
+        }
+    }
+}
 
 /// The state of a principal's rate limit after a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,27 +62,18 @@ pub enum RateDecision {
 }
 
 /// Counts requests per key against a policy.
-#[async_trait]
+///
+/// One method: [`check`](RateLimiter::check) counts the request and answers
+/// [`Answer::Ready`] where the state is in memory, or [`Answer::Pending`]
+/// with a future that owns what it needs where it lives elsewhere (Redis).
 pub trait RateLimiter: Send + Sync {
     /// Counts one request for `key` under `policy`.
-    async fn check(&self, key: &str, policy: &RateLimitPolicy) -> RateDecision;
-
-    /// The same, without waiting, where the limiter's state is in memory;
-    /// `None` (the default) means "call [`check`](RateLimiter::check)". It
-    /// must count the request exactly when it answers.
-    fn check_now(&self, _key: &str, _policy: &RateLimitPolicy) -> Option<RateDecision> {
-        None
-    }
+    fn check(&self, key: &str, policy: &RateLimitPolicy) -> Answer<RateDecision>;
 }
 
-#[async_trait]
 impl<L: RateLimiter + ?Sized> RateLimiter for Arc<L> {
-    async fn check(&self, key: &str, policy: &RateLimitPolicy) -> RateDecision {
-        (**self).check(key, policy).await
-    }
-
-    fn check_now(&self, key: &str, policy: &RateLimitPolicy) -> Option<RateDecision> {
-        (**self).check_now(key, policy)
+    fn check(&self, key: &str, policy: &RateLimitPolicy) -> Answer<RateDecision> {
+        (**self).check(key, policy)
     }
 }
 
@@ -79,6 +90,8 @@ impl<L: RateLimiter + ?Sized> RateLimiter for Arc<L> {
 /// assert!(matches!(rt.block_on(limiter.check("svc", &policy)), RateDecision::Allowed(_)));
 /// assert!(matches!(rt.block_on(limiter.check("svc", &policy)), RateDecision::Allowed(_)));
 /// assert!(matches!(rt.block_on(limiter.check("svc", &policy)), RateDecision::Limited { .. }));
+/// // In memory: the answer is ready, no future is made.
+/// assert!(limiter.check("other", &policy).is_ready());
 /// ```
 pub struct GcraLimiter {
     shards: Box<[Mutex<HashMap<String, u64>>]>,
@@ -168,21 +181,16 @@ impl GcraLimiter {
     }
 }
 
-#[async_trait]
 impl RateLimiter for GcraLimiter {
-    async fn check(&self, key: &str, policy: &RateLimitPolicy) -> RateDecision {
-        self.decide(key, policy, nanos(self.clock.now()))
-    }
-
-    fn check_now(&self, key: &str, policy: &RateLimitPolicy) -> Option<RateDecision> {
-        Some(self.decide(key, policy, nanos(self.clock.now())))
+    fn check(&self, key: &str, policy: &RateLimitPolicy) -> Answer<RateDecision> {
+        Answer::Ready(self.decide(key, policy, nanos(self.clock.now())))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ManualClock;
+    use crate::clock::ManualClock;
 
     fn block_on<F: std::future::Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread()

@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{ExtractError, RateStatus, VerifyError};
+use crate::{CredentialSources, ExtractError, RateStatus, VerifyError};
 
 /// Why a request was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -54,10 +54,12 @@ impl RejectionKind {
         }
     }
 
-    /// The `message` of the JSON body: fixed text, never request data.
+    /// The `message` of the JSON body: fixed text, never request data. A
+    /// guard's rejection for [`Missing`](Self::Missing) also names the
+    /// headers it reads ([`Rejection::message`]).
     pub fn message(self) -> &'static str {
         match self {
-            Self::Missing => "authentication required: send X-Api-Key or Authorization: Bearer",
+            Self::Missing => "authentication required",
             Self::Malformed(e) => e.describe(),
             // One message for unknown, expired and revoked: the body must not
             // help anyone sort keys.
@@ -94,23 +96,106 @@ impl RejectionKind {
     }
 }
 
-/// A refused request: everything an adapter needs to answer it.
+/// How a guard asks for a credential: its realm and the sources it reads.
+/// Built once per guard and shared by its rejections, so that a 401 names
+/// exactly the headers that guard accepts.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Challenge {
+    realm: Box<str>,
+    /// The key headers, as written in messages (`X-Service-Token`).
+    headers: Vec<String>,
+    bearer: bool,
+    /// The message of a 401 for a missing credential.
+    missing: String,
+}
+
+impl Challenge {
+    /// The challenge of a guard with this realm and these sources (both
+    /// checked when the guard is built).
+    pub(crate) fn new(realm: &str, sources: &CredentialSources) -> Self {
+        let headers: Vec<String> = sources
+            .key_header_names()
+            .iter()
+            .map(|h| display_name(h))
+            .collect();
+        let mut ways = headers.clone();
+        if sources.reads_bearer() {
+            ways.push("Authorization: Bearer".to_owned());
+        }
+        Self {
+            realm: realm.into(),
+            missing: format!("authentication required: send {}", ways.join(" or ")),
+            headers,
+            bearer: sources.reads_bearer(),
+        }
+    }
+
+    /// The `WWW-Authenticate` value: `Bearer` where the guard reads bearer
+    /// tokens, else `ApiKey` naming the key header(s).
+    fn header(&self, error: &str, scope: Option<&str>) -> String {
+        let mut challenge = if self.bearer {
+            format!("Bearer realm=\"{}\"", self.realm)
+        } else {
+            format!(
+                "ApiKey realm=\"{}\", header=\"{}\"",
+                self.realm,
+                self.headers.join(" ")
+            )
+        };
+        if !error.is_empty() {
+            challenge.push_str(&format!(", error=\"{error}\""));
+        }
+        if let Some(scope) = scope {
+            challenge.push_str(&format!(", scope=\"{scope}\""));
+        }
+        challenge
+    }
+}
+
+/// `x-service-token` → `X-Service-Token`, as people write header names.
+fn display_name(lower: &str) -> String {
+    lower
+        .split('-')
+        .map(|part| {
+            let mut chars = part.chars();
+            match chars.next() {
+                Some(first) => first.to_ascii_uppercase().to_string() + chars.as_str(),
+                None => String::new(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// A refused request: everything an adapter needs to answer it — status,
+/// headers and a small JSON body, all decided by the guard that refused.
 ///
 /// ```
-/// use auth_core::{Rejection, RejectionKind};
+/// use auth_core::{CredentialSources, Decision, Guard, PlainRequest, StaticKey};
 ///
-/// let r = Rejection::new(RejectionKind::Missing, "api".into());
+/// let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// let guard = Guard::builder(StaticKey::new("k").unwrap()).build().unwrap();
+/// let Decision::Reject(r) = rt.block_on(guard.check(&PlainRequest::get("/items"))) else { panic!() };
 /// assert_eq!(r.status(), 401);
 /// assert_eq!(r.headers()[0], ("www-authenticate", "Bearer realm=\"api\"".to_owned()));
 /// assert_eq!(
 ///     r.body(),
 ///     r#"{"error":"missing_credential","message":"authentication required: send X-Api-Key or Authorization: Bearer"}"#
 /// );
+///
+/// // A guard that reads only X-Service-Token says so, and sends no bearer challenge.
+/// let token_only = Guard::builder(StaticKey::new("k").unwrap())
+///     .sources(CredentialSources::default().key_header("X-Service-Token").bearer(false))
+///     .build()
+///     .unwrap();
+/// let Decision::Reject(r) = rt.block_on(token_only.check(&PlainRequest::get("/items"))) else { panic!() };
+/// assert_eq!(r.headers()[0].1, "ApiKey realm=\"api\", header=\"X-Service-Token\"");
+/// assert_eq!(r.message(), "authentication required: send X-Service-Token");
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct Rejection {
     kind: RejectionKind,
-    realm: Arc<str>,
+    challenge: Arc<Challenge>,
     scope: Option<Arc<str>>,
     retry_after: Option<Duration>,
     rate: Option<RateStatus>,
@@ -120,12 +205,11 @@ pub struct Rejection {
 pub const JSON_CONTENT_TYPE: &str = "application/json";
 
 impl Rejection {
-    /// A rejection of this kind for `realm` (the realm must be a valid
-    /// quoted-string; guards check it when built).
-    pub fn new(kind: RejectionKind, realm: Arc<str>) -> Self {
+    /// A rejection of this kind from the guard whose challenge this is.
+    pub(crate) fn new(kind: RejectionKind, challenge: Arc<Challenge>) -> Self {
         Self {
             kind,
-            realm,
+            challenge,
             scope: None,
             retry_after: None,
             rate: None,
@@ -133,19 +217,19 @@ impl Rejection {
     }
 
     /// Names the missing scope (for `insufficient_scope`).
-    pub fn with_scope(mut self, scope: Arc<str>) -> Self {
+    pub(crate) fn with_scope(mut self, scope: Arc<str>) -> Self {
         self.scope = Some(scope);
         self
     }
 
     /// Sets `Retry-After` (rounded up to whole seconds, at least 1).
-    pub fn with_retry_after(mut self, after: Duration) -> Self {
+    pub(crate) fn with_retry_after(mut self, after: Duration) -> Self {
         self.retry_after = Some(after);
         self
     }
 
     /// Adds the `RateLimit` / `RateLimit-Policy` headers.
-    pub fn with_rate(mut self, rate: RateStatus) -> Self {
+    pub(crate) fn with_rate(mut self, rate: RateStatus) -> Self {
         self.rate = Some(rate);
         self
     }
@@ -160,18 +244,24 @@ impl Rejection {
         self.kind.status()
     }
 
+    /// The `message` of the body: fixed text, never request data; for a
+    /// missing credential it names the headers the guard reads.
+    pub fn message(&self) -> &str {
+        match self.kind {
+            RejectionKind::Missing => &self.challenge.missing,
+            kind => kind.message(),
+        }
+    }
+
     /// The response headers, lowercase names. `content-type` is included.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         let mut headers = Vec::with_capacity(5);
         if let Some(error) = self.kind.challenge_error() {
-            let mut challenge = format!("Bearer realm=\"{}\"", self.realm);
-            if !error.is_empty() {
-                challenge.push_str(&format!(", error=\"{error}\""));
-            }
-            if let (RejectionKind::InsufficientScope, Some(scope)) = (self.kind, &self.scope) {
-                challenge.push_str(&format!(", scope=\"{scope}\""));
-            }
-            headers.push(("www-authenticate", challenge));
+            let scope = match self.kind {
+                RejectionKind::InsufficientScope => self.scope.as_deref(),
+                _ => None,
+            };
+            headers.push(("www-authenticate", self.challenge.header(error, scope)));
         }
         if let Some(after) = self.retry_after {
             headers.push(("retry-after", retry_after_secs(after).to_string()));
@@ -187,11 +277,9 @@ impl Rejection {
     /// The JSON body: `{"error": "<code>", "message": "<text>"}`, plus
     /// `"scope"` for `insufficient_scope`. Never contains the credential.
     pub fn body(&self) -> String {
-        let mut body = format!(
-            "{{\"error\":\"{}\",\"message\":\"{}\"",
-            self.kind.code(),
-            self.kind.message()
-        );
+        let mut body = format!("{{\"error\":\"{}\",\"message\":\"", self.kind.code());
+        push_json_escaped(&mut body, self.message());
+        body.push('"');
         if let (RejectionKind::InsufficientScope, Some(scope)) = (self.kind, &self.scope) {
             body.push_str(",\"scope\":\"");
             push_json_escaped(&mut body, scope);
@@ -218,7 +306,7 @@ impl fmt::Display for Rejection {
             "{} {}: {}",
             self.status(),
             self.kind.code(),
-            self.kind.message()
+            self.message()
         )
     }
 }
@@ -226,14 +314,14 @@ impl fmt::Display for Rejection {
 impl std::error::Error for Rejection {}
 
 /// Whole seconds, rounded up, at least 1 (`Retry-After: 0` invites a storm).
-pub fn retry_after_secs(after: Duration) -> u64 {
+pub(crate) fn retry_after_secs(after: Duration) -> u64 {
     let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
     secs.max(1)
 }
 
 /// The IETF draft `RateLimit-Policy` and `RateLimit` headers for `rate`
 /// (draft-ietf-httpapi-ratelimit-headers, structured-field form).
-pub fn rate_limit_headers(rate: &RateStatus) -> [(&'static str, String); 2] {
+pub(crate) fn rate_limit_headers(rate: &RateStatus) -> [(&'static str, String); 2] {
     let window = retry_after_secs(rate.policy.window);
     let reset = rate.reset.as_secs() + u64::from(rate.reset.subsec_nanos() > 0);
     [
@@ -279,9 +367,13 @@ mod tests {
             .map(|(_, v)| v)
     }
 
+    fn challenge(sources: CredentialSources) -> Arc<Challenge> {
+        Arc::new(Challenge::new("api", &sources))
+    }
+
     #[test]
     fn statuses_and_challenges() {
-        let realm: Arc<str> = "api".into();
+        let realm = challenge(CredentialSources::default());
         let cases = [
             (RejectionKind::Missing, 401, Some("Bearer realm=\"api\"")),
             (
@@ -322,8 +414,11 @@ mod tests {
         assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
         assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
         assert_eq!(retry_after_secs(Duration::from_secs(5)), 5);
-        let r = Rejection::new(RejectionKind::Unavailable, "x".into())
-            .with_retry_after(Duration::from_millis(2500));
+        let r = Rejection::new(
+            RejectionKind::Unavailable,
+            challenge(CredentialSources::default()),
+        )
+        .with_retry_after(Duration::from_millis(2500));
         assert_eq!(header(&r, "retry-after").unwrap(), "3");
     }
 
@@ -334,9 +429,12 @@ mod tests {
             remaining: 0,
             reset: Duration::from_millis(1500),
         };
-        let r = Rejection::new(RejectionKind::RateLimited, "x".into())
-            .with_retry_after(Duration::from_secs(1))
-            .with_rate(rate);
+        let r = Rejection::new(
+            RejectionKind::RateLimited,
+            challenge(CredentialSources::default()),
+        )
+        .with_retry_after(Duration::from_secs(1))
+        .with_rate(rate);
         assert_eq!(
             header(&r, "ratelimit-policy").unwrap(),
             "\"default\";q=60;w=60"
@@ -355,7 +453,7 @@ mod tests {
             RejectionKind::Unavailable,
             RejectionKind::NotReady,
         ] {
-            let body = Rejection::new(kind, "x".into()).body();
+            let body = Rejection::new(kind, challenge(CredentialSources::default())).body();
             assert!(body.starts_with(&format!("{{\"error\":\"{}\"", kind.code())));
             assert!(!body.contains('\n'));
             assert_eq!(body.matches('"').count() % 2, 0);
@@ -363,6 +461,39 @@ mod tests {
         let mut s = String::new();
         push_json_escaped(&mut s, "a\"b\\c\n");
         assert_eq!(s, "a\\\"b\\\\c\\u000a");
+    }
+
+    #[test]
+    fn a_guard_without_bearer_names_its_headers() {
+        let c = challenge(
+            CredentialSources::default()
+                .key_headers(["X-Service-Token", "x-api-key"])
+                .bearer(false),
+        );
+        let r = Rejection::new(RejectionKind::Missing, c.clone());
+        assert_eq!(
+            header(&r, "www-authenticate").unwrap(),
+            "ApiKey realm=\"api\", header=\"X-Service-Token X-Api-Key\""
+        );
+        assert_eq!(
+            r.body(),
+            r#"{"error":"missing_credential","message":"authentication required: send X-Service-Token or X-Api-Key"}"#
+        );
+        let r = Rejection::new(RejectionKind::Invalid(VerifyError::Invalid), c);
+        assert_eq!(
+            header(&r, "www-authenticate").unwrap(),
+            "ApiKey realm=\"api\", header=\"X-Service-Token X-Api-Key\", error=\"invalid_token\""
+        );
+        let bearer_only = challenge(CredentialSources::default().no_key_header());
+        let r = Rejection::new(RejectionKind::Missing, bearer_only);
+        assert_eq!(
+            r.message(),
+            "authentication required: send Authorization: Bearer"
+        );
+        assert_eq!(
+            header(&r, "www-authenticate").unwrap(),
+            "Bearer realm=\"api\""
+        );
     }
 
     #[test]

@@ -7,13 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use async_trait::async_trait;
 use parking_lot::RwLock;
 
+use crate::digest::DigestHasher;
 use crate::local;
-use crate::verifier::BoxFuture;
 use crate::{
-    Credential, Digest, DigestHasher, Principal, RateLimitPolicy, Verifier, VerifyContext,
+    Answer, Credential, Digest, Principal, RateLimitPolicy, Recheck, Verifier, VerifyContext,
     VerifyError, VerifyResult,
 };
 
@@ -93,69 +92,50 @@ impl KeyRecord {
 #[error("key store unavailable: {0}")]
 pub struct StoreError(pub String);
 
+/// What a store lookup gives: the record, none, or the store's failure.
+pub type Lookup = Result<Option<Arc<KeyRecord>>, StoreError>;
+
 /// Where key records live. Database stores come in their own crates.
-#[async_trait]
+///
+/// One method: [`find_by_digest`](KeyStore::find_by_digest) answers
+/// [`Answer::Ready`] where the records are in memory and
+/// [`Answer::Pending`] (a future owning what it needs, e.g. a clone of the
+/// pool) where they are not.
 pub trait KeyStore: Send + Sync {
     /// The record whose digest is `digest` (one indexed lookup).
-    async fn find_by_digest(&self, digest: &Digest) -> Result<Option<KeyRecord>, StoreError>;
+    fn find_by_digest(&self, digest: &Digest) -> Answer<Lookup>;
 
-    /// Whether [`find_by_id`](KeyStore::find_by_id) is a cheap indexed
-    /// fetch. When it is, a cache in front re-checks every hit with it, so
-    /// the cache can never grant what the store denies; when it is not
-    /// (the default), a cache trusts its entries until their TTL.
-    fn has_find_by_id(&self) -> bool {
-        false
-    }
-
-    /// [`find_by_digest`](KeyStore::find_by_digest) without waiting and
-    /// without a copy, for stores held in memory; `None` (the default)
-    /// means "ask the store". A cache hit is re-checked with it: the record
-    /// must still carry the cached key's id.
-    fn find_by_digest_now(
-        &self,
-        _digest: &Digest,
-    ) -> Option<Result<Option<Arc<KeyRecord>>, StoreError>> {
+    /// The store's cheap fetch by id, where it has one (see [`FindById`]).
+    /// With it, a cache in front re-checks every hit against the live
+    /// record, so the cache can never grant what the store denies; without
+    /// it (the default), a cache trusts its entries until their TTL.
+    fn by_id(&self) -> Option<&dyn FindById> {
         None
     }
+}
+
+/// A store's cheap, indexed fetch by record id, for re-checking cached
+/// grants. Implemented only by stores that have one.
+pub trait FindById: Send + Sync {
+    /// The record with this id.
+    fn find_by_id(&self, id: &str) -> Answer<Lookup>;
 
     /// A number that changes after every write, for stores held in memory;
     /// `None` (the default) for stores that cannot tell. While it stays the
     /// same, a record re-checked once need not be read again: a verifier
     /// keeps per-thread notes of what it confirmed at which version.
-    fn version_now(&self) -> Option<u64> {
+    fn version(&self) -> Option<u64> {
         None
-    }
-
-    /// The record with this id. Only called when
-    /// [`has_find_by_id`](KeyStore::has_find_by_id) is `true`.
-    async fn find_by_id(&self, _id: &str) -> Result<Option<KeyRecord>, StoreError> {
-        Err(StoreError("this store cannot fetch records by id".into()))
     }
 }
 
-#[async_trait]
 impl<S: KeyStore + ?Sized> KeyStore for Arc<S> {
-    async fn find_by_digest(&self, digest: &Digest) -> Result<Option<KeyRecord>, StoreError> {
-        (**self).find_by_digest(digest).await
+    fn find_by_digest(&self, digest: &Digest) -> Answer<Lookup> {
+        (**self).find_by_digest(digest)
     }
 
-    fn has_find_by_id(&self) -> bool {
-        (**self).has_find_by_id()
-    }
-
-    fn find_by_digest_now(
-        &self,
-        digest: &Digest,
-    ) -> Option<Result<Option<Arc<KeyRecord>>, StoreError>> {
-        (**self).find_by_digest_now(digest)
-    }
-
-    fn version_now(&self) -> Option<u64> {
-        (**self).version_now()
-    }
-
-    async fn find_by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
-        (**self).find_by_id(id).await
+    fn by_id(&self) -> Option<&dyn FindById> {
+        (**self).by_id()
     }
 }
 
@@ -174,7 +154,7 @@ impl<S: KeyStore + ?Sized> KeyStore for Arc<S> {
 pub struct MemoryKeyStore {
     inner: RwLock<MemoryInner>,
     /// Bumped after every write, under the write lock (see
-    /// [`KeyStore::version_now`]).
+    /// [`FindById::version`]).
     version: AtomicU64,
 }
 
@@ -266,34 +246,29 @@ impl fmt::Debug for MemoryKeyStore {
     }
 }
 
-#[async_trait]
 impl KeyStore for MemoryKeyStore {
-    async fn find_by_digest(&self, digest: &Digest) -> Result<Option<KeyRecord>, StoreError> {
-        Ok(self
-            .inner
-            .read()
-            .by_digest
-            .get(digest)
-            .map(|r| KeyRecord::clone(r)))
+    fn find_by_digest(&self, digest: &Digest) -> Answer<Lookup> {
+        Answer::Ready(Ok(self.inner.read().by_digest.get(digest).cloned()))
     }
 
-    fn has_find_by_id(&self) -> bool {
-        true
+    fn by_id(&self) -> Option<&dyn FindById> {
+        Some(self)
+    }
+}
+
+impl FindById for MemoryKeyStore {
+    fn find_by_id(&self, id: &str) -> Answer<Lookup> {
+        let inner = self.inner.read();
+        let record = inner
+            .id_to_digest
+            .get(id)
+            .and_then(|d| inner.by_digest.get(d))
+            .cloned();
+        Answer::Ready(Ok(record))
     }
 
-    fn find_by_digest_now(
-        &self,
-        digest: &Digest,
-    ) -> Option<Result<Option<Arc<KeyRecord>>, StoreError>> {
-        Some(Ok(self.inner.read().by_digest.get(digest).cloned()))
-    }
-
-    fn version_now(&self) -> Option<u64> {
+    fn version(&self) -> Option<u64> {
         Some(self.version.load(Ordering::Acquire))
-    }
-
-    async fn find_by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
-        Ok(self.get(id))
     }
 }
 
@@ -356,13 +331,68 @@ impl<S: KeyStore> HashedKeyStore<S> {
     pub fn store(&self) -> &S {
         &self.store
     }
+}
 
-    fn decide(&self, digest: &Digest, record: Option<KeyRecord>) -> VerifyResult {
-        match record {
-            // The store matched on the digest; confirm in constant time so
-            // that a store with a loose index cannot grant a near miss.
-            Some(r) if bool::from(r.digest.ct_eq(digest)) => r.decide((self.now)()),
-            _ => Err(VerifyError::Invalid),
+/// The answer for `digest` from the record the store found for it.
+fn decide(now: fn() -> SystemTime, digest: &Digest, lookup: Lookup) -> VerifyResult {
+    match lookup {
+        // The store matched on the digest; confirm in constant time so
+        // that a store with a loose index cannot grant a near miss.
+        Ok(Some(r)) if bool::from(r.digest.ct_eq(digest)) => r.decide(now()),
+        Ok(_) => Err(VerifyError::Invalid),
+        Err(e) => {
+            tracing::warn!(target: "auth_core", error = %e, "key store unavailable");
+            Err(VerifyError::Unavailable)
+        }
+    }
+}
+
+/// What re-checking a cached grant needs after the store answered.
+struct Confirm {
+    now: fn() -> SystemTime,
+    owner: u64,
+    digest: Digest,
+    cached: Arc<Principal>,
+    /// The store's version, read before the record.
+    version: Option<u64>,
+}
+
+impl Confirm {
+    /// The live answer from the record: the cached principal itself when the
+    /// record is unchanged (no allocation on the hit path).
+    fn decide(self, lookup: Lookup) -> VerifyResult {
+        let record = match lookup {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::warn!(target: "auth_core", error = %e, "key store unavailable");
+                return Err(VerifyError::Unavailable);
+            }
+        };
+        // The same digest under the same id: the key the cache granted.
+        let id = self.cached.key_id();
+        let Some(record) = record
+            .filter(|r| id.is_none_or(|id| r.id == id) && bool::from(r.digest.ct_eq(&self.digest)))
+        else {
+            return Err(VerifyError::Invalid);
+        };
+        // The wall clock only where the record can expire (a clock read
+        // costs as much as the rest of a hit).
+        let now = match record.expires_at {
+            Some(_) => (self.now)(),
+            None => SystemTime::UNIX_EPOCH,
+        };
+        match record.decide_state(now) {
+            Err(e) => Err(e),
+            Ok(()) if record.grants(&self.cached) => {
+                if let Some(v) = self.version {
+                    local::offer(self.owner, &self.digest, v, u64::MAX, || Confirmed {
+                        principal: Arc::clone(&self.cached),
+                        expires_at: record.expires_at,
+                    });
+                }
+                Ok(self.cached)
+            }
+            Ok(()) => record.decide(now),
         }
     }
 }
@@ -373,90 +403,53 @@ impl<S> fmt::Debug for HashedKeyStore<S> {
     }
 }
 
-#[async_trait]
 impl<S: KeyStore> Verifier for HashedKeyStore<S> {
-    async fn verify(&self, credential: &Credential, _ctx: &VerifyContext<'_>) -> VerifyResult {
-        let digest = credential.digest();
-        match self.store.find_by_digest(digest).await {
-            Ok(record) => self.decide(digest, record),
-            Err(e) => {
-                tracing::warn!(error = %e, "key store unavailable");
-                Err(VerifyError::Unavailable)
+    fn verify(&self, credential: &Credential, _ctx: &VerifyContext<'_>) -> Answer<VerifyResult> {
+        let digest = *credential.digest();
+        let now = self.now;
+        match self.store.find_by_digest(&digest) {
+            Answer::Ready(lookup) => Answer::Ready(decide(now, &digest, lookup)),
+            Answer::Pending(lookup) => {
+                Answer::pending(async move { decide(now, &digest, lookup.await) })
             }
         }
     }
 
-    fn rechecks(&self) -> bool {
-        self.store.has_find_by_id()
+    fn rechecks(&self) -> Option<&dyn Recheck> {
+        self.store.by_id().map(|_| self as &dyn Recheck)
     }
+}
 
-    fn recheck_now(&self, digest: &Digest, cached: &Arc<Principal>) -> Option<VerifyResult> {
-        let id = cached.key_id()?;
+impl<S: KeyStore> Recheck for HashedKeyStore<S> {
+    fn recheck(&self, digest: &Digest, cached: &Arc<Principal>) -> Answer<VerifyResult> {
+        let by_id = self.store.by_id();
         // Read before the record: a write after this makes the note stale.
-        let version = self.store.version_now();
+        let version = by_id.and_then(FindById::version);
         if let Some(note) = version.and_then(|v| local::get::<Confirmed>(self.owner, digest, v, 0))
         {
             if Arc::ptr_eq(&note.principal, cached)
                 && note.expires_at.is_none_or(|at| (self.now)() < at)
             {
-                return Some(Ok(Arc::clone(cached)));
+                return Answer::Ready(Ok(Arc::clone(cached)));
             }
         }
-        let record = match self.store.find_by_digest_now(digest)? {
-            Ok(record) => record,
-            Err(e) => {
-                tracing::warn!(error = %e, "key store unavailable");
-                return Some(Err(VerifyError::Unavailable));
-            }
-        };
-        // The same digest under the same id: the key the cache granted.
-        let Some(record) = record.filter(|r| r.id == id && bool::from(r.digest.ct_eq(digest)))
-        else {
-            return Some(Err(VerifyError::Invalid));
-        };
-        // The wall clock only where the record can expire (a clock read
-        // costs as much as the rest of a hit).
-        let now = match record.expires_at {
-            Some(_) => (self.now)(),
-            None => SystemTime::UNIX_EPOCH,
-        };
-        // An unchanged record grants the cached principal as it is: no new
-        // allocation on the hit path.
-        Some(match record.decide_state(now) {
-            Err(e) => Err(e),
-            Ok(()) if record.grants(cached) => {
-                if let Some(v) = version {
-                    local::offer(self.owner, digest, v, u64::MAX, || Confirmed {
-                        principal: Arc::clone(cached),
-                        expires_at: record.expires_at,
-                    });
-                }
-                Ok(Arc::clone(cached))
-            }
-            Ok(()) => record.decide(now),
-        })
-    }
-
-    fn recheck<'a>(
-        &'a self,
-        digest: &'a Digest,
-        cached: &'a Arc<Principal>,
-    ) -> BoxFuture<'a, VerifyResult> {
         // By id; a principal without a record id (not made by this
         // verifier) is looked up by digest instead.
-        let fetch = match cached.key_id() {
-            Some(id) => self.store.find_by_id(id),
-            None => self.store.find_by_digest(digest),
+        let lookup = match (by_id, cached.key_id()) {
+            (Some(store), Some(id)) => store.find_by_id(id),
+            _ => self.store.find_by_digest(digest),
         };
-        Box::pin(async move {
-            match fetch.await {
-                Ok(record) => self.decide(digest, record),
-                Err(e) => {
-                    tracing::warn!(error = %e, "key store unavailable");
-                    Err(VerifyError::Unavailable)
-                }
-            }
-        })
+        let confirm = Confirm {
+            now: self.now,
+            owner: self.owner,
+            digest: *digest,
+            cached: Arc::clone(cached),
+            version,
+        };
+        match lookup {
+            Answer::Ready(lookup) => Answer::Ready(confirm.decide(lookup)),
+            Answer::Pending(lookup) => Answer::pending(async move { confirm.decide(lookup.await) }),
+        }
     }
 }
 
@@ -478,10 +471,9 @@ mod tests {
 
     struct Failing;
 
-    #[async_trait]
     impl KeyStore for Failing {
-        async fn find_by_digest(&self, _: &Digest) -> Result<Option<KeyRecord>, StoreError> {
-            Err(StoreError("connection refused".into()))
+        fn find_by_digest(&self, _: &Digest) -> Answer<Lookup> {
+            Answer::pending(async { Err(StoreError("connection refused".into())) })
         }
     }
 
@@ -545,7 +537,7 @@ mod tests {
     }
 
     #[test]
-    fn recheck_now_follows_the_record_and_the_clock() {
+    fn recheck_follows_the_record_and_the_clock() {
         use std::sync::atomic::{AtomicU64, Ordering};
         static NOW: AtomicU64 = AtomicU64::new(1_000);
         fn now() -> SystemTime {
@@ -561,19 +553,19 @@ mod tests {
         // Unchanged and unexpired: the cached principal itself (the third
         // time from this thread's note, made on the second).
         for _ in 0..3 {
-            assert!(Arc::ptr_eq(&v.recheck_now(&d, &p).unwrap().unwrap(), &p));
+            assert!(Arc::ptr_eq(&v.recheck(&d, &p).now().unwrap().unwrap(), &p));
         }
         // Time passes the record's expiry with nothing written.
         NOW.store(2_000, Ordering::SeqCst);
         assert_eq!(
-            v.recheck_now(&d, &p).unwrap().unwrap_err(),
+            v.recheck(&d, &p).now().unwrap().unwrap_err(),
             VerifyError::Expired
         );
         NOW.store(1_000, Ordering::SeqCst);
         // Disabled: the note no longer answers.
         store.disable("k1");
         assert_eq!(
-            v.recheck_now(&d, &p).unwrap().unwrap_err(),
+            v.recheck(&d, &p).now().unwrap().unwrap_err(),
             VerifyError::Disabled
         );
         // Scopes changed: a fresh principal, not the cached one.
@@ -581,19 +573,19 @@ mod tests {
             r.disabled = false;
             r.scopes = vec!["read".into()];
         });
-        let fresh = v.recheck_now(&d, &p).unwrap().unwrap();
+        let fresh = v.recheck(&d, &p).now().unwrap().unwrap();
         assert!(fresh.has_scope("read") && !Arc::ptr_eq(&fresh, &p));
         // The same key now filed under another id is not the cached key.
         let mut moved = store.remove("k1").unwrap();
         moved.id = "k2".into();
         store.insert(moved);
         assert_eq!(
-            v.recheck_now(&d, &p).unwrap().unwrap_err(),
+            v.recheck(&d, &p).now().unwrap().unwrap_err(),
             VerifyError::Invalid
         );
         store.remove("k2");
         assert_eq!(
-            v.recheck_now(&d, &p).unwrap().unwrap_err(),
+            v.recheck(&d, &p).now().unwrap().unwrap_err(),
             VerifyError::Invalid
         );
     }

@@ -26,8 +26,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::{
-    CacheConfig, Cached, Credential, Deferred, Guard, KeySet, Keyrings, Mode, Principal,
-    RateLimitPolicy, StaticKey, VerifyError, verifier_fn,
+    CacheConfig, Cached, Credential, CredentialSources, Deferred, Guard, KeySet, Keyrings, Mode,
+    Principal, RateLimitPolicy, StaticKey, VerifyError, verifier_fn,
 };
 
 /// The key that the suite's guards accept.
@@ -130,6 +130,7 @@ pub trait Harness {
 struct Expect {
     statuses: Vec<u16>,
     error: Option<&'static str>,
+    message: Option<&'static str>,
     headers: Vec<(&'static str, Option<String>)>,
     body_contains: Option<String>,
 }
@@ -151,6 +152,12 @@ impl Expect {
 
     fn error(mut self, code: &'static str) -> Self {
         self.error = Some(code);
+        self
+    }
+
+    /// The body's `message` must be exactly this.
+    fn message(mut self, text: &'static str) -> Self {
+        self.message = Some(text);
         self
     }
 
@@ -185,11 +192,17 @@ impl Expect {
             if !response.body.contains(&needle) {
                 return Err(format!("body lacks {needle}: {}", response.body));
             }
-            if response.header("content-type") != Some(crate::JSON_CONTENT_TYPE) {
+            if response.header("content-type") != Some(crate::rejection::JSON_CONTENT_TYPE) {
                 return Err(format!(
                     "content-type {:?}, expected application/json",
                     response.header("content-type")
                 ));
+            }
+        }
+        if let Some(text) = self.message {
+            let needle = format!("\"message\":\"{text}\"");
+            if !response.body.contains(&needle) {
+                return Err(format!("body lacks {needle}: {}", response.body));
             }
         }
         for (name, value) in &self.headers {
@@ -290,6 +303,61 @@ fn malformed() -> Expect {
     Expect::status(400)
         .error("invalid_request")
         .challenge(MALFORMED)
+}
+
+/// A guard that reads only `X-Service-Token` (no bearer) asks for exactly
+/// that: the 401's message and challenge name it, a valid key sent any
+/// other way is not read (401), and the token where it reads it reaches the
+/// handler.
+fn service_token_only() -> Case {
+    const CHALLENGE: &str = "ApiKey realm=\"api\", header=\"X-Service-Token\"";
+    const INVALID: &str =
+        "ApiKey realm=\"api\", header=\"X-Service-Token\", error=\"invalid_token\"";
+    let guard = Guard::builder(standard_keys())
+        .sources(
+            CredentialSources::default()
+                .key_header("X-Service-Token")
+                .bearer(false),
+        )
+        .build()
+        .expect("valid guard");
+    let items = || TestRequest::get("/api/items");
+    let asks_for_the_token = || {
+        Expect::status(401)
+            .error("missing_credential")
+            .message("authentication required: send X-Service-Token")
+            .challenge(CHALLENGE)
+    };
+    case(
+        "a guard reading only X-Service-Token asks for it and reads nothing else",
+        guard,
+        vec![
+            send(items(), asks_for_the_token()),
+            send(
+                items().header("Authorization", format!("Bearer {KEY}")),
+                asks_for_the_token(),
+            ),
+            send(items().key(KEY), asks_for_the_token()),
+            send(
+                items().header("X-Service-Token", "not-the-service-token"),
+                Expect::status(401)
+                    .error("invalid_token")
+                    .challenge(INVALID),
+            ),
+            send(
+                items().header("X-Service-Token", KEY),
+                Expect::ok_as(PRINCIPAL),
+            ),
+            Step::Check(Box::new(|g: &Guard| {
+                let c = g.counts();
+                if (c.missing, c.invalid, c.allowed) == (3, 1, 1) {
+                    Ok(())
+                } else {
+                    Err(format!("counts {c:?}"))
+                }
+            })),
+        ],
+    )
 }
 
 #[allow(clippy::too_many_lines)]
@@ -657,6 +725,7 @@ fn cases(unknown_is_404: bool) -> Vec<Case> {
             )
         },
     ];
+    cases.push(service_token_only());
     cases.push(case(
         "unknown route → 404, not 401",
         enforce(),
@@ -690,6 +759,7 @@ pub async fn run_suite<H: Harness>(harness: &mut H) {
                         .iter()
                         .filter(|(n, v)| {
                             (n.eq_ignore_ascii_case("x-api-key")
+                                || n.eq_ignore_ascii_case("x-service-token")
                                 || n.eq_ignore_ascii_case("authorization"))
                                 && v.len() >= 8
                         })
@@ -740,6 +810,15 @@ pub async fn run_suite<H: Harness>(harness: &mut H) {
 /// bodies, headers), and on [`finish`](SecretWatch::finish) asserts that
 /// neither the secrets nor their full SHA-256 digests appear anywhere. The
 /// adapters' secret tests use it.
+///
+/// Put the test that uses it in a test binary of its own (one `#[test]` in
+/// its file), and keep the work it watches on the test's thread (a
+/// current-thread runtime). `tracing` caches each callsite's interest when
+/// a thread first reaches it; a parallel test thread with no subscriber can
+/// cache "never" for `auth_core`'s callsites just as this one is installed,
+/// and the capture then sees nothing (cargo's threaded runner, unlike
+/// nextest, runs a binary's tests as threads of one process). Nothing done
+/// inside the process closes that race for certain.
 pub struct SecretWatch {
     secrets: Vec<String>,
     logs: Arc<std::sync::Mutex<Vec<u8>>>,
@@ -782,15 +861,19 @@ impl SecretWatch {
             .with_writer(LogBuffer(Arc::clone(&logs)))
             .with_ansi(false)
             .finish();
+        // With one dispatcher, tracing caches a callsite's interest from the
+        // default of whichever thread reaches it first (another test's, with
+        // none); a second one makes it ask every dispatcher. Made first, so
+        // that the capturing one never exists alone.
+        let second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+        let default = tracing::subscriber::set_default(subscriber);
+        tracing::callsite::rebuild_interest_cache();
         Self {
             secrets: secrets.iter().map(|s| (*s).to_owned()).collect(),
             logs,
             seen: String::new(),
-            _default: tracing::subscriber::set_default(subscriber),
-            // With one dispatcher, tracing caches a callsite's interest from
-            // the default of whichever thread reaches it first (another
-            // test's, with none); a second one makes it ask every dispatcher.
-            _second: tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()),
+            _default: default,
+            _second: second,
         }
     }
 

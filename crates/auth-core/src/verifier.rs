@@ -2,34 +2,10 @@
 //! the typed ways it can fail.
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use async_trait::async_trait;
-
-use crate::{Credential, Digest};
-
-/// A rate-limit policy: at most `requests` per `window`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct RateLimitPolicy {
-    /// Requests admitted per window (at least 1).
-    pub requests: u32,
-    /// The window length (at least 1 ms).
-    pub window: Duration,
-}
-
-impl RateLimitPolicy {
-    /// `requests` per `window`. Zero values are raised to the smallest
-    /// meaningful ones (1 request, 1 ms) so a policy can never divide by zero.
-    pub fn new(requests: u32, window: Duration) -> Self {
-        Self {
-            requests: requests.max(1),
-            window: window.max(Duration::from_millis(1)),
-        }
-    }
-}
+use crate::{Answer, Credential, Digest, RateLimitPolicy};
 
 /// An authenticated caller.
 ///
@@ -171,11 +147,6 @@ pub enum VerifyError {
 }
 
 impl VerifyError {
-    /// Whether this is a definite "no" (as opposed to "could not decide").
-    pub fn is_denial(self) -> bool {
-        !matches!(self, Self::Unavailable)
-    }
-
     /// A short, fixed reason for logs and counters.
     pub fn reason(self) -> &'static str {
         match self {
@@ -191,72 +162,54 @@ impl VerifyError {
 /// The result of a verification.
 pub type VerifyResult = Result<Arc<Principal>, VerifyError>;
 
-/// A boxed future, for the optional [`Verifier::recheck`] hook.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Decides who a credential belongs to.
+/// Decides who a credential belongs to: one method, [`verify`](Verifier::verify).
+///
+/// It answers [`Answer::Ready`] when it holds the answer in memory (keys
+/// in memory, a cache hit) — no future, no allocation — and
+/// [`Answer::Pending`] with a future that owns what it needs when it must
+/// wait (a database, a key service): clone an `Arc` of your state and the
+/// credential into it.
 ///
 /// Implementations: [`StaticKey`](crate::StaticKey), [`KeySet`](crate::KeySet),
 /// [`KeyFile`](crate::KeyFile), [`HashedKeyStore`](crate::HashedKeyStore), and
-/// the combinators [`Cached`](crate::Cached), [`Fallback`](crate::Fallback) and
-/// [`FormatChecked`](crate::FormatChecked). A closure
-/// `Fn(&Credential) -> VerifyResult` becomes one through [`verifier_fn`].
+/// the combinators [`Cached`](crate::Cached), [`Fallback`](crate::Fallback),
+/// [`FormatChecked`](crate::FormatChecked) and [`Deferred`](crate::Deferred).
+/// A closure `Fn(&Credential) -> VerifyResult` becomes one through
+/// [`verifier_fn`].
 ///
 /// ```
-/// use auth_core::{verifier_fn, Credential, Principal, Verifier, VerifyContext, VerifyError};
+/// use auth_core::{Answer, Credential, Principal, Verifier, VerifyContext, VerifyError, VerifyResult};
 /// use std::sync::Arc;
 ///
-/// let v = verifier_fn(|c: &Credential| {
-///     if c.expose() == b"letmein" {
-///         Ok(Arc::new(Principal::new("demo")))
-///     } else {
-///         Err(VerifyError::Invalid)
+/// /// Asks a (pretend) remote service: the answer comes later.
+/// struct Remote;
+///
+/// impl Verifier for Remote {
+///     fn verify(&self, credential: &Credential, _ctx: &VerifyContext<'_>) -> Answer<VerifyResult> {
+///         let credential = credential.clone(); // the future owns what it needs
+///         Answer::pending(async move {
+///             if credential.expose() == b"letmein" {
+///                 Ok(Arc::new(Principal::new("demo")))
+///             } else {
+///                 Err(VerifyError::Invalid)
+///             }
+///         })
 ///     }
-/// });
+/// }
+///
 /// let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-/// let p = rt.block_on(v.verify(&Credential::new("letmein"), &VerifyContext::default()));
+/// let p = rt.block_on(Remote.verify(&Credential::new("letmein"), &VerifyContext::default()));
 /// assert_eq!(p.unwrap().id(), "demo");
 /// ```
-#[async_trait]
 pub trait Verifier: Send + Sync {
-    /// Verifies `credential`.
-    async fn verify(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> VerifyResult;
+    /// Verifies `credential`: the answer now, or a future for it.
+    fn verify(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> Answer<VerifyResult>;
 
-    /// The answer without waiting, where the verifier holds it in memory
-    /// (in-memory keys, cache hits); `None` means "call
-    /// [`verify`](Verifier::verify)". Callers try this first, which keeps
-    /// the allocation of a boxed future off the hot path. When it answers,
-    /// it must answer exactly as `verify` would.
-    fn verify_now(
-        &self,
-        _credential: &Credential,
-        _ctx: &VerifyContext<'_>,
-    ) -> Option<VerifyResult> {
+    /// How a cached grant is re-checked against the live source on every
+    /// hit, where the verifier can do that cheaply (see [`Recheck`]).
+    /// `None` (the default): a cache in front trusts its entry until the TTL.
+    fn rechecks(&self) -> Option<&dyn Recheck> {
         None
-    }
-
-    /// Whether a grant held in a cache must be re-checked against the live
-    /// source on every hit (see [`recheck`](Verifier::recheck)). `false`
-    /// (the default): the cache may trust its entry until the TTL.
-    fn rechecks(&self) -> bool {
-        false
-    }
-
-    /// [`recheck`](Verifier::recheck) without waiting, where the live
-    /// source is in memory; `None` (the default) means "call `recheck`".
-    fn recheck_now(&self, _digest: &Digest, _cached: &Arc<Principal>) -> Option<VerifyResult> {
-        None
-    }
-
-    /// Re-checks a cached grant against the live source (a cheap fetch by
-    /// id). Called only when [`rechecks`](Verifier::rechecks) is `true`; the
-    /// default trusts the cached grant.
-    fn recheck<'a>(
-        &'a self,
-        _digest: &'a Digest,
-        cached: &'a Arc<Principal>,
-    ) -> BoxFuture<'a, VerifyResult> {
-        Box::pin(std::future::ready(Ok(Arc::clone(cached))))
     }
 
     /// The digests of every key this verifier accepts, where it knows them
@@ -272,6 +225,18 @@ pub trait Verifier: Send + Sync {
     }
 }
 
+/// Re-checks a grant held in a cache against the live source (a cheap fetch
+/// by id), so that a cache can never grant what the source denies.
+/// Implemented only by verifiers over a live source
+/// ([`HashedKeyStore`](crate::HashedKeyStore) over a store that
+/// [finds by id](crate::FindById)); [`Cached`](crate::Cached) asks for it
+/// through [`Verifier::rechecks`].
+pub trait Recheck: Send + Sync {
+    /// The live answer for the key `digest` that the cache granted as
+    /// `cached`.
+    fn recheck(&self, digest: &Digest, cached: &Arc<Principal>) -> Answer<VerifyResult>;
+}
+
 /// A verifier made from a closure; see [`verifier_fn`].
 #[derive(Clone)]
 pub struct FnVerifier<F>(F);
@@ -282,7 +247,23 @@ impl<F> std::fmt::Debug for FnVerifier<F> {
     }
 }
 
-/// Turns a closure `Fn(&Credential) -> VerifyResult` into a [`Verifier`].
+/// Turns a closure `Fn(&Credential) -> VerifyResult` into a [`Verifier`]
+/// that answers at once.
+///
+/// ```
+/// use auth_core::{verifier_fn, Credential, Principal, Verifier, VerifyContext, VerifyError};
+/// use std::sync::Arc;
+///
+/// let v = verifier_fn(|c: &Credential| {
+///     if c.expose() == b"letmein" {
+///         Ok(Arc::new(Principal::new("demo")))
+///     } else {
+///         Err(VerifyError::Invalid)
+///     }
+/// });
+/// let answer = v.verify(&Credential::new("letmein"), &VerifyContext::default());
+/// assert_eq!(answer.now().unwrap().unwrap().id(), "demo");
+/// ```
 pub fn verifier_fn<F>(f: F) -> FnVerifier<F>
 where
     F: Fn(&Credential) -> VerifyResult + Send + Sync,
@@ -290,48 +271,22 @@ where
     FnVerifier(f)
 }
 
-#[async_trait]
 impl<F> Verifier for FnVerifier<F>
 where
     F: Fn(&Credential) -> VerifyResult + Send + Sync,
 {
-    async fn verify(&self, credential: &Credential, _ctx: &VerifyContext<'_>) -> VerifyResult {
-        (self.0)(credential)
-    }
-
-    fn verify_now(
-        &self,
-        credential: &Credential,
-        _ctx: &VerifyContext<'_>,
-    ) -> Option<VerifyResult> {
-        Some((self.0)(credential))
+    fn verify(&self, credential: &Credential, _ctx: &VerifyContext<'_>) -> Answer<VerifyResult> {
+        Answer::Ready((self.0)(credential))
     }
 }
 
-#[async_trait]
 impl<V: Verifier + ?Sized> Verifier for Arc<V> {
-    async fn verify(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> VerifyResult {
-        (**self).verify(credential, ctx).await
+    fn verify(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> Answer<VerifyResult> {
+        (**self).verify(credential, ctx)
     }
 
-    fn verify_now(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> Option<VerifyResult> {
-        (**self).verify_now(credential, ctx)
-    }
-
-    fn rechecks(&self) -> bool {
+    fn rechecks(&self) -> Option<&dyn Recheck> {
         (**self).rechecks()
-    }
-
-    fn recheck_now(&self, digest: &Digest, cached: &Arc<Principal>) -> Option<VerifyResult> {
-        (**self).recheck_now(digest, cached)
-    }
-
-    fn recheck<'a>(
-        &'a self,
-        digest: &'a Digest,
-        cached: &'a Arc<Principal>,
-    ) -> BoxFuture<'a, VerifyResult> {
-        (**self).recheck(digest, cached)
     }
 
     fn known_digests(&self) -> Option<Vec<Digest>> {

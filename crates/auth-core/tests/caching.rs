@@ -2,14 +2,15 @@
 //! stores: the failure modes the cache must rule out.
 #![allow(unused_crate_dependencies)]
 
+use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use async_trait::async_trait;
+use auth_core::cache::Cache;
 use auth_core::{
-    ApiKey, ApiKeyFormat, Cache, CacheConfig, Cached, Credential, Digest, Fallback, FormatChecked,
-    HashedKeyStore, KeyRecord, KeySet, KeyStore, MemoryKeyStore, Principal, StoreError, Verifier,
-    VerifyContext, VerifyError, VerifyResult, verifier_fn,
+    Answer, ApiKey, ApiKeyFormat, CacheConfig, Cached, Credential, Digest, Fallback, FormatChecked,
+    HashedKeyStore, KeyRecord, KeySet, KeyStore, Lookup, MemoryKeyStore, Principal, StoreError,
+    Verifier, VerifyContext, VerifyError, VerifyResult, verifier_fn,
 };
 use tokio::sync::Notify;
 
@@ -19,46 +20,60 @@ async fn verify(v: &impl Verifier, key: &str) -> VerifyResult {
 }
 
 /// A store that counts lookups, can fail, and can hold a lookup open until
-/// released (after reading the record).
+/// released (after reading the record). It waits like a database does: every
+/// lookup is a future, which owns the store's shared state.
+#[derive(Clone, Default)]
+struct TestStore(Arc<StoreState>);
+
 #[derive(Default)]
-struct TestStore {
+struct StoreState {
     records: MemoryKeyStore,
     lookups: AtomicUsize,
     failing: AtomicBool,
     gate: Option<(Notify, Notify)>,
 }
 
-impl TestStore {
-    fn gated() -> Self {
-        Self {
-            gate: Some((Notify::new(), Notify::new())),
-            ..Self::default()
-        }
+impl Deref for TestStore {
+    type Target = StoreState;
+    fn deref(&self) -> &StoreState {
+        &self.0
     }
 }
 
-#[async_trait]
-impl KeyStore for TestStore {
-    async fn find_by_digest(&self, digest: &Digest) -> Result<Option<KeyRecord>, StoreError> {
-        self.lookups.fetch_add(1, Ordering::SeqCst);
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(StoreError("connection refused".into()));
-        }
-        let record = self.records.find_by_digest(digest).await?;
-        if let Some((read, release)) = &self.gate {
-            read.notify_one();
-            release.notified().await;
-        }
-        Ok(record)
+impl TestStore {
+    fn gated() -> Self {
+        Self(Arc::new(StoreState {
+            gate: Some((Notify::new(), Notify::new())),
+            ..StoreState::default()
+        }))
     }
-    // No find_by_id: the cache cannot re-check, so only its fill tickets
-    // stand between a racing revocation and a stale grant.
+}
+
+impl KeyStore for TestStore {
+    fn find_by_digest(&self, digest: &Digest) -> Answer<Lookup> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        let state = Arc::clone(&self.0);
+        let digest = *digest;
+        Answer::pending(async move {
+            if state.failing.load(Ordering::SeqCst) {
+                return Err(StoreError("connection refused".into()));
+            }
+            let record = state.records.find_by_digest(&digest).await?;
+            if let Some((read, release)) = &state.gate {
+                read.notify_one();
+                release.notified().await;
+            }
+            Ok(record)
+        })
+    }
+    // No by_id: the cache cannot re-check, so only its fill tickets stand
+    // between a racing revocation and a stale grant.
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_racing_a_fill_stays_revoked() {
     for round in 0..200 {
-        let store = Arc::new(TestStore::gated());
+        let store = TestStore::gated();
         store
             .records
             .insert(KeyRecord::new("k1", Digest::of(b"key"), "svc"));
@@ -98,29 +113,40 @@ async fn revocation_racing_a_fill_stays_revoked() {
 
 /// Grants its first question, but only once released; denies every later
 /// one at once (the key was disabled meanwhile, and nobody invalidated).
+#[derive(Clone, Default)]
+struct SlowGrantThenDisabled(Arc<SlowState>);
+
 #[derive(Default)]
-struct SlowGrantThenDisabled {
+struct SlowState {
     calls: AtomicUsize,
     asked: Notify,
     release: Notify,
 }
 
-#[async_trait]
+impl Deref for SlowGrantThenDisabled {
+    type Target = SlowState;
+    fn deref(&self) -> &SlowState {
+        &self.0
+    }
+}
+
 impl Verifier for SlowGrantThenDisabled {
-    async fn verify(&self, _: &Credential, _: &VerifyContext<'_>) -> VerifyResult {
-        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
-            self.asked.notify_one();
-            self.release.notified().await;
-            Ok(Arc::new(Principal::new("svc")))
-        } else {
-            Err(VerifyError::Disabled)
+    fn verify(&self, _: &Credential, _: &VerifyContext<'_>) -> Answer<VerifyResult> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) > 0 {
+            return Answer::Ready(Err(VerifyError::Disabled));
         }
+        let state = Arc::clone(&self.0);
+        Answer::pending(async move {
+            state.asked.notify_one();
+            state.release.notified().await;
+            Ok(Arc::new(Principal::new("svc")))
+        })
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_older_grant_never_replaces_a_newer_denial() {
-    let source = Arc::new(SlowGrantThenDisabled::default());
+    let source = SlowGrantThenDisabled::default();
     let cached = Arc::new(Cached::new(source.clone(), CacheConfig::default()));
     // The first question is asked, and its answer is slow.
     let slow = tokio::spawn({
@@ -180,7 +206,7 @@ async fn cache_never_grants_what_the_store_denies() {
 
 #[tokio::test]
 async fn store_errors_are_never_cached() {
-    let store = Arc::new(TestStore::default());
+    let store = TestStore::default();
     store
         .records
         .insert(KeyRecord::new("k1", Digest::of(b"key"), "svc"));
@@ -210,7 +236,7 @@ async fn store_errors_are_never_cached() {
 
 #[tokio::test]
 async fn invalid_keys_are_cached_briefly_and_separately() {
-    let store = Arc::new(TestStore::default());
+    let store = TestStore::default();
     let cached = Cached::new(HashedKeyStore::new(store.clone()), CacheConfig::default());
     for _ in 0..5 {
         assert_eq!(
@@ -279,7 +305,7 @@ async fn invalid_flood_keeps_hot_keys_hot() {
 
 #[tokio::test]
 async fn malformed_keys_never_reach_the_store() {
-    let store = Arc::new(TestStore::default());
+    let store = TestStore::default();
     let good = ApiKey::generate().unwrap();
     store
         .records
@@ -340,10 +366,12 @@ async fn fallback_only_when_primary_is_unavailable() {
     assert_eq!(asked.load(Ordering::SeqCst), 1);
 }
 
-/// Where a verifier answers at once, it answers as `verify` would; a cache
-/// hit that must be re-checked is never answered at once.
+/// In-memory verifiers and cache hits answer at once ([`Answer::Ready`]),
+/// and what they answer at once is what awaiting gives; a store-backed
+/// cache re-checks its hit against the live record, at once for an
+/// in-memory store.
 #[tokio::test]
-async fn verify_now_agrees_with_verify() {
+async fn ready_answers_agree_with_awaited_ones() {
     let store = Arc::new(MemoryKeyStore::new());
     store.insert(KeyRecord::new("k1", Digest::of(b"good"), "svc"));
     let keys = KeySet::new()
@@ -361,16 +389,23 @@ async fn verify_now_agrees_with_verify() {
     for (name, v) in verifiers {
         for key in ["good", "bad", "good", "bad"] {
             let c = Credential::new(key);
-            let later = v.verify(&c, &ctx).await.map(|p| p.id().to_owned());
-            if let Some(now) = v.verify_now(&c, &ctx) {
-                assert_eq!(now.map(|p| p.id().to_owned()), later, "{name} {key}");
-            }
+            let now = v
+                .verify(&c, &ctx)
+                .now()
+                .unwrap_or_else(|| panic!("{name} {key}: in memory, yet not ready"));
+            let later = v.verify(&c, &ctx).await;
+            assert_eq!(
+                now.map(|p| p.id().to_owned()),
+                later.map(|p| p.id().to_owned()),
+                "{name} {key}"
+            );
         }
     }
     // The store-backed cache re-checks its grant against the live record,
     // at once for an in-memory store: a change is seen on the next hit.
     let now = |v: &dyn Verifier| {
-        v.verify_now(&Credential::new("good"), &ctx)
+        v.verify(&Credential::new("good"), &ctx)
+            .now()
             .expect("an in-memory store answers at once")
     };
     assert!(!now(&cached_store).unwrap().has_scope("new"));
@@ -386,10 +421,38 @@ async fn verify_now_agrees_with_verify() {
         VerifyError::Disabled
     );
     // The in-memory set answers hits at once.
-    assert!(
-        cached_keys
-            .verify_now(&Credential::new("good"), &ctx)
-            .unwrap()
-            .is_ok()
-    );
+    assert!(now(&cached_keys).is_ok());
+}
+
+/// In front of a verifier that waits, a miss is [`Answer::Pending`] and
+/// fills the cache when awaited; the hits after it are ready, and give what
+/// the awaited miss gave.
+#[tokio::test]
+async fn a_cache_hit_in_front_of_a_waiting_store_is_ready() {
+    let store = TestStore::default();
+    store
+        .records
+        .insert(KeyRecord::new("k1", Digest::of(b"key"), "svc"));
+    let cached = Cached::new(HashedKeyStore::new(store.clone()), CacheConfig::default());
+    let ctx = VerifyContext::default();
+    for key in ["key", "unknown"] {
+        let c = Credential::new(key);
+        let miss = cached.verify(&c, &ctx);
+        assert!(
+            !miss.is_ready(),
+            "{key}: a miss on a waiting store was ready"
+        );
+        assert!(
+            cached.cache().get(c.digest()).is_none(),
+            "filled before the answer"
+        );
+        let awaited = miss.await.map(|p| p.id().to_owned());
+        let hit = cached
+            .verify(&c, &ctx)
+            .now()
+            .unwrap_or_else(|| panic!("{key}: a hit was not ready"))
+            .map(|p| p.id().to_owned());
+        assert_eq!(hit, awaited, "{key}");
+    }
+    assert_eq!(store.lookups.load(Ordering::SeqCst), 2);
 }

@@ -1,16 +1,16 @@
-//! `Fallback`'s outage logging, captured with `tracing`. In a binary of its
-//! own: while only one subscriber exists, `tracing` caches a callsite's
-//! interest from the default subscriber of whichever thread reaches it
-//! first, so a parallel test (with none) reaching the same callsites could
-//! hide these events.
+//! `Fallback`'s outage logging, captured with `tracing`. A test binary with
+//! this one test, on a current-thread runtime: while only one subscriber
+//! exists, `tracing` caches a callsite's interest from the default
+//! subscriber of whichever thread reaches it first, so a parallel test (with
+//! none) reaching the same callsites could hide these events. Keep it alone.
 #![allow(unused_crate_dependencies)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use auth_core::{
-    Credential, Fallback, KeySet, Principal, Verifier, VerifyContext, VerifyError, VerifyResult,
-    verifier_fn,
+    Answer, Credential, Fallback, KeySet, Principal, Verifier, VerifyContext, VerifyError,
+    VerifyResult,
 };
 
 async fn verify(v: &impl Verifier, key: &str) -> VerifyResult {
@@ -49,6 +49,35 @@ impl Logs {
     }
 }
 
+/// A primary that asks its backend (its answers are futures), except while
+/// `instant` is set: then it answers at once, as a cache hit does.
+#[derive(Clone, Default)]
+struct Primary {
+    up: Arc<AtomicBool>,
+    instant: Arc<AtomicBool>,
+}
+
+impl Verifier for Primary {
+    fn verify(&self, _: &Credential, _: &VerifyContext<'_>) -> Answer<VerifyResult> {
+        let up = Arc::clone(&self.up);
+        let answer = move || {
+            if up.load(Ordering::SeqCst) {
+                Ok(Arc::new(Principal::new("primary")))
+            } else {
+                Err(VerifyError::Unavailable)
+            }
+        };
+        if self.instant.load(Ordering::SeqCst) {
+            Answer::Ready(answer())
+        } else {
+            Answer::pending(async move {
+                tokio::task::yield_now().await;
+                answer()
+            })
+        }
+    }
+}
+
 /// An outage is logged once when it starts and once when it ends, however
 /// many requests it lasts; the requests in between are counted.
 #[tokio::test]
@@ -64,17 +93,8 @@ async fn fallback_logs_an_outage_once_and_counts_it() {
         .finish();
     let _default = tracing::subscriber::set_default(subscriber);
 
-    let up = Arc::new(AtomicBool::new(false));
-    let primary = {
-        let up = up.clone();
-        verifier_fn(move |_: &Credential| {
-            if up.load(Ordering::SeqCst) {
-                Ok(Arc::new(Principal::new("primary")))
-            } else {
-                Err(VerifyError::Unavailable)
-            }
-        })
-    };
+    let primary = Primary::default();
+    let (up, instant) = (primary.up.clone(), primary.instant.clone());
     let local = KeySet::new()
         .with_key("k", Principal::new("local"))
         .unwrap();
@@ -107,7 +127,7 @@ async fn fallback_logs_an_outage_once_and_counts_it() {
     assert_eq!(v.fallbacks(), 100, "the fallback was asked while up");
 
     // A second outage warns again. Answers the primary gives at once (its
-    // cache hits, through `verify_now`) neither end it nor log: mixed with
+    // cache hits: `Answer::Ready`) neither end it nor log: mixed with
     // requests that fail, they would log every request.
     up.store(false, Ordering::SeqCst);
     for _ in 0..5 {
@@ -117,8 +137,12 @@ async fn fallback_logs_an_outage_once_and_counts_it() {
     assert_eq!(v.fallbacks(), 105);
     for _ in 0..10 {
         up.store(true, Ordering::SeqCst);
-        let now = v.verify_now(&Credential::new("k"), &VerifyContext::default());
+        instant.store(true, Ordering::SeqCst);
+        let now = v
+            .verify(&Credential::new("k"), &VerifyContext::default())
+            .now();
         assert_eq!(now.unwrap().unwrap().id(), "primary");
+        instant.store(false, Ordering::SeqCst);
         up.store(false, Ordering::SeqCst);
         assert_eq!(verify(&v, "k").await.unwrap().id(), "local");
     }

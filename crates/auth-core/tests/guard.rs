@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
+use auth_core::clock::ManualClock;
 use auth_core::{
-    Decision, Deferred, ExtractError, GcraLimiter, Guard, KeySet, Keyrings, ManualClock, Mode,
-    PassReason, PlainRequest, Principal, PublicPaths, RateDecision, RateLimitPolicy, RateLimiter,
-    Rejection, RejectionKind, StaticKey, VerifyError,
+    Admission, Admitted, Answer, Credential, CredentialSources, Decision, DecisionCounts, Deferred,
+    ExtractError, Fallback, GcraLimiter, Guard, KeySet, Keyrings, Mode, PassReason, PlainRequest,
+    Principal, PublicPaths, RateDecision, RateLimitPolicy, RateLimiter, Rejection, RejectionKind,
+    StaticKey, Verifier, VerifyContext, VerifyError, VerifyResult, verifier_fn,
 };
 
 const KEY: &str = "k3y-0f-the-internal-boundary";
@@ -177,9 +178,14 @@ async fn cors_preflight_only_when_configured() {
     }
     assert_eq!(g.counts().passed, 1, "only the real preflight passed");
     // A guard that requires a scope lets no preflight through.
-    let scoped = g.with_scope("admin").unwrap();
+    let scoped = Guard::builder(StaticKey::new(KEY).unwrap())
+        .allow_preflight(true)
+        .require_scope("admin")
+        .build()
+        .unwrap();
     let r = rejected(scoped.check(&preflight).await);
     assert_eq!((r.status(), r.kind()), (401, RejectionKind::Missing));
+    assert_eq!((scoped.counts().passed, scoped.counts().missing), (0, 1));
 }
 
 #[tokio::test]
@@ -196,15 +202,19 @@ async fn a_preflight_never_passes_a_route_scope() {
     };
     assert_eq!(reason, PassReason::Preflight);
 
+    let preflight = g.admit(Decision::Pass(reason)).unwrap();
+    assert_eq!(preflight.passed(), Some(PassReason::Preflight));
+    assert!(preflight.principal().is_none());
+
     // The same 401 as a request that was never authenticated, counted as
     // missing.
+    let admin = g.route_scope("admin").unwrap();
+    assert_eq!(admin.scope(), "admin");
     let missing_before = g.counts().missing;
-    let r = g.route_scope(None, Some(reason), "admin").unwrap_err();
+    let r = admin.check(Some(&preflight)).unwrap_err();
     assert_eq!((r.status(), r.kind()), (401, RejectionKind::Missing));
-    assert_eq!(g.route_scope(None, None, "admin").unwrap_err(), r);
-    let admin = g.scope_for_route("admin").unwrap();
-    assert_eq!(admin.check(None, Some(reason)).unwrap_err(), r);
-    assert_eq!(g.counts().missing, missing_before + 3);
+    assert_eq!(admin.check(None).unwrap_err(), r);
+    assert_eq!(g.counts().missing, missing_before + 2);
 
     // The other reasons to pass keep needing no scope.
     for other in [
@@ -212,21 +222,26 @@ async fn a_preflight_never_passes_a_route_scope() {
         PassReason::Open,
         PassReason::ReportOnly(RejectionKind::Missing),
     ] {
-        assert!(
-            g.route_scope(None, Some(other), "admin").is_ok(),
-            "{other:?}"
-        );
+        let passed = g.admit(Decision::Pass(other)).unwrap();
+        assert!(admin.check(Some(&passed)).is_ok(), "{other:?}");
     }
+    // A real public path, as the guard decided it.
+    let health = g
+        .admit(g.check(&PlainRequest::get("/health")).await)
+        .unwrap();
+    assert_eq!(health.passed(), Some(PassReason::PublicPath));
+    assert!(admin.check(Some(&health)).is_ok());
+    assert_eq!(g.counts().missing, missing_before + 2, "a pass was refused");
 
     // The mode still decides: report-only logs and counts, open lets through.
     g.set_mode(Mode::ReportOnly);
     let report_only_before = g.counts().report_only;
-    assert!(admin.check(None, Some(reason)).is_ok());
+    assert!(admin.check(Some(&preflight)).is_ok());
     assert_eq!(g.counts().report_only, report_only_before + 1);
     g.set_mode(Mode::Open);
-    assert!(admin.check(None, Some(reason)).is_ok());
+    assert!(admin.check(Some(&preflight)).is_ok());
     g.set_mode(Mode::Enforce);
-    assert_eq!(admin.check(None, Some(reason)).unwrap_err().status(), 401);
+    assert_eq!(admin.check(Some(&preflight)).unwrap_err().status(), 401);
 }
 
 #[tokio::test]
@@ -264,7 +279,8 @@ async fn report_only_lets_through_and_counts() {
 
 #[tokio::test]
 async fn open_mode_from_env() {
-    let g = Guard::from_env("AUTH_CORE_TEST_SURELY_UNSET_VARIABLE").unwrap();
+    let builder = Guard::from_env("AUTH_CORE_TEST_SURELY_UNSET_VARIABLE").unwrap();
+    let g = builder.build().unwrap();
     assert_eq!(g.mode(), Mode::Open);
     assert!(matches!(
         g.check(&PlainRequest::get("/admin")).await,
@@ -316,15 +332,24 @@ async fn unavailable_verifier_is_503_never_allow() {
     assert_eq!(g.counts().unavailable, 1);
 }
 
-#[tokio::test]
-async fn scopes_are_403_not_401() {
-    let keys = KeySet::new()
+fn scoped_keys() -> KeySet {
+    KeySet::new()
         .with_key("stt-key", Principal::new("a").with_scopes(["stt"]))
         .unwrap()
         .with_key("tts-key", Principal::new("b").with_scopes(["tts"]))
+        .unwrap()
+}
+
+const STT_FORBIDDEN: &str = "Bearer realm=\"api\", error=\"insufficient_scope\", scope=\"stt\"";
+
+/// A guard over a group of routes that requires a scope of every request.
+#[tokio::test]
+async fn a_guard_requiring_a_scope_answers_403_not_401() {
+    let stt = Guard::builder(scoped_keys())
+        .require_scope("stt")
+        .build()
         .unwrap();
-    let g = Guard::builder(keys).build().unwrap();
-    let stt = g.with_scope("stt").unwrap();
+    assert_eq!(stt.required_scope(), Some("stt"));
     assert!(matches!(
         stt.check(&PlainRequest::get("/stt").header("x-api-key", "stt-key"))
             .await,
@@ -335,10 +360,8 @@ async fn scopes_are_403_not_401() {
             .await,
     );
     assert_eq!(r.status(), 403);
-    assert_eq!(
-        header(&r, "www-authenticate").unwrap(),
-        "Bearer realm=\"api\", error=\"insufficient_scope\", scope=\"stt\""
-    );
+    assert_eq!(header(&r, "www-authenticate").unwrap(), STT_FORBIDDEN);
+    assert!(r.body().contains("\"scope\":\"stt\""), "{}", r.body());
     // No key on a scoped route is still 401, a wrong key still 401.
     assert_eq!(
         rejected(stt.check(&PlainRequest::get("/stt")).await).status(),
@@ -352,12 +375,66 @@ async fn scopes_are_403_not_401() {
         .status(),
         401
     );
-    assert_eq!(g.counts().forbidden, 1, "clones share counters");
-    // The check for extractors gives the same answer.
-    let p = Principal::new("x").with_scopes(["tts"]);
-    assert_eq!(g.check_scope(&p, "stt").unwrap_err().status(), 403);
-    assert!(g.check_scope(&p, "tts").is_ok());
-    assert!(g.with_scope("bad\"scope").is_err());
+    let c = stt.counts();
+    assert_eq!((c.allowed, c.forbidden, c.missing, c.invalid), (1, 1, 1, 1));
+    // Clones share the scope and the counters.
+    let clone = stt.clone();
+    assert_eq!(
+        rejected(
+            clone
+                .check(&PlainRequest::get("/stt").header("x-api-key", "tts-key"))
+                .await
+        )
+        .status(),
+        403
+    );
+    assert_eq!(stt.counts().forbidden, 2, "clones share counters");
+    assert!(
+        Guard::builder(scoped_keys())
+            .require_scope("bad\"scope")
+            .build()
+            .is_err()
+    );
+}
+
+/// Per route: `route_scope(scope)?.check(Some(&admission))` on what the
+/// guard let through.
+#[tokio::test]
+async fn a_route_scope_answers_403_not_401() {
+    let g = Guard::builder(scoped_keys()).build().unwrap();
+    let stt = g.route_scope("stt").unwrap();
+    let admit = |key: &str| {
+        let decision = g
+            .check(&PlainRequest::get("/stt").header("x-api-key", key))
+            .now()
+            .expect("keys in memory decide at once");
+        g.admit(decision)
+    };
+    let a = admit("stt-key").unwrap();
+    assert!(matches!(a.admitted(), Admitted::Authenticated(p) if p.id() == "a"));
+    assert!(stt.check(Some(&a)).is_ok());
+    let b = admit("tts-key").unwrap();
+    let r = stt.check(Some(&b)).unwrap_err();
+    assert_eq!(r.status(), 403);
+    assert_eq!(header(&r, "www-authenticate").unwrap(), STT_FORBIDDEN);
+    assert!(g.route_scope("tts").unwrap().check(Some(&b)).is_ok());
+    // No key, or a wrong one: refused by the guard before any route, 401.
+    for r in [admit("zzz").unwrap_err(), {
+        let none = g.check(&PlainRequest::get("/stt")).now().unwrap();
+        g.admit(none).unwrap_err()
+    }] {
+        assert_eq!(r.status(), 401);
+    }
+    // No admission at all (no guard ran): 401.
+    assert_eq!(stt.check(None).unwrap_err().status(), 401);
+    let c = g.counts();
+    assert_eq!(
+        (c.allowed, c.forbidden, c.invalid, c.missing),
+        (2, 1, 1, 2),
+        "the route's refusals are the guard's"
+    );
+    assert!(g.route_scope("bad\"scope").is_err());
+    assert!(g.route_scope("").is_err());
 }
 
 #[tokio::test]
@@ -377,10 +454,12 @@ async fn rate_limits_are_429_with_headers() {
         .unwrap();
     let req = PlainRequest::get("/x").header("x-api-key", "limited");
     for remaining in ["1", "0"] {
-        let Decision::Allow(grant) = g.check(&req).await else {
+        let decision = g.check(&req).await;
+        let Decision::Allow(grant) = &decision else {
             panic!("refused under the limit")
         };
-        let headers = grant.headers();
+        assert_eq!(grant.rate().unwrap().remaining.to_string(), remaining);
+        let headers = g.admit(decision).unwrap().headers();
         assert!(
             headers
                 .iter()
@@ -409,23 +488,40 @@ async fn rate_limits_are_429_with_headers() {
     assert_eq!(g.counts().limited, 1);
 }
 
-struct DownLimiter;
+/// A limiter whose backend is down: it answers at once, or after waiting.
+struct DownLimiter {
+    waits: bool,
+}
 
-#[async_trait]
 impl RateLimiter for DownLimiter {
-    async fn check(&self, _: &str, _: &RateLimitPolicy) -> RateDecision {
-        RateDecision::Unavailable
+    fn check(&self, _: &str, _: &RateLimitPolicy) -> Answer<RateDecision> {
+        if self.waits {
+            Answer::pending(async {
+                tokio::task::yield_now().await;
+                RateDecision::Unavailable
+            })
+        } else {
+            Answer::Ready(RateDecision::Unavailable)
+        }
     }
+}
+
+fn limited_by(limiter: DownLimiter) -> Guard {
+    Guard::builder(StaticKey::new(KEY).unwrap())
+        .default_rate_limit(RateLimitPolicy::new(10, Duration::from_secs(1)))
+        .rate_limiter(Arc::new(limiter))
+        .build()
+        .unwrap()
 }
 
 #[tokio::test]
 async fn limiter_down_fails_closed() {
-    let g = Guard::builder(StaticKey::new(KEY).unwrap())
-        .default_rate_limit(RateLimitPolicy::new(10, Duration::from_secs(1)))
-        .rate_limiter(Arc::new(DownLimiter))
-        .build()
-        .unwrap();
-    assert_eq!(rejected(g.check(&with_key("/x")).await).status(), 503);
+    for waits in [false, true] {
+        let g = limited_by(DownLimiter { waits });
+        let r = rejected(g.check(&with_key("/x")).await);
+        assert_eq!((r.status(), r.kind()), (503, RejectionKind::Unavailable));
+        assert_eq!(g.counts().unavailable, 1);
+    }
 }
 
 #[tokio::test]
@@ -521,59 +617,288 @@ async fn custom_sources_and_bad_config() {
     );
 }
 
-/// A verifier that must wait (no `verify_now`).
+/// A verifier that must wait: its answer is always a future.
 struct Waits;
 
-#[async_trait]
-impl auth_core::Verifier for Waits {
-    async fn verify(
-        &self,
-        c: &auth_core::Credential,
-        _: &auth_core::VerifyContext<'_>,
-    ) -> auth_core::VerifyResult {
-        tokio::task::yield_now().await;
-        if c.expose() == KEY.as_bytes() {
-            Ok(Arc::new(Principal::new("waited")))
-        } else {
-            Err(VerifyError::Invalid)
-        }
+impl Verifier for Waits {
+    fn verify(&self, c: &Credential, _: &VerifyContext<'_>) -> Answer<VerifyResult> {
+        let known = c.expose() == KEY.as_bytes();
+        Answer::pending(async move {
+            tokio::task::yield_now().await;
+            if known {
+                Ok(Arc::new(Principal::new("waited")))
+            } else {
+                Err(VerifyError::Invalid)
+            }
+        })
     }
 }
 
+/// In-memory keys decide at once (`Answer::Ready`) and awaiting gives the
+/// same decision; a verifier or a limiter that waits gives `Pending`, which
+/// counts nothing until it is awaited, and then counts once.
 #[tokio::test]
-async fn check_now_answers_only_without_waiting_and_agrees_with_check() {
+async fn ready_when_nothing_waits_pending_otherwise_same_decision() {
     let g = guard();
     for req in [
         with_key("/x"),
         PlainRequest::get("/x"),
         PlainRequest::get("/x").header("x-api-key", "bad"),
+        PlainRequest::get("/x")
+            .header("x-api-key", KEY)
+            .header("authorization", "Bearer other"),
         PlainRequest::get("/health"),
     ] {
-        let now = g.check_now(&req).expect("in-memory keys answer at once");
+        let answer = g.check(&req);
+        assert!(answer.is_ready(), "{req:?}: in-memory keys answer at once");
+        let now = answer.now().unwrap();
         let later = g.check(&req).await;
         assert_eq!(format!("{now:?}"), format!("{later:?}"));
     }
+
     let waits = Guard::builder(Waits).build().unwrap();
-    assert!(waits.check_now(&with_key("/x")).is_none());
+    let pending = waits.check(&with_key("/x"));
+    assert!(!pending.is_ready());
+    assert!(pending.now().is_none());
     assert_eq!(
         waits.counts(),
-        auth_core::DecisionCounts::default(),
-        "a None counted"
+        DecisionCounts::default(),
+        "a pending answer counted"
     );
     // Decisions that need no verifier still come at once.
     assert!(matches!(
-        waits.check_now(&PlainRequest::get("/x")),
+        waits.check(&PlainRequest::get("/x")).now(),
         Some(Decision::Reject(_))
     ));
     assert!(matches!(
-        waits.check(&with_key("/x")).await,
-        Decision::Allow(_)
+        waits.check(&PlainRequest::get("/health")).now(),
+        Some(Decision::Pass(PassReason::PublicPath))
     ));
-    // A limiter that must wait: no answer at once, the request not counted twice.
-    let limited = Guard::builder(StaticKey::new(KEY).unwrap())
-        .default_rate_limit(RateLimitPolicy::new(1, Duration::from_secs(60)))
-        .rate_limiter(Arc::new(DownLimiter))
+    // Awaited, the same decision as the in-memory key's.
+    let pending = waits.check(&with_key("/x"));
+    assert!(!pending.is_ready());
+    let Decision::Allow(grant) = pending.await else {
+        panic!("the waiting verifier's grant was lost")
+    };
+    assert_eq!(grant.principal().id(), "waited");
+    let pending = waits.check(&PlainRequest::get("/x").header("x-api-key", "bad"));
+    assert!(!pending.is_ready());
+    assert_eq!(
+        rejected(pending.await).kind(),
+        RejectionKind::Invalid(VerifyError::Invalid)
+    );
+    let c = waits.counts();
+    assert_eq!((c.allowed, c.invalid, c.missing, c.passed), (1, 1, 1, 1));
+
+    // A limiter that must wait: no answer at once, and the request counted
+    // once when awaited.
+    let limited = limited_by(DownLimiter { waits: true });
+    let pending = limited.check(&with_key("/x"));
+    assert!(!pending.is_ready());
+    assert_eq!(limited.counts(), DecisionCounts::default());
+    assert_eq!(rejected(pending.await).status(), 503);
+    assert_eq!(limited.counts().unavailable, 1);
+    // The same limiter answering at once: ready.
+    assert!(
+        limited_by(DownLimiter { waits: false })
+            .check(&with_key("/x"))
+            .is_ready()
+    );
+}
+
+/// A guard that reads only `X-Service-Token` asks for it: the 401 names it,
+/// the challenge is `ApiKey` for that header, and a key sent any other way
+/// is not read.
+#[tokio::test]
+async fn rejections_follow_the_guards_sources() {
+    let g = Guard::builder(StaticKey::new(KEY).unwrap())
+        .sources(
+            CredentialSources::default()
+                .key_header("X-Service-Token")
+                .bearer(false),
+        )
         .build()
         .unwrap();
-    assert!(limited.check_now(&with_key("/x")).is_none());
+    const CHALLENGE: &str = "ApiKey realm=\"api\", header=\"X-Service-Token\"";
+    const MESSAGE: &str = "authentication required: send X-Service-Token";
+
+    let r = rejected(g.check(&PlainRequest::get("/p")).await);
+    assert_eq!((r.status(), r.kind()), (401, RejectionKind::Missing));
+    assert_eq!(r.message(), MESSAGE);
+    assert_eq!(header(&r, "www-authenticate").as_deref(), Some(CHALLENGE));
+    let body: serde_json::Value = serde_json::from_str(&r.body()).unwrap();
+    assert_eq!(body["error"], "missing_credential");
+    assert_eq!(body["message"], MESSAGE);
+
+    // A valid key sent as a bearer token, or in X-Api-Key, is not read: 401,
+    // with the same challenge.
+    for req in [
+        PlainRequest::get("/p").header("authorization", format!("Bearer {KEY}")),
+        with_key("/p"),
+    ] {
+        let r = rejected(g.check(&req).await);
+        assert_eq!(
+            (r.status(), r.kind()),
+            (401, RejectionKind::Missing),
+            "{req:?}"
+        );
+        assert_eq!(header(&r, "www-authenticate").as_deref(), Some(CHALLENGE));
+        assert_eq!(r.message(), MESSAGE);
+    }
+    // A wrong token: invalid_token, in the same scheme.
+    let r = rejected(
+        g.check(&PlainRequest::get("/p").header("x-service-token", "wrong"))
+            .await,
+    );
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        header(&r, "www-authenticate").as_deref(),
+        Some("ApiKey realm=\"api\", header=\"X-Service-Token\", error=\"invalid_token\"")
+    );
+    // The token where the guard reads it.
+    let d = g
+        .check(&PlainRequest::get("/p").header("X-Service-Token", KEY))
+        .await;
+    assert_eq!(d.principal().unwrap().id(), "service");
+    assert_eq!(g.counts().missing, 3);
+
+    // The default guard names both of its sources, with a Bearer challenge.
+    let r = rejected(guard().check(&PlainRequest::get("/p")).await);
+    assert_eq!(
+        r.message(),
+        "authentication required: send X-Api-Key or Authorization: Bearer"
+    );
+    assert_eq!(
+        header(&r, "www-authenticate").as_deref(),
+        Some("Bearer realm=\"api\"")
+    );
+}
+
+/// Handlers' extractors: a request no guard checked is 401 with the default
+/// realm; one the guard let through without a caller is that guard's 401,
+/// counted as missing.
+#[tokio::test]
+async fn authenticated_needs_an_authenticated_admission() {
+    let r = Admission::authenticated(None).unwrap_err();
+    assert_eq!((r.status(), r.kind()), (401, RejectionKind::Missing));
+    assert_eq!(
+        header(&r, "www-authenticate").as_deref(),
+        Some("Bearer realm=\"api\"")
+    );
+    assert_eq!(
+        r.message(),
+        "authentication required: send X-Api-Key or Authorization: Bearer"
+    );
+
+    let g = Guard::builder(StaticKey::new(KEY).unwrap())
+        .realm("linker")
+        .sources(
+            CredentialSources::default()
+                .key_header("X-Service-Token")
+                .bearer(false),
+        )
+        .build()
+        .unwrap();
+    let passed = g
+        .admit(g.check(&PlainRequest::get("/health")).await)
+        .unwrap();
+    assert!(matches!(
+        passed.admitted(),
+        Admitted::Passed(PassReason::PublicPath)
+    ));
+    let before = g.counts();
+    let r = Admission::authenticated(Some(&passed)).unwrap_err();
+    assert_eq!((r.status(), r.kind()), (401, RejectionKind::Missing));
+    assert_eq!(
+        header(&r, "www-authenticate").as_deref(),
+        Some("ApiKey realm=\"linker\", header=\"X-Service-Token\""),
+        "the refusal is the guard's that let the request through"
+    );
+    assert_eq!(g.counts().missing, before.missing + 1);
+
+    // An authenticated admission gives its caller, and counts nothing.
+    let allowed = g
+        .admit(
+            g.check(&PlainRequest::get("/p").header("x-service-token", KEY))
+                .await,
+        )
+        .unwrap();
+    let before = g.counts();
+    assert_eq!(
+        Admission::authenticated(Some(&allowed)).unwrap().id(),
+        "service"
+    );
+    assert_eq!(g.counts(), before);
+    assert!(allowed.guard().realm() == "linker" && allowed.passed().is_none());
+}
+
+/// The trap the `Fallback` docs warn of: a local `StaticKey` grants no scope
+/// unless given one, so behind `require_scope` it would answer 403 exactly
+/// when the primary is down. Given the scope, the local key is let in while
+/// the primary is unavailable — whether the primary says so at once or
+/// after waiting — and refused again once the primary decides.
+#[tokio::test]
+async fn a_scoped_local_fallback_lets_the_local_key_in_while_the_primary_is_down() {
+    const LOCAL: &str = "local-fallback-key";
+    let down_now = || verifier_fn(|_: &Credential| Err(VerifyError::Unavailable));
+    let local = || {
+        StaticKey::new(LOCAL)
+            .unwrap()
+            .principal(Principal::new("local").with_scopes(["stt"]))
+    };
+    let req = PlainRequest::get("/stt").header("x-api-key", LOCAL);
+
+    let g = Guard::builder(Fallback::new(down_now(), local()))
+        .require_scope("stt")
+        .build()
+        .unwrap();
+    let d = g.check(&req).await;
+    assert_eq!(d.principal().map(|p| p.id()), Some("local"), "{d:?}");
+    // The same through a route scope on an unscoped guard.
+    let g = Guard::builder(Fallback::new(down_now(), local()))
+        .build()
+        .unwrap();
+    let admission = g.admit(g.check(&req).await).unwrap();
+    assert!(
+        g.route_scope("stt")
+            .unwrap()
+            .check(Some(&admission))
+            .is_ok()
+    );
+
+    // A primary that waits, then is unavailable.
+    struct DownLater;
+    impl Verifier for DownLater {
+        fn verify(&self, _: &Credential, _: &VerifyContext<'_>) -> Answer<VerifyResult> {
+            Answer::pending(async {
+                tokio::task::yield_now().await;
+                Err(VerifyError::Unavailable)
+            })
+        }
+    }
+    let g = Guard::builder(Fallback::new(DownLater, local()))
+        .require_scope("stt")
+        .build()
+        .unwrap();
+    let answer = g.check(&req);
+    assert!(!answer.is_ready());
+    assert_eq!(answer.await.principal().unwrap().id(), "local");
+
+    // The trap: the local key without the scope is refused 403.
+    let unscoped = Guard::builder(Fallback::new(down_now(), StaticKey::new(LOCAL).unwrap()))
+        .require_scope("stt")
+        .build()
+        .unwrap();
+    assert_eq!(rejected(unscoped.check(&req).await).status(), 403);
+
+    // The primary decides (here: no such key): the fallback is not asked.
+    let up = verifier_fn(|_: &Credential| Err(VerifyError::Invalid));
+    let g = Guard::builder(Fallback::new(up, local()))
+        .require_scope("stt")
+        .build()
+        .unwrap();
+    assert_eq!(
+        rejected(g.check(&req).await).kind(),
+        RejectionKind::Invalid(VerifyError::Invalid)
+    );
 }

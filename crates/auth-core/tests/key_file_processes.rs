@@ -35,10 +35,11 @@ fn processes_starting_at_once_share_one_key() {
         // process's verifier.
         let on_disk = std::fs::read_to_string(&path).unwrap();
         let accepts = key_file
-            .verify_now(
+            .verify(
                 &Credential::new(on_disk.trim_end().as_bytes().to_vec()),
                 &VerifyContext::default(),
             )
+            .now()
             .is_some_and(|answer| answer.is_ok());
         println!(
             "DIGEST={} CREATED={} ACCEPTS={accepts}",

@@ -4,11 +4,11 @@
 #![cfg_attr(test, allow(unused_crate_dependencies))]
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use auth_core::{GcraLimiter, RateDecision, RateLimitPolicy, RateLimiter, RateStatus};
+use auth_core::{Answer, GcraLimiter, RateDecision, RateLimitPolicy, RateLimiter, RateStatus};
 use redis::aio::ConnectionManager;
 use tokio::sync::Mutex;
 
@@ -62,7 +62,8 @@ pub enum Error {
 /// The connection is made on first use and re-made after failures; a call
 /// that cannot reach Redis within the timeout (default 250 ms) is decided
 /// by [`WhenUnreachable`], and so is every call for the next second, before
-/// Redis is tried again.
+/// Redis is tried again — those are answered at once
+/// ([`Answer::Ready`](auth_core::Answer)), without a future.
 ///
 /// ```no_run
 /// use auth_redis::RedisLimiter;
@@ -74,13 +75,38 @@ pub enum Error {
 ///     .build()?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+///
+/// A check that goes to Redis is a future that owns what it needs:
+///
+/// ```no_run
+/// use auth_core::{RateDecision, RateLimitPolicy, RateLimiter};
+/// use std::time::Duration;
+///
+/// # async fn run() -> Result<(), auth_redis::Error> {
+/// let limiter = auth_redis::RedisLimiter::new("redis://127.0.0.1:6379")?;
+/// let policy = RateLimitPolicy::new(100, Duration::from_secs(60));
+/// match limiter.check("svc-a", &policy).await {
+///     RateDecision::Allowed(status) => println!("{} left", status.remaining),
+///     RateDecision::Limited { retry_after, .. } => println!("retry in {retry_after:?}"),
+///     _ => println!("Redis unreachable"),
+/// }
+/// # Ok(())
+/// # }
+/// ```
 pub struct RedisLimiter {
-    client: redis::Client,
-    connection: Mutex<Option<ConnectionManager>>,
-    script: redis::Script,
+    /// What the futures of [`check`](RateLimiter::check) share with it.
+    shared: Arc<Shared>,
     prefix: String,
     timeout: Duration,
     when_unreachable: WhenUnreachable,
+}
+
+/// The connection, the script and the outage state: one per limiter,
+/// shared with its checks under way.
+struct Shared {
+    client: redis::Client,
+    connection: Mutex<Option<ConnectionManager>>,
+    script: redis::Script,
     memory: GcraLimiter,
     outage: AtomicBool,
     /// During an outage, when to try Redis again: until then requests go
@@ -97,7 +123,7 @@ impl fmt::Debug for RedisLimiter {
         f.debug_struct("RedisLimiter")
             .field("prefix", &self.prefix)
             .field("when_unreachable", &self.when_unreachable)
-            .field("in_outage", &self.outage.load(Ordering::Relaxed))
+            .field("in_outage", &self.in_outage())
             .finish_non_exhaustive()
     }
 }
@@ -108,15 +134,17 @@ impl RedisLimiter {
     pub fn new(url: &str) -> Result<Self, Error> {
         let client = redis::Client::open(url).map_err(|e| Error::Url(e.to_string()))?;
         Ok(Self {
-            client,
-            connection: Mutex::new(None),
-            script: redis::Script::new(GCRA),
+            shared: Arc::new(Shared {
+                client,
+                connection: Mutex::new(None),
+                script: redis::Script::new(GCRA),
+                memory: GcraLimiter::new(),
+                outage: AtomicBool::new(false),
+                retry_at: std::sync::Mutex::new(None),
+            }),
             prefix: "auth:rl:".into(),
             timeout: Duration::from_millis(250),
             when_unreachable: WhenUnreachable::default(),
-            memory: GcraLimiter::new(),
-            outage: AtomicBool::new(false),
-            retry_at: std::sync::Mutex::new(None),
         })
     }
 
@@ -140,9 +168,11 @@ impl RedisLimiter {
 
     /// Whether the last call failed to reach Redis.
     pub fn in_outage(&self) -> bool {
-        self.outage.load(Ordering::Relaxed)
+        self.shared.outage.load(Ordering::Relaxed)
     }
+}
 
+impl Shared {
     async fn connection(&self) -> redis::RedisResult<ConnectionManager> {
         let mut slot = self.connection.lock().await;
         if let Some(c) = slot.as_ref() {
@@ -157,13 +187,25 @@ impl RedisLimiter {
         *self.connection.lock().await = None;
     }
 
-    /// The script's answer, or `None` when Redis could not be reached.
     fn retry_at(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
         self.retry_at.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn ask(&self, key: &str, policy: &RateLimitPolicy) -> Option<[i64; 4]> {
-        if self.retry_at().is_some_and(|at| Instant::now() < at) {
+    /// Whether Redis is being left alone after a failure (until its retry
+    /// time).
+    fn resting(&self) -> bool {
+        self.retry_at().is_some_and(|at| Instant::now() < at)
+    }
+
+    /// The script's answer, or `None` when Redis could not be reached.
+    async fn ask(
+        &self,
+        redis_key: &str,
+        policy: &RateLimitPolicy,
+        timeout: Duration,
+        when_unreachable: WhenUnreachable,
+    ) -> Option<[i64; 4]> {
+        if self.resting() {
             return None;
         }
         let window = i64::try_from(policy.window.as_micros()).unwrap_or(i64::MAX);
@@ -171,13 +213,13 @@ impl RedisLimiter {
         let call = async {
             let mut c = self.connection().await?;
             self.script
-                .key(format!("{}{key}", self.prefix))
+                .key(redis_key)
                 .arg(interval)
                 .arg(window)
                 .invoke_async::<Vec<i64>>(&mut c)
                 .await
         };
-        match tokio::time::timeout(self.timeout, call).await {
+        match tokio::time::timeout(timeout, call).await {
             Ok(Ok(v)) if v.len() == 4 => {
                 *self.retry_at() = None;
                 if self.outage.swap(false, Ordering::Relaxed) {
@@ -196,11 +238,24 @@ impl RedisLimiter {
                 *self.retry_at() = Some(Instant::now() + RETRY_AFTER);
                 if !self.outage.swap(true, Ordering::Relaxed) {
                     tracing::warn!(target: "auth_redis", why,
-                        fallback = ?self.when_unreachable,
+                        fallback = ?when_unreachable,
                         "Redis unreachable: rate limits are not shared until it is back");
                 }
                 None
             }
+        }
+    }
+
+    /// The decision while Redis cannot be reached.
+    fn unreachable(
+        &self,
+        key: &str,
+        policy: &RateLimitPolicy,
+        when_unreachable: WhenUnreachable,
+    ) -> Answer<RateDecision> {
+        match when_unreachable {
+            WhenUnreachable::FallBackToMemory => self.memory.check(key, policy),
+            WhenUnreachable::Refuse => Answer::Ready(RateDecision::Unavailable),
         }
     }
 }
@@ -209,27 +264,41 @@ fn micros(us: i64) -> Duration {
     Duration::from_micros(u64::try_from(us).unwrap_or(0))
 }
 
-#[async_trait]
 impl RateLimiter for RedisLimiter {
-    async fn check(&self, key: &str, policy: &RateLimitPolicy) -> RateDecision {
-        let Some([allowed, remaining, reset, retry]) = self.ask(key, policy).await else {
-            return match self.when_unreachable {
-                WhenUnreachable::FallBackToMemory => self.memory.check(key, policy).await,
-                WhenUnreachable::Refuse => RateDecision::Unavailable,
-            };
-        };
-        let status = RateStatus {
-            policy: *policy,
-            remaining: u32::try_from(remaining.max(0)).unwrap_or(u32::MAX),
-            reset: micros(reset),
-        };
-        if allowed == 1 {
-            RateDecision::Allowed(status)
-        } else {
-            RateDecision::Limited {
-                status,
-                retry_after: micros(retry),
-            }
+    fn check(&self, key: &str, policy: &RateLimitPolicy) -> Answer<RateDecision> {
+        // During an outage, until the retry time: decided now, no future.
+        if self.shared.resting() {
+            return self.shared.unreachable(key, policy, self.when_unreachable);
         }
+        // The future owns what it needs: the shared state, the Redis key
+        // (prefix included; the in-memory fallback counts the key alone)
+        // and the policy.
+        let shared = Arc::clone(&self.shared);
+        let redis_key = format!("{}{key}", self.prefix);
+        let prefix_len = self.prefix.len();
+        let policy = *policy;
+        let (timeout, when_unreachable) = (self.timeout, self.when_unreachable);
+        Answer::pending(async move {
+            let asked = shared
+                .ask(&redis_key, &policy, timeout, when_unreachable)
+                .await;
+            let Some([allowed, remaining, reset, retry]) = asked else {
+                let key = &redis_key[prefix_len..];
+                return shared.unreachable(key, &policy, when_unreachable).await;
+            };
+            let status = RateStatus {
+                policy,
+                remaining: u32::try_from(remaining.max(0)).unwrap_or(u32::MAX),
+                reset: micros(reset),
+            };
+            if allowed == 1 {
+                RateDecision::Allowed(status)
+            } else {
+                RateDecision::Limited {
+                    status,
+                    retry_after: micros(retry),
+                }
+            }
+        })
     }
 }

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use auth_core::Clock;
+use auth_core::clock::Clock;
 use parking_lot::Mutex;
 
 #[derive(Debug)]
@@ -219,7 +219,7 @@ impl Drop for Attempt<'_> {
 
 #[cfg(test)]
 mod tests {
-    use auth_core::ManualClock;
+    use auth_core::clock::ManualClock;
 
     use super::*;
 

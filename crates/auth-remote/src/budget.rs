@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use auth_core::Clock;
+use auth_core::clock::Clock;
 
 /// `per_second` calls a second on average, at most `per_second` at once.
 #[derive(Debug)]
@@ -64,7 +64,7 @@ fn nanos(d: Duration) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use auth_core::ManualClock;
+    use auth_core::clock::ManualClock;
 
     use super::*;
 

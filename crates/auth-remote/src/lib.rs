@@ -16,11 +16,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
+use auth_core::cache::{Cache, CacheEntry, Denial, TtlCache};
+use auth_core::clock::{Clock, CoarseClock};
 use auth_core::protocol::{Code, RateLimit, ValidateRequest, ValidateResponse, Verdict};
 use auth_core::{
-    Cache, CacheConfig, CacheEntry, Clock, CoarseClock, Credential, Denial, Digest, Principal,
-    RateLimitPolicy, TtlCache, Verifier, VerifyContext, VerifyError, VerifyResult,
+    Answer, CacheConfig, Credential, Digest, Principal, RateLimitPolicy, Verifier, VerifyContext,
+    VerifyError, VerifyResult,
 };
 use breaker::Breaker;
 use budget::Budget;
@@ -382,6 +383,28 @@ impl RemoteState {
 /// By default it also follows the service's changes stream (see
 /// [`RemoteVerifierBuilder::changes_stream`]) in a background task, which
 /// ends when the last clone of the verifier is dropped.
+///
+/// [`verify`](Verifier::verify) answers from the cache where it can: a
+/// fresh valid answer or a cached denial is [`Answer::Ready`] (no future,
+/// nothing allocated); anything else is [`Answer::Pending`], a future that owns what
+/// it needs (a clone of the verifier, of the credential and the scope) and
+/// asks the service when awaited.
+///
+/// ```
+/// use auth_core::{Credential, Verifier, VerifyContext, VerifyError};
+///
+/// // Nothing listens on port 1: the service is unavailable.
+/// let v = auth_remote::RemoteVerifier::builder("http://127.0.0.1:1").build()?;
+/// let key = Credential::new("sk_live_not_cached_0123456789");
+/// let answer = v.verify(&key, &VerifyContext::default());
+/// assert!(!answer.is_ready(), "not in the cache: the service must be asked");
+///
+/// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+/// assert_eq!(rt.block_on(answer).unwrap_err(), VerifyError::Unavailable);
+/// // Errors are never cached: the next request asks again.
+/// assert!(v.verify(&key, &VerifyContext::default()).now().is_none());
+/// # Ok::<(), auth_remote::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct RemoteVerifier {
     inner: Arc<Inner>,
@@ -1002,20 +1025,42 @@ impl Inner {
     }
 }
 
-#[async_trait]
 impl Verifier for RemoteVerifier {
-    async fn verify(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> VerifyResult {
-        if let Some(answer) = self.verify_now(credential, ctx) {
-            return answer;
+    /// One cache look-up: a fresh grant or a cached denial is answered at
+    /// once; anything else (a miss, a stale grant, a grant bounded by the
+    /// changes stream being down) is a future that asks the service.
+    fn verify(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> Answer<VerifyResult> {
+        match self.cached(credential.digest()) {
+            Some(CacheEntry::Granted(fresh)) if self.now() < self.inner.served_until(&fresh) => {
+                tracing::trace!(target: "auth_remote", "cache hit");
+                return Answer::Ready(Ok(fresh.principal));
+            }
+            Some(CacheEntry::Denied(denial)) => return Answer::Ready(Err(denial.into())),
+            // Stale (or the changes stream is down): used only while the
+            // service is unavailable.
+            Some(CacheEntry::Granted(_)) | None => {}
         }
+        // The future owns what it needs: the verifier (an `Arc` inside),
+        // the credential and the route's scope.
+        let this = self.clone();
+        let credential = credential.clone();
+        let required_scope = ctx.required_scope.map(str::to_owned);
+        Answer::pending(async move { this.missed(&credential, required_scope).await })
+    }
+}
+
+impl RemoteVerifier {
+    /// A cache miss: joins or makes the one call for this key and scope.
+    async fn missed(
+        &self,
+        credential: &Credential,
+        required_scope: Option<String>,
+    ) -> VerifyResult {
         self.inner.subscribe();
         let inner = &*self.inner;
         let digest = *credential.digest();
         tracing::trace!(target: "auth_remote", fingerprint = %digest.fingerprint(), "cache miss");
-        let scope = ctx
-            .required_scope
-            .map(str::to_owned)
-            .or_else(|| inner.scope.clone());
+        let scope = required_scope.or_else(|| inner.scope.clone());
         // One call per key (and scope) at a time; the others wait for it.
         // The guard leaves the map clean however this future ends.
         let joined = inner.inflight.join((digest, scope));
@@ -1034,25 +1079,6 @@ impl Verifier for RemoteVerifier {
         }
     }
 
-    fn verify_now(
-        &self,
-        credential: &Credential,
-        _ctx: &VerifyContext<'_>,
-    ) -> Option<VerifyResult> {
-        match self.cached(credential.digest())? {
-            CacheEntry::Granted(fresh) if self.now() < self.inner.served_until(&fresh) => {
-                tracing::trace!(target: "auth_remote", "cache hit");
-                Some(Ok(fresh.principal))
-            }
-            // Stale (or the changes stream is down): used only while the
-            // service is unavailable.
-            CacheEntry::Granted(_) => None,
-            CacheEntry::Denied(denial) => Some(Err(denial.into())),
-        }
-    }
-}
-
-impl RemoteVerifier {
     /// Asks the service unless the circuit is open or the budget spent,
     /// and records the answer (the cache for valid and refused keys, the
     /// breaker for all).

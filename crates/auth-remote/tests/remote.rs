@@ -14,9 +14,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use auth_core::clock::ManualClock;
 use auth_core::protocol::{Code, RateLimit, ValidateRequest, ValidateResponse};
 use auth_core::{
-    Credential, Decision, Fallback, Guard, KeySet, ManualClock, PlainRequest, Principal, Verifier,
+    Credential, Decision, Fallback, Guard, KeySet, PlainRequest, Principal, Verifier,
     VerifyContext, VerifyError,
 };
 use auth_remote::RemoteVerifier;
@@ -577,7 +578,7 @@ async fn serve_stale_only_when_enabled_and_within_the_grace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_through_axum() {
-    use auth_axum::{AuthLayer, Authenticated};
+    use auth_axum::{Auth, Authenticated};
     use tower::ServiceExt;
 
     let (double, addr) = started().await;
@@ -589,7 +590,7 @@ async fn end_to_end_through_axum() {
             "/api/items",
             axum::routing::get(|who: Authenticated| async move { who.id().to_owned() }),
         )
-        .route_layer(AuthLayer::new(guard));
+        .route_layer(Auth::new(guard));
     let call = |key: &'static str| {
         let app = app.clone();
         async move {

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use auth_core::clock::ManualClock;
 use auth_core::protocol::{ChangeEvent, Code, ValidateRequest, ValidateResponse};
-use auth_core::{Credential, Digest, ManualClock, Verifier, VerifyContext, VerifyError};
+use auth_core::{Credential, Digest, Verifier, VerifyContext, VerifyError};
 use auth_remote::RemoteVerifier;
 use axum::Json;
 use axum::body::Body;
@@ -201,7 +202,8 @@ async fn verify(v: &RemoteVerifier, key: &str) -> Result<String, VerifyError> {
 
 /// Whether the verifier answers `key` from its cache.
 fn cached(v: &RemoteVerifier, key: &str) -> bool {
-    v.verify_now(&Credential::new(key), &VerifyContext::default())
+    v.verify(&Credential::new(key), &VerifyContext::default())
+        .now()
         .is_some()
 }
 

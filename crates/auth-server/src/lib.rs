@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use auth_axum::AuthLayer;
+use auth_axum::Auth;
 use auth_core::protocol::{
     ChangeEvent, Code, EVENTS_PATH, RateLimit, VALIDATE_PATH, ValidateRequest, ValidateResponse,
 };
@@ -148,7 +148,8 @@ pub fn admin_key_path(data_dir: &Path) -> PathBuf {
 #[derive(Clone)]
 pub struct AppState {
     store: SqlKeyStore,
-    /// Validation reads through this cache, kept in step with the store.
+    /// Validation reads through this cache, kept in step with the store
+    /// (and every hit re-checked against the live row by id).
     keys: Arc<Cached<HashedKeyStore<SqlKeyStore>>>,
 }
 
@@ -203,7 +204,7 @@ pub async fn app_with(
         )
         .route("/api/v1/services/{id}/disable", post(disable_service))
         .route("/api/v1/services/{id}/rotate", post(rotate_service))
-        .route_layer(AuthLayer::new(admin));
+        .route_layer(Auth::new(admin));
     let mut validate_routes = Router::new()
         .route(VALIDATE_PATH, post(validate))
         .route(EVENTS_PATH, get(events));
@@ -217,7 +218,7 @@ pub async fn app_with(
                         .bearer(false),
                 )
                 .build()?;
-            validate_routes = validate_routes.route_layer(AuthLayer::new(guard));
+            validate_routes = validate_routes.route_layer(Auth::new(guard));
         }
         ValidateAuth::None => {
             tracing::warn!(

@@ -161,7 +161,7 @@ async fn a_key_made_with_the_cli_is_accepted_then_revoked() {
             "/api/items",
             axum::routing::get(|who: auth_axum::Authenticated| async move { who.id().to_owned() }),
         )
-        .route_layer(auth_axum::AuthLayer::new(guard));
+        .route_layer(auth_axum::Auth::new(guard));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let service_addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, service).await.unwrap() });
@@ -802,6 +802,59 @@ async fn a_service_credential_is_not_a_client_key() {
     assert_eq!(status, 401);
     let (status, _) = validate_call(addr, None, json!({"apiKey": client_key})).await;
     assert_eq!(status, 401);
+    // The validate endpoint reads only X-Service-Token, and its 401s say so:
+    // an `ApiKey` challenge naming that header, never a `Bearer` one (a
+    // bearer token is not read there).
+    let refused = |credential: Option<(&'static str, String)>| {
+        let mut request = reqwest::Client::new()
+            .post(format!("http://{addr}/api/v1/api-keys/validate"))
+            .json(&json!({"apiKey": client_key}));
+        if let Some((name, value)) = credential {
+            request = request.header(name, value);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let challenge = response.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let body: Value = response.json().await.unwrap();
+            (status, challenge, body)
+        }
+    };
+    for credential in [None, Some(("authorization", format!("Bearer {token}")))] {
+        let (status, challenge, body) = refused(credential).await;
+        assert_eq!(status, 401);
+        assert_eq!(challenge, r#"ApiKey realm="api", header="X-Service-Token""#);
+        assert_eq!(body["error"], "missing_credential", "{body}");
+        assert_eq!(
+            body["message"], "authentication required: send X-Service-Token",
+            "{body}"
+        );
+    }
+    let (status, challenge, body) =
+        refused(Some((auth_server::SERVICE_HEADER, client_key.clone()))).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        challenge,
+        r#"ApiKey realm="api", header="X-Service-Token", error="invalid_token""#
+    );
+    assert_eq!(body["error"], "invalid_token", "{body}");
+    // The admin API reads X-Api-Key and bearer tokens: a Bearer challenge.
+    let response = reqwest::get(format!("http://{addr}/api/v1/keys"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        r#"Bearer realm="api""#
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["message"], "authentication required: send X-Api-Key or Authorization: Bearer",
+        "{body}"
+    );
 
     // Managed apart: the keys API does not see services and the other way
     // round; `keys:validate` is not a client scope any more.
@@ -1503,13 +1556,12 @@ async fn a_live_stream_means_the_log_is_followed() {
             .await;
         assert_eq!(live.next(second).await.1, "key");
     }
-    store
-        .execute_raw(&format!(
-            "DELETE FROM auth_key_changes WHERE seq = {}",
-            before + 1
-        ))
-        .await
-        .unwrap();
+    auth_sqlx::testing::execute_raw(
+        &store,
+        &format!("DELETE FROM auth_key_changes WHERE seq = {}", before + 1),
+    )
+    .await
+    .unwrap();
     let (_, mut resumed) = EventReader::open(addr, &token, Some(&before.to_string())).await;
     assert_eq!(resumed.next(second).await.1, "reset");
 

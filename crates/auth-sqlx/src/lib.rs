@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Once};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
+use auth_core::cache::Cache;
 use auth_core::{
-    ApiKey, ApiKeyFormat, Cache, Cached, Digest, KeyRecord, KeyStore, Principal, RateLimitPolicy,
-    StoreError, Verifier,
+    Answer, ApiKey, ApiKeyFormat, Cached, Digest, KeyRecord, KeyStore, Lookup, Principal,
+    RateLimitPolicy, StoreError, Verifier,
 };
 use parking_lot::Mutex;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -455,13 +455,6 @@ impl SqlKeyStore {
     /// Runs the embedded migrations (idempotent; safe from many instances).
     pub async fn migrate(&self) -> Result<(), Error> {
         sqlx::migrate!("./migrations").run(&self.inner.pool).await?;
-        Ok(())
-    }
-
-    /// Runs `sql` as it is, ignoring any rows: for administration
-    /// (schemas, maintenance). Never with input from outside.
-    pub async fn execute_raw(&self, sql: &str) -> Result<(), Error> {
-        sqlx::query(sql).fetch_all(&self.inner.pool).await?;
         Ok(())
     }
 
@@ -1094,7 +1087,16 @@ impl SqlKeyStore {
         Ok(true)
     }
 
-    /// The row of `kind` with this digest, as a record for verification.
+    /// The lookup of the row of `kind` with this digest: an answer that
+    /// waits for the database, its future owning a clone of the store (the
+    /// pool and the last-used set, behind one `Arc`).
+    fn lookup(&self, kind: KeyKind, digest: Digest) -> Answer<Lookup> {
+        let store = self.clone();
+        Answer::pending(async move { store.find(kind, &digest).await.map(|r| r.map(Arc::new)) })
+    }
+
+    /// The row of `kind` with this digest, as a record for verification; a
+    /// use of the key, for its last-used time.
     async fn find(&self, kind: KeyKind, digest: &Digest) -> Result<Option<KeyRecord>, StoreError> {
         let row = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM auth_keys WHERE digest = $1 AND kind = $2"
@@ -1161,18 +1163,18 @@ impl ServiceCredentials {
     }
 }
 
-#[async_trait]
+/// Client keys only. A cache in front trusts its entries until their TTL:
+/// writes reach it through [`SqlKeyStore::listen`] (and the writing
+/// process's own invalidation), not through a round trip per hit.
 impl KeyStore for SqlKeyStore {
-    /// Client keys only.
-    async fn find_by_digest(&self, digest: &Digest) -> Result<Option<KeyRecord>, StoreError> {
-        self.find(KeyKind::Client, digest).await
+    fn find_by_digest(&self, digest: &Digest) -> Answer<Lookup> {
+        self.lookup(KeyKind::Client, *digest)
     }
 }
 
-#[async_trait]
+/// Service credentials only.
 impl KeyStore for ServiceCredentials {
-    /// Service credentials only.
-    async fn find_by_digest(&self, digest: &Digest) -> Result<Option<KeyRecord>, StoreError> {
-        self.store.find(KeyKind::Service, digest).await
+    fn find_by_digest(&self, digest: &Digest) -> Answer<Lookup> {
+        self.store.lookup(KeyKind::Service, *digest)
     }
 }

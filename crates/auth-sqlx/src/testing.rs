@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use crate::SqlKeyStore;
+use crate::{Error, SqlKeyStore};
 
 /// How to start the local PostgreSQL, for failure messages.
 pub const START_POSTGRES: &str =
@@ -30,10 +30,10 @@ pub async fn postgres_schema(test: &str) -> String {
     let admin = SqlKeyStore::connect(&base).await.unwrap_or_else(|e| {
         panic!("PostgreSQL is not reachable at {base} ({e}); start it with: {START_POSTGRES}")
     });
-    admin
-        .execute_raw(&format!("CREATE SCHEMA {schema}"))
+    execute_raw(&admin, &format!("CREATE SCHEMA {schema}"))
         .await
         .expect("CREATE SCHEMA");
+    admin.close().await;
     let sep = if base.contains('?') { '&' } else { '?' };
     format!("{base}{sep}options=-c%20search_path%3D{schema}&application_name={schema}")
 }
@@ -41,4 +41,12 @@ pub async fn postgres_schema(test: &str) -> String {
 /// The schema (and application name) of a URL made by [`postgres_schema`].
 pub fn schema_of(url: &str) -> &str {
     url.rsplit("application_name=").next().unwrap_or_default()
+}
+
+/// Runs `sql` as it is on `store`'s pool, ignoring any rows: for tests'
+/// administration (schemas, terminating connections). Never with input
+/// from outside.
+pub async fn execute_raw(store: &SqlKeyStore, sql: &str) -> Result<(), Error> {
+    sqlx::query(sql).fetch_all(&store.inner.pool).await?;
+    Ok(())
 }

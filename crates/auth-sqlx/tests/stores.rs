@@ -6,13 +6,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use auth_core::cache::{Cache, CacheEntry};
 use auth_core::{
     CacheConfig, Cached, Credential, Decision, Guard, HashedKeyStore, PlainRequest,
     RateLimitPolicy, Verifier, VerifyContext, VerifyError,
 };
 use auth_sqlx::{Error, NewKey, SqlKeyStore};
 
-use auth_sqlx::testing::{database_url as pg_base, postgres_schema as pg_schema, schema_of};
+use auth_sqlx::testing::{
+    database_url as pg_base, execute_raw, postgres_schema as pg_schema, schema_of,
+};
 
 /// A store on a fresh SQLite file.
 async fn sqlite() -> (SqlKeyStore, tempfile::TempDir) {
@@ -168,7 +171,7 @@ async fn plain_key(store: &SqlKeyStore) -> auth_sqlx::CreatedKey {
 }
 
 /// A cached verifier kept in step with `store`.
-fn cached(store: &SqlKeyStore) -> Arc<Cached<HashedKeyStore<SqlKeyStore>>> {
+fn cached(store: &SqlKeyStore) -> Arc<SqlCache> {
     let cached = Arc::new(Cached::new(
         HashedKeyStore::new(store.clone()),
         CacheConfig::default(),
@@ -177,16 +180,29 @@ fn cached(store: &SqlKeyStore) -> Arc<Cached<HashedKeyStore<SqlKeyStore>>> {
     cached
 }
 
-/// Polls until `key` is refused by `v`; the time it took.
-async fn refused_within(v: &impl Verifier, key: &str, limit: Duration) -> Duration {
+type SqlCache = Cached<HashedKeyStore<SqlKeyStore>>;
+
+/// Whether `v`'s cache holds a grant for `key`.
+fn granted(v: &SqlCache, key: &str) -> bool {
+    matches!(
+        v.cache().get(Credential::new(key).digest()),
+        Some(CacheEntry::Granted(_))
+    )
+}
+
+/// Polls until `v`'s cache no longer holds its grant for `key` — dropped
+/// by the store's invalidation, not by a verification (none is made
+/// meanwhile; a hit re-checked against the database would refuse at once) —
+/// then checks that `key` is refused; the time the drop took.
+async fn dropped_within(v: &SqlCache, key: &str, limit: Duration) -> Duration {
     let start = Instant::now();
-    loop {
-        if verify(v, key).await.is_err() {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < limit, "still accepted after {limit:?}");
+    while granted(v, key) {
+        assert!(start.elapsed() < limit, "still cached after {limit:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let took = start.elapsed();
+    assert!(verify(v, key).await.is_err(), "accepted after the drop");
+    took
 }
 
 #[tokio::test]
@@ -196,9 +212,12 @@ async fn sqlite_writes_invalidate_the_local_cache() {
     let created = plain_key(&store).await;
     let key = created.key.expose();
     assert!(verify(&*v, key).await.is_ok());
+    assert!(granted(&v, key));
     assert!(verify(&*v, key).await.is_ok(), "a cache hit");
     store.disable(&created.info.id).await.unwrap();
-    refused_within(&*v, key, Duration::from_secs(1)).await;
+    // Dropped before `disable` returned.
+    assert!(!granted(&v, key));
+    dropped_within(&v, key, Duration::ZERO).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,9 +231,10 @@ async fn a_revocation_on_one_instance_reaches_another_within_a_second() {
     let created = plain_key(&a).await;
     let key = created.key.expose();
     assert!(verify(&*on_b, key).await.is_ok());
-    // B now answers from its cache (default TTL: a minute).
+    // B now holds the grant in its cache (default TTL: a minute).
+    assert!(granted(&on_b, key));
     a.disable(&created.info.id).await.unwrap();
-    let took = refused_within(&*on_b, key, Duration::from_secs(1)).await;
+    let took = dropped_within(&on_b, key, Duration::from_secs(1)).await;
     println!("revocation reached the other instance in {took:?}");
 }
 
@@ -254,14 +274,16 @@ async fn terminated_connections_fail_closed_and_recover() {
     // Every connection of this test's store (pool and listener), killed;
     // other tests' connections are left alone.
     let admin = SqlKeyStore::connect(&pg_base()).await.unwrap();
-    admin
-        .execute_raw(&format!(
+    execute_raw(
+        &admin,
+        &format!(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
              WHERE application_name = '{}'",
             schema_of(&url)
-        ))
-        .await
-        .unwrap();
+        ),
+    )
+    .await
+    .unwrap();
     // Meanwhile: never a grant for a wrong key, never anything but 200/401/503.
     let start = Instant::now();
     let mut recovered = false;
@@ -317,18 +339,20 @@ async fn a_write_while_the_listener_reconnects_is_not_lost() {
         let key = created.key.expose();
         assert!(verify(&*on_b, key).await.is_ok());
         // Only B's listening connection (its last statement was LISTEN).
-        admin
-            .execute_raw(&format!(
+        execute_raw(
+            &admin,
+            &format!(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
                  WHERE application_name = '{}' AND query ILIKE 'listen%'",
                 schema_of(&url)
-            ))
-            .await
-            .unwrap();
+            ),
+        )
+        .await
+        .unwrap();
         // Refilled after the drop, then revoked before LISTEN is back.
         assert!(verify(&*on_b, key).await.is_ok());
         a.disable(&created.info.id).await.unwrap();
-        let took = refused_within(&*on_b, key, Duration::from_secs(1)).await;
+        let took = dropped_within(&on_b, key, Duration::from_secs(1)).await;
         println!("round {round}: refused after {took:?}");
     }
 }
@@ -358,7 +382,7 @@ async fn sqlite_sees_other_processes_writes_within_a_second() {
         cli.disable(&created.info.id).await.unwrap();
     }
     for created in &ids {
-        let took = refused_within(&*v, created.key.expose(), Duration::from_secs(1)).await;
+        let took = dropped_within(&v, created.key.expose(), Duration::from_secs(1)).await;
         println!("refused {took:?} after the other process's write");
     }
     // The log, in commit order, with consecutive numbers.
@@ -566,8 +590,10 @@ async fn caches_hear_of_a_change_before_anyone_else() {
     for _ in 0..20 {
         let created = plain_key(&server).await;
         assert!(verify(&*v, created.key.expose()).await.is_ok());
+        assert!(granted(&v, created.key.expose()));
         server.disable(&created.info.id).await.unwrap();
         // No yield between: the invalidation was synchronous.
+        assert!(!granted(&v, created.key.expose()));
         assert_eq!(
             verify(&*v, created.key.expose()).await.unwrap_err(),
             VerifyError::Disabled
@@ -597,12 +623,17 @@ async fn caches_hear_of_a_change_before_anyone_else() {
             }
         }
         assert!(
-            v.verify_now(
+            !granted(&v, created.key.expose()),
+            "told of the change while the cache still granted it"
+        );
+        // Nor does an answer at once grant it.
+        assert!(
+            v.verify(
                 &Credential::new(created.key.expose()),
                 &VerifyContext::default()
             )
+            .now()
             .is_none_or(|answer| answer.is_err()),
-            "told of the change while the cache still granted it"
         );
     }
 }

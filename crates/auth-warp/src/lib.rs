@@ -4,200 +4,174 @@
 #![cfg_attr(test, allow(unused_crate_dependencies))]
 
 use std::future::{Future, ready};
-use std::pin::Pin;
+use std::ops::Deref;
 use std::sync::Arc;
 
-use auth_core::{Decision, Guard, PassReason, Principal, Rejection, RequestView};
-use futures_util::future::Either;
+use auth_core::tower::{GuardLayer, GuardService};
+use auth_core::{Admission, Guard, Principal, Rejection, RouteScope};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tower_layer::Layer;
 use warp::Filter;
-use warp::http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
-use warp::http::{Method, StatusCode};
-use warp::path::FullPath;
+use warp::filters::BoxedFilter;
 use warp::reply::Reply;
 
-const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
-
-/// A request seen through auth-core's [`RequestView`].
-struct View<'a> {
-    method: &'a Method,
-    path: &'a FullPath,
-    headers: &'a HeaderMap,
+/// Authentication for warp: the tower [`Layer`] (auth-core's
+/// [`GuardLayer`]) that decides every request once, in front of
+/// `warp::service(routes)` — run both with [`serve`] — and the filters that
+/// read its decision in the routes.
+///
+/// Admitted requests reach the routes with an [`Admission`] in their
+/// extensions, their credential headers marked sensitive, and get the
+/// `RateLimit` headers on the reply; refused ones are answered at once with
+/// the guard's rejection.
+#[derive(Clone, Debug)]
+pub struct Auth {
+    layer: GuardLayer,
 }
 
-impl RequestView for View<'_> {
-    fn method(&self) -> &str {
-        self.method.as_str()
-    }
-
-    fn path(&self) -> &str {
-        self.path.as_str()
-    }
-
-    fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        // The default sources by constant: a lookup by `&str` parses the
-        // name on every request.
-        let values = match name {
-            "authorization" => self.headers.get_all(AUTHORIZATION),
-            "x-api-key" => self.headers.get_all(X_API_KEY),
-            other => self.headers.get_all(other),
-        };
-        values.into_iter().map(HeaderValue::as_bytes)
-    }
-}
-
-fn set_headers(map: &mut HeaderMap, headers: Vec<(&'static str, String)>) {
-    for (name, value) in headers {
-        // The core's values are visible ASCII; a failure here would be a core bug.
-        if let Ok(value) = HeaderValue::try_from(value) {
-            map.append(HeaderName::from_static(name), value);
+impl Auth {
+    /// Authentication with `guard`.
+    pub fn new(guard: Guard) -> Self {
+        Self {
+            layer: GuardLayer::new(guard),
         }
+    }
+
+    /// The guard.
+    pub fn guard(&self) -> &Guard {
+        self.layer.guard()
+    }
+
+    /// Extracts the caller, `None` where the request passed without one
+    /// (public path, preflight, open or report-only mode). A request that
+    /// did not come through this layer is rejected (401). Put path filters
+    /// before it, so that unknown routes stay 404.
+    pub fn caller(
+        &self,
+    ) -> impl Filter<Extract = (Option<Authenticated>,), Error = warp::Rejection> + Clone + use<>
+    {
+        self.checked(None)
+    }
+
+    /// Extracts the [`Authenticated`] caller; a request that passed without
+    /// one is rejected (401).
+    pub fn authenticated(
+        &self,
+    ) -> impl Filter<Extract = (Authenticated,), Error = warp::Rejection> + Clone + use<> {
+        admission().and_then(|admission: Option<Admission>| {
+            ready(
+                Admission::authenticated(admission.as_ref())
+                    .map(Authenticated)
+                    .map_err(reject),
+            )
+        })
+    }
+
+    /// [`caller`](Auth::caller), and the caller must hold `scope` (403;
+    /// see auth-core's [`RouteScope`]).
+    ///
+    /// # Panics
+    /// If `scope` is not a valid scope token — a programming error caught
+    /// at start.
+    pub fn require_scope(
+        &self,
+        scope: &str,
+    ) -> impl Filter<Extract = (Option<Authenticated>,), Error = warp::Rejection> + Clone + use<>
+    {
+        let check = self
+            .guard()
+            .route_scope(scope)
+            .unwrap_or_else(|e| panic!("require_scope: {e}"));
+        self.checked(Some(check))
+    }
+
+    fn checked(
+        &self,
+        scope: Option<RouteScope>,
+    ) -> impl Filter<Extract = (Option<Authenticated>,), Error = warp::Rejection> + Clone + use<>
+    {
+        admission().and_then(move |admission: Option<Admission>| {
+            let checked = match (&scope, &admission) {
+                (Some(scope), admission) => scope.check(admission.as_ref()),
+                (None, Some(_)) => Ok(()),
+                // Never met the layer: refused, as no guard decided it.
+                (None, None) => Admission::authenticated(None).map(drop),
+            };
+            let caller = admission.and_then(|a| a.principal().cloned().map(Authenticated));
+            ready(checked.map(|()| caller).map_err(reject))
+        })
+    }
+}
+
+impl<S> Layer<S> for Auth {
+    type Service = GuardService<S>;
+
+    fn layer(&self, inner: S) -> GuardService<S> {
+        self.layer.layer(inner)
+    }
+}
+
+/// The admission the layer stored, if it ran.
+fn admission()
+-> impl Filter<Extract = (Option<Admission>,), Error = std::convert::Infallible> + Copy {
+    warp::ext::optional::<Admission>()
+}
+
+fn reject(rejection: Rejection) -> warp::Rejection {
+    warp::reject::custom(AuthRejection(rejection))
+}
+
+/// The authenticated caller, as the filters extract it.
+#[derive(Clone, Debug)]
+pub struct Authenticated(pub Arc<Principal>);
+
+impl Deref for Authenticated {
+    type Target = Principal;
+
+    fn deref(&self) -> &Principal {
+        &self.0
     }
 }
 
 /// auth-core's [`Rejection`] as a warp rejection; [`recover`] answers it.
 #[derive(Clone, Debug)]
-pub struct AuthRejected(pub Rejection);
+pub struct AuthRejection(pub Rejection);
 
-impl warp::reject::Reject for AuthRejected {}
+impl warp::reject::Reject for AuthRejection {}
 
-/// Answers an [`AuthRejected`] with the core's status, headers and JSON
+/// Answers an [`AuthRejection`] with the guard's status, headers and JSON
 /// body; passes any other rejection on. Use with `Filter::recover`.
 pub async fn recover(rejection: warp::Rejection) -> Result<warp::reply::Response, warp::Rejection> {
-    match rejection.find::<AuthRejected>() {
-        Some(AuthRejected(r)) => Ok(rejection_response(r)),
+    match rejection.find::<AuthRejection>() {
+        Some(AuthRejection(r)) => Ok(auth_core::http::response(r)),
         None => Err(rejection),
     }
 }
 
-fn rejection_response(rejection: &Rejection) -> warp::reply::Response {
-    let mut response = warp::reply::Response::new(rejection.body().into());
-    *response.status_mut() =
-        StatusCode::from_u16(rejection.status()).unwrap_or(StatusCode::UNAUTHORIZED);
-    set_headers(response.headers_mut(), rejection.headers());
-    response
-}
-
-/// Who is calling: the authenticated principal, or why the request passed
-/// without one (public path, preflight, open or report-only mode).
-#[derive(Clone, Debug)]
-pub struct Caller {
-    principal: Option<Arc<Principal>>,
-    passed: Option<PassReason>,
-    headers: Vec<(&'static str, String)>,
-}
-
-impl Caller {
-    /// The authenticated principal, if any.
-    pub fn principal(&self) -> Option<&Arc<Principal>> {
-        self.principal.as_ref()
+/// Serves `routes` behind `auth` on `listener` (HTTP/1 and HTTP/2, as
+/// `warp::serve` does) until `shutdown` resolves, then lets open
+/// connections finish.
+pub async fn serve<T: Reply + 'static>(
+    listener: tokio::net::TcpListener,
+    auth: Auth,
+    routes: BoxedFilter<(T,)>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let service = TowerToHyperService::new(auth.layer(warp::service(routes)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => accepted?.0,
+            () = &mut shutdown => break,
+        };
+        let connection = auto::Builder::new(TokioExecutor::new())
+            .serve_connection_with_upgrades(TokioIo::new(stream), service.clone())
+            .into_owned();
+        tokio::spawn(graceful.watch(connection));
     }
-
-    /// The principal's id, if authenticated.
-    pub fn id(&self) -> Option<&str> {
-        self.principal.as_deref().map(Principal::id)
-    }
-
-    /// Why the request passed without a principal, if it did.
-    pub fn passed(&self) -> Option<PassReason> {
-        self.passed
-    }
-
-    /// `reply` with the caller's `RateLimit` / `RateLimit-Policy` headers.
-    pub fn reply(&self, reply: impl Reply) -> warp::reply::Response {
-        let mut response = reply.into_response();
-        set_headers(response.headers_mut(), self.headers.clone());
-        response
-    }
-}
-
-type CallerFuture = Pin<Box<dyn Future<Output = Result<Caller, warp::Rejection>> + Send>>;
-
-/// The caller of an allowed or passed request; the rejection of a refused one.
-fn caller(decision: Decision) -> Result<Caller, warp::Rejection> {
-    match decision {
-        Decision::Allow(grant) => Ok(Caller {
-            headers: grant.headers(),
-            principal: Some(grant.into_principal()),
-            passed: None,
-        }),
-        Decision::Pass(reason) => Ok(Caller {
-            principal: None,
-            passed: Some(reason),
-            headers: Vec::new(),
-        }),
-        Decision::Reject(r) => Err(warp::reject::custom(AuthRejected(r))),
-    }
-}
-
-/// Authentication for warp routes, around a [`Guard`].
-#[derive(Clone, Debug)]
-pub struct Auth {
-    guard: Guard,
-}
-
-impl Auth {
-    /// Filters around `guard`.
-    pub fn new(guard: Guard) -> Self {
-        Self { guard }
-    }
-
-    /// The guard.
-    pub fn guard(&self) -> &Guard {
-        &self.guard
-    }
-
-    /// Extracts the [`Caller`], or rejects with [`AuthRejected`]. Put path
-    /// filters before it, so that unknown routes stay 404.
-    pub fn filter(
-        &self,
-    ) -> impl Filter<Extract = (Caller,), Error = warp::Rejection> + Clone + use<> {
-        let guard = self.guard.clone();
-        warp::method()
-            .and(warp::path::full())
-            .and(warp::header::headers_cloned())
-            .and_then(move |method: Method, path: FullPath, headers: HeaderMap| {
-                let view = View {
-                    method: &method,
-                    path: &path,
-                    headers: &headers,
-                };
-                // At once where no I/O is needed; a boxed future otherwise.
-                match guard.check_now(&view) {
-                    Some(decision) => Either::Left(ready(caller(decision))),
-                    None => {
-                        let guard = guard.clone();
-                        Either::Right(Box::pin(async move {
-                            let view = View {
-                                method: &method,
-                                path: &path,
-                                headers: &headers,
-                            };
-                            caller(guard.check(&view).await)
-                        }) as CallerFuture)
-                    }
-                }
-            })
-    }
-
-    /// [`filter`](Auth::filter), and the caller must hold `scope` (403).
-    ///
-    /// # Panics
-    /// If `scope` is not a valid scope token — a programming error caught
-    /// at start.
-    pub fn with_scope(
-        &self,
-        scope: &str,
-    ) -> impl Filter<Extract = (Caller,), Error = warp::Rejection> + Clone + use<> {
-        let check = self
-            .guard
-            .scope_for_route(scope)
-            .unwrap_or_else(|e| panic!("with_scope: {e}"));
-        self.filter().and_then(move |caller: Caller| {
-            let decided = check.check(caller.principal.as_deref(), caller.passed);
-            ready(match decided {
-                Ok(()) => Ok(caller),
-                Err(r) => Err(warp::reject::custom(AuthRejected(r))),
-            })
-        })
-    }
+    graceful.shutdown().await;
+    Ok(())
 }

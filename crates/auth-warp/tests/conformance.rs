@@ -1,53 +1,59 @@
 //! The shared conformance suite through warp's real pipeline: the routes
-//! with `recover`, as the service `warp::serve` runs (`warp::service`).
+//! with `recover`, as a service (`warp::service`) behind the `Auth` layer,
+//! as `auth_warp::serve` runs them.
 //! (`warp::test::request` cannot send a header twice: its builder inserts.)
 #![allow(unused_crate_dependencies)]
 
 use auth_core::Guard;
 use auth_core::testing::{Harness, SCOPE, TestRequest, TestResponse, run_suite};
-use auth_warp::{Auth, Caller, recover};
+use auth_warp::{Auth, Authenticated, recover};
 use http_body_util::BodyExt;
+use tower_layer::Layer;
 use tower_service::Service;
 use warp::Filter;
 use warp::http::StatusCode;
 use warp::http::header::HeaderValue;
 use warp::reply::Reply;
 
-fn whoami(caller: &Caller) -> warp::reply::Response {
-    caller.reply(caller.id().unwrap_or("anonymous").to_owned())
+fn whoami(who: Option<Authenticated>) -> warp::reply::Response {
+    who.map_or_else(|| "anonymous".to_owned(), |w| w.id().to_owned())
+        .into_response()
 }
 
 struct Warp;
 
 impl Harness for Warp {
+    /// The layer is in front of the whole router: an unknown route is a
+    /// 401 to a caller without a key (and a 404 to one with a key).
+    fn unknown_route_is_404(&self) -> bool {
+        false
+    }
+
     async fn send(&mut self, guard: &Guard, request: TestRequest) -> TestResponse {
-        // The suite's standard app (see `auth_core::testing`): path filters
-        // first, so unknown routes stay 404.
+        // The suite's standard app (see `auth_core::testing`).
         let auth = Auth::new(guard.clone());
         let health = warp::path!("health")
             .and(warp::get())
-            .and(auth.filter())
-            .map(|_: Caller| "ok".into_response());
+            .map(|| "ok".into_response());
         let items = warp::path!("api" / "items")
             .and(warp::get())
-            .and(auth.filter())
-            .map(|c: Caller| whoami(&c));
+            .and(auth.caller())
+            .map(whoami);
         let preflight = warp::path!("api" / "items")
             .and(warp::options())
-            .and(auth.filter())
-            .map(|_: Caller| StatusCode::NO_CONTENT.into_response());
+            .map(|| StatusCode::NO_CONTENT.into_response());
         let stt = warp::path!("api" / "stt")
             .and(warp::get())
-            .and(auth.with_scope(SCOPE))
-            .map(|c: Caller| whoami(&c));
+            .and(auth.require_scope(SCOPE))
+            .map(whoami);
         let stt_preflight = warp::path!("api" / "stt")
             .and(warp::options())
-            .and(auth.with_scope(SCOPE))
-            .map(|_: Caller| StatusCode::NO_CONTENT.into_response());
+            .and(auth.require_scope(SCOPE))
+            .map(|_| StatusCode::NO_CONTENT.into_response());
         let admin = warp::path!("admin")
             .and(warp::get())
-            .and(auth.filter())
-            .map(|c: Caller| whoami(&c));
+            .and(auth.caller())
+            .map(whoami);
         let routes = health
             .or(items)
             .unify()
@@ -67,7 +73,7 @@ impl Harness for Warp {
         for (name, value) in &request.headers {
             builder = builder.header(name.as_str(), HeaderValue::from_bytes(value).unwrap());
         }
-        let mut service = warp::service(routes);
+        let mut service = auth.layer(warp::service(routes));
         let response = service
             .call(builder.body(String::new()).unwrap())
             .await

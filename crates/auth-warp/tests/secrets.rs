@@ -2,10 +2,11 @@
 //! public types, on allow and deny paths.
 #![allow(unused_crate_dependencies)]
 
+use auth_core::PlainRequest;
 use auth_core::testing::SecretWatch;
-use auth_core::{Rejection, RejectionKind};
-use auth_warp::{Auth, AuthRejected, Caller};
+use auth_warp::{Auth, AuthRejection, Authenticated};
 use http_body_util::BodyExt;
+use tower_layer::Layer;
 use tower_service::Service;
 use warp::Filter;
 
@@ -19,10 +20,13 @@ async fn no_secret_in_logs_debug_or_answers() {
     let auth = Auth::new(guard.clone());
     watch.observe(format!("{auth:?}{guard:?}"));
     let routes = warp::path!("items")
-        .and(auth.filter())
-        .map(|who: Caller| format!("{who:?}"))
+        .and(auth.authenticated())
+        // A handler that logs the request's headers: the credential headers
+        // are marked sensitive, so the key is not among them.
+        .and(warp::header::headers_cloned())
+        .map(|who: Authenticated, headers| format!("{who:?}{headers:?}"))
         .recover(auth_warp::recover);
-    let mut service = warp::service(routes);
+    let mut service = auth.layer(warp::service(routes));
     let requests = SecretWatch::probes(SECRET, GUESS);
     for (name, value) in requests {
         let request = warp::http::Request::get("/items")
@@ -34,7 +38,8 @@ async fn no_secret_in_logs_debug_or_answers() {
         let body = response.into_body().collect().await.unwrap().to_bytes();
         watch.observe(String::from_utf8_lossy(&body));
     }
-    let rejected = AuthRejected(Rejection::new(RejectionKind::Missing, "api".into()));
+    let refused = guard.check(&PlainRequest::get("/items").header("x-api-key", GUESS));
+    let rejected = AuthRejection(refused.await.rejection().unwrap().clone());
     watch.observe(format!("{rejected:?}"));
     watch.finish();
 }
