@@ -62,12 +62,15 @@ pub async fn run(
                 .graceful(shutdown)
                 .run()
                 .await;
-            Ok(())
+            Ok::<(), std::io::Error>(())
         })
     } else {
         let auth = Auth::new(guard);
         let routes = routes(&auth);
-        tokio::spawn(auth_warp::serve(listener, auth, routes, shutdown))
+        tokio::spawn(async move {
+            auth_warp::serve(listener, auth, routes, shutdown).await;
+            Ok(())
+        })
     };
     crate::load_key(slot, key_file, addr).await?;
     server.await??;

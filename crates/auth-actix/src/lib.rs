@@ -328,6 +328,13 @@ where
 #[derive(Clone, Debug)]
 pub struct Authenticated(pub Arc<Principal>);
 
+impl Authenticated {
+    /// The principal, shared.
+    pub fn principal(&self) -> &Arc<Principal> {
+        &self.0
+    }
+}
+
 impl Deref for Authenticated {
     type Target = Principal;
 

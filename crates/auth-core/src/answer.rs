@@ -56,20 +56,12 @@ impl<T> Answer<T> {
     pub fn is_ready(&self) -> bool {
         matches!(self, Self::Ready(_))
     }
-
-    /// Applies `f` to the value, now or when it comes.
-    pub fn map<U>(self, f: impl FnOnce(T) -> U + Send + 'static) -> Answer<U>
-    where
-        T: 'static,
-    {
-        match self {
-            Self::Ready(v) => Answer::Ready(f(v)),
-            Self::Pending(fut) => Answer::pending(async move { f(fut.await) }),
-        }
-    }
 }
 
-/// Awaiting an answer gives its value (at once when it is ready).
+/// Awaiting an answer gives its value (at once when it is ready). As with
+/// any future, polling it again after it completed is a caller's bug: a
+/// spent `Ready` never completes again, a spent `Pending` does what its
+/// future does (an `async` block panics).
 impl<T: 'static> Future for Answer<T> {
     type Output = T;
 
@@ -91,8 +83,8 @@ impl<T: 'static> Future for Answer<T> {
 
 impl<T> Unpin for Answer<T> {}
 
-/// What an awaited [`Answer::Ready`] leaves behind: polling it again is a
-/// caller's bug, answered by never completing rather than by a panic.
+/// What an awaited [`Answer::Ready`] leaves behind (zero-sized: its box
+/// allocates nothing).
 struct Spent<T>(PhantomData<fn() -> T>);
 
 impl<T> Future for Spent<T> {

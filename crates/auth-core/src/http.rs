@@ -6,7 +6,7 @@
 use http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 use std::sync::Arc;
 
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 
 use crate::{CredentialSources, Rejection, RequestView};
 
@@ -51,32 +51,6 @@ impl RequestView for http::request::Parts {
     }
 }
 
-/// A request given as its pieces, for frameworks that hand them out one by
-/// one (warp's filters).
-#[derive(Clone, Copy, Debug)]
-pub struct HttpView<'a> {
-    /// The method.
-    pub method: &'a Method,
-    /// The routed path.
-    pub path: &'a str,
-    /// The headers.
-    pub headers: &'a HeaderMap,
-}
-
-impl RequestView for HttpView<'_> {
-    fn method(&self) -> &str {
-        self.method.as_str()
-    }
-
-    fn path(&self) -> &str {
-        self.path
-    }
-
-    fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        values(self.headers, name)
-    }
-}
-
 /// Appends `headers` (lowercase names and visible-ASCII values, as the core
 /// makes them) to `map`, keeping what is there.
 pub fn append_headers(map: &mut HeaderMap, headers: Vec<(&'static str, String)>) {
@@ -107,7 +81,7 @@ pub fn response<B: From<String>>(rejection: &Rejection) -> Response<B> {
 }
 
 /// The rejection's status code.
-pub fn status(rejection: &Rejection) -> StatusCode {
+fn status(rejection: &Rejection) -> StatusCode {
     StatusCode::from_u16(rejection.status()).unwrap_or(StatusCode::UNAUTHORIZED)
 }
 
@@ -122,9 +96,14 @@ pub fn status(rejection: &Rejection) -> StatusCode {
 /// let names = CredentialHeaders::of(&CredentialSources::default());
 /// let mut headers = http::HeaderMap::new();
 /// headers.insert("x-api-key", "s3cret".parse().unwrap());
+/// // Sent twice (let through by open mode or a public path): every value.
+/// headers.append("authorization", "Bearer one".parse().unwrap());
+/// headers.append("authorization", "Bearer two".parse().unwrap());
 /// names.mark_sensitive(&mut headers);
 /// assert!(headers["x-api-key"].is_sensitive());
-/// assert!(!format!("{headers:?}").contains("s3cret"));
+/// assert!(headers.get_all("authorization").iter().all(|v| v.is_sensitive()));
+/// let shown = format!("{headers:?}");
+/// assert!(!shown.contains("s3cret") && !shown.contains("one") && !shown.contains("two"));
 /// ```
 #[derive(Clone, Debug)]
 pub struct CredentialHeaders {
@@ -152,12 +131,19 @@ impl CredentialHeaders {
         }
     }
 
-    /// Marks the first value of each credential header sensitive. A request
-    /// that sends one twice is refused (400) before any handler runs.
+    /// Marks every value of each credential header sensitive (open and
+    /// report-only modes and public paths let a header sent twice through).
     pub fn mark_sensitive(&self, headers: &mut HeaderMap) {
         for name in self.names.iter() {
-            if let Some(value) = headers.get_mut(name) {
-                value.set_sensitive(true);
+            let Some(first) = headers.get_mut(name) else {
+                continue;
+            };
+            first.set_sensitive(true);
+            // Sent more than once (rare): the entry reaches every value.
+            if headers.get_all(name).iter().nth(1).is_some() {
+                if let http::header::Entry::Occupied(mut entry) = headers.entry(name.clone()) {
+                    entry.iter_mut().for_each(|v| v.set_sensitive(true));
+                }
             }
         }
     }

@@ -277,9 +277,11 @@ impl FindById for MemoryKeyStore {
 /// Verification is one lookup by digest, a constant-time confirmation of the
 /// digest, then the record's state (disabled → `Disabled`, past
 /// `expires_at` → `Expired`). A store error is `Unavailable`, never
-/// "invalid" and never a grant. Wrapped in [`Cached`](crate::Cached), a
+/// "invalid" and never a grant. Wrapped in [`Cached`](crate::Cached), over
+/// a store that [finds by id](FindById) (as [`MemoryKeyStore`] does), a
 /// cache hit is re-checked against the live record by id, so the cache can
-/// never grant what the store denies.
+/// never grant what the store denies; over a store without one (the SQL
+/// stores), the cache holds answers until invalidated or their TTL.
 ///
 /// ```
 /// use auth_core::{ApiKey, Credential, HashedKeyStore, KeyRecord, MemoryKeyStore, Verifier, VerifyContext, VerifyError};

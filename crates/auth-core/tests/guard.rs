@@ -814,7 +814,8 @@ async fn authenticated_needs_an_authenticated_admission() {
         Some("ApiKey realm=\"linker\", header=\"X-Service-Token\""),
         "the refusal is the guard's that let the request through"
     );
-    assert_eq!(g.counts().missing, before.missing + 1);
+    // Counted once already, as passed: the extractor's refusal adds nothing.
+    assert_eq!(g.counts(), before);
 
     // An authenticated admission gives its caller, and counts nothing.
     let allowed = g
@@ -901,4 +902,80 @@ async fn a_scoped_local_fallback_lets_the_local_key_in_while_the_primary_is_down
         rejected(g.check(&req).await).kind(),
         RejectionKind::Invalid(VerifyError::Invalid)
     );
+}
+
+/// A route's scope check trusts only what its own guard admitted: another
+/// guard's pass (an open rollout guard) or another keyring's principal
+/// holding the scope is a request this route's guard never checked.
+#[tokio::test]
+async fn a_route_scope_refuses_another_guards_admission() {
+    let strict = Guard::builder(scoped_keys()).build().unwrap();
+    let admin = strict.route_scope("stt").unwrap();
+    // An open guard in front, the strict guard's layer forgotten.
+    let open = Guard::from_env("AUTH_CORE_TEST_SURELY_UNSET_VARIABLE_2")
+        .unwrap()
+        .build()
+        .unwrap();
+    let passed = open
+        .admit(open.check(&PlainRequest::get("/admin")).await)
+        .unwrap();
+    let r = admin.check(Some(&passed)).unwrap_err();
+    assert_eq!((r.status(), r.kind()), (401, RejectionKind::Missing));
+    // Another keyring's principal that holds the scope.
+    let other = Guard::builder(scoped_keys()).build().unwrap();
+    let theirs = other
+        .admit(
+            other
+                .check(&PlainRequest::get("/x").header("x-api-key", "stt-key"))
+                .await,
+        )
+        .unwrap();
+    assert!(theirs.principal().unwrap().has_scope("stt"));
+    assert_eq!(admin.check(Some(&theirs)).unwrap_err().status(), 401);
+    // The same principal through the route's own guard (or a clone) passes.
+    let ours = strict
+        .clone()
+        .admit(
+            strict
+                .check(&PlainRequest::get("/x").header("x-api-key", "stt-key"))
+                .await,
+        )
+        .unwrap();
+    assert!(admin.check(Some(&ours)).is_ok());
+    assert!(strict.admitted(Some(&theirs)).is_err());
+    assert!(strict.admitted(Some(&ours)).is_ok());
+}
+
+/// Names no variable can have read as unset; they must not mean open mode.
+#[test]
+fn from_env_refuses_names_that_cannot_be_variables() {
+    for bad in ["", "TOKEN=abc", "A\0B"] {
+        assert!(
+            matches!(Guard::from_env(bad), Err(auth_core::Error::Config(_))),
+            "{bad:?}"
+        );
+    }
+}
+
+/// Sources that could never accept a key are refused when the guard is
+/// built, not found out as a 400 on every request.
+#[test]
+fn sources_that_refuse_every_key_are_refused_at_build() {
+    let build = |sources: CredentialSources| {
+        Guard::builder(StaticKey::new(KEY).unwrap())
+            .sources(sources)
+            .build()
+    };
+    assert!(build(CredentialSources::default().key_headers(["X-Token", "x-token"])).is_err());
+    assert!(build(CredentialSources::default().key_header("Authorization")).is_err());
+    // Read as a key header once bearer is off: fine.
+    assert!(
+        build(
+            CredentialSources::default()
+                .key_header("Authorization")
+                .bearer(false)
+        )
+        .is_ok()
+    );
+    assert!(build(CredentialSources::default().key_header("bad header")).is_err());
 }

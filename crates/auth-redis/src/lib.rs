@@ -233,14 +233,16 @@ impl Shared {
                     Ok(Err(e)) => e.to_string(),
                     Err(_) => "timeout".to_owned(),
                 };
-                // A fresh connection next time (the manager may be wedged).
-                self.forget_connection().await;
+                // The rest period and the outage first: a caller that hangs
+                // up during the await below must not lose them.
                 *self.retry_at() = Some(Instant::now() + RETRY_AFTER);
                 if !self.outage.swap(true, Ordering::Relaxed) {
                     tracing::warn!(target: "auth_redis", why,
                         fallback = ?when_unreachable,
                         "Redis unreachable: rate limits are not shared until it is back");
                 }
+                // A fresh connection next time (the manager may be wedged).
+                self.forget_connection().await;
                 None
             }
         }

@@ -148,8 +148,8 @@ pub fn admin_key_path(data_dir: &Path) -> PathBuf {
 #[derive(Clone)]
 pub struct AppState {
     store: SqlKeyStore,
-    /// Validation reads through this cache, kept in step with the store
-    /// (and every hit re-checked against the live row by id).
+    /// Validation reads through this cache, kept in step with the store by
+    /// the change log (`invalidate_on_change`), synchronously.
     keys: Arc<Cached<HashedKeyStore<SqlKeyStore>>>,
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use auth_core::tower::{GuardLayer, GuardService};
 use auth_core::{Admission, Guard, Principal, Rejection, RouteScope};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tower_layer::Layer;
@@ -46,8 +46,7 @@ impl Auth {
 
     /// Extracts the caller, `None` where the request passed without one
     /// (public path, preflight, open or report-only mode). A request that
-    /// did not come through this layer is rejected (401). Put path filters
-    /// before it, so that unknown routes stay 404.
+    /// did not come through this layer is rejected (401).
     pub fn caller(
         &self,
     ) -> impl Filter<Extract = (Option<Authenticated>,), Error = warp::Rejection> + Clone + use<>
@@ -60,9 +59,12 @@ impl Auth {
     pub fn authenticated(
         &self,
     ) -> impl Filter<Extract = (Authenticated,), Error = warp::Rejection> + Clone + use<> {
-        admission().and_then(|admission: Option<Admission>| {
+        let guard = self.guard().clone();
+        admission().and_then(move |admission: Option<Admission>| {
+            let admitted = guard.admitted(admission.as_ref());
             ready(
-                Admission::authenticated(admission.as_ref())
+                admitted
+                    .and_then(|a| Admission::authenticated(Some(a)))
                     .map(Authenticated)
                     .map_err(reject),
             )
@@ -92,12 +94,12 @@ impl Auth {
         scope: Option<RouteScope>,
     ) -> impl Filter<Extract = (Option<Authenticated>,), Error = warp::Rejection> + Clone + use<>
     {
+        let guard = self.guard().clone();
         admission().and_then(move |admission: Option<Admission>| {
-            let checked = match (&scope, &admission) {
-                (Some(scope), admission) => scope.check(admission.as_ref()),
-                (None, Some(_)) => Ok(()),
-                // Never met the layer: refused, as no guard decided it.
-                (None, None) => Admission::authenticated(None).map(drop),
+            let checked = match &scope {
+                Some(scope) => scope.check(admission.as_ref()),
+                // Made by this layer's guard, or refused as never checked.
+                None => guard.admitted(admission.as_ref()).map(drop),
             };
             let caller = admission.and_then(|a| a.principal().cloned().map(Authenticated));
             ready(checked.map(|()| caller).map_err(reject))
@@ -127,6 +129,13 @@ fn reject(rejection: Rejection) -> warp::Rejection {
 #[derive(Clone, Debug)]
 pub struct Authenticated(pub Arc<Principal>);
 
+impl Authenticated {
+    /// The principal, shared.
+    pub fn principal(&self) -> &Arc<Principal> {
+        &self.0
+    }
+}
+
 impl Deref for Authenticated {
     type Target = Principal;
 
@@ -152,26 +161,42 @@ pub async fn recover(rejection: warp::Rejection) -> Result<warp::reply::Response
 
 /// Serves `routes` behind `auth` on `listener` (HTTP/1 and HTTP/2, as
 /// `warp::serve` does) until `shutdown` resolves, then lets open
-/// connections finish.
+/// connections finish. A failed accept is logged and retried, never the end
+/// of the server; a connection that does not send its request headers
+/// within hyper's default (30 s) is closed.
 pub async fn serve<T: Reply + 'static>(
     listener: tokio::net::TcpListener,
     auth: Auth,
     routes: BoxedFilter<(T,)>,
     shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
+) {
     let service = TowerToHyperService::new(auth.layer(warp::service(routes)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let stream = tokio::select! {
-            accepted = listener.accept() => accepted?.0,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // Out of file descriptors, a connection reset before it was
+                // accepted: the server goes on (as `warp::serve` does),
+                // after a pause so that a persistent error does not spin.
+                Err(error) => {
+                    tracing::warn!(target: "auth_warp", %error, "accept failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
             () = &mut shutdown => break,
         };
-        let connection = auto::Builder::new(TokioExecutor::new())
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // A timer: hyper then bounds how long a client may take to send
+        // its request headers.
+        builder.http1().timer(TokioTimer::new());
+        builder.http2().timer(TokioTimer::new());
+        let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service.clone())
             .into_owned();
         tokio::spawn(graceful.watch(connection));
     }
     graceful.shutdown().await;
-    Ok(())
 }

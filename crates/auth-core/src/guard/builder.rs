@@ -77,6 +77,13 @@ impl Guard {
         var: &str,
         value: Option<std::ffi::OsString>,
     ) -> Result<GuardBuilder, Error> {
+        // A name no variable can have reads as unset: it must not mean open.
+        if var.is_empty() || var.contains(['=', '\0']) {
+            return Err(Error::Config(format!(
+                "`{}` is not an environment variable name",
+                var.escape_debug()
+            )));
+        }
         Ok(match StaticKey::from_env_value(var, value)? {
             Some(key) => Guard::builder(key),
             None => {
@@ -217,6 +224,23 @@ impl GuardBuilder {
                 "`{}` is not a header name",
                 bad.escape_debug()
             )));
+        }
+        let names = self.sources.key_header_names();
+        if let Some((i, _)) = names
+            .iter()
+            .enumerate()
+            .find(|(i, n)| names[..*i].contains(n))
+        {
+            return Err(Error::Config(format!(
+                "the key header `{}` is listed twice",
+                names[i]
+            )));
+        }
+        if self.sources.reads_bearer() && names.iter().any(|n| n == "authorization") {
+            return Err(Error::Config(
+                "`authorization` is read as bearer already; turn bearer off to read it as a key header"
+                    .into(),
+            ));
         }
         if let Some(scope) = &self.scope {
             check_scope_token(scope)?;

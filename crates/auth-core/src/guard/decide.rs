@@ -153,6 +153,12 @@ impl Guard {
         }
     }
 
+    /// This guard's rejection of `kind`, neither counted nor logged (for a
+    /// request already counted).
+    pub(super) fn rejection(&self, kind: RejectionKind) -> Rejection {
+        self.build(Refusal::new(kind))
+    }
+
     /// The rejection for `refusal`, counted and logged (with the
     /// credential's fingerprint, never the credential).
     pub(super) fn refuse(&self, refusal: Refusal) -> Rejection {
@@ -174,6 +180,13 @@ impl Guard {
                     scope = refusal.scope.as_deref(), "{}", refusal.says);
             }
         }
+        self.build(refusal)
+    }
+
+    /// The rejection for `refusal`: this guard's challenge and retry hints.
+    fn build(&self, refusal: Refusal) -> Rejection {
+        let s = &*self.shared;
+        let kind = refusal.kind;
         let mut rejection = Rejection::new(kind, Arc::clone(&s.challenge));
         let retry_after = refusal.retry_after.or(match kind {
             RejectionKind::Unavailable => Some(s.retry_unavailable),

@@ -194,14 +194,16 @@ impl Admission {
     }
 
     /// The authenticated caller of a request, for the handlers' extractors:
-    /// a request its guard let through without one is refused 401 by that
-    /// guard; a request no guard checked (`None`) is refused 401 too, with
-    /// the default realm and sources.
+    /// a request its guard let through without one (public path, preflight,
+    /// open or report-only mode) is refused 401 by that guard — already
+    /// counted when it passed, so not counted again; a request no guard
+    /// checked (`None`) is refused 401 too, with the default realm and
+    /// sources.
     pub fn authenticated(admission: Option<&Self>) -> Result<Arc<Principal>, Rejection> {
         match admission {
             Some(a) => match &a.admitted {
                 Admitted::Authenticated(p) => Ok(Arc::clone(p)),
-                Admitted::Passed(_) => Err(a.guard.refuse(Refusal::new(RejectionKind::Missing))),
+                Admitted::Passed(_) => Err(a.guard.rejection(RejectionKind::Missing)),
             },
             None => Err(Rejection::new(
                 RejectionKind::Missing,
@@ -304,6 +306,21 @@ impl Guard {
     /// invalid scope token is refused here, not per request).
     pub fn route_scope(&self, scope: &str) -> Result<RouteScope, crate::Error> {
         RouteScope::new(self.clone(), scope)
+    }
+
+    /// `admission` if this guard made it (or a clone of it: clones share
+    /// their configuration); otherwise this guard's 401, counted as missing —
+    /// a request that reached a route without this guard in front, or
+    /// through another guard (another keyring's principal is not this
+    /// one's), was never checked by it.
+    pub fn admitted<'a>(
+        &self,
+        admission: Option<&'a Admission>,
+    ) -> Result<&'a Admission, Rejection> {
+        match admission {
+            Some(a) if Arc::ptr_eq(&a.guard.shared, &self.shared) => Ok(a),
+            _ => Err(self.refuse(Refusal::new(RejectionKind::Missing))),
+        }
     }
 
     /// What an adapter stores for a decision: the [`Admission`] of an

@@ -18,8 +18,9 @@ use crate::{Error, Mode, Rejection, RejectionKind};
 ///   without a credential it is — 401, except in open mode (let through) and
 ///   report-only mode (logged, let through). Put the CORS layer in front of
 ///   a scoped route.
-/// - A request that reached the route without any admission was never
-///   checked (no guard in front): 401.
+/// - A request that reached the route without an admission from this
+///   route's guard was never checked by it (no guard in front, or another
+///   guard's): 401.
 ///
 /// ```
 /// use auth_core::{Guard, PlainRequest, Principal, KeySet};
@@ -58,18 +59,18 @@ impl RouteScope {
     /// (`None`: no guard ran).
     pub fn check(&self, admission: Option<&Admission>) -> Result<(), Rejection> {
         let guard = &self.guard;
+        let admission = guard.admitted(admission)?;
         let mode = guard.mode();
-        let refusal = match admission.map(Admission::admitted) {
-            Some(Admitted::Authenticated(p)) if p.has_scope(&self.scope) => return Ok(()),
-            Some(Admitted::Authenticated(p)) => {
+        let refusal = match admission.admitted() {
+            Admitted::Authenticated(p) if p.has_scope(&self.scope) => return Ok(()),
+            Admitted::Authenticated(p) => {
                 Refusal::new(RejectionKind::InsufficientScope).forbidden(p, self.scope.clone())
             }
             // The preflight pass skipped authentication, not the mode: decide
             // it as the request without a credential it is.
-            Some(Admitted::Passed(PassReason::Preflight)) if mode == Mode::Open => return Ok(()),
-            Some(Admitted::Passed(PassReason::Preflight)) => Refusal::new(RejectionKind::Missing),
-            Some(Admitted::Passed(_)) => return Ok(()),
-            None => return Err(guard.refuse(Refusal::new(RejectionKind::Missing))),
+            Admitted::Passed(PassReason::Preflight) if mode == Mode::Open => return Ok(()),
+            Admitted::Passed(PassReason::Preflight) => Refusal::new(RejectionKind::Missing),
+            Admitted::Passed(_) => return Ok(()),
         };
         match guard.conclude(mode, Verdict::Refused(refusal), "") {
             super::Decision::Reject(rejection) => Err(rejection),
