@@ -5,48 +5,20 @@
 //! none) reaching the same callsites could hide these events. Keep it alone.
 #![allow(unused_crate_dependencies)]
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use auth_core::{
     Answer, Credential, Fallback, KeySet, Principal, Verifier, VerifyContext, VerifyError,
     VerifyResult,
 };
 
+mod common;
+use common::Logs;
+
 async fn verify(v: &impl Verifier, key: &str) -> VerifyResult {
     v.verify(&Credential::new(key), &VerifyContext::default())
         .await
-}
-
-/// Everything logged on this thread, as text.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
-    type Writer = Logs;
-    fn make_writer(&'a self) -> Logs {
-        self.clone()
-    }
-}
-
-impl Logs {
-    /// Lines that carry both texts (a level and a message, say).
-    fn count(&self, a: &str, b: &str) -> usize {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .lines()
-            .filter(|l| l.contains(a) && l.contains(b))
-            .count()
-    }
 }
 
 /// A primary that asks its backend (its answers are futures), except while

@@ -11,43 +11,19 @@
 #![allow(unused_crate_dependencies)]
 
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 
 use auth_core::{
     CredentialSources, Decision, Error, Guard, Mode, PassReason, PlainRequest, RejectionKind,
 };
+
+mod common;
+use common::Logs;
 
 const VAR: &str = "AUTH_CORE_TEST_FROM_ENV_LOGS_TOKEN";
 /// Set in a child: what to check there.
 const CHILD: &str = "AUTH_CORE_TEST_FROM_ENV_LOGS_CHILD";
 const TEST_NAME: &str = "from_env_is_open_and_warns_while_unset_and_refuses_a_blank_value";
 const KEY: &str = "from-env-service-token-0123";
-
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
-    type Writer = Logs;
-    fn make_writer(&'a self) -> Logs {
-        self.clone()
-    }
-}
-
-impl Logs {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 fn token_only() -> CredentialSources {
     CredentialSources::default()

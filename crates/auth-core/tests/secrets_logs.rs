@@ -10,34 +10,15 @@
 //! subscriber is installed. Keep it alone.
 #![allow(unused_crate_dependencies)]
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use auth_core::{
     ApiKey, CacheConfig, Cached, Decision, Digest, Guard, HashedKeyStore, KeyFile, KeyRecord,
     KeySet, MemoryKeyStore, Mode, PlainRequest, Principal, RateLimitPolicy, StaticKey,
 };
-use tracing_subscriber::fmt::MakeWriter;
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
+mod common;
+use common::Logs;
 
 fn assert_secret_free(text: &str, secret: &str) {
     assert!(!text.contains(secret), "secret leaked into:\n{text}");
@@ -50,7 +31,7 @@ fn assert_secret_free(text: &str, secret: &str) {
 
 #[test]
 fn logs_and_debug_never_carry_the_key() {
-    let captured = Captured::default();
+    let captured = Logs::default();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
         .with_writer(captured.clone())
@@ -137,7 +118,7 @@ fn logs_and_debug_never_carry_the_key() {
         }
         debug.push_str(&format!("{guard:?}{:?}", guard.counts()));
     }
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert!(logs.contains("denied"), "the capture saw no deny event");
     assert!(logs.contains("allowed"), "the capture saw no allow event");
     assert!(
