@@ -278,7 +278,8 @@ impl Rejection {
     /// `"scope"` for `insufficient_scope`. Never contains the credential.
     pub fn body(&self) -> String {
         let mut body = format!("{{\"error\":\"{}\",\"message\":\"", self.kind.code());
-        push_json_escaped(&mut body, self.message());
+        // Fixed text and header names (tokens): nothing to escape.
+        body.push_str(self.message());
         body.push('"');
         if let (RejectionKind::InsufficientScope, Some(scope)) = (self.kind, &self.scope) {
             body.push_str(",\"scope\":\"");

@@ -56,6 +56,7 @@ impl Refusal {
     }
 
     /// The verifier's "no" (or "could not decide") for the credential.
+    #[inline]
     pub(super) fn verification(error: VerifyError, fingerprint: Digest) -> Self {
         let mut refusal = match error {
             VerifyError::Unavailable => {
@@ -126,6 +127,7 @@ fn outcome(kind: RejectionKind) -> Outcome {
 impl Guard {
     /// The decision for `verdict` in `mode`: counted, logged, and — for a
     /// refusal — the rejection, or in report-only mode a pass.
+    #[inline]
     pub(super) fn conclude(&self, mode: Mode, verdict: Verdict, path: &str) -> Decision {
         let s = &*self.shared;
         match verdict {
@@ -161,12 +163,14 @@ impl Guard {
 
     /// The rejection for `refusal`, counted and logged (with the
     /// credential's fingerprint, never the credential).
+    #[inline]
     pub(super) fn refuse(&self, refusal: Refusal) -> Rejection {
         let s = &*self.shared;
         let kind = refusal.kind;
         s.counters.count(outcome(kind));
-        let fingerprint = refusal.fingerprint.as_ref().map(Digest::fingerprint);
-        let fingerprint = fingerprint.as_deref();
+        // Displayed only if the event is logged: nothing is formatted for a
+        // refusal nobody reads.
+        let fingerprint = refusal.fingerprint.as_ref().map(tracing::field::display);
         let principal = refusal.principal.as_deref().map(Principal::id);
         match kind {
             RejectionKind::NotReady => {}
@@ -184,6 +188,7 @@ impl Guard {
     }
 
     /// The rejection for `refusal`: this guard's challenge and retry hints.
+    #[inline]
     fn build(&self, refusal: Refusal) -> Rejection {
         let s = &*self.shared;
         let kind = refusal.kind;
