@@ -198,44 +198,67 @@ where
     forward_ready!(service);
 
     fn call(&self, mut request: ServiceRequest) -> Self::Future {
-        let headers = request.headers_mut();
-        for name in self.auth.sensitive.iter() {
-            if let Some(value) = headers.get_mut(name) {
-                value.set_sensitive(true);
-            }
-        }
+        mark_sensitive(request.headers_mut(), &self.auth.sensitive);
         let guard = &self.auth.guard;
         match guard.check(&View(&request)) {
-            Answer::Ready(decision) => match admit(guard, decision, &request) {
-                // Decided at once, nothing to add: the service's own future.
-                Ok(headers) if headers.is_empty() => {
-                    Either::Left(self.service.call(request).map_ok(left_body))
-                }
-                Ok(headers) => {
-                    let call = self.service.call(request);
-                    Either::Right(Box::pin(async move {
-                        let mut response = call.await?;
-                        append_headers(response.headers_mut(), headers);
-                        Ok(response.map_into_left_body())
-                    }))
-                }
-                Err(refused) => Either::Right(Box::pin(ready(Ok(request
-                    .into_response(refused)
-                    .map_into_right_body())))),
-            },
+            Answer::Ready(decision) => {
+                respond(&*self.service, admit(guard, decision, &request), request)
+            }
             Answer::Pending(decision) => {
                 let service = Rc::clone(&self.service);
                 let guard = guard.clone();
+                // Once decided, the same path as a decision made at once.
                 Either::Right(Box::pin(async move {
-                    match admit(&guard, decision.await, &request) {
-                        Ok(headers) => {
-                            let mut response = service.call(request).await?;
-                            append_headers(response.headers_mut(), headers);
-                            Ok(response.map_into_left_body())
-                        }
-                        Err(refused) => Ok(request.into_response(refused).map_into_right_body()),
-                    }
+                    let admitted = admit(&guard, decision.await, &request);
+                    respond(&*service, admitted, request).await
                 }))
+            }
+        }
+    }
+}
+
+/// The service's response to an admitted request, with the headers to add;
+/// the refusal of a refused one. Nothing to add: the service's own future.
+fn respond<S, B>(
+    service: &S,
+    admitted: Result<Vec<(&'static str, String)>, HttpResponse>,
+    request: ServiceRequest,
+) -> <AuthMiddleware<S> as Service<ServiceRequest>>::Future
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: MessageBody + 'static,
+{
+    match admitted {
+        Ok(headers) if headers.is_empty() => Either::Left(service.call(request).map_ok(left_body)),
+        Ok(headers) => {
+            let call = service.call(request);
+            Either::Right(Box::pin(async move {
+                let mut response = call.await?;
+                append_headers(response.headers_mut(), headers);
+                Ok(response.map_into_left_body())
+            }))
+        }
+        Err(refused) => Either::Right(Box::pin(ready(Ok(request
+            .into_response(refused)
+            .map_into_right_body())))),
+    }
+}
+
+/// Marks every value of the credential headers sensitive (open and
+/// report-only modes and public paths let a header sent twice through).
+fn mark_sensitive(headers: &mut HeaderMap, names: &[HeaderName]) {
+    for name in names {
+        let Some(first) = headers.get_mut(name) else {
+            continue;
+        };
+        first.set_sensitive(true);
+        // Sent more than once (rare): actix-web gives mutable access to the
+        // first value only, so the values are taken out and put back.
+        if headers.get_all(name).len() > 1 {
+            let values: Vec<HeaderValue> = headers.remove(name).collect();
+            for mut value in values {
+                value.set_sensitive(true);
+                headers.append(name.clone(), value);
             }
         }
     }
