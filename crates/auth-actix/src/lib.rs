@@ -60,14 +60,8 @@ fn append_headers(map: &mut HeaderMap, headers: Vec<(&'static str, String)>) {
 
 /// auth-core's [`Rejection`] as an actix-web error: status, headers and JSON
 /// body, all decided by the guard.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct AuthRejection(pub Rejection);
-
-impl fmt::Debug for AuthRejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.0, f)
-    }
-}
 
 impl fmt::Display for AuthRejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -112,18 +106,12 @@ impl Auth {
     /// Middleware around `guard`.
     pub fn new(guard: Guard) -> Self {
         let sources = guard.sources();
-        let mut sensitive: Vec<HeaderName> = sources
-            .key_header_names()
-            .iter()
+        let bearer = sources.reads_bearer().then_some("authorization");
+        let names = sources.key_header_names().iter().map(String::as_str);
+        let sensitive = (names.chain(bearer))
             .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
             .collect();
-        if sources.reads_bearer() {
-            sensitive.push(AUTHORIZATION);
-        }
-        Self {
-            guard,
-            sensitive: sensitive.into(),
-        }
+        Self { guard, sensitive }
     }
 
     /// The guard.
@@ -324,24 +312,16 @@ where
 {
     type Response = ServiceResponse<EitherBody<B>>;
     type Error = actix_web::Error;
-    type Future = Either<
-        MapOk<S::Future, fn(ServiceResponse<B>) -> ServiceResponse<EitherBody<B>>>,
-        Ready<Result<Self::Response, Self::Error>>,
-    >;
+    type Future = <AuthMiddleware<S> as Service<ServiceRequest>>::Future;
 
     forward_ready!(service);
 
     fn call(&self, request: ServiceRequest) -> Self::Future {
         let decided = self.check.check(request.extensions().get::<Admission>());
-        match decided {
-            Ok(()) => Either::Left(self.service.call(request).map_ok(left_body)),
-            Err(rejection) => {
-                let response = AuthRejection(rejection).error_response();
-                Either::Right(ready(Ok(request
-                    .into_response(response)
-                    .map_into_right_body())))
-            }
-        }
+        let admitted = decided
+            .map(|()| Vec::new())
+            .map_err(|rejection| AuthRejection(rejection).error_response());
+        respond(&*self.service, admitted, request)
     }
 }
 
