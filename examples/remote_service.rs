@@ -11,6 +11,9 @@
 //!
 //! `BIND` sets the address (default `127.0.0.1:8081`). A key disabled in the
 //! key service is refused here within a second (its changes stream).
+//! Prometheus metrics: `curl http://127.0.0.1:9464/metrics` (`METRICS_BIND`;
+//! `METRICS_BIND=off` serves none). The metrics listener is not
+//! authenticated: keep it on loopback or an internal interface.
 
 // Examples share the package's dependency list and use part of it.
 #![allow(unused_crate_dependencies)]
@@ -23,8 +26,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:8081".to_owned());
     let listener = tokio::net::TcpListener::bind(&bind).await?;
     tracing::info!(%bind, key_service = ?verifier, "listening");
+    let metrics_bind = std::env::var("METRICS_BIND").unwrap_or_else(|_| "127.0.0.1:9464".into());
+    let metrics = match metrics_bind.as_str() {
+        "off" => None,
+        addr => {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            tracing::info!(bind = %addr, "metrics at /metrics");
+            Some(listener)
+        }
+    };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    auth_examples::remote_service::run(listener, verifier, shutdown).await
+    auth_examples::remote_service::run(listener, metrics, verifier, shutdown).await
 }

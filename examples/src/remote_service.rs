@@ -1,10 +1,18 @@
 //! A service behind the central key service: auth-axum's layer over
-//! auth-remote's verifier, configured from the environment only.
+//! auth-remote's verifier, configured from the environment only; its
+//! Prometheus metrics on a listener of their own.
+
+use std::sync::Arc;
 
 use auth_axum::{Auth, Authenticated};
+use auth_core::prometheus::Metrics;
+use auth_core::prometheus::prometheus_client::encoding::text::encode;
+use auth_core::prometheus::prometheus_client::registry::Registry;
 use auth_core::{Guard, PublicPaths};
 use auth_remote::{RemoteVerifier, RemoteVerifierBuilder};
 use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 /// The scope `/api/v1/stt` requires.
@@ -44,8 +52,7 @@ pub fn app(guard: Guard, verifier: RemoteVerifier) -> Router {
 /// Ready while keys not in the cache can be validated (the circuit to the
 /// key service is closed): 503 otherwise, so that an orchestrator sends
 /// new traffic elsewhere. The body says what the verifier knows.
-async fn ready(verifier: RemoteVerifier) -> axum::response::Response {
-    use axum::response::IntoResponse;
+async fn ready(verifier: RemoteVerifier) -> Response {
     let state = verifier.state();
     let last = state.last_answer.map_or_else(
         || "null".to_owned(),
@@ -62,9 +69,9 @@ async fn ready(verifier: RemoteVerifier) -> axum::response::Response {
         state.stream_live
     );
     let status = if state.can_validate_new_keys() {
-        axum::http::StatusCode::OK
+        StatusCode::OK
     } else {
-        axum::http::StatusCode::SERVICE_UNAVAILABLE
+        StatusCode::SERVICE_UNAVAILABLE
     };
     (status, [("content-type", "application/json")], body).into_response()
 }
@@ -77,18 +84,71 @@ async fn stt(who: Authenticated) -> String {
     format!("{{\"caller\":\"{}\",\"scope\":\"{STT_SCOPE}\"}}", who.id())
 }
 
-/// Serves the routes with `verifier` on `listener` until `shutdown`.
-pub async fn run(
-    listener: tokio::net::TcpListener,
-    verifier: RemoteVerifier,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// `GET /metrics`: the registry in the OpenMetrics text format, read at
+/// each scrape (the guard's decisions, the verifier's calls, circuit,
+/// stream and cache).
+pub fn metrics_app(registry: Arc<Registry>) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || async move {
+            let mut text = String::new();
+            match encode(&mut text, &registry) {
+                Ok(()) => (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    text,
+                )
+                    .into_response(),
+                Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+            }
+        }),
+    )
+}
+
+/// The guard and the registry that exports it and `verifier`.
+fn guard_and_metrics(verifier: &RemoteVerifier) -> Result<(Guard, Registry), auth_core::Error> {
     let guard = Guard::builder(verifier.clone())
         .keyring("api")
         .public_paths(PublicPaths::default().exact("/ready"))
         .build()?;
+    let mut registry = Registry::default();
+    Metrics::register(&mut registry)
+        .guard(&guard)
+        .add(verifier.clone());
+    Ok((guard, registry))
+}
+
+/// Serves the routes with `verifier` on `listener` — and `/metrics` on
+/// `metrics`, when given: never on the API's port, so that it is reachable
+/// only where that listener is bound (loopback by default) — until
+/// `shutdown`.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    metrics: Option<tokio::net::TcpListener>,
+    verifier: RemoteVerifier,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let (guard, registry) = guard_and_metrics(&verifier)?;
+    // Ends with the service (aborted when dropped).
+    let _metrics = metrics.map(|listener| {
+        let app = metrics_app(Arc::new(registry));
+        AbortOnDrop(tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        }))
+    });
     axum::serve(listener, app(guard, verifier))
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -33,20 +33,45 @@ async fn admin(addr: SocketAddr, key: &str, method: &str, path: &str, body: Valu
         .unwrap_or(Value::Null)
 }
 
-/// The example's service, configured from `env`, on a free port.
-async fn remote_service(env: &HashMap<&str, String>) -> SocketAddr {
+/// The example's service, configured from `env`, on a free port; its
+/// metrics on another.
+async fn remote_service(env: &HashMap<&str, String>) -> (SocketAddr, SocketAddr) {
     let verifier = auth_examples::remote_service::verifier_from(|n| env.get(n).cloned())
         .unwrap()
         .build()
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = metrics.local_addr().unwrap();
     tokio::spawn(auth_examples::remote_service::run(
         listener,
+        Some(metrics),
         verifier,
         std::future::pending(),
     ));
-    addr
+    (addr, metrics_addr)
+}
+
+/// `/metrics` at `addr`: the text, after checking the content type.
+async fn scrape(addr: SocketAddr) -> String {
+    let r = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    r.text().await.unwrap()
+}
+
+/// The value of the sample `series` (name and labels, as written).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,7 +115,7 @@ async fn remote_service_answers_from_the_key_service_and_hears_revocations() {
         auth_examples::remote_service::verifier_from(|_| None).is_err(),
         "no AUTH_REMOTE_URL"
     );
-    let addr = remote_service(&env).await;
+    let (addr, metrics) = remote_service(&env).await;
 
     let http = reqwest::Client::new();
     let get = |path: &str, key: Option<&Value>| {
@@ -137,6 +162,55 @@ async fn remote_service_answers_from_the_key_service_and_hears_revocations() {
     println!("refused {:?} after the disable", start.elapsed());
     assert_eq!(get("/api/v1/items", Some(&alice)).await, 401);
     assert_eq!(get("/api/v1/items", Some(&bob)).await, 200);
+
+    // Issue 15, item 2: what happened, scraped as Prometheus would.
+    let text = scrape(metrics).await;
+    let api = |decision: &str, reason: &str| {
+        sample(
+            &text,
+            &format!(
+                r#"auth_guard_decisions_total{{keyring="api",decision="{decision}",reason="{reason}"}}"#
+            ),
+        )
+        .unwrap_or_else(|| panic!("no {decision}/{reason} in\n{text}"))
+    };
+    let allowed = api("allowed", "valid");
+    assert!(allowed >= 7.0, "{allowed}");
+    assert_eq!(api("passed", "public_path"), 1.0);
+    // No key once, then the service credential, the wrong key, and alice
+    // once the disable reached this service.
+    assert_eq!(api("denied", "missing"), 1.0);
+    assert_eq!(api("denied", "invalid"), 4.0);
+    let route = r#"auth_route_scope_denials_total{keyring="api",reason="insufficient_scope"}"#;
+    assert_eq!(sample(&text, route), Some(1.0), "bob on /api/v1/stt");
+    // Asked once each: alice, bob, the service credential, the wrong key,
+    // alice after the disable (disabled); every other request a hit.
+    let calls = |outcome: &str| {
+        sample(
+            &text,
+            &format!(r#"auth_remote_calls_total{{outcome="{outcome}"}}"#),
+        )
+    };
+    assert_eq!(
+        (calls("valid"), calls("invalid"), calls("disabled")),
+        (Some(2.0), Some(2.0), Some(1.0))
+    );
+    let misses = sample(&text, r#"auth_cache_misses_total{cache="remote"}"#);
+    assert_eq!(misses, Some(5.0));
+    let hits = sample(&text, r#"auth_cache_hits_total{cache="remote"}"#).unwrap();
+    assert_eq!(
+        hits + 5.0,
+        allowed + 4.0,
+        "every verified request, hit or miss"
+    );
+    assert_eq!(sample(&text, "auth_remote_circuit_open"), Some(0.0));
+    assert_eq!(sample(&text, "auth_remote_stream_live"), Some(1.0));
+    for key in [&alice, &bob, &service] {
+        let key = key["key"].as_str().unwrap();
+        assert!(!text.contains(key), "a key in the metrics");
+    }
+    // Not on the API's port.
+    assert_eq!(get("/metrics", Some(&bob)).await, 404);
 }
 
 /// Issue 15, item 3: `/ready` is 503 while keys not in the cache cannot be
@@ -153,7 +227,7 @@ async fn ready_follows_the_circuit() {
         ("AUTH_REMOTE_URL", format!("http://127.0.0.1:{port}")),
         ("AUTH_REMOTE_SERVICE_TOKEN", "sk_svc_unused".to_owned()),
     ]);
-    let addr = remote_service(&env).await;
+    let (addr, metrics) = remote_service(&env).await;
     let http = reqwest::Client::new();
     let ready = || async {
         let r = http
@@ -183,4 +257,29 @@ async fn ready_follows_the_circuit() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["circuitOpen"], true);
     assert_eq!(body["ready"], false);
+    // And so do the metrics.
+    let text = scrape(metrics).await;
+    assert_eq!(
+        sample(&text, "auth_remote_circuit_open"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"auth_remote_calls_total{outcome="failed"}"#),
+        Some(5.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"auth_remote_calls_skipped_total{reason="circuit_open"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"auth_guard_decisions_total{keyring="api",decision="denied",reason="unavailable"}"#
+        ),
+        Some(6.0)
+    );
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
-use crate::cache::{Cache, CacheEntry, Denial, FillTicket, TtlCache};
+use crate::cache::{Cache, CacheEntry, CacheStats, Denial, FillTicket, TtlCache};
 use crate::{
     Answer, ApiKeyFormat, CacheConfig, Credential, Digest, Principal, Recheck, Verifier,
     VerifyContext, VerifyError, VerifyResult,
@@ -45,6 +45,9 @@ pub struct Cached<V, C = TtlCache<Arc<Principal>>> {
     inner: V,
     /// Shared with the futures of answers that had to wait, which fill it.
     cache: Arc<C>,
+    /// Requests answered from the cache, and those that asked `inner`
+    /// (counted with the `prometheus` feature).
+    stats: Arc<CacheStats>,
 }
 
 impl<V: Verifier> Cached<V> {
@@ -63,6 +66,7 @@ impl<V: Verifier, C: Cache<Arc<Principal>>> Cached<V, C> {
         Self {
             inner,
             cache: Arc::new(cache),
+            stats: Arc::default(),
         }
     }
 
@@ -79,6 +83,13 @@ impl<V: Verifier, C: Cache<Arc<Principal>>> Cached<V, C> {
     /// The cache.
     pub fn cache(&self) -> &C {
         &self.cache
+    }
+
+    /// Requests answered from the cache and requests that asked the
+    /// wrapped verifier: counted when the crate's `prometheus` feature is on
+    /// (else 0), exported by [`Metrics::cache`](crate::prometheus).
+    pub fn stats(&self) -> &Arc<CacheStats> {
+        &self.stats
     }
 
     /// The wrapped verifier.
@@ -171,7 +182,13 @@ impl<V: Verifier, C: Cache<Arc<Principal>>> Cached<V, C> {
 impl<V: Verifier, C: Cache<Arc<Principal>> + 'static> Verifier for Cached<V, C> {
     fn verify(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> Answer<VerifyResult> {
         let digest = credential.digest();
-        match self.lookup(digest) {
+        let hit = self.lookup(digest);
+        #[cfg(feature = "prometheus")]
+        match hit {
+            Some(_) => self.stats.hit(),
+            None => self.stats.miss(),
+        }
+        match hit {
             Some(Hit::Answer(answer)) => Answer::Ready(answer),
             Some(Hit::Recheck(principal, live)) => {
                 let ticket = self.cache.ticket(digest);

@@ -31,6 +31,8 @@ mod verifier;
 
 #[cfg(feature = "openapi")]
 pub mod openapi;
+#[cfg(feature = "prometheus")]
+pub mod prometheus;
 #[cfg(feature = "protocol")]
 pub mod protocol;
 #[cfg(feature = "testing")]

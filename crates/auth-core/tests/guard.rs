@@ -207,14 +207,22 @@ async fn a_preflight_never_passes_a_route_scope() {
     assert!(preflight.principal().is_none());
 
     // The same 401 as a request that was never authenticated, counted as
-    // missing.
+    // missing at the route (the guard counted the preflight as passed).
     let admin = g.route_scope("admin").unwrap();
     assert_eq!(admin.scope(), "admin");
-    let missing_before = g.counts().missing;
+    let missing_before = g.counts().route_missing;
     let r = admin.check(Some(&preflight)).unwrap_err();
     assert_eq!((r.status(), r.kind()), (401, RejectionKind::Missing));
+    assert_eq!(g.counts().route_missing, missing_before + 1);
+    assert_eq!(
+        g.counts().missing,
+        0,
+        "each request counted once by the guard"
+    );
+    // No admission of this guard's: it never decided the request, which
+    // counts as one without a credential.
     assert_eq!(admin.check(None).unwrap_err(), r);
-    assert_eq!(g.counts().missing, missing_before + 2);
+    assert_eq!(g.counts().missing, 1);
 
     // The other reasons to pass keep needing no scope.
     for other in [
@@ -231,7 +239,11 @@ async fn a_preflight_never_passes_a_route_scope() {
         .unwrap();
     assert_eq!(health.passed(), Some(PassReason::PublicPath));
     assert!(admin.check(Some(&health)).is_ok());
-    assert_eq!(g.counts().missing, missing_before + 2, "a pass was refused");
+    assert_eq!(
+        (g.counts().route_missing, g.counts().missing),
+        (missing_before + 1, 1),
+        "a pass was refused"
+    );
 
     // The mode still decides: report-only logs and counts, open lets through.
     g.set_mode(Mode::ReportOnly);
@@ -430,9 +442,10 @@ async fn a_route_scope_answers_403_not_401() {
     let c = g.counts();
     assert_eq!(
         (c.allowed, c.forbidden, c.invalid, c.missing),
-        (2, 1, 1, 2),
-        "the route's refusals are the guard's"
+        (2, 0, 1, 2),
+        "the guard decided each request once"
     );
+    assert_eq!(c.route_forbidden, 1, "the route's refusal, counted apart");
     assert!(g.route_scope("bad\"scope").is_err());
     assert!(g.route_scope("").is_err());
 }

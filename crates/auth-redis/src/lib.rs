@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use auth_core::{Answer, GcraLimiter, RateDecision, RateLimitPolicy, RateLimiter, RateStatus};
@@ -59,6 +59,8 @@ pub enum Error {
 /// server. Keys are the principals' key ids (never secrets), under a
 /// prefix.
 ///
+/// Cheap to clone: clones share the connection and the outage state.
+///
 /// The connection is made on first use and re-made after failures; a call
 /// that cannot reach Redis within the timeout (default 250 ms) is decided
 /// by [`WhenUnreachable`], and so is every call for the next second, before
@@ -93,6 +95,7 @@ pub enum Error {
 /// # Ok(())
 /// # }
 /// ```
+#[derive(Clone)]
 pub struct RedisLimiter {
     /// What the futures of [`check`](RateLimiter::check) share with it.
     shared: Arc<Shared>,
@@ -109,6 +112,8 @@ struct Shared {
     script: redis::Script,
     memory: GcraLimiter,
     outage: AtomicBool,
+    /// Checks decided without Redis (by memory, or refused).
+    fallbacks: AtomicU64,
     /// During an outage, when to try Redis again: until then requests go
     /// straight to [`WhenUnreachable`], so that an unreachable (or
     /// black-holed) Redis costs each request nothing, not a timeout.
@@ -140,6 +145,7 @@ impl RedisLimiter {
                 script: redis::Script::new(GCRA),
                 memory: GcraLimiter::new(),
                 outage: AtomicBool::new(false),
+                fallbacks: AtomicU64::new(0),
                 retry_at: std::sync::Mutex::new(None),
             }),
             prefix: "auth:rl:".into(),
@@ -169,6 +175,38 @@ impl RedisLimiter {
     /// Whether the last call failed to reach Redis.
     pub fn in_outage(&self) -> bool {
         self.shared.outage.load(Ordering::Relaxed)
+    }
+
+    /// How many checks were decided without Redis so far — counted in
+    /// memory or refused, as [`WhenUnreachable`] says — while it could not
+    /// be reached.
+    pub fn fallbacks(&self) -> u64 {
+        self.shared.fallbacks.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(feature = "prometheus")]
+impl auth_core::prometheus::MetricSource for RedisLimiter {
+    fn collect(&self, samples: &mut auth_core::prometheus::Samples) {
+        let decided_by = match self.when_unreachable {
+            WhenUnreachable::FallBackToMemory => "memory",
+            WhenUnreachable::Refuse => "refused",
+        };
+        samples.counter(
+            "auth_redis_limiter_fallbacks",
+            "Rate-limit checks decided without Redis while it was unreachable.",
+            vec![
+                ("prefix", self.prefix.clone()),
+                ("decided_by", decided_by.to_owned()),
+            ],
+            self.fallbacks(),
+        );
+        samples.gauge(
+            "auth_redis_limiter_reachable",
+            "1 while the last call reached Redis (limits shared across instances).",
+            vec![("prefix", self.prefix.clone())],
+            if self.in_outage() { 0.0 } else { 1.0 },
+        );
     }
 }
 
@@ -255,6 +293,7 @@ impl Shared {
         policy: &RateLimitPolicy,
         when_unreachable: WhenUnreachable,
     ) -> Answer<RateDecision> {
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
         match when_unreachable {
             WhenUnreachable::FallBackToMemory => self.memory.check(key, policy),
             WhenUnreachable::Refuse => Answer::Ready(RateDecision::Unavailable),

@@ -196,6 +196,20 @@ async fn an_outage_falls_back_or_refuses_and_recovers() {
         "{:?}",
         start.elapsed()
     );
+    // Every check decided without Redis is counted (for the metrics).
+    assert_eq!((fallback.fallbacks(), refuse.fallbacks()), (4, 101));
+    let mut registry = auth_core::prometheus::prometheus_client::registry::Registry::default();
+    let metrics = auth_core::prometheus::Metrics::register(&mut registry);
+    metrics.add(fallback.clone()).add(refuse.clone());
+    let mut text = String::new();
+    auth_core::prometheus::prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for line in [
+        r#"auth_redis_limiter_fallbacks_total{prefix="fb:",decided_by="memory"} 4"#,
+        r#"auth_redis_limiter_fallbacks_total{prefix="rf:",decided_by="refused"} 101"#,
+        r#"auth_redis_limiter_reachable{prefix="fb:"} 0.0"#,
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
 
     // Back (empty: this Redis keeps nothing): both count in Redis again.
     let redis = PrivateRedis::start(port);

@@ -9,6 +9,7 @@
 mod breaker;
 mod budget;
 mod inflight;
+mod metrics;
 mod stream;
 
 use std::fmt;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use auth_core::cache::{Cache, CacheEntry, Denial, TtlCache};
+use auth_core::cache::{Cache, CacheEntry, CacheStats, Denial, TtlCache};
 use auth_core::clock::{Clock, CoarseClock};
 use auth_core::protocol::{Code, RateLimit, ValidateRequest, ValidateResponse, Verdict};
 use auth_core::{
@@ -26,6 +27,7 @@ use auth_core::{
 use breaker::Breaker;
 use budget::Budget;
 use inflight::Inflight;
+use metrics::{Call, CallCounts};
 use parking_lot::Mutex;
 use stream::{StreamConfig, StreamState};
 
@@ -315,6 +317,8 @@ impl RemoteVerifierBuilder {
             stream_down_ttl: self.stream_down_ttl,
             stream,
             subscriber: Mutex::new(None),
+            calls: CallCounts::default(),
+            stats: CacheStats::default(),
         });
         // Within a runtime, subscribe now; else on the first cache miss.
         inner.subscribe();
@@ -448,6 +452,12 @@ struct Inner {
     stream: Option<StreamConfig>,
     /// The subscriber's task, aborted when the verifier goes.
     subscriber: Mutex<Option<tokio::task::AbortHandle>>,
+    /// Calls to the service by how they ended, and calls not made.
+    calls: CallCounts,
+    /// Requests answered from the cache, and those that had to ask
+    /// (counted with the `prometheus` feature).
+    #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
+    stats: CacheStats,
 }
 
 impl Inner {
@@ -955,10 +965,12 @@ impl Inner {
     /// refused keys.
     async fn upstream(&self, key: &str, scope: Option<&str>, digest: &Digest) -> Outcome {
         let Some(attempt) = self.breaker.permit() else {
+            self.calls.count(Call::CircuitOpen);
             return Outcome::Unavailable;
         };
         if self.budget.as_ref().is_some_and(|b| !b.try_take()) {
             attempt.release();
+            self.calls.count(Call::OverBudget);
             if Health::due(&self.health.shed_logged, self.clock.now()) {
                 tracing::warn!(target: "auth_remote", per_second = self.budget_per_second,
                     "upstream call budget spent: cache misses answered unavailable");
@@ -996,6 +1008,16 @@ impl Inner {
                 (Outcome::Unavailable, None)
             }
         };
+        self.calls.count(match &outcome {
+            Outcome::Valid(_) => Call::Valid,
+            Outcome::Denied(Denial::Expired) => Call::Expired,
+            Outcome::Denied(Denial::Disabled) => Call::Disabled,
+            Outcome::Denied(_) => Call::Invalid,
+            Outcome::LacksScope(_) => Call::InsufficientScope,
+            Outcome::KeyLimited => Call::RateLimited,
+            Outcome::Throttled => Call::Throttled,
+            Outcome::Unavailable | Outcome::Shed => Call::Failed,
+        });
         match &outcome {
             _ if !keep => {}
             Outcome::Valid(p) => {
@@ -1033,13 +1055,21 @@ impl Verifier for RemoteVerifier {
         match self.cached(credential.digest()) {
             Some(CacheEntry::Granted(fresh)) if self.now() < self.inner.served_until(&fresh) => {
                 tracing::trace!(target: "auth_remote", "cache hit");
+                #[cfg(feature = "prometheus")]
+                self.inner.stats.hit();
                 return Answer::Ready(Ok(fresh.principal));
             }
-            Some(CacheEntry::Denied(denial)) => return Answer::Ready(Err(denial.into())),
+            Some(CacheEntry::Denied(denial)) => {
+                #[cfg(feature = "prometheus")]
+                self.inner.stats.hit();
+                return Answer::Ready(Err(denial.into()));
+            }
             // Stale (or the changes stream is down): used only while the
             // service is unavailable.
             Some(CacheEntry::Granted(_)) | None => {}
         }
+        #[cfg(feature = "prometheus")]
+        self.inner.stats.miss();
         // The future owns what it needs: the verifier (an `Arc` inside),
         // the credential and the route's scope.
         let this = self.clone();

@@ -1202,3 +1202,65 @@ fn debug_hides_the_urls_userinfo_and_query() {
         .unwrap_err();
     assert!(!err.to_string().contains("secret"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_by_outcome_the_circuit_and_the_cache_are_exported() {
+    use auth_core::prometheus::{Metrics, prometheus_client};
+    let (double, addr) = started().await;
+    let clock = Arc::new(ManualClock::new());
+    let v = remote(addr)
+        .clock(clock.clone())
+        .breaker(3, Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut registry = prometheus_client::registry::Registry::default();
+    Metrics::register(&mut registry).add(v.clone());
+    let scrape = || {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    };
+    // One valid call, then four hits; one call each for the denials.
+    for _ in 0..5 {
+        verify(&v, GOOD).await.unwrap();
+    }
+    verify(&v, "sk_live_unknown_0123456789abcdef")
+        .await
+        .unwrap_err();
+    verify(&v, EXPIRED).await.unwrap_err();
+    verify(&v, DISABLED).await.unwrap_err();
+    verify_scoped(&v, LIMITED, "admin").await.unwrap();
+    // The service fails: three failed calls open the circuit, the next
+    // two misses are not sent.
+    double.set(Mode::Status(500));
+    for i in 0..5 {
+        verify(&v, &format!("sk_live_new_key_{i}_0123456789abcd"))
+            .await
+            .unwrap_err();
+    }
+    let text = scrape();
+    for line in [
+        r#"auth_remote_calls_total{outcome="valid"} 1"#,
+        r#"auth_remote_calls_total{outcome="invalid"} 1"#,
+        r#"auth_remote_calls_total{outcome="expired"} 1"#,
+        r#"auth_remote_calls_total{outcome="disabled"} 1"#,
+        r#"auth_remote_calls_total{outcome="insufficient_scope"} 1"#,
+        r#"auth_remote_calls_total{outcome="failed"} 3"#,
+        r#"auth_remote_calls_skipped_total{reason="circuit_open"} 2"#,
+        "auth_remote_circuit_open 1.0",
+        r#"auth_cache_hits_total{cache="remote"} 4"#,
+        // 1 + 3 denials + the scoped miss (not cached for its scope) + 5.
+        r#"auth_cache_misses_total{cache="remote"} 10"#,
+        "auth_remote_unavailable_total 5",
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+    assert_eq!(double.calls(), 8);
+    let last = text
+        .lines()
+        .find_map(|l| l.strip_prefix("auth_remote_last_answer_timestamp_seconds "))
+        .unwrap();
+    assert!(last.parse::<f64>().unwrap() > 1.7e9, "{last}");
+    // Nothing of a key in the export.
+    assert!(!text.contains("sk_live") && !text.contains(SERVICE_TOKEN));
+}

@@ -6,6 +6,8 @@
 // (clap, the log formats) and the other way round.
 #![allow(unused_crate_dependencies)]
 
+mod metrics;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -29,6 +31,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{Modify, OpenApi, ToSchema};
+
+use crate::metrics::{Action, Handled, Outcome, Resource, ServerMetrics};
 
 /// The header services send their credential in.
 pub const SERVICE_HEADER: &str = auth_core::protocol::SERVICE_TOKEN_HEADER;
@@ -151,6 +155,52 @@ pub struct AppState {
     /// Validation reads through this cache, kept in step with the store by
     /// the change log (`invalidate_on_change`), synchronously.
     keys: Arc<Cached<HashedKeyStore<SqlKeyStore>>>,
+    metrics: Arc<ServerMetrics>,
+}
+
+impl AppState {
+    /// A store error as an answer: 400 for input the store refused, else
+    /// 503 — a database failure, counted.
+    fn store_error(&self, e: &auth_sqlx::Error) -> Response {
+        if !matches!(e, auth_sqlx::Error::Invalid(_)) {
+            self.metrics.store_error();
+        }
+        store_error(e)
+    }
+
+    /// An admin write that happened.
+    fn wrote(&self, resource: Resource, action: Action) {
+        self.metrics.admin_write(resource, action);
+    }
+}
+
+/// The service's two routers, for two listeners: the API, and its
+/// Prometheus metrics, which must never be served on the API's port.
+#[derive(Debug)]
+pub struct App {
+    /// The HTTP API; see [`app_with`].
+    pub api: Router,
+    /// `GET /metrics`: the OpenMetrics text of the service's metrics (any
+    /// other path is a JSON 404). Unauthenticated — counts only, never a
+    /// key, a credential or a digest — so serve it on loopback or an
+    /// internal interface only.
+    ///
+    /// | metric | type | labels |
+    /// |---|---|---|
+    /// | `auth_server_validate_requests_total` | counter | `code`: `valid`, `invalid`, `expired`, `disabled`, `insufficient_scope`, `rate_limited` (200s), `bad_request`, `unauthorized`, `unavailable`, `other` |
+    /// | `auth_server_validate_duration_seconds` | histogram | (whole request, the service-credential check included) |
+    /// | `auth_server_store_errors_total` | counter | |
+    /// | `auth_server_changes_stream_subscribers` | gauge | |
+    /// | `auth_server_changes_stream_events_total` | counter | `event`: `ready`, `key`, `reset` |
+    /// | `auth_server_admin_writes_total` | counter | `resource`: `key`, `service`; `action`: `create`, `update`, `disable`, `delete`, `rotate` |
+    /// | `auth_server_db_pool_connections` | gauge | `state`: `in_use`, `idle` |
+    /// | `auth_server_changes_following` | gauge | |
+    /// | `auth_server_changes_applied_seq` | gauge | |
+    ///
+    /// And [`auth_core::prometheus`]'s: the guards' decisions (keyrings
+    /// `admin` and, with [`ValidateAuth::ServiceToken`], `services`) and
+    /// the caches' hits and misses (caches `keys` and `services`).
+    pub metrics: Router,
 }
 
 /// The HTTP API with the default [`Options`]; see [`app_with`].
@@ -161,11 +211,19 @@ pub async fn app(store: SqlKeyStore, data_dir: &Path) -> Result<Router, Error> {
 /// The HTTP API: `/health`, `/ready`, the validate endpoint (for service
 /// credentials, or anyone with [`ValidateAuth::None`]), and the admin API
 /// for keys and service credentials (the admin key from the key file).
+/// [`build`]'s API router, without its metrics.
 pub async fn app_with(
     store: SqlKeyStore,
     data_dir: &Path,
     options: Options,
 ) -> Result<Router, Error> {
+    Ok(build(store, data_dir, options).await?.api)
+}
+
+/// The service: the HTTP API (see [`app_with`]) and, for a listener of its
+/// own, the router of its metrics (see [`App::metrics`]).
+pub async fn build(store: SqlKeyStore, data_dir: &Path, options: Options) -> Result<App, Error> {
+    let metrics = Arc::new(ServerMetrics::new(&store));
     let keys = Arc::new(Cached::new(
         HashedKeyStore::new(store.clone()),
         CacheConfig::default(),
@@ -176,6 +234,10 @@ pub async fn app_with(
     ));
     store.invalidate_on_change(keys.clone());
     store.invalidate_on_change(services.clone());
+    metrics
+        .sources()
+        .cache("keys", keys.stats())
+        .cache("services", services.stats());
     store.listen().await?;
     store.spawn_last_used_flush(Duration::from_secs(30));
 
@@ -187,8 +249,13 @@ pub async fn app_with(
         tracing::info!(path = %admin_key.path().display(), "admin key created (mode 0600)");
     }
     let admin = Guard::builder(admin_key).keyring("admin").build()?;
+    metrics.sources().guard(&admin);
 
-    let state = AppState { store, keys };
+    let state = AppState {
+        store,
+        keys,
+        metrics: metrics.clone(),
+    };
     let admin_routes = Router::new()
         .route("/api/v1/keys", get(list).post(create))
         .route(
@@ -205,9 +272,9 @@ pub async fn app_with(
         .route("/api/v1/services/{id}/disable", post(disable_service))
         .route("/api/v1/services/{id}/rotate", post(rotate_service))
         .route_layer(Auth::new(admin));
-    let mut validate_routes = Router::new()
-        .route(VALIDATE_PATH, post(validate))
-        .route(EVENTS_PATH, get(events));
+    // Apart, so that only validate requests are counted as such.
+    let mut validate_route = Router::new().route(VALIDATE_PATH, post(validate));
+    let mut events_route = Router::new().route(EVENTS_PATH, get(events));
     match options.validate_auth {
         ValidateAuth::ServiceToken => {
             let guard = Guard::builder(services)
@@ -218,7 +285,10 @@ pub async fn app_with(
                         .bearer(false),
                 )
                 .build()?;
-            validate_routes = validate_routes.route_layer(Auth::new(guard));
+            metrics.sources().guard(&guard);
+            let auth = Auth::new(guard);
+            validate_route = validate_route.route_layer(auth.clone());
+            events_route = events_route.route_layer(auth);
         }
         ValidateAuth::None => {
             tracing::warn!(
@@ -227,16 +297,31 @@ pub async fn app_with(
             );
         }
     }
+    // Outside the guard: its refusals are counted and timed too.
+    let validate_route = validate_route.route_layer(axum::middleware::from_fn_with_state(
+        metrics.clone(),
+        metrics::count_validate,
+    ));
+    let events_route = events_route.route_layer(axum::middleware::from_fn_with_state(
+        metrics.clone(),
+        metrics::count_events,
+    ));
     let doc = openapi_for(options.validate_auth);
-    Ok(Router::new()
+    let api = Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(ready))
         .route("/admin", get(admin_page))
         .route("/openapi.json", get(move || async move { Json(doc) }))
         .merge(admin_routes)
-        .merge(validate_routes)
+        .merge(validate_route)
+        .merge(events_route)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(state))
+        .with_state(state);
+    let metrics = Router::new()
+        .route("/metrics", get(metrics::scrape))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such path") })
+        .with_state(metrics);
+    Ok(App { api, metrics })
 }
 
 /// An error answer's body.
@@ -486,7 +571,7 @@ async fn create(State(s): State<AppState>, Body(b): Body<CreateBody>) -> Respons
     };
     let expires_at = match expiry(b.expires_at) {
         Ok(e) => e,
-        Err(e) => return store_error(&e),
+        Err(e) => return s.store_error(&e),
     };
     let new = NewKey {
         owner: b.owner,
@@ -495,8 +580,11 @@ async fn create(State(s): State<AppState>, Body(b): Body<CreateBody>) -> Respons
         expires_at,
     };
     match s.store.create(new).await {
-        Ok(created) => (StatusCode::CREATED, Json(created_json(&created))).into_response(),
-        Err(e) => store_error(&e),
+        Ok(created) => {
+            s.wrote(Resource::Key, Action::Create);
+            (StatusCode::CREATED, Json(created_json(&created))).into_response()
+        }
+        Err(e) => s.store_error(&e),
     }
 }
 
@@ -515,7 +603,7 @@ async fn list(State(s): State<AppState>) -> Response {
             keys: keys.iter().map(KeyView::from).collect(),
         })
         .into_response(),
-        Err(e) => store_error(&e),
+        Err(e) => s.store_error(&e),
     }
 }
 
@@ -531,7 +619,7 @@ async fn get_key(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Res
     match s.store.get(&id).await {
         Ok(Some(info)) => Json(KeyView::from(&info)).into_response(),
         Ok(None) => not_found(),
-        Err(e) => store_error(&e),
+        Err(e) => s.store_error(&e),
     }
 }
 
@@ -541,9 +629,12 @@ async fn get_key(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Res
         (status = 503, body = ErrorBody)))]
 async fn disable(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Response {
     match s.store.disable(&id).await {
-        Ok(true) => get_key(State(s), UrlPath(id)).await,
+        Ok(true) => {
+            s.wrote(Resource::Key, Action::Disable);
+            get_key(State(s), UrlPath(id)).await
+        }
         Ok(false) => not_found(),
-        Err(e) => store_error(&e),
+        Err(e) => s.store_error(&e),
     }
 }
 
@@ -553,9 +644,12 @@ async fn disable(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Res
         (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn delete(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Response {
     match s.store.delete(&id).await {
-        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(true) => {
+            s.wrote(Resource::Key, Action::Delete);
+            StatusCode::NO_CONTENT.into_response()
+        }
         Ok(false) => not_found(),
-        Err(e) => store_error(&e),
+        Err(e) => s.store_error(&e),
     }
 }
 
@@ -583,9 +677,12 @@ async fn rotate(
         Err(m) => return bad(m),
     };
     match s.store.rotate(&id, overlap).await {
-        Ok(Some(created)) => (StatusCode::CREATED, Json(created_json(&created))).into_response(),
+        Ok(Some(created)) => {
+            s.wrote(Resource::Key, Action::Rotate);
+            (StatusCode::CREATED, Json(created_json(&created))).into_response()
+        }
         Ok(None) => not_found(),
-        Err(e) => store_error(&e),
+        Err(e) => s.store_error(&e),
     }
 }
 
@@ -626,7 +723,7 @@ async fn update(
     };
     let expires = match b.expires_at.map(expiry).transpose() {
         Ok(e) => e,
-        Err(e) => return store_error(&e),
+        Err(e) => return s.store_error(&e),
     };
     let change = auth_sqlx::KeyUpdate {
         scopes: b.scopes,
@@ -635,9 +732,12 @@ async fn update(
     };
     // One statement: all of the change, or none of it.
     match s.store.update(&id, change).await {
-        Ok(true) => get_key(State(s), UrlPath(id)).await,
+        Ok(true) => {
+            s.wrote(Resource::Key, Action::Update);
+            get_key(State(s), UrlPath(id)).await
+        }
         Ok(false) => not_found(),
-        Err(e) => store_error(&e),
+        Err(e) => s.store_error(&e),
     }
 }
 
@@ -669,8 +769,11 @@ fn no_service() -> Response {
         (status = 400, body = ErrorBody), (status = 401), (status = 503, body = ErrorBody)))]
 async fn create_service(State(s): State<AppState>, Body(b): Body<CreateServiceBody>) -> Response {
     match s.store.services().create(&b.name).await {
-        Ok(created) => (StatusCode::CREATED, Json(created_service_json(&created))).into_response(),
-        Err(e) => store_error(&e),
+        Ok(created) => {
+            s.wrote(Resource::Service, Action::Create);
+            (StatusCode::CREATED, Json(created_service_json(&created))).into_response()
+        }
+        Err(e) => s.store_error(&e),
     }
 }
 
@@ -683,7 +786,7 @@ async fn list_services(State(s): State<AppState>) -> Response {
             services: list.iter().map(ServiceView::from).collect(),
         })
         .into_response(),
-        Err(e) => store_error(&e),
+        Err(e) => s.store_error(&e),
     }
 }
 
@@ -695,7 +798,7 @@ async fn get_service(State(s): State<AppState>, UrlPath(id): UrlPath<String>) ->
     match s.store.services().get(&id).await {
         Ok(Some(info)) => Json(ServiceView::from(&info)).into_response(),
         Ok(None) => no_service(),
-        Err(e) => store_error(&e),
+        Err(e) => s.store_error(&e),
     }
 }
 
@@ -705,9 +808,12 @@ async fn get_service(State(s): State<AppState>, UrlPath(id): UrlPath<String>) ->
         (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn disable_service(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Response {
     match s.store.services().disable(&id).await {
-        Ok(true) => get_service(State(s), UrlPath(id)).await,
+        Ok(true) => {
+            s.wrote(Resource::Service, Action::Disable);
+            get_service(State(s), UrlPath(id)).await
+        }
         Ok(false) => no_service(),
-        Err(e) => store_error(&e),
+        Err(e) => s.store_error(&e),
     }
 }
 
@@ -717,9 +823,12 @@ async fn disable_service(State(s): State<AppState>, UrlPath(id): UrlPath<String>
         (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn delete_service(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Response {
     match s.store.services().delete(&id).await {
-        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(true) => {
+            s.wrote(Resource::Service, Action::Delete);
+            StatusCode::NO_CONTENT.into_response()
+        }
         Ok(false) => no_service(),
-        Err(e) => store_error(&e),
+        Err(e) => s.store_error(&e),
     }
 }
 
@@ -740,10 +849,11 @@ async fn rotate_service(
     };
     match s.store.services().rotate(&id, overlap).await {
         Ok(Some(created)) => {
+            s.wrote(Resource::Service, Action::Rotate);
             (StatusCode::CREATED, Json(created_service_json(&created))).into_response()
         }
         Ok(None) => no_service(),
-        Err(e) => store_error(&e),
+        Err(e) => s.store_error(&e),
     }
 }
 
@@ -776,6 +886,7 @@ async fn ready(State(s): State<AppState>) -> Response {
         Ok(()) => true,
         Err(e) => {
             tracing::warn!(error = %e, "not ready: the database");
+            s.metrics.store_error();
             false
         }
     };
@@ -810,7 +921,21 @@ fn code_of(e: VerifyError) -> Code {
     responses((status = 200, description = "the answer; decide from `code`", body = ValidateResponse),
         (status = 400, body = ErrorBody), (status = 401, description = "not a known service"),
         (status = 503, body = ErrorBody)))]
-async fn validate(State(s): State<AppState>, Body(b): Body<ValidateRequest>) -> Response {
+async fn validate(
+    State(s): State<AppState>,
+    body: Result<Body<ValidateRequest>, Response>,
+) -> Response {
+    let (outcome, mut response) = match body {
+        Ok(Body(b)) => validate_answer(&s, b).await,
+        Err(rejection) => (Outcome::BadRequest, rejection),
+    };
+    // For the metrics' count: the answer, typed.
+    response.extensions_mut().insert(outcome);
+    response
+}
+
+/// A validate request's answer, and what it was.
+async fn validate_answer(s: &AppState, b: ValidateRequest) -> (Outcome, Response) {
     // Read before the answer is made: every change up to it has already
     // reached the caches the answer comes from.
     let seq = Some(s.store.applied_seq());
@@ -819,16 +944,19 @@ async fn validate(State(s): State<AppState>, Body(b): Body<ValidateRequest>) -> 
         match s.keys.verify(&credential, &VerifyContext::default()).await {
             Ok(p) => p,
             Err(VerifyError::Unavailable) => {
-                return error(
+                s.metrics.store_error();
+                let response = error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
                     "the key store is unavailable",
                 );
+                return (Outcome::Unavailable, response);
             }
             Err(e) => {
-                let mut answer = ValidateResponse::refusal(code_of(e));
+                let code = code_of(e);
+                let mut answer = ValidateResponse::refusal(code);
                 answer.seq = seq;
-                return Json(answer).into_response();
+                return (Outcome::Answered(code), Json(answer).into_response());
             }
         };
     if let Some(scope) = b.scope.as_deref().filter(|s| !s.is_empty()) {
@@ -836,7 +964,8 @@ async fn validate(State(s): State<AppState>, Body(b): Body<ValidateRequest>) -> 
             let mut answer = ValidateResponse::refusal(Code::InsufficientScope);
             answer.user_id = Some(principal.id().to_owned());
             answer.seq = seq;
-            return Json(answer).into_response();
+            let response = Json(answer).into_response();
+            return (Outcome::Answered(Code::InsufficientScope), response);
         }
     }
     let mut answer = ValidateResponse::valid(principal.id(), principal.scopes().to_vec());
@@ -847,7 +976,7 @@ async fn validate(State(s): State<AppState>, Body(b): Body<ValidateRequest>) -> 
     // A service's cache never keeps the grant past it.
     answer.expires_at = principal.expires_at().map(unix);
     answer.seq = seq;
-    Json(answer).into_response()
+    (Outcome::Answered(Code::Valid), Json(answer).into_response())
 }
 
 /// How often the changes stream sends a heartbeat (an SSE comment) while
@@ -928,6 +1057,10 @@ struct StreamState {
     /// reconnect is refused if it was revoked).
     own: Option<auth_core::Digest>,
     ending: bool,
+    metrics: Arc<ServerMetrics>,
+    /// Counts this stream as open until the state is dropped, however the
+    /// stream ends (a client hanging up drops it with the response body).
+    _subscriber: metrics::Subscriber,
 }
 
 impl StreamState {
@@ -935,6 +1068,7 @@ impl StreamState {
     async fn next(&mut self) -> Option<Event> {
         loop {
             if let Some(e) = self.pending.pop_front() {
+                self.metrics.stream_event(e.name());
                 return Some(sse_event(&e));
             }
             if self.ending {
@@ -989,6 +1123,14 @@ impl StreamState {
         (status = 400, body = ErrorBody), (status = 401, description = "not a known service"),
         (status = 503, body = ErrorBody)))]
 async fn events(State(s): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    let mut response = events_answer(s, headers).await;
+    // Marks the answer as the handler's: a 503 without it was the guard's.
+    response.extensions_mut().insert(Handled);
+    response
+}
+
+/// The changes stream's answer: the stream, or why not.
+async fn events_answer(s: AppState, headers: axum::http::HeaderMap) -> Response {
     let resume = match headers.get("last-event-id").map(|v| v.to_str()) {
         None => None,
         Some(Ok(v)) => match v.trim().parse::<u64>() {
@@ -1011,7 +1153,7 @@ async fn events(State(s): State<AppState>, headers: axum::http::HeaderMap) -> Re
     let live = s.store.logged();
     let (first, pos) = match stream_start(&s.store, resume).await {
         Ok(start) => start,
-        Err(e) => return store_error(&e),
+        Err(e) => return s.store_error(&e),
     };
     let mut heartbeat = tokio::time::interval(STREAM_HEARTBEAT);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1024,6 +1166,8 @@ async fn events(State(s): State<AppState>, headers: axum::http::HeaderMap) -> Re
         heartbeat,
         own,
         ending: false,
+        _subscriber: s.metrics.subscriber(),
+        metrics: s.metrics,
     };
     let stream = futures_util::stream::unfold(state, |mut state| async move {
         let event = state.next().await?;

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! auth-server serve [--bind 127.0.0.1:8080] [--data-dir ./data] [--log-format json]
+//!                    [--metrics-bind 127.0.0.1:9090]
 //! auth-server keys create --owner svc-a --scope stt --scope tts --rate 60/60s --expires 90d [--json]
 //! auth-server keys list [--json]
 //! auth-server keys disable ID
@@ -12,6 +13,11 @@
 //!
 //! `DATABASE_URL` (PostgreSQL or SQLite) replaces the SQLite file in the
 //! data directory.
+//!
+//! `--metrics-bind` (or `AUTH_SERVER_METRICS_BIND`) serves Prometheus
+//! metrics at `GET /metrics` on a listener of their own, plain HTTP, never
+//! on the API's port; off by default. It is unauthenticated (counts only,
+//! never keys or digests): bind it to loopback or an internal interface.
 #![forbid(unsafe_code)]
 // One package, two targets: the binary uses what the library does not
 // (clap, the log formats) and the other way round.
@@ -63,6 +69,12 @@ enum Command {
         /// The certificate's private key (PEM); needs --tls-cert.
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Also serve Prometheus metrics (`GET /metrics`, plain HTTP) on
+        /// this address; off when not given. Unauthenticated — counts only,
+        /// never keys or digests — so bind it to loopback or an internal
+        /// interface, never a public one.
+        #[arg(long, env = "AUTH_SERVER_METRICS_BIND")]
+        metrics_bind: Option<SocketAddr>,
     },
     /// Manages API clients' keys in the same database.
     Keys {
@@ -387,6 +399,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             validate_auth,
             tls_cert,
             tls_key,
+            metrics_bind,
         } => {
             match log_format {
                 LogFormat::Text => tracing_subscriber::fmt().with_target(false).init(),
@@ -398,17 +411,46 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     ValidateAuthArg::None => auth_server::ValidateAuth::None,
                 },
             };
-            let app = auth_server::app_with(store, &cli.data_dir, options).await?;
+            let app = auth_server::build(store, &cli.data_dir, options).await?;
             let tls = match (tls_cert, tls_key) {
                 (Some(cert), Some(key)) => Some(auth_server::Tls { cert, key }),
                 _ => None,
             };
             let listener = std::net::TcpListener::bind(bind)?;
+            let metrics_listener = match metrics_bind {
+                Some(addr) => Some(
+                    std::net::TcpListener::bind(addr)
+                        .map_err(|e| format!("--metrics-bind {addr}: {e}"))?,
+                ),
+                None => None,
+            };
             tracing::info!(address = %listener.local_addr()?,
                 scheme = if tls.is_some() { "https" } else { "http" },
                 admin_key = %auth_server::admin_key_path(&cli.data_dir).display(),
                 "auth-server listening");
-            auth_server::serve(listener, app, tls.as_ref(), shutdown()).await?;
+            // One signal stops both listeners.
+            let (stop, stopped) = tokio::sync::watch::channel(());
+            tokio::spawn(async move {
+                shutdown().await;
+                let _ = stop.send(());
+            });
+            let until_stopped = || {
+                let mut stopped = stopped.clone();
+                async move {
+                    let _ = stopped.changed().await;
+                }
+            };
+            let api = auth_server::serve(listener, app.api, tls.as_ref(), until_stopped());
+            match metrics_listener {
+                Some(metrics_listener) => {
+                    tracing::info!(address = %metrics_listener.local_addr()?,
+                        "metrics listening (GET /metrics)");
+                    let metrics =
+                        auth_server::serve(metrics_listener, app.metrics, None, until_stopped());
+                    tokio::try_join!(api, metrics)?;
+                }
+                None => api.await?,
+            }
             tracing::info!("auth-server stopped");
         }
         Command::Keys { command } => match command {

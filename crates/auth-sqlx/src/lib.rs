@@ -469,6 +469,15 @@ impl SqlKeyStore {
         self.inner.pool.close().await;
     }
 
+    /// The connection pool's connections now: `(open, idle)` — `open`
+    /// counts both those in use and the idle ones (so in use is
+    /// `open - idle`); at most the pool's maximum (4 on SQLite, 10 on
+    /// PostgreSQL). Not counted: the connection that follows the change
+    /// log on PostgreSQL. For metrics, read when scraped.
+    pub fn pool_connections(&self) -> (u32, usize) {
+        (self.inner.pool.size(), self.inner.pool.num_idle())
+    }
+
     /// Which database this is.
     pub fn backend(&self) -> Backend {
         self.inner.backend

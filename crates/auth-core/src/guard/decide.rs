@@ -32,6 +32,10 @@ pub(super) struct Refusal {
     scope: Option<Arc<str>>,
     retry_after: Option<Duration>,
     rate: Option<RateStatus>,
+    /// Refused by a route's scope check, after the guard counted the
+    /// request: counted apart, so that each request is counted once
+    /// among the guard's decisions.
+    at_route: bool,
 }
 
 impl Refusal {
@@ -44,6 +48,7 @@ impl Refusal {
             scope: None,
             retry_after: None,
             rate: None,
+            at_route: false,
         }
     }
 
@@ -101,6 +106,11 @@ impl Refusal {
         self
     }
 
+    pub(super) fn at_route(mut self) -> Self {
+        self.at_route = true;
+        self
+    }
+
     pub(super) fn with_fingerprint(mut self, fingerprint: Digest) -> Self {
         self.fingerprint = Some(fingerprint);
         self
@@ -138,7 +148,12 @@ impl Guard {
                 Decision::Allow(grant)
             }
             Verdict::Passed(reason) => {
-                s.counters.count(Outcome::Passed);
+                s.counters.count(match reason {
+                    PassReason::PublicPath => Outcome::PassedPublicPath,
+                    PassReason::Preflight => Outcome::PassedPreflight,
+                    PassReason::Open => Outcome::PassedOpen,
+                    PassReason::ReportOnly(_) => Outcome::ReportOnly,
+                });
                 Decision::Pass(reason)
             }
             Verdict::Refused(refusal) => {
@@ -167,7 +182,11 @@ impl Guard {
     pub(super) fn refuse(&self, refusal: Refusal) -> Rejection {
         let s = &*self.shared;
         let kind = refusal.kind;
-        s.counters.count(outcome(kind));
+        s.counters.count(match (refusal.at_route, kind) {
+            (true, RejectionKind::InsufficientScope) => Outcome::RouteForbidden,
+            (true, RejectionKind::Missing) => Outcome::RouteMissing,
+            _ => outcome(kind),
+        });
         // Displayed only if the event is logged: nothing is formatted for a
         // refusal nobody reads.
         let fingerprint = refusal.fingerprint.as_ref().map(tracing::field::display);

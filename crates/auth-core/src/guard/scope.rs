@@ -63,13 +63,15 @@ impl RouteScope {
         let mode = guard.mode();
         let refusal = match admission.admitted() {
             Admitted::Authenticated(p) if p.has_scope(&self.scope) => return Ok(()),
-            Admitted::Authenticated(p) => {
-                Refusal::new(RejectionKind::InsufficientScope).forbidden(p, self.scope.clone())
-            }
+            Admitted::Authenticated(p) => Refusal::new(RejectionKind::InsufficientScope)
+                .forbidden(p, self.scope.clone())
+                .at_route(),
             // The preflight pass skipped authentication, not the mode: decide
             // it as the request without a credential it is.
             Admitted::Passed(PassReason::Preflight) if mode == Mode::Open => return Ok(()),
-            Admitted::Passed(PassReason::Preflight) => Refusal::new(RejectionKind::Missing),
+            Admitted::Passed(PassReason::Preflight) => {
+                Refusal::new(RejectionKind::Missing).at_route()
+            }
             Admitted::Passed(_) => return Ok(()),
         };
         match guard.conclude(mode, Verdict::Refused(refusal), "") {

@@ -1,0 +1,141 @@
+//! What a verifier counts for dashboards: calls to the key service by how
+//! they ended, calls not made, and (with the `prometheus` feature) its
+//! cache's hits and misses.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// How one call to the key service ended, or why none was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Call {
+    Valid,
+    Invalid,
+    Expired,
+    Disabled,
+    InsufficientScope,
+    RateLimited,
+    /// HTTP 429: busy.
+    Throttled,
+    /// Connect error, timeout, 5xx, 3xx, a refused credential, a bad answer.
+    Failed,
+    /// Not made: the circuit is open.
+    CircuitOpen,
+    /// Not made: the upstream budget is spent.
+    OverBudget,
+}
+
+impl Call {
+    const ALL: [Call; 10] = [
+        Call::Valid,
+        Call::Invalid,
+        Call::Expired,
+        Call::Disabled,
+        Call::InsufficientScope,
+        Call::RateLimited,
+        Call::Throttled,
+        Call::Failed,
+        Call::CircuitOpen,
+        Call::OverBudget,
+    ];
+
+    /// The label value.
+    #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Call::Valid => "valid",
+            Call::Invalid => "invalid",
+            Call::Expired => "expired",
+            Call::Disabled => "disabled",
+            Call::InsufficientScope => "insufficient_scope",
+            Call::RateLimited => "rate_limited",
+            Call::Throttled => "throttled",
+            Call::Failed => "failed",
+            Call::CircuitOpen => "circuit_open",
+            Call::OverBudget => "over_budget",
+        }
+    }
+
+    /// Whether a call was made.
+    #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
+    pub(crate) fn made(self) -> bool {
+        !matches!(self, Call::CircuitOpen | Call::OverBudget)
+    }
+}
+
+/// Counts by [`Call`]: on the miss path only, so plain shared atomics.
+#[derive(Debug, Default)]
+pub(crate) struct CallCounts([AtomicU64; Call::ALL.len()]);
+
+impl CallCounts {
+    pub(crate) fn count(&self, call: Call) {
+        self.0[call as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every kind with its count.
+    #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
+    pub(crate) fn all(&self) -> impl Iterator<Item = (Call, u64)> + '_ {
+        Call::ALL
+            .into_iter()
+            .map(|c| (c, self.0[c as usize].load(Ordering::Relaxed)))
+    }
+}
+
+#[cfg(feature = "prometheus")]
+impl auth_core::prometheus::MetricSource for crate::RemoteVerifier {
+    fn collect(&self, samples: &mut auth_core::prometheus::Samples) {
+        let inner = &*self.inner;
+        for (call, n) in inner.calls.all() {
+            if call.made() {
+                samples.counter(
+                    "auth_remote_calls",
+                    "Validate calls to the key service, by how they ended.",
+                    vec![("outcome", call.name().to_owned())],
+                    n,
+                );
+            } else {
+                samples.counter(
+                    "auth_remote_calls_skipped",
+                    "Cache misses not sent to the key service, by why.",
+                    vec![("reason", call.name().to_owned())],
+                    n,
+                );
+            }
+        }
+        let state = self.state();
+        let flag = |on: bool| if on { 1.0 } else { 0.0 };
+        samples.gauge(
+            "auth_remote_circuit_open",
+            "1 while the circuit is open: keys not in the cache cannot be validated.",
+            Vec::new(),
+            flag(state.circuit_open),
+        );
+        samples.gauge(
+            "auth_remote_stream_live",
+            "1 while the changes stream is live: revocations arrive as they happen.",
+            Vec::new(),
+            flag(state.stream_live),
+        );
+        let last = state
+            .last_answer
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0.0, |d| d.as_secs_f64());
+        samples.gauge(
+            "auth_remote_last_answer_timestamp_seconds",
+            "When the key service last answered a validate call (Unix time; 0: never).",
+            Vec::new(),
+            last,
+        );
+        samples.counter(
+            "auth_remote_unavailable",
+            "Requests answered unavailable (outage, open circuit, throttling, budget).",
+            Vec::new(),
+            state.unavailable,
+        );
+        samples.gauge(
+            "auth_remote_inflight_calls",
+            "Calls under way (distinct keys being asked about).",
+            Vec::new(),
+            inner.inflight.len() as f64,
+        );
+        samples.cache("remote", &inner.stats);
+    }
+}
