@@ -2,13 +2,14 @@
 //!
 //! ```text
 //! auth-server serve [--bind 127.0.0.1:8080] [--data-dir ./data] [--log-format json]
-//!                    [--metrics-bind 127.0.0.1:9090]
+//!                    [--metrics-bind 127.0.0.1:9465]
 //! auth-server keys create --owner svc-a --scope stt --scope tts --rate 60/60s --expires 90d [--json]
 //! auth-server keys list [--json]
 //! auth-server keys disable ID
 //! auth-server keys rotate ID --overlap 24h
 //! auth-server services create --name stt [--json]
 //! auth-server services list | disable ID | rotate ID --overlap 1h
+//! auth-server backup FILE            # SQLite: a consistent copy, while serving
 //! ```
 //!
 //! `DATABASE_URL` (PostgreSQL or SQLite) replaces the SQLite file in the
@@ -85,6 +86,12 @@ enum Command {
     Services {
         #[command(subcommand)]
         command: ServicesCommand,
+    },
+    /// Copies the SQLite database, consistently, while the server runs
+    /// (never overwrites a file). PostgreSQL: use pg_dump.
+    Backup {
+        /// The file to write.
+        to: PathBuf,
     },
 }
 
@@ -487,6 +494,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
         },
         Command::Services { command } => services(&store.services(), command).await?,
+        Command::Backup { to } => {
+            store.backup_to(&to).await?;
+            println!("backed up to {}", to.display());
+        }
     }
     Ok(())
 }

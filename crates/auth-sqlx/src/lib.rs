@@ -478,6 +478,33 @@ impl SqlKeyStore {
         (self.inner.pool.size(), self.inner.pool.num_idle())
     }
 
+    /// Writes a consistent, self-contained copy of a SQLite database to
+    /// `to` while it is in use (`VACUUM INTO`: what is committed when it
+    /// starts, the WAL included), and refuses to overwrite a file. On
+    /// PostgreSQL: [`Error::Invalid`] — use the database's own tools
+    /// (`pg_dump`).
+    pub async fn backup_to(&self, to: &std::path::Path) -> Result<(), Error> {
+        if self.inner.backend != Backend::Sqlite {
+            return Err(Error::Invalid(
+                "backups of PostgreSQL are made with its own tools (pg_dump)".into(),
+            ));
+        }
+        if to.exists() {
+            return Err(Error::Invalid(format!(
+                "{} exists: a backup never overwrites a file",
+                to.display()
+            )));
+        }
+        let to = to
+            .to_str()
+            .ok_or_else(|| Error::Invalid("the backup path must be UTF-8".into()))?;
+        sqlx::query("VACUUM INTO ?")
+            .bind(to)
+            .execute(&self.inner.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Which database this is.
     pub fn backend(&self) -> Backend {
         self.inner.backend

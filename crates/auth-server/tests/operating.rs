@@ -1,5 +1,6 @@
-//! Issue 15, item 2: the real binary's Prometheus metrics, on a listener
-//! of their own (`serve --metrics-bind`), counted from real calls.
+//! Issue 15: operating the real binary — its Prometheus metrics, on a
+//! listener of their own (`serve --metrics-bind`), counted from real calls;
+//! and backups of its SQLite database while it serves.
 #![allow(unused_crate_dependencies)]
 
 use std::net::SocketAddr;
@@ -487,4 +488,70 @@ async fn database_failures_are_counted() {
     // Writes that failed are not counted as made.
     let created = r#"auth_server_admin_writes_total{resource="key",action="create"}"#;
     assert_eq!(value(&text, created), 0.0);
+}
+
+/// docs/key-service.md, "Backups": `auth-server backup FILE` copies the
+/// database of a running server, the latest writes included, and never
+/// overwrites a file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_while_serving_holds_the_latest_writes() {
+    use auth_core::{KeyStore, Verifier, VerifyContext};
+    let service = Service::start(false).await;
+    let kept = service
+        .admin("/api/v1/keys", Some(json!({"owner": "kept"})), 201)
+        .await;
+    let gone = service
+        .admin("/api/v1/keys", Some(json!({"owner": "gone"})), 201)
+        .await;
+    let gone_id = gone["id"].as_str().unwrap();
+    service
+        .admin(&format!("/api/v1/keys/{gone_id}/disable"), None, 200)
+        .await;
+    let backup = service.dir.path().join("copy.db");
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_auth-server"))
+            .arg("--data-dir")
+            .arg(service.dir.path())
+            .arg("backup")
+            .arg(&backup)
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Never over a file.
+    let again = run();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
+
+    // The copy is a database of its own, with both writes.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", backup.display());
+    let copy = auth_server::open_store(elsewhere.path(), Some(&url))
+        .await
+        .unwrap();
+    let keys = auth_core::HashedKeyStore::new(copy.clone());
+    let ctx = VerifyContext::default();
+    let found = keys
+        .verify(
+            &auth_core::Credential::new(kept["key"].as_str().unwrap()),
+            &ctx,
+        )
+        .await
+        .unwrap();
+    assert_eq!(found.id(), "kept");
+    let refused = keys
+        .verify(
+            &auth_core::Credential::new(gone["key"].as_str().unwrap()),
+            &ctx,
+        )
+        .await;
+    assert_eq!(refused.unwrap_err(), auth_core::VerifyError::Disabled);
+    let digest = Digest::of(kept["key"].as_str().unwrap().as_bytes());
+    assert!(copy.find_by_digest(&digest).await.unwrap().is_some());
 }
