@@ -4,7 +4,7 @@
 //! it, and a Redis limiter's source.
 #![allow(unused_crate_dependencies)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use auth_core::prometheus::Metrics;
@@ -28,49 +28,174 @@ async fn scrape(addr: SocketAddr) -> String {
     r.text().await.unwrap()
 }
 
-/// The sample names a scrape can hold, from its `# TYPE` lines: a
-/// counter's `_total`, a histogram's `_bucket`, `_sum` and `_count`.
-fn exported(text: &str, names: &mut BTreeSet<String>) {
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("# TYPE ") else {
-            continue;
-        };
-        let (name, kind) = rest.split_once(' ').unwrap();
-        match kind {
-            "counter" => {
-                names.insert(format!("{name}_total"));
-            }
-            "histogram" => {
-                for suffix in ["_bucket", "_sum", "_count"] {
-                    names.insert(format!("{name}{suffix}"));
+/// What a scrape exports: each sample name with its kind (`counter`,
+/// `gauge`, `histogram`) and the label values seen for each label name.
+#[derive(Default, Debug)]
+struct Exported {
+    kinds: BTreeMap<String, String>,
+    labels: BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
+}
+
+impl Exported {
+    /// Reads a scrape: `# TYPE` lines give the names (a counter's `_total`,
+    /// a histogram's `_bucket`, `_sum` and `_count`), sample lines the labels.
+    fn read(&mut self, text: &str) {
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                let names: Vec<String> = match kind {
+                    "counter" => vec![format!("{name}_total")],
+                    "histogram" => ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .map(|s| format!("{name}{s}"))
+                        .collect(),
+                    _ => vec![name.to_owned()],
+                };
+                for n in names {
+                    self.kinds.insert(n, kind.to_owned());
                 }
+                continue;
             }
-            _ => {
-                names.insert(name.to_owned());
+            if line.starts_with('#') || line.is_empty() {
+                continue;
+            }
+            let (series, _) = line.rsplit_once(' ').unwrap();
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let entry = self.labels.entry(name.to_owned()).or_default();
+            for pair in labels.split(',').filter(|p| !p.is_empty()) {
+                let (label, value) = pair.split_once('=').unwrap();
+                entry
+                    .entry(label.to_owned())
+                    .or_default()
+                    .insert(value.trim_matches('"').to_owned());
             }
         }
     }
 }
 
-/// The metric names in a PromQL expression: identifiers that start `auth_`.
-fn named(expr: &str) -> Vec<String> {
-    let mut names = Vec::new();
+/// Labels Prometheus adds to every series it scrapes.
+const TARGET_LABELS: [&str; 2] = ["job", "instance"];
+
+/// The identifier at the start of `s`.
+fn ident(s: &str) -> &str {
+    let end = s
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(s.len());
+    &s[..end]
+}
+
+/// The metric names in a PromQL expression (identifiers that start
+/// `auth_`), each with where it starts.
+fn named(expr: &str) -> Vec<(usize, String)> {
     let bytes = expr.as_bytes();
+    let mut found = Vec::new();
     let mut i = 0;
     while let Some(at) = expr[i..].find("auth_") {
         let start = i + at;
+        let name = ident(&expr[start..]);
         let preceded =
             start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
-        let end = start
-            + expr[start..]
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(expr.len() - start);
         if !preceded {
-            names.push(expr[start..end].to_owned());
+            found.push((start, name.to_owned()));
         }
-        i = end;
+        i = start + name.len();
     }
-    names
+    found
+}
+
+/// Checks one PromQL expression against what is exported: the metrics
+/// exist; a matcher names a label the metric has (an `=` matcher, one of
+/// its values); `by (…)` groups by labels the expression's metrics have;
+/// `rate`/`increase` read counters (or a histogram's parts) and
+/// `histogram_quantile` a histogram's buckets.
+fn check_expr(expr: &str, exported: &Exported) -> Result<Vec<String>, String> {
+    let metrics = named(expr);
+    if metrics.is_empty() {
+        return Err(format!("`{expr}` names no metric"));
+    }
+    let mut all_labels: BTreeSet<&str> = TARGET_LABELS.into_iter().collect();
+    all_labels.insert("le");
+    for (at, metric) in &metrics {
+        let Some(kind) = exported.kinds.get(metric) else {
+            return Err(format!("`{metric}` is not exported"));
+        };
+        let labels = exported.labels.get(metric).cloned().unwrap_or_default();
+        for label in labels.keys() {
+            all_labels.insert(exported.labels[metric].get_key_value(label).unwrap().0);
+        }
+        // Its matchers, if any.
+        let after = &expr[at + metric.len()..];
+        if let Some(body) = after.strip_prefix('{') {
+            let body = &body[..body.find('}').ok_or("an unclosed matcher")?];
+            for matcher in body.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+                let label = ident(matcher);
+                let rest = matcher[label.len()..].trim_start();
+                let (op, value) = ["=~", "!~", "!=", "="]
+                    .iter()
+                    .find_map(|op| {
+                        rest.strip_prefix(op)
+                            .map(|v| (*op, v.trim().trim_matches('"')))
+                    })
+                    .ok_or_else(|| format!("`{matcher}`: not a matcher"))?;
+                if TARGET_LABELS.contains(&label) {
+                    continue;
+                }
+                let Some(values) = labels.get(label) else {
+                    return Err(format!("`{metric}` has no label `{label}`"));
+                };
+                if op == "=" && !values.contains(value) {
+                    return Err(format!(
+                        "`{metric}{{{label}=\"{value}\"}}` is never exported (values: {values:?})"
+                    ));
+                }
+            }
+        }
+        // The functions around it: every call opened before it and not
+        // closed yet.
+        for f in ["histogram_quantile(", "rate(", "increase("] {
+            let mut from = 0;
+            while let Some(i) = expr[from..*at].find(f).map(|i| i + from) {
+                let between = &expr[i + f.len()..*at];
+                let open = between.matches('(').count() >= between.matches(')').count();
+                let ok = match f {
+                    "histogram_quantile(" => metric.ends_with("_bucket"),
+                    _ => kind == "counter" || kind == "histogram",
+                };
+                if open && !ok {
+                    return Err(format!("`{f}` over `{metric}`, a {kind}"));
+                }
+                from = i + f.len();
+            }
+        }
+    }
+    // Grouping labels.
+    let mut rest = expr;
+    while let Some(at) = rest.find("by (") {
+        let inside = &rest[at + 4..];
+        let close = inside.find(')').ok_or("an unclosed `by (`")?;
+        for label in inside[..close].split(',').map(str::trim) {
+            if !all_labels.contains(label) {
+                return Err(format!("`by ({label})`: no metric of `{expr}` has it"));
+            }
+        }
+        rest = &inside[close..];
+    }
+    Ok(metrics.into_iter().map(|(_, m)| m).collect())
+}
+
+/// Every panel, those inside collapsed rows included.
+fn panels(list: &[Value]) -> Vec<&Value> {
+    let mut all = Vec::new();
+    for panel in list {
+        all.push(panel);
+        if let Some(inner) = panel["panels"].as_array() {
+            all.extend(panels(inner));
+        }
+    }
+    all
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,20 +231,20 @@ async fn the_dashboard_names_only_metrics_the_code_exports() {
     let mut limiter_text = String::new();
     encode(&mut limiter_text, &registry).unwrap();
 
-    let mut names = BTreeSet::new();
-    exported(&scrape(server_metrics).await, &mut names);
-    exported(&scrape(service_metrics).await, &mut names);
-    exported(&limiter_text, &mut names);
-    assert!(names.len() > 20, "{names:?}");
+    let mut exported = Exported::default();
+    exported.read(&scrape(server_metrics).await);
+    exported.read(&scrape(service_metrics).await);
+    exported.read(&limiter_text);
+    assert!(exported.kinds.len() > 20, "{exported:?}");
 
     // Valid JSON, shaped as Grafana imports it.
     let dashboard: Value = serde_json::from_str(DASHBOARD).expect("the dashboard is JSON");
     assert!(dashboard["title"].is_string() && dashboard["uid"].is_string());
     assert!(dashboard["schemaVersion"].as_u64().unwrap() >= 30);
-    let panels = dashboard["panels"].as_array().unwrap();
     let mut ids = BTreeSet::new();
     let mut used = BTreeSet::new();
-    for panel in panels {
+    let mut failures = Vec::new();
+    for panel in panels(dashboard["panels"].as_array().unwrap()) {
         assert!(
             ids.insert(panel["id"].as_u64().unwrap()),
             "panel ids repeat"
@@ -133,17 +258,27 @@ async fn the_dashboard_names_only_metrics_the_code_exports() {
         assert!(!targets.is_empty(), "{title}: no query");
         for target in targets {
             let expr = target["expr"].as_str().unwrap();
-            let metrics = named(expr);
-            assert!(!metrics.is_empty(), "{title}: `{expr}` names no metric");
-            for metric in metrics {
-                assert!(
-                    names.contains(&metric),
-                    "{title}: `{metric}` is not exported (exported: {names:?})"
-                );
-                used.insert(metric);
+            match check_expr(expr, &exported) {
+                Ok(metrics) => used.extend(metrics),
+                Err(e) => failures.push(format!("{title}: {e}")),
             }
         }
     }
+    // The variables' queries too.
+    for variable in dashboard["templating"]["list"].as_array().unwrap() {
+        if let Some(query) = variable["definition"].as_str() {
+            let expr = query
+                .strip_prefix("label_values(")
+                .and_then(|q| q.strip_suffix(')'))
+                .and_then(|q| q.split_once(','))
+                .map(|(metric, label)| format!("sum by ({}) ({metric})", label.trim()))
+                .unwrap_or_else(|| query.to_owned());
+            if let Err(e) = check_expr(&expr, &exported) {
+                failures.push(format!("variable {}: {e}", variable["name"]));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
     // What issue 15 asks the dashboard to show.
     for needed in [
         "auth_guard_decisions_total",
@@ -160,9 +295,26 @@ async fn the_dashboard_names_only_metrics_the_code_exports() {
 }
 
 #[test]
-fn metric_names_are_read_out_of_promql() {
-    assert_eq!(
-        named(r#"sum by (le) (rate(auth_a_bucket{job=~"x"}[5m])) / my_auth_b + auth_c"#),
-        ["auth_a_bucket", "auth_c"]
+fn the_checks_catch_a_wrong_query() {
+    let mut exported = Exported::default();
+    exported.read(
+        "# TYPE auth_c counter\nauth_c_total{reason=\"missing\"} 1\n\
+         # TYPE auth_g gauge\nauth_g 1\n\
+         # TYPE auth_h histogram\nauth_h_bucket{le=\"1\"} 1\nauth_h_sum 1\nauth_h_count 1\n",
     );
+    let ok = |e: &str| check_expr(e, &exported);
+    assert!(ok(r#"sum by (reason) (rate(auth_c_total{job=~"x", reason="missing"}[5m]))"#).is_ok());
+    assert!(ok(r#"histogram_quantile(0.99, sum by (le) (rate(auth_h_bucket[5m])))"#).is_ok());
+    assert!(ok("max(auth_g) + my_auth_x").is_ok());
+    for wrong in [
+        "auth_missing_total",
+        r#"auth_c_total{reasons="missing"}"#,
+        r#"auth_c_total{reason="absent"}"#,
+        "sum by (outcome) (auth_c_total)",
+        "rate(auth_g[5m])",
+        "histogram_quantile(0.9, rate(auth_h_sum[5m]))",
+        "sum(nothing)",
+    ] {
+        assert!(ok(wrong).is_err(), "{wrong} passed");
+    }
 }

@@ -35,14 +35,17 @@ fn stripe() -> usize {
     STRIPE.with(|s| *s)
 }
 
-/// A cache's hits and misses, for a hit ratio on a dashboard.
+/// A cache's hits and misses, for a hit ratio on a dashboard. A hit is a
+/// request answered from the cache without asking the source it caches —
+/// or, for a store that re-checks cached grants (`FindById`), re-checked
+/// against the live record by id.
 ///
-/// Counted per thread stripe, so that cores answering hits never write the
-/// same cache line (a shared counter would undo what the per-thread copies
-/// of hot entries save). [`Cached`](crate::Cached) and auth-remote's
-/// verifier count requests answered from their cache and those that had to
-/// ask further, only when the crate's `prometheus` feature is on: without
-/// it both counts stay 0.
+/// Counted per thread stripe (16; threads take them in turn), so that
+/// cores answering hits do not write the same cache line (a shared counter
+/// would undo what the per-thread copies of hot entries save).
+/// [`Cached`](crate::Cached) and auth-remote's verifier count requests
+/// answered from their cache and those that had to ask further, only when
+/// the crate's `prometheus` feature is on: without it both counts stay 0.
 ///
 /// ```
 /// use auth_core::cache::CacheStats;

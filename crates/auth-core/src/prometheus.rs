@@ -59,9 +59,20 @@ use crate::{DecisionCounts, Guard, Mode};
 /// Something that has metrics to export: it adds its current values to
 /// [`Samples`] at each scrape. Implemented by the backends' verifiers and
 /// limiters; a service's own sources can implement it too.
+///
+/// Family names must not be registered in the same registry by other
+/// means (each family is written once by [`Metrics`], not across
+/// collectors).
 pub trait MetricSource: Send + Sync + 'static {
     /// Adds this source's current values.
     fn collect(&self, samples: &mut Samples);
+
+    /// The address of the state this source reads, when clones share it:
+    /// a second source with the same identity (a clone registered twice)
+    /// is not added, so that nothing is counted twice.
+    fn identity(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// A metric's labels: name and value pairs.
@@ -77,6 +88,9 @@ struct Family {
     /// Without `_total`: the encoder adds it to counters.
     name: &'static str,
     help: &'static str,
+    /// Set by the first sample: samples of the other kind are dropped (a
+    /// gauge under a counter's `TYPE` would make the scrape invalid).
+    counter: bool,
     samples: Vec<(Labels, Value)>,
 }
 
@@ -88,19 +102,38 @@ pub struct Samples {
 }
 
 impl Samples {
+    /// Adds a sample to its family. A series already there (two guards
+    /// of one keyring, two verifiers) is merged, never written twice: a
+    /// scrape with a repeated series loses one of them. Counters add up;
+    /// gauges keep the larger value (a circuit open in either is open).
     fn add(&mut self, name: &'static str, help: &'static str, labels: Labels, value: Value) {
+        let counter = matches!(value, Value::Counter(_));
         let family = match self.families.iter_mut().position(|f| f.name == name) {
             Some(i) => &mut self.families[i],
             None => {
                 self.families.push(Family {
                     name,
                     help,
+                    counter,
                     samples: Vec::new(),
                 });
                 self.families.last_mut().expect("just pushed")
             }
         };
-        family.samples.push((labels, value));
+        if family.counter != counter {
+            debug_assert!(false, "{name}: a counter and a gauge under one name");
+            return;
+        }
+        match family.samples.iter_mut().find(|(l, _)| *l == labels) {
+            Some((_, held)) => {
+                *held = match (*held, value) {
+                    (Value::Counter(a), Value::Counter(b)) => Value::Counter(a.saturating_add(b)),
+                    (Value::Gauge(a), Value::Gauge(b)) => Value::Gauge(a.max(b)),
+                    (held, _) => held,
+                };
+            }
+            None => family.samples.push((labels, value)),
+        }
     }
 
     /// A counter: `name` without the `_total` that is added on export.
@@ -162,14 +195,22 @@ impl Metrics {
         metrics
     }
 
-    /// Exports `source` from now on.
+    /// Exports `source` from now on — unless a source with the same
+    /// [`identity`](MetricSource::identity) is exported already (a clone
+    /// of it: counted once).
     pub fn add(&self, source: impl MetricSource) -> &Self {
-        self.sources.lock().push(Arc::new(source));
+        let mut sources = self.sources.lock();
+        let id = source.identity();
+        if id.is_none() || sources.iter().all(|s| s.identity() != id) {
+            sources.push(Arc::new(source));
+        }
+        drop(sources);
         self
     }
 
-    /// Exports a guard's decisions (labelled with its keyring: give each
-    /// guard registered here its own).
+    /// Exports a guard's decisions, labelled with its keyring (guards that
+    /// share a keyring add up; a clone of a guard already exported is not
+    /// added again).
     pub fn guard(&self, guard: &Guard) -> &Self {
         self.add(guard.clone())
     }
@@ -197,9 +238,10 @@ impl Metrics {
 impl Collector for Metrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         for family in self.samples().families {
-            let kind = match family.samples.first() {
-                Some((_, Value::Gauge(_))) => MetricType::Gauge,
-                _ => MetricType::Counter,
+            let kind = if family.counter {
+                MetricType::Counter
+            } else {
+                MetricType::Gauge
             };
             let mut metric = encoder.encode_descriptor(family.name, family.help, None, kind)?;
             for (labels, value) in &family.samples {
@@ -224,9 +266,17 @@ impl MetricSource for NamedCache {
     fn collect(&self, samples: &mut Samples) {
         samples.cache(&self.name, &self.stats);
     }
+
+    fn identity(&self) -> Option<usize> {
+        Some(Arc::as_ptr(&self.stats) as usize)
+    }
 }
 
 impl MetricSource for Guard {
+    fn identity(&self) -> Option<usize> {
+        Some(self.shared_address())
+    }
+
     fn collect(&self, samples: &mut Samples) {
         let c: DecisionCounts = self.counts();
         let keyring = self.keyring().to_owned();
@@ -268,7 +318,7 @@ impl MetricSource for Guard {
         }
         samples.counter(
             "auth_guard_report_only",
-            "Refusals let through by report-only mode (also counted as denied).",
+            "Refusals let through by report-only mode (also counted where they would have applied).",
             vec![("keyring", keyring.clone())],
             c.report_only,
         );
@@ -327,6 +377,45 @@ mod tests {
         }
         // No key, nor anything of one, in the export.
         assert!(!text.contains("key-a") && !text.contains("nope"));
+    }
+
+    #[test]
+    fn a_series_is_written_once_however_many_sources_share_it() {
+        let a = Guard::builder(StaticKey::new("key-a").unwrap())
+            .build()
+            .unwrap();
+        let b = Guard::builder(StaticKey::new("key-b").unwrap())
+            .build()
+            .unwrap();
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        // Two guards of one keyring add up; a clone is the guard itself.
+        metrics.guard(&a).guard(&b).guard(&a.clone());
+        a.check(&PlainRequest::get("/x")).now();
+        b.check(&PlainRequest::get("/x")).now();
+        let text = scrape(&registry);
+        let series =
+            r#"auth_guard_decisions_total{keyring="default",decision="denied",reason="missing"}"#;
+        assert_eq!(text.matches(series).count(), 1, "{text}");
+        assert!(text.contains(&format!("{series} 2")), "{text}");
+        assert_eq!(text.matches("auth_guard_open_mode{").count(), 1, "{text}");
+    }
+
+    struct Mixed;
+
+    impl MetricSource for Mixed {
+        fn collect(&self, samples: &mut Samples) {
+            samples.counter("mixed", "help", Vec::new(), 1);
+            samples.gauge("mixed", "help", vec![("x", "y".to_owned())], 2.0);
+        }
+    }
+
+    #[test]
+    #[cfg_attr(debug_assertions, should_panic(expected = "a counter and a gauge"))]
+    fn a_family_has_one_kind() {
+        let mut samples = Samples::default();
+        Mixed.collect(&mut samples);
+        assert_eq!(samples.families[0].samples.len(), 1);
     }
 
     #[test]

@@ -187,6 +187,11 @@ impl RedisLimiter {
 
 #[cfg(feature = "prometheus")]
 impl auth_core::prometheus::MetricSource for RedisLimiter {
+    fn identity(&self) -> Option<usize> {
+        // Clones share the counts: exported once.
+        Some(Arc::as_ptr(&self.shared) as usize)
+    }
+
     fn collect(&self, samples: &mut auth_core::prometheus::Samples) {
         let decided_by = match self.when_unreachable {
             WhenUnreachable::FallBackToMemory => "memory",
@@ -203,7 +208,7 @@ impl auth_core::prometheus::MetricSource for RedisLimiter {
         );
         samples.gauge(
             "auth_redis_limiter_reachable",
-            "1 while the last call reached Redis (limits shared across instances).",
+            "0 while the last call failed to reach Redis (1 before the first call).",
             vec![("prefix", self.prefix.clone())],
             if self.in_outage() { 0.0 } else { 1.0 },
         );

@@ -81,6 +81,10 @@ impl CallCounts {
 
 #[cfg(feature = "prometheus")]
 impl auth_core::prometheus::MetricSource for crate::RemoteVerifier {
+    fn identity(&self) -> Option<usize> {
+        Some(std::sync::Arc::as_ptr(&self.inner) as usize)
+    }
+
     fn collect(&self, samples: &mut auth_core::prometheus::Samples) {
         let inner = &*self.inner;
         for (call, n) in inner.calls.all() {
@@ -94,7 +98,7 @@ impl auth_core::prometheus::MetricSource for crate::RemoteVerifier {
             } else {
                 samples.counter(
                     "auth_remote_calls_skipped",
-                    "Cache misses not sent to the key service, by why.",
+                    "Calls not made to the key service, by why (one per call: callers waiting on it are not counted).",
                     vec![("reason", call.name().to_owned())],
                     n,
                 );

@@ -398,6 +398,9 @@ fn print_table(keys: &[auth_sqlx::KeyInfo]) {
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    if let Command::Backup { to } = &cli.command {
+        return backup(&cli, to).await;
+    }
     let store = auth_server::open_store(&cli.data_dir, cli.database_url.as_deref()).await?;
     match cli.command {
         Command::Serve {
@@ -494,11 +497,30 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
         },
         Command::Services { command } => services(&store.services(), command).await?,
-        Command::Backup { to } => {
-            store.backup_to(&to).await?;
-            println!("backed up to {}", to.display());
-        }
+        Command::Backup { .. } => unreachable!("handled before the store is opened"),
     }
+    Ok(())
+}
+
+/// A consistent copy of the SQLite database at `to`: the database is
+/// opened as it is — never created, never migrated (a mistyped
+/// `--data-dir` is an error, and a newer binary leaves a running server's
+/// schema alone) — and PostgreSQL is refused before connecting.
+async fn backup(cli: &Cli, to: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    let url = auth_server::database_url(&cli.data_dir, cli.database_url.as_deref());
+    if !url.starts_with("sqlite:") {
+        return Err("backups of PostgreSQL are made with its own tools (pg_dump)".into());
+    }
+    let existing = if url.contains("mode=") {
+        url
+    } else {
+        format!("{url}{}mode=rw", if url.contains('?') { '&' } else { '?' })
+    };
+    let store = auth_sqlx::SqlKeyStore::connect(&existing)
+        .await
+        .map_err(|e| format!("no database to back up ({e})"))?;
+    store.backup_to(to).await?;
+    println!("backed up to {}", to.display());
     Ok(())
 }
 

@@ -131,7 +131,7 @@ pub(crate) struct ServerMetrics {
 }
 
 /// Every `code` of `auth_server_validate_requests_total` but `other`.
-const VALIDATE_CODES: [&str; 9] = [
+const VALIDATE_CODES: [&str; 10] = [
     "valid",
     "invalid",
     "expired",
@@ -141,6 +141,7 @@ const VALIDATE_CODES: [&str; 9] = [
     "bad_request",
     "unauthorized",
     "unavailable",
+    "cancelled",
 ];
 
 impl ServerMetrics {
@@ -172,7 +173,8 @@ impl ServerMetrics {
         registry.register(
             "auth_server_validate_requests",
             "Validate requests, by answer: the protocol code of a 200, or bad_request, \
-             unauthorized (no or an unknown service credential), unavailable, other",
+             unauthorized (no or an unknown service credential), unavailable, cancelled \
+             (the caller hung up first), other",
             validate_requests.clone(),
         );
         registry.register_with_unit(
@@ -295,27 +297,47 @@ impl MetricSource for StoreSource {
 }
 
 /// Around the validate route, outside the service-credential guard: counts
-/// each request by its answer and times it.
+/// each request by its answer and times it — a request whose caller hung up
+/// before the answer as `cancelled` (counted when its future is dropped).
 pub(crate) async fn count_validate(
     State(metrics): State<Arc<ServerMetrics>>,
     request: Request,
     next: Next,
 ) -> Response {
-    let started = Instant::now();
+    let mut pending = Counting {
+        metrics,
+        started: Instant::now(),
+        code: None,
+    };
     let response = next.run(request).await;
-    let code = match response.extensions().get::<Outcome>() {
+    pending.code = Some(match response.extensions().get::<Outcome>() {
         Some(outcome) => outcome.label(),
         // The handler did not run: the guard refused the caller.
-        None => guard_answer(&metrics, response.status()),
-    };
-    metrics
-        .validate_requests
-        .get_or_create(&[("code", code)])
-        .inc();
-    metrics
-        .validate_duration
-        .observe(started.elapsed().as_secs_f64());
+        None => guard_answer(&pending.metrics, response.status()),
+    });
     response
+}
+
+/// A validate request being answered: counted and timed when dropped,
+/// however it ends.
+struct Counting {
+    metrics: Arc<ServerMetrics>,
+    started: Instant,
+    /// `None` until answered.
+    code: Option<&'static str>,
+}
+
+impl Drop for Counting {
+    fn drop(&mut self) {
+        let code = self.code.unwrap_or("cancelled");
+        self.metrics
+            .validate_requests
+            .get_or_create(&[("code", code)])
+            .inc();
+        self.metrics
+            .validate_duration
+            .observe(self.started.elapsed().as_secs_f64());
+    }
 }
 
 /// Around the changes-stream route, outside the guard: counts the guard's
@@ -361,6 +383,37 @@ pub(crate) async fn scrape(State(metrics): State<Arc<ServerMetrics>>) -> Respons
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_validate_request_whose_caller_hangs_up_is_counted_cancelled() {
+        use axum::routing::post;
+        use tower::ServiceExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::open_store(dir.path(), None).await.unwrap();
+        let metrics = Arc::new(ServerMetrics::new(&store));
+        // A handler that never answers, behind the counting layer.
+        let app = axum::Router::new()
+            .route("/v", post(std::future::pending::<Response>))
+            .route_layer(axum::middleware::from_fn_with_state(
+                metrics.clone(),
+                count_validate,
+            ));
+        let request = axum::http::Request::post("/v")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let mut call = Box::pin(app.oneshot(request));
+        assert!(futures_util::FutureExt::now_or_never(&mut call).is_none());
+        drop(call);
+        let text = metrics.encode().unwrap();
+        assert!(
+            text.contains(r#"auth_server_validate_requests_total{code="cancelled"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("auth_server_validate_duration_seconds_count 1"),
+            "{text}"
+        );
+    }
 
     #[tokio::test]
     async fn a_subscriber_is_counted_until_dropped() {

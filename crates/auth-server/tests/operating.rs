@@ -528,6 +528,32 @@ async fn a_backup_taken_while_serving_holds_the_latest_writes() {
     let again = run();
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
+    // A data directory without a database: an error, and nothing created.
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_auth-server"))
+        .arg("--data-dir")
+        .arg(empty.path())
+        .arg("backup")
+        .arg(empty.path().join("copy.db"))
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no database to back up"));
+    assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
+    // PostgreSQL: refused before connecting (this URL reaches nothing).
+    let out = Command::new(env!("CARGO_BIN_EXE_auth-server"))
+        .arg("backup")
+        .arg(empty.path().join("pg.db"))
+        .env("DATABASE_URL", "postgres://nobody:secret@127.0.0.1:1/none")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("pg_dump"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("secret"));
 
     // The copy is a database of its own, with both writes.
     let elsewhere = tempfile::tempdir().unwrap();

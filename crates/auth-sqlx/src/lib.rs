@@ -495,6 +495,10 @@ impl SqlKeyStore {
                 to.display()
             )));
         }
+        // Absolute: SQLite would read a name starting `file:` as a URI
+        // (`file:x?mode=memory` writes nothing lasting).
+        let to =
+            std::path::absolute(to).map_err(|e| Error::Invalid(format!("the backup path: {e}")))?;
         let to = to
             .to_str()
             .ok_or_else(|| Error::Invalid("the backup path must be UTF-8".into()))?;

@@ -297,6 +297,12 @@ impl Guard {
         self.shared.mode.store(mode.to_u8(), Ordering::Release);
     }
 
+    /// The address of what clones share (metrics count a guard once).
+    #[cfg(feature = "prometheus")]
+    pub(crate) fn shared_address(&self) -> usize {
+        Arc::as_ptr(&self.shared) as usize
+    }
+
     /// Counts of decisions so far, by outcome.
     pub fn counts(&self) -> DecisionCounts {
         self.shared.counters.snapshot()
