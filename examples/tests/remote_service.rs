@@ -174,8 +174,10 @@ async fn remote_service_answers_from_the_key_service_and_hears_revocations() {
         )
         .unwrap_or_else(|| panic!("no {decision}/{reason} in\n{text}"))
     };
+    // Six 200s (bob's on /api/v1/stt too: the guard let it through), and
+    // alice's until the disable arrived, however many.
     let allowed = api("allowed", "valid");
-    assert!(allowed >= 7.0, "{allowed}");
+    assert!(allowed >= 6.0, "{allowed}");
     assert_eq!(api("passed", "public_path"), 1.0);
     // No key once, then the service credential, the wrong key, and alice
     // once the disable reached this service.
