@@ -124,7 +124,9 @@ impl Denial {
             VerifyError::Invalid => Some(Self::Invalid),
             VerifyError::Expired => Some(Self::Expired),
             VerifyError::Disabled => Some(Self::Disabled),
-            VerifyError::Unavailable | VerifyError::RateLimited => None,
+            VerifyError::Unavailable
+            | VerifyError::RateLimited
+            | VerifyError::UsageExceeded { .. } => None,
         }
     }
 }

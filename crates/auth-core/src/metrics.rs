@@ -21,6 +21,7 @@ pub(crate) struct DecisionCounters {
     invalid: Padded,
     forbidden: Padded,
     limited: Padded,
+    usage_exceeded: Padded,
     unavailable: Padded,
     not_ready: Padded,
     report_only: Padded,
@@ -53,6 +54,8 @@ pub struct DecisionCounts {
     pub forbidden: u64,
     /// Over the rate limit.
     pub limited: u64,
+    /// Out of usage credits.
+    pub usage_exceeded: u64,
     /// A backend could not decide.
     pub unavailable: u64,
     /// Refused while not initialised.
@@ -84,6 +87,7 @@ pub(crate) enum Outcome {
     Invalid,
     Forbidden,
     Limited,
+    UsageExceeded,
     Unavailable,
     NotReady,
     ReportOnly,
@@ -104,6 +108,7 @@ impl DecisionCounters {
             Outcome::Invalid => &self.invalid,
             Outcome::Forbidden => &self.forbidden,
             Outcome::Limited => &self.limited,
+            Outcome::UsageExceeded => &self.usage_exceeded,
             Outcome::Unavailable => &self.unavailable,
             Outcome::NotReady => &self.not_ready,
             Outcome::ReportOnly => &self.report_only,
@@ -132,6 +137,7 @@ impl DecisionCounters {
             invalid: r(&self.invalid),
             forbidden: r(&self.forbidden),
             limited: r(&self.limited),
+            usage_exceeded: r(&self.usage_exceeded),
             unavailable: r(&self.unavailable),
             not_ready: r(&self.not_ready),
             report_only: r(&self.report_only),

@@ -22,8 +22,9 @@
 //!
 //! Each request a guard decides is counted once in
 //! `auth_guard_decisions_total`; a route's refusal after it, in
-//! `auth_route_scope_denials_total`. Denial reasons: `missing`, `malformed`, `invalid`, `insufficient_scope`,
-//! `rate_limited`, `unavailable`, `not_ready` (report-only refusals are
+//! `auth_route_scope_denials_total`. Denial reasons: `missing`,
+//! `malformed`, `invalid`, `insufficient_scope`, `rate_limited`,
+//! `usage_exceeded`, `unavailable`, `not_ready` (report-only refusals are
 //! counted here too, by the reason that would have applied). Pass reasons:
 //! `public_path`, `preflight`, `open`. Allowed: `valid`.
 //!
@@ -280,13 +281,14 @@ impl MetricSource for Guard {
     fn collect(&self, samples: &mut Samples) {
         let c: DecisionCounts = self.counts();
         let keyring = self.keyring().to_owned();
-        let rows: [(&str, &str, u64); 11] = [
+        let rows: [(&str, &str, u64); 12] = [
             ("allowed", "valid", c.allowed),
             ("denied", "missing", c.missing),
             ("denied", "malformed", c.malformed),
             ("denied", "invalid", c.invalid),
             ("denied", "insufficient_scope", c.forbidden),
             ("denied", "rate_limited", c.limited),
+            ("denied", "usage_exceeded", c.usage_exceeded),
             ("denied", "unavailable", c.unavailable),
             ("denied", "not_ready", c.not_ready),
             ("passed", "public_path", c.passed_public_path),

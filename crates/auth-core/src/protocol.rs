@@ -163,13 +163,22 @@ pub struct ValidateRequest {
     /// The scope the route needs; absent when it needs none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// How many of the key's credits this request spends (absent: 1; 0
+    /// checks without spending; at most [`MAX_COST`]). Keys without
+    /// credits ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<u32>,
 }
+
+/// The most credits one validate request may spend.
+pub const MAX_COST: u32 = 1_000_000;
 
 impl fmt::Debug for ValidateRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ValidateRequest")
             .field("api_key", &"<redacted>")
             .field("scope", &self.scope)
+            .field("cost", &self.cost)
             .finish()
     }
 }
@@ -191,6 +200,9 @@ pub enum Code {
     InsufficientScope,
     /// A valid key over the limit the key service enforces itself.
     RateLimited,
+    /// A valid key without the credits the request costs (until its next
+    /// refill, if it has one: `retryAfter`).
+    UsageExceeded,
 }
 
 impl Code {
@@ -203,6 +215,7 @@ impl Code {
             Self::Disabled => "disabled",
             Self::InsufficientScope => "insufficient_scope",
             Self::RateLimited => "rate_limited",
+            Self::UsageExceeded => "usage_exceeded",
         }
     }
 
@@ -216,6 +229,7 @@ impl Code {
             Self::Disabled => Some("API key is disabled"),
             Self::InsufficientScope => Some("API key does not have the required scope"),
             Self::RateLimited => Some("API key is over its rate limit"),
+            Self::UsageExceeded => Some("API key has no credits left"),
         }
     }
 }
@@ -262,6 +276,13 @@ pub struct ValidateResponse {
     /// from an instance that has not heard of that change yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    /// The key's credits left after this request, when it has credits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits_remaining: Option<u64>,
+    /// On `usage_exceeded`: seconds until the key's next refill (absent
+    /// when it has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
 }
 
 /// What a well-formed answer says.
@@ -295,6 +316,8 @@ impl ValidateResponse {
             expires_at: None,
             error: None,
             seq: None,
+            credits_remaining: None,
+            retry_after: None,
         }
     }
 
@@ -310,6 +333,8 @@ impl ValidateResponse {
             expires_at: None,
             error: code.message().map(str::to_owned),
             seq: None,
+            credits_remaining: None,
+            retry_after: None,
         }
     }
 
@@ -346,6 +371,7 @@ mod tests {
             Code::Disabled,
             Code::InsufficientScope,
             Code::RateLimited,
+            Code::UsageExceeded,
         ] {
             let text = serde_json::to_string(&code).unwrap();
             assert_eq!(text, format!("\"{}\"", code.as_str()));
@@ -381,7 +407,11 @@ mod tests {
         let r: ValidateRequest =
             serde_json::from_str(r#"{"apiKey":"sk_live_secret","scope":"stt"}"#).unwrap();
         assert_eq!(r.scope.as_deref(), Some("stt"));
+        assert_eq!(r.cost, None, "absent: the server spends 1");
         assert!(!format!("{r:?}").contains("sk_live_secret"));
+        let r: ValidateRequest = serde_json::from_str(r#"{"apiKey":"k","cost":0}"#).unwrap();
+        assert_eq!(r.cost, Some(0));
+        assert!(serde_json::from_str::<ValidateRequest>(r#"{"apiKey":"k","cost":-1}"#).is_err());
     }
 
     #[test]

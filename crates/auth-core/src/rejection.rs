@@ -23,6 +23,8 @@ pub enum RejectionKind {
     InsufficientScope,
     /// Over the principal's rate limit (429).
     RateLimited,
+    /// Out of usage credits (429 `usage_exceeded`).
+    UsageExceeded,
     /// A backend could not decide (503).
     Unavailable,
     /// The guard is not initialised yet (503).
@@ -36,7 +38,7 @@ impl RejectionKind {
             Self::Missing | Self::Invalid(_) => 401,
             Self::Malformed(_) => 400,
             Self::InsufficientScope => 403,
-            Self::RateLimited => 429,
+            Self::RateLimited | Self::UsageExceeded => 429,
             Self::Unavailable | Self::NotReady => 503,
         }
     }
@@ -49,6 +51,7 @@ impl RejectionKind {
             Self::Invalid(_) => "invalid_token",
             Self::InsufficientScope => "insufficient_scope",
             Self::RateLimited => "rate_limited",
+            Self::UsageExceeded => "usage_exceeded",
             Self::Unavailable => "unavailable",
             Self::NotReady => "not_ready",
         }
@@ -66,6 +69,7 @@ impl RejectionKind {
             Self::Invalid(_) => "the credential is invalid, expired or revoked",
             Self::InsufficientScope => "the credential lacks the scope this route requires",
             Self::RateLimited => "rate limit exceeded; retry later",
+            Self::UsageExceeded => "usage credits exhausted; retry after the next refill",
             Self::Unavailable => "authentication is temporarily unavailable; retry later",
             Self::NotReady => "the service is starting; retry later",
         }
@@ -90,6 +94,7 @@ impl RejectionKind {
             Self::Invalid(_) => "invalid",
             Self::InsufficientScope => "forbidden",
             Self::RateLimited => "limited",
+            Self::UsageExceeded => "usage_exceeded",
             Self::Unavailable => "unavailable",
             Self::NotReady => "not_ready",
         }

@@ -1,7 +1,7 @@
 //! Keys kept only as SHA-256 digests in a store: the [`KeyStore`] trait,
 //! an in-memory store, and the [`HashedKeyStore`] verifier over any store.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +33,10 @@ pub struct KeyRecord {
     pub expires_at: Option<SystemTime>,
     /// Whether the key was disabled (revoked).
     pub disabled: bool,
+    /// What the store says of the key besides, handed to the principal
+    /// as its labels (e.g. auth-sqlx marks keys that carry usage credits,
+    /// so that a service spends them only for those).
+    pub labels: BTreeMap<String, String>,
 }
 
 impl KeyRecord {
@@ -46,6 +50,7 @@ impl KeyRecord {
             rate_limit: None,
             expires_at: None,
             disabled: false,
+            labels: BTreeMap::new(),
         }
     }
 
@@ -67,7 +72,7 @@ impl KeyRecord {
             && principal.scopes() == self.scopes.as_slice()
             && principal.rate_limit() == self.rate_limit
             && principal.expires_at() == self.expires_at
-            && principal.labels().is_empty()
+            && *principal.labels() == self.labels
     }
 
     /// Decides the record against `now`: the principal it grants, or why not.
@@ -81,6 +86,9 @@ impl KeyRecord {
         }
         if let Some(at) = self.expires_at {
             p = p.with_expiry(at);
+        }
+        for (key, value) in &self.labels {
+            p = p.with_label(key.clone(), value.clone());
         }
         Ok(Arc::new(p))
     }

@@ -132,6 +132,8 @@ struct Expect {
     error: Option<&'static str>,
     message: Option<&'static str>,
     headers: Vec<(&'static str, Option<String>)>,
+    /// Headers that must not be sent.
+    absent: Vec<&'static str>,
     body_contains: Option<String>,
 }
 
@@ -164,6 +166,11 @@ impl Expect {
     /// The header must be present, with this exact value if given.
     fn header(mut self, name: &'static str, value: Option<&str>) -> Self {
         self.headers.push((name, value.map(str::to_owned)));
+        self
+    }
+
+    fn without_header(mut self, name: &'static str) -> Self {
+        self.absent.push(name);
         self
     }
 
@@ -212,6 +219,11 @@ impl Expect {
                     return Err(format!("header {name}: {got:?}, expected {want:?}"));
                 }
                 _ => {}
+            }
+        }
+        for name in &self.absent {
+            if let Some(got) = response.header(name) {
+                return Err(format!("header {name} sent ({got:?}), expected none"));
             }
         }
         if let Some(text) = &self.body_contains {
@@ -595,6 +607,40 @@ fn cases(unknown_is_404: bool) -> Vec<Case> {
                 ],
             )
         },
+        case(
+            "out of usage credits → 429 usage_exceeded, Retry-After until the refill",
+            Guard::builder(verifier_fn(|c: &Credential| match c.expose() {
+                b"refills-later" => Err(VerifyError::UsageExceeded {
+                    retry_after: Some(Duration::from_secs(3600)),
+                }),
+                b"never-refills" => Err(VerifyError::UsageExceeded { retry_after: None }),
+                _ => Err(VerifyError::Invalid),
+            }))
+            .build()
+            .expect("valid guard"),
+            vec![
+                send(
+                    items().key("refills-later"),
+                    Expect::status(429)
+                        .error("usage_exceeded")
+                        .header("retry-after", Some("3600")),
+                ),
+                send(
+                    items().key("never-refills"),
+                    Expect::status(429)
+                        .error("usage_exceeded")
+                        .without_header("retry-after"),
+                ),
+                Step::Check(Box::new(|g: &Guard| {
+                    let c = g.counts();
+                    if (c.usage_exceeded, c.limited, c.invalid) == (2, 0, 0) {
+                        Ok(())
+                    } else {
+                        Err(format!("counts {c:?}"))
+                    }
+                })),
+            ],
+        ),
         {
             let revoked = Arc::new(AtomicBool::new(false));
             let source = {

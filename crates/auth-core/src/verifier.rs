@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::{Answer, Credential, Digest, RateLimitPolicy};
 
@@ -144,6 +144,14 @@ pub enum VerifyError {
     /// key service's `rate_limited` (→ 429). Never cached: the next request
     /// asks again.
     RateLimited,
+    /// A known key without the usage credits the request costs, e.g. a
+    /// central key service's `usage_exceeded` (→ 429 `usage_exceeded`, with
+    /// `Retry-After` until the key's next refill when it has one). Never
+    /// cached, never handed to a [`Fallback`](crate::Fallback).
+    UsageExceeded {
+        /// Until the key's next refill, if it has one.
+        retry_after: Option<Duration>,
+    },
 }
 
 impl VerifyError {
@@ -155,6 +163,7 @@ impl VerifyError {
             Self::Disabled => "disabled",
             Self::Unavailable => "unavailable",
             Self::RateLimited => "rate_limited",
+            Self::UsageExceeded { .. } => "usage_exceeded",
         }
     }
 }

@@ -519,6 +519,11 @@ impl stream::Target for Inner {
 #[derive(Clone, Debug)]
 enum Outcome {
     Valid(Arc<Principal>),
+    /// Valid, with one request's credits spent by the service: for the
+    /// caller whose call it was only, never cached nor shared (each
+    /// request on a key with credits is charged; leases are issue 16's
+    /// next step).
+    Charged(Arc<Principal>),
     /// Valid, but not for the scope asked: not cached as an invalid key.
     LacksScope(Arc<Principal>),
     Denied(Denial),
@@ -530,6 +535,9 @@ enum Outcome {
     /// The key is over a limit the service enforces (`rate_limited`): 429
     /// for this request, not cached.
     KeyLimited,
+    /// The key is out of usage credits (`usage_exceeded`): 429 for this
+    /// request, with the wait until its next refill; not cached.
+    OutOfCredits(Option<Duration>),
     /// Our own upstream budget is spent.
     Shed,
 }
@@ -837,6 +845,7 @@ impl Inner {
         let body = ValidateRequest {
             api_key: key.to_owned(),
             scope: scope.map(str::to_owned),
+            cost: None,
         };
         let mut request = self
             .client
@@ -913,6 +922,8 @@ fn read(
     let principal = |user: Option<String>| {
         Principal::new(user.unwrap_or_else(|| key_id.clone())).with_key_id(key_id.clone())
     };
+    // A key with credits: this answer spent one request's worth.
+    let charged = answer.credits_remaining.is_some();
     let code = match verdict {
         Verdict::Valid => {
             let left = match answer.expires_at {
@@ -935,7 +946,12 @@ fn read(
                     ));
                 }
             }
-            return (Outcome::Valid(Arc::new(p)), left);
+            let p = Arc::new(p);
+            return if charged {
+                (Outcome::Charged(p), left)
+            } else {
+                (Outcome::Valid(p), left)
+            };
         }
         Verdict::Refused(code) => code,
     };
@@ -945,6 +961,12 @@ fn read(
         Code::Disabled => Outcome::Denied(Denial::Disabled),
         Code::InsufficientScope => Outcome::LacksScope(Arc::new(principal(answer.user_id))),
         Code::RateLimited => Outcome::KeyLimited,
+        // Until the next refill, as the service says (bounded: a year).
+        Code::UsageExceeded => Outcome::OutOfCredits(
+            answer
+                .retry_after
+                .map(|s| Duration::from_secs(s.min(366 * 24 * 3600))),
+        ),
         // `verdict` never refuses with `valid`; if it did, decide nothing.
         Code::Valid => Outcome::Unavailable,
     };
@@ -1009,12 +1031,13 @@ impl Inner {
             }
         };
         self.calls.count(match &outcome {
-            Outcome::Valid(_) => Call::Valid,
+            Outcome::Valid(_) | Outcome::Charged(_) => Call::Valid,
             Outcome::Denied(Denial::Expired) => Call::Expired,
             Outcome::Denied(Denial::Disabled) => Call::Disabled,
             Outcome::Denied(_) => Call::Invalid,
             Outcome::LacksScope(_) => Call::InsufficientScope,
             Outcome::KeyLimited => Call::RateLimited,
+            Outcome::OutOfCredits(_) => Call::UsageExceeded,
             Outcome::Throttled => Call::Throttled,
             Outcome::Unavailable | Outcome::Shed => Call::Failed,
         });
@@ -1035,10 +1058,12 @@ impl Inner {
             Outcome::Denied(denial) => {
                 self.cache.fill(ticket, CacheEntry::Denied(*denial));
             }
-            Outcome::LacksScope(_)
+            Outcome::Charged(_)
+            | Outcome::LacksScope(_)
             | Outcome::Unavailable
             | Outcome::Throttled
             | Outcome::KeyLimited
+            | Outcome::OutOfCredits(_)
             | Outcome::Shed => {}
         }
         tracing::debug!(target: "auth_remote", fingerprint = %digest.fingerprint(),
@@ -1094,18 +1119,32 @@ impl RemoteVerifier {
         // One call per key (and scope) at a time; the others wait for it.
         // The guard leaves the map clean however this future ends.
         let joined = inner.inflight.join((digest, scope));
+        // Whether the call is this caller's own (exactly one caller's
+        // closure runs per completed call).
+        let mut own = false;
         let outcome = joined
             .cell()
-            .get_or_init(|| self.ask(credential, joined.scope()))
+            .get_or_init(|| {
+                own = true;
+                self.ask(credential, joined.scope())
+            })
             .await
             .clone();
+        let outcome = match outcome {
+            // One request's credits were spent: the grant is the caller's
+            // who made the call; the others are charged with calls of
+            // their own.
+            Outcome::Charged(_) if !own => self.ask(credential, joined.scope()).await,
+            outcome => outcome,
+        };
         drop(joined);
         match outcome {
-            Outcome::Valid(p) | Outcome::LacksScope(p) => Ok(p),
+            Outcome::Valid(p) | Outcome::Charged(p) | Outcome::LacksScope(p) => Ok(p),
             Outcome::Denied(denial) => Err(denial.into()),
             Outcome::Unavailable | Outcome::Shed => self.stale(&digest),
             Outcome::Throttled => Err(self.unavailable()),
             Outcome::KeyLimited => Err(VerifyError::RateLimited),
+            Outcome::OutOfCredits(retry_after) => Err(VerifyError::UsageExceeded { retry_after }),
         }
     }
 
@@ -1176,6 +1215,7 @@ impl RemoteVerifier {
 fn outcome_name(outcome: &Outcome) -> &'static str {
     match outcome {
         Outcome::Valid(_) => "valid",
+        Outcome::Charged(_) => "valid, credits spent",
         Outcome::LacksScope(_) => "lacks scope",
         Outcome::Denied(Denial::Expired) => "expired",
         Outcome::Denied(Denial::Disabled) => "disabled",
@@ -1183,6 +1223,7 @@ fn outcome_name(outcome: &Outcome) -> &'static str {
         Outcome::Unavailable => "unavailable",
         Outcome::Throttled => "throttled",
         Outcome::KeyLimited => "rate limited",
+        Outcome::OutOfCredits(_) => "usage exceeded",
         Outcome::Shed => "over budget",
     }
 }

@@ -13,6 +13,7 @@ pub(crate) enum Call {
     Disabled,
     InsufficientScope,
     RateLimited,
+    UsageExceeded,
     /// HTTP 429: busy.
     Throttled,
     /// Connect error, timeout, 5xx, 3xx, a refused credential, a bad answer.
@@ -24,13 +25,14 @@ pub(crate) enum Call {
 }
 
 impl Call {
-    const ALL: [Call; 10] = [
+    const ALL: [Call; 11] = [
         Call::Valid,
         Call::Invalid,
         Call::Expired,
         Call::Disabled,
         Call::InsufficientScope,
         Call::RateLimited,
+        Call::UsageExceeded,
         Call::Throttled,
         Call::Failed,
         Call::CircuitOpen,
@@ -47,6 +49,7 @@ impl Call {
             Call::Disabled => "disabled",
             Call::InsufficientScope => "insufficient_scope",
             Call::RateLimited => "rate_limited",
+            Call::UsageExceeded => "usage_exceeded",
             Call::Throttled => "throttled",
             Call::Failed => "failed",
             Call::CircuitOpen => "circuit_open",

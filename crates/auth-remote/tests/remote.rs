@@ -50,6 +50,8 @@ enum Mode {
     Garbage,
     /// This JSON body, whatever the key.
     Raw(&'static str),
+    /// This JSON body, after 150 ms (callers pile up on one call).
+    SluggishRaw(&'static str),
     /// 307 to `/other`, which would say valid.
     Redirect,
 }
@@ -169,6 +171,10 @@ async fn validate(
         Mode::Status(code) => return StatusCode::from_u16(code).unwrap().into_response(),
         Mode::Garbage => return "<html>not json</html>".into_response(),
         Mode::Raw(text) => {
+            return ([("content-type", "application/json")], text).into_response();
+        }
+        Mode::SluggishRaw(text) => {
+            tokio::time::sleep(Duration::from_millis(150)).await;
             return ([("content-type", "application/json")], text).into_response();
         }
         Mode::Redirect => {
@@ -823,6 +829,103 @@ async fn a_rate_limited_code_is_429_uncached_and_not_a_failure() {
     }
     double.set(Mode::Normal);
     assert!(verify(&v, GOOD).await.is_ok());
+}
+
+/// Issue 16: out of credits is 429 `usage_exceeded` with the wait until the
+/// refill, for that request only — never cached, never a failure, never
+/// handed to the fallback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_usage_exceeded_code_is_429_until_the_refill_uncached_and_not_a_failure() {
+    let (double, addr) = started().await;
+    let v = remote(addr)
+        .breaker(5, Duration::from_secs(30))
+        .build()
+        .unwrap();
+    double.set(Mode::Raw(
+        r#"{"valid":false,"code":"usage_exceeded","userId":"user-1","retryAfter":3600}"#,
+    ));
+    for _ in 0..6 {
+        assert_eq!(
+            verify(&v, GOOD).await.unwrap_err(),
+            VerifyError::UsageExceeded {
+                retry_after: Some(Duration::from_secs(3600))
+            }
+        );
+    }
+    assert_eq!(double.calls(), 6, "not cached");
+    assert!(!v.circuit_open());
+    // Through a fallback and a guard: 429 usage_exceeded with Retry-After,
+    // and the local key set is not asked.
+    let local = KeySet::new()
+        .with_key(GOOD, Principal::new("local"))
+        .unwrap();
+    let guard = Guard::builder(Fallback::new(v.clone(), local))
+        .build()
+        .unwrap();
+    match guard
+        .check(&PlainRequest::get("/x").header("x-api-key", GOOD))
+        .await
+    {
+        Decision::Reject(r) => {
+            assert_eq!((r.status(), r.kind().code()), (429, "usage_exceeded"));
+            let retry = r
+                .headers()
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case("retry-after"))
+                .map(|(_, value)| value.to_string());
+            assert_eq!(retry.as_deref(), Some("3600"));
+        }
+        other => panic!("expected 429, got {other:?}"),
+    }
+    // Without a refill: no Retry-After to give.
+    double.set(Mode::Raw(r#"{"valid":false,"code":"usage_exceeded"}"#));
+    assert_eq!(
+        verify(&v, GOOD).await.unwrap_err(),
+        VerifyError::UsageExceeded { retry_after: None }
+    );
+    double.set(Mode::Normal);
+    assert!(verify(&v, GOOD).await.is_ok());
+}
+
+/// Issue 16: a valid answer that spent credits is the grant of the request
+/// that asked, only: never cached, never shared by callers waiting on the
+/// same call — each request on a key with credits is charged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_that_spent_credits_is_never_cached_nor_shared() {
+    let (double, addr) = started().await;
+    let v = patient(addr);
+    let charged = r#"{"valid":true,"code":"valid","userId":"user-1","creditsRemaining":5}"#;
+    double.set(Mode::Raw(charged));
+    for n in 1..=5 {
+        verify(&v, GOOD).await.unwrap();
+        assert_eq!(double.calls(), n, "each request asks (and is charged)");
+    }
+    // Forty callers at once, while one call is under way: forty calls.
+    double.set(Mode::SluggishRaw(charged));
+    let before = double.calls();
+    let callers: Vec<_> = (0..40)
+        .map(|_| {
+            let v = v.clone();
+            tokio::spawn(async move { verify(&v, GOOD).await.is_ok() })
+        })
+        .collect();
+    for caller in callers {
+        assert!(caller.await.unwrap());
+    }
+    assert_eq!(double.calls() - before, 40, "a grant was shared");
+    // A key without credits is coalesced and cached as before.
+    double.set(Mode::Sluggish);
+    let before = double.calls();
+    let callers: Vec<_> = (0..40)
+        .map(|_| {
+            let v = v.clone();
+            tokio::spawn(async move { verify(&v, DISABLED).await.is_err() })
+        })
+        .collect();
+    for caller in callers {
+        assert!(caller.await.unwrap());
+    }
+    assert_eq!(double.calls() - before, 1);
 }
 
 // --- B: a dropped probe ---

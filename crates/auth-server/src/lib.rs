@@ -14,13 +14,14 @@ use std::time::{Duration, SystemTime};
 
 use auth_axum::Auth;
 use auth_core::protocol::{
-    ChangeEvent, Code, EVENTS_PATH, RateLimit, VALIDATE_PATH, ValidateRequest, ValidateResponse,
+    ChangeEvent, Code, EVENTS_PATH, MAX_COST, RateLimit, VALIDATE_PATH, ValidateRequest,
+    ValidateResponse,
 };
 use auth_core::{
     CacheConfig, Cached, Credential, CredentialSources, Guard, HashedKeyStore, KeyFile, Principal,
     RateLimitPolicy, Verifier, VerifyContext, VerifyError,
 };
-use auth_sqlx::{CreatedKey, KeyInfo, NewKey, SqlKeyStore};
+use auth_sqlx::{CreatedKey, Credits, KeyInfo, NewKey, Refill, Spend, SqlKeyStore};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path as UrlPath, Request, State};
 use axum::http::StatusCode;
@@ -187,7 +188,7 @@ pub struct App {
     ///
     /// | metric | type | labels |
     /// |---|---|---|
-    /// | `auth_server_validate_requests_total` | counter | `code`: `valid`, `invalid`, `expired`, `disabled`, `insufficient_scope`, `rate_limited` (200s), `bad_request`, `unauthorized`, `unavailable`, `other` |
+    /// | `auth_server_validate_requests_total` | counter | `code`: `valid`, `invalid`, `expired`, `disabled`, `insufficient_scope`, `rate_limited`, `usage_exceeded` (200s), `bad_request`, `unauthorized`, `unavailable`, `cancelled`, `other` |
     /// | `auth_server_validate_duration_seconds` | histogram | (whole request, the service-credential check included) |
     /// | `auth_server_store_errors_total` | counter | |
     /// | `auth_server_changes_stream_subscribers` | gauge | |
@@ -409,9 +410,45 @@ pub struct KeyView {
     pub disabled_at: Option<u64>,
     /// Unix seconds (written in batches).
     pub last_used_at: Option<u64>,
+    /// Its usage credits; `null` when it has no credit limit.
+    pub credits: Option<CreditsView>,
     /// The key itself: only in the answer that made it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+}
+
+/// A key's usage credits as the API shows them.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreditsView {
+    /// Credits left now (a refill that is due counted).
+    pub remaining: u64,
+    /// Its refill, if any.
+    pub refill: Option<RefillView>,
+    /// Unix seconds of the next refill (`null` without a refill).
+    pub next_refill_at: Option<u64>,
+}
+
+/// A refill as the API shows it.
+#[derive(Serialize, ToSchema)]
+pub struct RefillView {
+    /// What remaining is set to at each refill (not added).
+    pub amount: u64,
+    /// Seconds between refills.
+    pub every: u64,
+}
+
+impl CreditsView {
+    fn at(c: &auth_sqlx::KeyCredits, now: SystemTime) -> Self {
+        Self {
+            remaining: c.remaining_at(now),
+            refill: c.refill.map(|r| RefillView {
+                amount: r.amount,
+                every: r.every.as_secs(),
+            }),
+            next_refill_at: c.next_refill_at(now).map(unix),
+        }
+    }
 }
 
 impl From<&KeyInfo> for KeyView {
@@ -429,6 +466,7 @@ impl From<&KeyInfo> for KeyView {
             expires_at: info.expires_at.map(unix),
             disabled_at: info.disabled_at.map(unix),
             last_used_at: info.last_used_at.map(unix),
+            credits: info.credits.map(|c| CreditsView::at(&c, SystemTime::now())),
             key: None,
         }
     }
@@ -526,6 +564,85 @@ fn rate_limit(body: Option<RateLimitBody>) -> Result<Option<RateLimitPolicy>, &'
     }
 }
 
+/// Usage credits in a request: checked before anything is written.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreditsBody {
+    /// Credits to start with: 0 to 1,000,000,000,000 (required).
+    remaining: Option<i64>,
+    /// Sets remaining to `amount` every `every`.
+    refill: Option<RefillBody>,
+}
+
+/// A refill in a request.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RefillBody {
+    /// 1 to 1,000,000,000,000.
+    amount: i64,
+    /// 60 s to 366 days.
+    every: Every,
+}
+
+/// A refill interval: seconds, or text such as `1d`, `30d`, `12h`.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+enum Every {
+    /// Seconds: 60 to 31,622,400.
+    Seconds(i64),
+    /// `<n>s`, `<n>m`, `<n>h` or `<n>d`.
+    Text(String),
+}
+
+/// Seconds in `<n>s`, `<n>m`, `<n>h` or `<n>d`; `None` for anything else.
+fn interval_secs(text: &str) -> Option<u64> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(unit)
+}
+
+const CREDITS_RANGE: &str = "credits need `remaining` from 0 to 1000000000000 and, for a refill, \
+     `amount` from 1 to 1000000000000 and `every` from 60 to 31622400 seconds (60 s to \
+     366 days: seconds, or `<n>s`, `<n>m`, `<n>h`, `<n>d`)";
+
+fn credits(body: Option<CreditsBody>) -> Result<Option<Credits>, &'static str> {
+    let Some(b) = body else { return Ok(None) };
+    let max = auth_sqlx::MAX_CREDITS;
+    let remaining = b
+        .remaining
+        .ok_or("credits need `remaining` (a refill alone is not a limit)")?;
+    let remaining = u64::try_from(remaining)
+        .ok()
+        .filter(|r| *r <= max)
+        .ok_or(CREDITS_RANGE)?;
+    let refill = match b.refill {
+        None => None,
+        Some(r) => {
+            let amount = u64::try_from(r.amount)
+                .ok()
+                .filter(|a| (1..=max).contains(a))
+                .ok_or(CREDITS_RANGE)?;
+            let every = match r.every {
+                Every::Seconds(n) => u64::try_from(n).ok(),
+                Every::Text(t) => interval_secs(t.trim()),
+            }
+            .map(Duration::from_secs)
+            .filter(|d| (auth_sqlx::MIN_REFILL_EVERY..=auth_sqlx::MAX_REFILL_EVERY).contains(d))
+            .ok_or(CREDITS_RANGE)?;
+            Some(Refill { amount, every })
+        }
+    };
+    Ok(Some(Credits { remaining, refill }))
+}
+
 fn expiry(at: Option<i64>) -> Result<Option<SystemTime>, auth_sqlx::Error> {
     let Some(s) = at else { return Ok(None) };
     let at = u64::try_from(s)
@@ -558,6 +675,8 @@ struct CreateBody {
     rate_limit: Option<RateLimitBody>,
     /// Unix seconds, in the future (at most 100 years ahead).
     expires_at: Option<i64>,
+    /// Usage credits: each validation spends its `cost` (1 by default).
+    credits: Option<CreditsBody>,
 }
 
 #[utoipa::path(post, path = "/api/v1/keys", tag = "keys", request_body = CreateBody,
@@ -573,11 +692,16 @@ async fn create(State(s): State<AppState>, Body(b): Body<CreateBody>) -> Respons
         Ok(e) => e,
         Err(e) => return s.store_error(&e),
     };
+    let credits = match credits(b.credits) {
+        Ok(c) => c,
+        Err(m) => return bad(m),
+    };
     let new = NewKey {
         owner: b.owner,
         scopes: b.scopes,
         rate_limit,
         expires_at,
+        credits,
     };
     match s.store.create(new).await {
         Ok(created) => {
@@ -686,8 +810,8 @@ async fn rotate(
     }
 }
 
-/// A change: absent fields stay as they are; `null` removes a rate limit
-/// or an expiry.
+/// A change: absent fields stay as they are; `null` removes a rate limit,
+/// an expiry or credits. New credits start a new refill period.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct UpdateBody {
@@ -698,6 +822,11 @@ struct UpdateBody {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<i64>)]
     expires_at: Option<Option<i64>>,
+    /// New credits (their refill period starts now), or `null`: no
+    /// credit limit.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<CreditsBody>)]
+    credits: Option<Option<CreditsBody>>,
 }
 
 /// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -725,10 +854,15 @@ async fn update(
         Ok(e) => e,
         Err(e) => return s.store_error(&e),
     };
+    let credits = match b.credits.map(credits).transpose() {
+        Ok(c) => c,
+        Err(m) => return bad(m),
+    };
     let change = auth_sqlx::KeyUpdate {
         scopes: b.scopes,
         rate_limit: rate,
         expires_at: expires,
+        credits,
     };
     // One statement: all of the change, or none of it.
     match s.store.update(&id, change).await {
@@ -910,17 +1044,22 @@ fn code_of(e: VerifyError) -> Code {
         VerifyError::Expired => Code::Expired,
         VerifyError::Disabled => Code::Disabled,
         VerifyError::RateLimited => Code::RateLimited,
+        VerifyError::UsageExceeded { .. } => Code::UsageExceeded,
         _ => Code::Invalid,
     }
 }
 
 /// The validate endpoint: [`auth_core::protocol`]'s request and answer.
-/// Only client keys are found (a service credential is `invalid` here).
+/// Only client keys are found (a service credential is `invalid` here). A
+/// valid key with credits spends the request's `cost` (absent: 1): the
+/// answer carries `creditsRemaining`, or is `usage_exceeded` (with
+/// `retryAfter` until the next refill, if it has one).
 #[utoipa::path(post, path = "/api/v1/api-keys/validate", tag = "validate",
     request_body = ValidateRequest, security(("serviceToken" = [])),
     responses((status = 200, description = "the answer; decide from `code`", body = ValidateResponse),
-        (status = 400, body = ErrorBody), (status = 401, description = "not a known service"),
-        (status = 503, body = ErrorBody)))]
+        (status = 400, description = "a malformed body, or `cost` over 1,000,000", body = ErrorBody),
+        (status = 401, description = "not a known service"),
+        (status = 503, description = "the key store (or the spend of credits) failed", body = ErrorBody)))]
 async fn validate(
     State(s): State<AppState>,
     body: Result<Body<ValidateRequest>, Response>,
@@ -936,6 +1075,13 @@ async fn validate(
 
 /// A validate request's answer, and what it was.
 async fn validate_answer(s: &AppState, b: ValidateRequest) -> (Outcome, Response) {
+    let cost = b.cost.unwrap_or(1);
+    if cost > MAX_COST {
+        return (
+            Outcome::BadRequest,
+            bad("cost must be 0 to 1000000 credits"),
+        );
+    }
     // Read before the answer is made: every change up to it has already
     // reached the caches the answer comes from.
     let seq = Some(s.store.applied_seq());
@@ -969,6 +1115,37 @@ async fn validate_answer(s: &AppState, b: ValidateRequest) -> (Outcome, Response
         }
     }
     let mut answer = ValidateResponse::valid(principal.id(), principal.scopes().to_vec());
+    // Only keys with credits cost a round trip: the cached principal says
+    // which (the store's record labels them).
+    if principal.label(auth_sqlx::CREDITS_LABEL).is_some() {
+        match s
+            .store
+            .spend(credential.digest(), cost, SystemTime::now())
+            .await
+        {
+            Ok(Spend::Unlimited) => {}
+            Ok(Spend::Spent { remaining }) => answer.credits_remaining = Some(remaining),
+            Ok(Spend::Exceeded { retry_after }) => {
+                let mut refusal = ValidateResponse::refusal(Code::UsageExceeded);
+                refusal.user_id = Some(principal.id().to_owned());
+                refusal.retry_after = retry_after.map(|d| d.as_secs());
+                refusal.seq = seq;
+                let response = Json(refusal).into_response();
+                return (Outcome::Answered(Code::UsageExceeded), response);
+            }
+            // Never valid when the spend could not be made.
+            Err(e) => {
+                s.metrics.store_error();
+                tracing::warn!(error = %e, "could not spend a key's credits");
+                let response = error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the key store is unavailable",
+                );
+                return (Outcome::Unavailable, response);
+            }
+        }
+    }
     answer.rate_limit = principal.rate_limit().map(|p| RateLimit {
         requests: p.requests,
         window: p.window.as_secs(),

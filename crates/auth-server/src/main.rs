@@ -4,6 +4,7 @@
 //! auth-server serve [--bind 127.0.0.1:8080] [--data-dir ./data] [--log-format json]
 //!                    [--metrics-bind 127.0.0.1:9465]
 //! auth-server keys create --owner svc-a --scope stt --scope tts --rate 60/60s --expires 90d [--json]
+//!                         [--credits 1000 --refill 1000/1d]
 //! auth-server keys list [--json]
 //! auth-server keys disable ID
 //! auth-server keys rotate ID --overlap 24h
@@ -30,7 +31,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use auth_core::RateLimitPolicy;
-use auth_sqlx::NewKey;
+use auth_sqlx::{Credits, NewKey, Refill};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -159,6 +160,15 @@ enum KeysCommand {
         /// Expiry from now, e.g. 90d, 12h.
         #[arg(long, value_parser = parse_duration)]
         expires: Option<Duration>,
+        /// Usage credits (0 to 1000000000000): each validation spends its
+        /// cost (1 by default); none left, the key is refused
+        /// (`usage_exceeded`) until its next refill.
+        #[arg(long, value_parser = parse_credits)]
+        credits: Option<u64>,
+        /// A refill of the credits: AMOUNT/EVERY, e.g. 1000/1d, 50000/30d
+        /// (every 60s to 366d); sets what remains to AMOUNT, never adds.
+        #[arg(long, value_parser = parse_refill, requires = "credits")]
+        refill: Option<Refill>,
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -227,6 +237,36 @@ fn parse_rate(text: &str) -> Result<RateLimitPolicy, String> {
         .filter(|r| *r > 0)
         .ok_or_else(|| format!("`{text}`: the request count must be a positive number"))?;
     Ok(RateLimitPolicy::new(requests, parse_duration(window)?))
+}
+
+/// A number of credits: 0 to 1000000000000.
+fn parse_credits(text: &str) -> Result<u64, String> {
+    text.trim()
+        .parse()
+        .ok()
+        .filter(|n| *n <= auth_sqlx::MAX_CREDITS)
+        .ok_or_else(|| format!("`{text}`: credits are 0 to {}", auth_sqlx::MAX_CREDITS))
+}
+
+/// `1000/1d`: checked here, before anything is written.
+fn parse_refill(text: &str) -> Result<Refill, String> {
+    let (amount, every) = text
+        .split_once('/')
+        .ok_or_else(|| format!("`{text}`: expected AMOUNT/EVERY, e.g. 1000/1d"))?;
+    let amount = parse_credits(amount)
+        .ok()
+        .filter(|a| *a >= 1)
+        .ok_or_else(|| {
+            format!(
+                "`{text}`: the amount must be 1 to {}",
+                auth_sqlx::MAX_CREDITS
+            )
+        })?;
+    let every = parse_duration(every)?;
+    if !(auth_sqlx::MIN_REFILL_EVERY..=auth_sqlx::MAX_REFILL_EVERY).contains(&every) {
+        return Err(format!("`{text}`: refill every 60s to 366d"));
+    }
+    Ok(Refill { amount, every })
 }
 
 fn ago(t: Option<SystemTime>) -> String {
@@ -367,16 +407,20 @@ impl Shown {
 
 fn print_table(keys: &[auth_sqlx::KeyInfo]) {
     println!(
-        "{:<22} {:<16} {:<14} {:<20} {:<10} {:<11} {:<11} {:<8}",
-        "ID", "PREFIX", "OWNER", "SCOPES", "RATE", "EXPIRES", "LAST USED", "STATE"
+        "{:<22} {:<16} {:<14} {:<20} {:<10} {:<13} {:<11} {:<11} {:<8}",
+        "ID", "PREFIX", "OWNER", "SCOPES", "RATE", "CREDITS", "EXPIRES", "LAST USED", "STATE"
     );
+    let now = SystemTime::now();
     for k in keys {
         let rate = k.rate_limit.map_or_else(
             || "-".to_owned(),
             |p| format!("{}/{}s", p.requests, p.window.as_secs()),
         );
+        let credits = k
+            .credits
+            .map_or_else(|| "-".to_owned(), |c| c.remaining_at(now).to_string());
         println!(
-            "{:<22} {:<16} {:<14} {:<20} {:<10} {:<11} {:<11} {:<8}",
+            "{:<22} {:<16} {:<14} {:<20} {:<10} {:<13} {:<11} {:<11} {:<8}",
             k.id,
             k.prefix,
             shown(&k.owner),
@@ -386,6 +430,7 @@ fn print_table(keys: &[auth_sqlx::KeyInfo]) {
                 k.scopes.join(",")
             },
             rate,
+            credits,
             ago(k.expires_at),
             ago(k.last_used_at),
             if k.disabled_at.is_some() {
@@ -469,6 +514,8 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 scopes,
                 rate,
                 expires,
+                credits,
+                refill,
                 json,
             } => {
                 let expires_at = match expires {
@@ -485,6 +532,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                         scopes,
                         rate_limit: rate,
                         expires_at,
+                        credits: credits.map(|remaining| Credits { remaining, refill }),
                     })
                     .await?;
                 KEYS.created(&created, json, "key (shown once)");
@@ -602,5 +650,33 @@ mod tests {
         assert!(parse_duration("36501d").is_err());
         assert!(parse_duration("0s").is_err());
         assert!(parse_rate("5/18446744073709551615s").is_err());
+    }
+
+    #[test]
+    fn credits_and_refills_are_bounded_before_anything_is_written() {
+        assert_eq!(parse_credits("1000"), Ok(1000));
+        assert_eq!(parse_credits("0"), Ok(0));
+        assert_eq!(parse_credits("1000000000000"), Ok(1_000_000_000_000));
+        for bad in ["1000000000001", "-1", "ten", ""] {
+            assert!(parse_credits(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_refill("1000/1d"),
+            Ok(Refill {
+                amount: 1000,
+                every: Duration::from_secs(86_400)
+            })
+        );
+        assert!(parse_refill("1/60s").is_ok() && parse_refill("1/366d").is_ok());
+        for bad in [
+            "0/1d",
+            "1000/59s",
+            "1000/367d",
+            "1000",
+            "1000/1y",
+            "1000000000001/1d",
+        ] {
+            assert!(parse_refill(bad).is_err(), "{bad}");
+        }
     }
 }

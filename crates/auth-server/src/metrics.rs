@@ -131,13 +131,14 @@ pub(crate) struct ServerMetrics {
 }
 
 /// Every `code` of `auth_server_validate_requests_total` but `other`.
-const VALIDATE_CODES: [&str; 10] = [
+const VALIDATE_CODES: [&str; 11] = [
     "valid",
     "invalid",
     "expired",
     "disabled",
     "insufficient_scope",
     "rate_limited",
+    "usage_exceeded",
     "bad_request",
     "unauthorized",
     "unavailable",

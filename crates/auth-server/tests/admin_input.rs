@@ -97,10 +97,56 @@ fn text() -> impl Strategy<Value = String> {
     ]
 }
 
+/// A refill interval: seconds around the bounds, or text. Valid ones are
+/// a day or more, so that no refill falls between two reads of the state.
+fn every() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        number().prop_map(Value::from),
+        Just(json!(31_622_400)),
+        Just(json!(31_622_401)),
+        Just(json!(59)),
+        "[0-9]{1,3}d".prop_map(Value::from),
+        "(59s|60|1y|d||-1d|99999999999999999999d|8785h|[0-9]{1,3}[smh]x)".prop_map(Value::from),
+    ]
+}
+
+/// Credits with numbers anywhere, often without a refill, sometimes with
+/// a refill alone.
+fn credits() -> impl Strategy<Value = Value> {
+    (
+        prop::option::of(number()),
+        prop::option::of((number(), every())),
+    )
+        .prop_map(|(remaining, refill)| {
+            let mut c = json!({});
+            if let Some(r) = remaining {
+                c["remaining"] = json!(r);
+            }
+            if let Some((amount, every)) = refill {
+                c["refill"] = json!({"amount": amount, "every": every});
+            }
+            c
+        })
+}
+
 fn request(id: String) -> impl Strategy<Value = (&'static str, String, Value)> {
     let keys = "/api/v1/keys".to_owned();
     let services = "/api/v1/services".to_owned();
     prop_oneof![
+        (text(), credits()).prop_map({
+            let keys = keys.clone();
+            move |(owner, credits)| {
+                (
+                    "POST",
+                    keys.clone(),
+                    json!({"owner": owner, "credits": credits}),
+                )
+            }
+        }),
+        credits().prop_map({
+            let path = format!("{keys}/{id}");
+            move |credits| ("PATCH", path.clone(), json!({"credits": credits}))
+        }),
         (text(), number(), number(), prop::option::of(number())).prop_map({
             let keys = keys.clone();
             move |(owner, requests, window, expires)| {
@@ -175,6 +221,17 @@ fn the_admin_api_never_panics_and_400s_write_nothing() {
                     if let Some(at) = answer["expiresAt"].as_u64() {
                         prop_assert!(at > now().saturating_sub(5), "{}", answer);
                         prop_assert!(at <= now() + 100 * 365 * 86_400 + 5, "{}", answer);
+                    }
+                    if let Some(credits) = answer["credits"].as_object() {
+                        let remaining = credits["remaining"].as_u64().unwrap();
+                        prop_assert!(remaining <= 1_000_000_000_000, "{}", answer);
+                        if let Some(refill) = credits["refill"].as_object() {
+                            let amount = refill["amount"].as_u64().unwrap();
+                            let every = refill["every"].as_u64().unwrap();
+                            prop_assert!((1..=1_000_000_000_000).contains(&amount), "{}", answer);
+                            prop_assert!((60..=31_622_400).contains(&every), "{}", answer);
+                            prop_assert!(credits["nextRefillAt"].as_u64().unwrap() > now());
+                        }
                     }
                     for name in [&answer["owner"], &answer["name"]] {
                         if let Some(name) = name.as_str() {

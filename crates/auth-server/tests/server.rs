@@ -531,12 +531,33 @@ async fn the_openapi_document_describes_every_route() {
         "disabled",
         "insufficient_scope",
         "rate_limited",
+        "usage_exceeded",
     ] {
         assert!(
             codes.as_array().unwrap().iter().any(|c| c == code),
             "{codes}"
         );
     }
+    // Credits (issue 16): the request's cost, the answer's credits, the
+    // admin API's credits with their refill.
+    let schemas = &doc["components"]["schemas"];
+    assert!(schemas["ValidateRequest"]["properties"]["cost"].is_object());
+    for field in ["creditsRemaining", "retryAfter"] {
+        assert!(
+            schemas["ValidateResponse"]["properties"][field].is_object(),
+            "{field}"
+        );
+    }
+    assert!(schemas["KeyView"]["properties"]["credits"].is_object());
+    for field in ["remaining", "refill", "nextRefillAt"] {
+        assert!(
+            schemas["CreditsView"]["properties"][field].is_object(),
+            "{field}"
+        );
+    }
+    assert!(schemas["CreateBody"]["properties"]["credits"].is_object());
+    assert!(schemas["UpdateBody"]["properties"]["credits"].is_object());
+    assert!(schemas["RefillBody"]["properties"]["every"].is_object());
     let answer = &doc["components"]["schemas"]["ValidateResponse"];
     let required: Vec<&str> = answer["required"]
         .as_array()
@@ -1084,6 +1105,46 @@ async fn out_of_range_input_is_400_and_writes_nothing() {
             json!({"rateLimit": {"requests": 1, "window": 400 * 86_400}}),
         ),
     ];
+    // Credits (issue 16): remaining 0..=10^12, a refill of 1..=10^12 every
+    // 60 s ..= 366 days (seconds or `<n>s|m|h|d`), never a refill alone.
+    let mut cases = cases;
+    let refill = |amount: Value, every: Value| json!({"remaining": 5, "refill": {"amount": amount, "every": every}});
+    for credits in [
+        json!({"remaining": 1_000_000_000_001_i64}),
+        json!({"remaining": -1}),
+        json!({"remaining": i64::MAX}),
+        json!({"remaining": 1.5}),
+        json!({"refill": {"amount": 5, "every": "1d"}}),
+        json!({}),
+        json!({"remaining": 5, "colour": "red"}),
+        refill(json!(0), json!("1d")),
+        refill(json!(-5), json!("1d")),
+        refill(json!(1_000_000_000_001_i64), json!("1d")),
+        refill(json!(5), json!(59)),
+        refill(json!(5), json!("59s")),
+        refill(json!(5), json!(366 * 86_400 + 1)),
+        refill(json!(5), json!("367d")),
+        refill(json!(5), json!("8785h")),
+        refill(json!(5), json!(-60)),
+        refill(json!(5), json!(i64::MAX)),
+        refill(json!(5), json!("1y")),
+        refill(json!(5), json!("d")),
+        refill(json!(5), json!("")),
+        refill(json!(5), json!("99999999999999999999d")),
+        refill(json!(5), json!(null)),
+        json!({"remaining": 5, "refill": {"amount": 5}}),
+    ] {
+        cases.push((
+            "POST",
+            "/api/v1/keys".into(),
+            json!({"owner": "a", "credits": credits}),
+        ));
+        cases.push((
+            "PATCH",
+            format!("/api/v1/keys/{id}"),
+            json!({"scopes": ["changed"], "credits": credits}),
+        ));
+    }
     for (method, path, body) in cases {
         let (status, answer) = api.call(method, &path, Some(body.clone())).await;
         assert_eq!(status, 400, "{method} {path} {body}: {answer}");
@@ -1116,6 +1177,56 @@ async fn out_of_range_input_is_400_and_writes_nothing() {
             "99999999999d",
         ][..],
         &["keys", "rotate", &id, "--overlap", "400d"][..],
+        &[
+            "keys",
+            "create",
+            "--owner",
+            "a",
+            "--credits",
+            "1000000000001",
+        ][..],
+        &["keys", "create", "--owner", "a", "--credits", "-1"][..],
+        &["keys", "create", "--owner", "a", "--refill", "1000/1d"][..],
+        &[
+            "keys",
+            "create",
+            "--owner",
+            "a",
+            "--credits",
+            "5",
+            "--refill",
+            "0/1d",
+        ][..],
+        &[
+            "keys",
+            "create",
+            "--owner",
+            "a",
+            "--credits",
+            "5",
+            "--refill",
+            "5/59s",
+        ][..],
+        &[
+            "keys",
+            "create",
+            "--owner",
+            "a",
+            "--credits",
+            "5",
+            "--refill",
+            "5/367d",
+        ][..],
+        &[
+            "keys",
+            "create",
+            "--owner",
+            "a",
+            "--credits",
+            "5",
+            "--refill",
+            "5",
+        ][..],
         &["services", "create", "--name", "a\u{1b}]0;x\u{7}"][..],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_auth-server"))

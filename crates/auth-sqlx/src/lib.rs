@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, LazyLock, Once};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use auth_core::cache::Cache;
@@ -142,6 +142,91 @@ pub const MAX_OVERLAP: Duration = Duration::from_secs(365 * 86_400);
 pub const MAX_WINDOW: Duration = Duration::from_secs(365 * 86_400);
 /// The longest owner or service name, in characters.
 pub const MAX_NAME_CHARS: usize = 200;
+/// The most credits a key may hold, or be refilled to.
+pub const MAX_CREDITS: u64 = 1_000_000_000_000;
+/// The shortest refill interval.
+pub const MIN_REFILL_EVERY: Duration = Duration::from_secs(60);
+/// The longest refill interval.
+pub const MAX_REFILL_EVERY: Duration = Duration::from_secs(366 * 86_400);
+
+/// The label a client key's record — and so the principal verified from
+/// it, cached with it — carries (value `limited`) when the key has usage
+/// credits: the caller spends them with [`SqlKeyStore::spend`]. A principal
+/// without it has no credit limit, and costs no spend.
+pub const CREDITS_LABEL: &str = "auth_sqlx.credits";
+
+/// A refill: every `every` after the period's start, a key's remaining
+/// credits are *set* to `amount` (not added to).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refill {
+    /// What remaining is set to: 1 to [`MAX_CREDITS`].
+    pub amount: u64,
+    /// The interval: [`MIN_REFILL_EVERY`] to [`MAX_REFILL_EVERY`], whole
+    /// seconds.
+    pub every: Duration,
+}
+
+/// Usage credits to give a key: each validation spends some
+/// ([`SqlKeyStore::spend`]); none left, the key is refused until its next
+/// refill, if it has one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Credits {
+    /// Credits to start with: 0 to [`MAX_CREDITS`].
+    pub remaining: u64,
+    /// Its refill, if any.
+    pub refill: Option<Refill>,
+}
+
+/// A key's credits as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyCredits {
+    /// Credits left at the last spend or refill: see
+    /// [`remaining_at`](Self::remaining_at) for now.
+    pub remaining: u64,
+    /// Its refill, if any.
+    pub refill: Option<Refill>,
+    /// When the current refill period started: when the credits were set,
+    /// advanced by whole intervals at each refill.
+    pub period_start: SystemTime,
+}
+
+impl KeyCredits {
+    /// Credits left at `now`, with a refill due by then applied.
+    pub fn remaining_at(&self, now: SystemTime) -> u64 {
+        match self.refill {
+            Some(r) if periods(secs(self.period_start), every_secs(r), secs(now)) > 0 => r.amount,
+            _ => self.remaining,
+        }
+    }
+
+    /// When the first refill after `now` comes, if the key has a refill.
+    pub fn next_refill_at(&self, now: SystemTime) -> Option<SystemTime> {
+        let r = self.refill?;
+        Some(time(next_refill(
+            secs(self.period_start),
+            every_secs(r),
+            secs(now),
+        )))
+    }
+}
+
+/// What a [`SqlKeyStore::spend`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Spend {
+    /// The key has no credit limit (or no longer exists): nothing spent.
+    Unlimited,
+    /// Spent; this many are left.
+    Spent {
+        /// Credits left after this spend.
+        remaining: u64,
+    },
+    /// Not enough credits: nothing spent.
+    Exceeded {
+        /// Until the key's next refill; `None` when it has no refill, or
+        /// when its refill amount is below the cost (waiting would not help).
+        retry_after: Option<Duration>,
+    },
+}
 
 /// A key as an operator sees it: everything but the key and its digest.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,6 +249,8 @@ pub struct KeyInfo {
     pub disabled_at: Option<SystemTime>,
     /// When it was last used (written in batches), if ever.
     pub last_used_at: Option<SystemTime>,
+    /// Its usage credits, if it has a credit limit.
+    pub credits: Option<KeyCredits>,
 }
 
 /// A new key's settings.
@@ -177,10 +264,12 @@ pub struct NewKey {
     pub rate_limit: Option<RateLimitPolicy>,
     /// When it stops being valid.
     pub expires_at: Option<SystemTime>,
+    /// Its usage credits (none: no credit limit).
+    pub credits: Option<Credits>,
 }
 
 /// A change to a key for [`SqlKeyStore::update`]: `None` leaves a field as
-/// it is; `Some(None)` removes a rate limit or an expiry.
+/// it is; `Some(None)` removes a rate limit, an expiry or credits.
 #[derive(Clone, Debug, Default)]
 pub struct KeyUpdate {
     /// New scopes.
@@ -189,6 +278,9 @@ pub struct KeyUpdate {
     pub rate_limit: Option<Option<RateLimitPolicy>>,
     /// A new expiry (in the future), or none.
     pub expires_at: Option<Option<SystemTime>>,
+    /// New credits (their refill period starts now), or none (no credit
+    /// limit).
+    pub credits: Option<Option<Credits>>,
 }
 
 /// A key just made: the plaintext is here once and nowhere else.
@@ -252,7 +344,8 @@ impl fmt::Debug for SqlKeyStore {
 }
 
 const COLUMNS: &str = "id, prefix, owner, scopes, rate_requests, rate_window_secs, created_at, \
-     expires_at, disabled_at, last_used_at";
+     expires_at, disabled_at, last_used_at, credits_remaining, credits_refill_amount, \
+     credits_refill_secs, credits_period_start";
 
 fn secs(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
@@ -261,6 +354,126 @@ fn secs(t: SystemTime) -> i64 {
 
 fn time(s: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(u64::try_from(s).unwrap_or(0))
+}
+
+fn every_secs(r: Refill) -> i64 {
+    i64::try_from(r.every.as_secs()).unwrap_or(i64::MAX).max(1)
+}
+
+/// Whole refill intervals from `start` to `now` (Unix seconds): what the
+/// spend statement computes in SQL, for reads and retry times.
+fn periods(start: i64, every: i64, now: i64) -> i64 {
+    if now <= start || every <= 0 {
+        0
+    } else {
+        (now - start) / every
+    }
+}
+
+/// The first refill boundary after `now`.
+fn next_refill(start: i64, every: i64, now: i64) -> i64 {
+    start.saturating_add(every.saturating_mul(periods(start, every, now) + 1))
+}
+
+/// A key's credit columns: remaining, refill amount, refill interval
+/// (seconds), period start (Unix seconds). All `None`: no credit limit.
+#[derive(Clone, Copy, Debug, Default)]
+struct CreditColumns([Option<i64>; 4]);
+
+/// The spend statement (see [`SqlKeyStore::spend`]): `$1` the digest, `$2`
+/// the kind, `$3` now (Unix seconds), `$4` the cost. A refill is due when
+/// a whole interval has passed since the period's start; what is available
+/// is then the refill amount, else what remains.
+static SPEND_SQL: LazyLock<String> = LazyLock::new(|| {
+    const DUE: &str = "(credits_refill_amount IS NOT NULL \
+         AND $3 >= credits_period_start + credits_refill_secs)";
+    let available =
+        format!("(CASE WHEN {DUE} THEN credits_refill_amount ELSE credits_remaining END)");
+    format!(
+        "UPDATE auth_keys SET \
+         credits_remaining = {available} - $4, \
+         credits_period_start = CASE WHEN {DUE} THEN credits_period_start \
+         + (($3 - credits_period_start) / credits_refill_secs) * credits_refill_secs \
+         ELSE credits_period_start END \
+         WHERE digest = $1 AND kind = $2 AND credits_remaining IS NOT NULL \
+         AND {available} >= $4 \
+         RETURNING credits_remaining"
+    )
+});
+
+/// A new row's settings, already checked.
+struct NewRow<'a> {
+    owner: &'a str,
+    scopes: &'a str,
+    rate: (Option<i64>, Option<i64>),
+    expires_at: Option<SystemTime>,
+    credits: CreditColumns,
+}
+
+/// The columns of credits moved to a rotation's new key at `now`: what is
+/// left now (a refill due applied), the same refill, the current period.
+fn moved_credits(c: &KeyCredits, now: SystemTime) -> CreditColumns {
+    let start = secs(c.period_start);
+    let (amount, every, period) = match c.refill {
+        Some(r) => {
+            let e = every_secs(r);
+            let start = start.saturating_add(periods(start, e, secs(now)).saturating_mul(e));
+            (i64::try_from(r.amount).ok(), Some(e), start)
+        }
+        None => (None, None, start),
+    };
+    CreditColumns([
+        i64::try_from(c.remaining_at(now)).ok(),
+        amount,
+        every,
+        Some(period),
+    ])
+}
+
+/// Checks credits the way the store does before writing them: remaining
+/// 0 to [`MAX_CREDITS`]; a refill of 1 to [`MAX_CREDITS`] every
+/// [`MIN_REFILL_EVERY`] to [`MAX_REFILL_EVERY`] in whole seconds.
+pub fn check_credits(credits: Option<Credits>) -> Result<(), Error> {
+    credit_columns(credits, SystemTime::now()).map(drop)
+}
+
+/// The columns for `credits` set at `now` (the period starts now).
+fn credit_columns(credits: Option<Credits>, now: SystemTime) -> Result<CreditColumns, Error> {
+    let Some(c) = credits else {
+        return Ok(CreditColumns::default());
+    };
+    if c.remaining > MAX_CREDITS {
+        return Err(Error::Invalid(format!(
+            "credits: `remaining` must be 0 to {MAX_CREDITS}"
+        )));
+    }
+    let (amount, every) = match c.refill {
+        None => (None, None),
+        Some(r)
+            if (1..=MAX_CREDITS).contains(&r.amount)
+                && (MIN_REFILL_EVERY..=MAX_REFILL_EVERY).contains(&r.every)
+                && r.every.subsec_nanos() == 0 =>
+        {
+            (
+                i64::try_from(r.amount).ok(),
+                i64::try_from(r.every.as_secs()).ok(),
+            )
+        }
+        Some(_) => {
+            return Err(Error::Invalid(format!(
+                "a refill needs `amount` from 1 to {MAX_CREDITS} and `every` from {} to {} \
+                 seconds (60 s to 366 days)",
+                MIN_REFILL_EVERY.as_secs(),
+                MAX_REFILL_EVERY.as_secs()
+            )));
+        }
+    };
+    Ok(CreditColumns([
+        i64::try_from(c.remaining).ok(),
+        amount,
+        every,
+        Some(secs(now)),
+    ]))
 }
 
 /// Checks scope tokens the way the store does before writing them:
@@ -319,6 +532,27 @@ fn info(row: &AnyRow) -> Result<KeyInfo, sqlx::Error> {
     let opt_time = |name: &str| -> Result<Option<SystemTime>, sqlx::Error> {
         Ok(row.try_get::<Option<i64>, _>(name)?.map(time))
     };
+    let created_at: i64 = row.try_get("created_at")?;
+    let credits = match row.try_get::<Option<i64>, _>("credits_remaining")? {
+        None => None,
+        Some(remaining) => Some(KeyCredits {
+            remaining: u64::try_from(remaining).unwrap_or(0),
+            refill: match (
+                row.try_get::<Option<i64>, _>("credits_refill_amount")?,
+                row.try_get::<Option<i64>, _>("credits_refill_secs")?,
+            ) {
+                (Some(a), Some(e)) if a > 0 && e > 0 => Some(Refill {
+                    amount: u64::try_from(a).unwrap_or(0),
+                    every: Duration::from_secs(u64::try_from(e).unwrap_or(1)),
+                }),
+                _ => None,
+            },
+            period_start: time(
+                row.try_get::<Option<i64>, _>("credits_period_start")?
+                    .unwrap_or(created_at),
+            ),
+        }),
+    };
     Ok(KeyInfo {
         id: row.try_get("id")?,
         prefix: row.try_get("prefix")?,
@@ -329,10 +563,11 @@ fn info(row: &AnyRow) -> Result<KeyInfo, sqlx::Error> {
             .map(str::to_owned)
             .collect(),
         rate_limit: rate,
-        created_at: time(row.try_get("created_at")?),
+        created_at: time(created_at),
         expires_at: opt_time("expires_at")?,
         disabled_at: opt_time("disabled_at")?,
         last_used_at: opt_time("last_used_at")?,
+        credits,
     })
 }
 
@@ -823,13 +1058,17 @@ impl SqlKeyStore {
         check_name("owner", &new.owner)?;
         check_expiry(new.expires_at)?;
         let scopes = scopes_text(&new.scopes)?;
-        let (requests, window) = rate_columns(new.rate_limit)?;
+        let rate = rate_columns(new.rate_limit)?;
+        let credits = credit_columns(new.credits, SystemTime::now())?;
         self.insert(
             KeyKind::Client,
-            &new.owner,
-            &scopes,
-            (requests, window),
-            new.expires_at,
+            NewRow {
+                owner: &new.owner,
+                scopes: &scopes,
+                rate,
+                expires_at: new.expires_at,
+                credits,
+            },
         )
         .await
     }
@@ -842,18 +1081,9 @@ impl SqlKeyStore {
     }
 
     /// Inserts a row of `kind` (its input already checked).
-    async fn insert(
-        &self,
-        kind: KeyKind,
-        owner: &str,
-        scopes: &str,
-        rate: (Option<i64>, Option<i64>),
-        expires_at: Option<SystemTime>,
-    ) -> Result<CreatedKey, Error> {
+    async fn insert(&self, kind: KeyKind, row: NewRow<'_>) -> Result<CreatedKey, Error> {
         let mut conn = self.inner.pool.acquire().await?;
-        let (key, id) = self
-            .insert_row(&mut conn, kind, owner, scopes, rate, expires_at)
-            .await?;
+        let (key, id) = self.insert_row(&mut conn, kind, row).await?;
         drop(conn);
         self.created(kind, key, &id).await
     }
@@ -863,11 +1093,10 @@ impl SqlKeyStore {
         &self,
         conn: &mut sqlx::AnyConnection,
         kind: KeyKind,
-        owner: &str,
-        scopes: &str,
-        (requests, window): (Option<i64>, Option<i64>),
-        expires_at: Option<SystemTime>,
+        row: NewRow<'_>,
     ) -> Result<(ApiKey, String), Error> {
+        let (requests, window) = row.rate;
+        let [remaining, amount, every, period] = row.credits.0;
         let format = match kind {
             KeyKind::Client => &self.inner.format,
             KeyKind::Service => &self.inner.service_format,
@@ -876,19 +1105,24 @@ impl SqlKeyStore {
         let id = new_id(kind)?;
         sqlx::query(
             "INSERT INTO auth_keys (id, prefix, digest, owner, scopes, rate_requests, \
-             rate_window_secs, created_at, expires_at, kind) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             rate_window_secs, created_at, expires_at, kind, credits_remaining, \
+             credits_refill_amount, credits_refill_secs, credits_period_start) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(&id)
         .bind(key.display_prefix())
         .bind(key.digest().to_hex())
-        .bind(owner)
-        .bind(scopes)
+        .bind(row.owner)
+        .bind(row.scopes)
         .bind(requests)
         .bind(window)
         .bind(secs(SystemTime::now()))
-        .bind(expires_at.map(secs))
+        .bind(row.expires_at.map(secs))
         .bind(kind.as_str())
+        .bind(remaining)
+        .bind(amount)
+        .bind(every)
+        .bind(period)
         .execute(&mut *conn)
         .await?;
         Ok((key, id))
@@ -965,14 +1199,17 @@ impl SqlKeyStore {
         .await
     }
 
-    /// Changes a key's scopes, rate limit and expiry in one statement (all
-    /// or nothing; everything checked first); whether the key exists.
+    /// Changes a key's scopes, rate limit, expiry and credits in one
+    /// statement (all or nothing; everything checked first); whether the
+    /// key exists. New credits start a new refill period now.
     pub async fn update(&self, id: &str, change: KeyUpdate) -> Result<bool, Error> {
         let scopes = change.scopes.as_deref().map(scopes_text).transpose()?;
         let rate = change.rate_limit.map(rate_columns).transpose()?;
         if let Some(at) = change.expires_at {
             check_expiry(at)?;
         }
+        let now = SystemTime::now();
+        let credits = change.credits.map(|c| credit_columns(c, now)).transpose()?;
         let mut sets = Vec::new();
         let mut n = 3;
         if scopes.is_some() {
@@ -988,6 +1225,16 @@ impl SqlKeyStore {
         }
         if change.expires_at.is_some() {
             sets.push(format!("expires_at = ${n}"));
+            n += 1;
+        }
+        if credits.is_some() {
+            sets.push(format!(
+                "credits_remaining = ${n}, credits_refill_amount = ${}, \
+                 credits_refill_secs = ${}, credits_period_start = ${}",
+                n + 1,
+                n + 2,
+                n + 3
+            ));
         }
         if sets.is_empty() {
             return Ok(self.get(id).await?.is_some());
@@ -1006,9 +1253,23 @@ impl SqlKeyStore {
             if let Some(at) = change.expires_at {
                 q = q.bind(at.map(secs));
             }
+            if let Some(CreditColumns(columns)) = credits {
+                for c in columns {
+                    q = q.bind(c);
+                }
+            }
             q
         })
         .await
+    }
+
+    /// Sets or removes a key's credits (a new refill period starts now).
+    pub async fn set_credits(&self, id: &str, credits: Option<Credits>) -> Result<bool, Error> {
+        let change = KeyUpdate {
+            credits: Some(credits),
+            ..KeyUpdate::default()
+        };
+        self.update(id, change).await
     }
 
     /// Replaces a key's scopes.
@@ -1048,7 +1309,10 @@ impl SqlKeyStore {
 
     /// Rotates a key: a new key with the same owner, scopes and limit; the
     /// old one stays valid for `overlap` (at most [`MAX_OVERLAP`]), then
-    /// expires. `None` when there is no such key.
+    /// expires. Credits move to the new key (as they are now, with its
+    /// refill and period): the old key keeps none through its overlap (no
+    /// refill; it answers "exceeded"), so a rotation never doubles them.
+    /// `None` when there is no such key.
     pub async fn rotate(&self, id: &str, overlap: Duration) -> Result<Option<CreatedKey>, Error> {
         self.rotate_kind(KeyKind::Client, id, overlap).await
     }
@@ -1067,6 +1331,14 @@ impl SqlKeyStore {
         // One transaction: the new key and the old one's end together, or
         // neither (a caller hanging up mid-way rolls it back).
         let mut tx = self.begin_write().await?;
+        // Locks the old row before reading it (PostgreSQL: its row lock;
+        // SQLite: the write lock), so that no spend changes its credits
+        // between the read and the move below.
+        sqlx::query("UPDATE auth_keys SET id = id WHERE id = $1 AND kind = $2")
+            .bind(id)
+            .bind(kind.as_str())
+            .execute(&mut *tx)
+            .await?;
         let row = sqlx::query(&format!(
             "SELECT {COLUMNS}, digest FROM auth_keys WHERE id = $1 AND kind = $2"
         ))
@@ -1083,17 +1355,44 @@ impl SqlKeyStore {
         let rate = rate_columns(old.rate_limit)?;
         let scopes = old.scopes.join(" ");
         // The new key keeps the old expiry only while it is still ahead.
-        let expires_at = old.expires_at.filter(|at| *at > SystemTime::now());
+        let now = SystemTime::now();
+        let expires_at = old.expires_at.filter(|at| *at > now);
+        let (credits, old_credits) = match old.credits {
+            None => (CreditColumns::default(), CreditColumns::default()),
+            Some(c) => (
+                moved_credits(&c, now),
+                CreditColumns([Some(0), None, None, Some(secs(now))]),
+            ),
+        };
         let (key, new_id) = self
-            .insert_row(&mut tx, kind, &old.owner, &scopes, rate, expires_at)
+            .insert_row(
+                &mut tx,
+                kind,
+                NewRow {
+                    owner: &old.owner,
+                    scopes: &scopes,
+                    rate,
+                    expires_at,
+                    credits,
+                },
+            )
             .await?;
         let ends = old.expires_at.map_or(until, |at| at.min(until));
-        sqlx::query("UPDATE auth_keys SET expires_at = $3 WHERE id = $1 AND kind = $2")
-            .bind(id)
-            .bind(kind.as_str())
-            .bind(secs(ends))
-            .execute(&mut *tx)
-            .await?;
+        let [remaining, amount, every, period] = old_credits.0;
+        sqlx::query(
+            "UPDATE auth_keys SET expires_at = $3, credits_remaining = $4, \
+             credits_refill_amount = $5, credits_refill_secs = $6, credits_period_start = $7 \
+             WHERE id = $1 AND kind = $2",
+        )
+        .bind(id)
+        .bind(kind.as_str())
+        .bind(secs(ends))
+        .bind(remaining)
+        .bind(amount)
+        .bind(every)
+        .bind(period)
+        .execute(&mut *tx)
+        .await?;
         self.log_change(&mut tx, &old_digest).await?;
         tx.commit().await?;
         self.announce(&old_digest);
@@ -1135,8 +1434,9 @@ impl SqlKeyStore {
         Answer::pending(async move { store.find(kind, &digest).await.map(|r| r.map(Arc::new)) })
     }
 
-    /// The row of `kind` with this digest, as a record for verification; a
-    /// use of the key, for its last-used time.
+    /// The row of `kind` with this digest, as a record for verification
+    /// (labelled [`CREDITS_LABEL`] when it has credits); a use of the key,
+    /// for its last-used time.
     async fn find(&self, kind: KeyKind, digest: &Digest) -> Result<Option<KeyRecord>, StoreError> {
         let row = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM auth_keys WHERE digest = $1 AND kind = $2"
@@ -1156,7 +1456,81 @@ impl SqlKeyStore {
         record.rate_limit = info.rate_limit;
         record.expires_at = info.expires_at;
         record.disabled = info.disabled_at.is_some();
+        if info.credits.is_some() {
+            // Handed to the principal (and cached with it): only keys with
+            // credits cost a spend per validation.
+            record
+                .labels
+                .insert(CREDITS_LABEL.to_owned(), "limited".to_owned());
+        }
         Ok(Some(record))
+    }
+
+    /// Spends `cost` of the credits of the client key with this digest at
+    /// `now`, in ONE statement — never a read then a write — which also
+    /// applies a refill that is due (remaining set to the refill amount,
+    /// the period's start moved on by whole intervals: several intervals
+    /// missed make one refill). `cost` 0 spends nothing and never exceeds:
+    /// it reports what is left (a due refill applied). On no row updated,
+    /// one read tells a key without credits ([`Spend::Unlimited`]) from one
+    /// without enough ([`Spend::Exceeded`], with the time to its next
+    /// refill).
+    ///
+    /// It never spends what is not there, on any number of instances: the
+    /// check `available >= cost` is in the `UPDATE`'s `WHERE`. On
+    /// PostgreSQL (READ COMMITTED) an `UPDATE` that finds its row locked by
+    /// another waits for it to commit, then evaluates the `WHERE` again on
+    /// the new row version before writing; SQLite takes its one writer's
+    /// lock before the statement reads anything. Either way each spend sees
+    /// every spend committed before it.
+    pub async fn spend(&self, digest: &Digest, cost: u32, now: SystemTime) -> Result<Spend, Error> {
+        let hex = digest.to_hex();
+        let now = secs(now);
+        let cost = i64::from(cost);
+        let spent = sqlx::query(&SPEND_SQL)
+            .bind(&hex)
+            .bind(KeyKind::Client.as_str())
+            .bind(now)
+            .bind(cost)
+            .fetch_optional(&self.inner.pool)
+            .await?;
+        if let Some(row) = spent {
+            let remaining: i64 = row.try_get("credits_remaining")?;
+            return Ok(Spend::Spent {
+                remaining: u64::try_from(remaining).unwrap_or(0),
+            });
+        }
+        // Not spent: no credits, or not enough. Only says why (and when to
+        // come back); whatever it reads, nothing was spent.
+        let row = sqlx::query(
+            "SELECT credits_remaining, credits_refill_amount, credits_refill_secs, \
+             credits_period_start FROM auth_keys WHERE digest = $1 AND kind = $2",
+        )
+        .bind(&hex)
+        .bind(KeyKind::Client.as_str())
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(Spend::Unlimited);
+        };
+        if row
+            .try_get::<Option<i64>, _>("credits_remaining")?
+            .is_none()
+        {
+            return Ok(Spend::Unlimited);
+        }
+        let retry_after = match (
+            row.try_get::<Option<i64>, _>("credits_refill_amount")?,
+            row.try_get::<Option<i64>, _>("credits_refill_secs")?,
+            row.try_get::<Option<i64>, _>("credits_period_start")?,
+        ) {
+            (Some(amount), Some(every), Some(start)) if amount >= cost && every > 0 => {
+                let wait = next_refill(start, every, now).saturating_sub(now);
+                Some(Duration::from_secs(u64::try_from(wait).unwrap_or(0)))
+            }
+            _ => None,
+        };
+        Ok(Spend::Exceeded { retry_after })
     }
 }
 
@@ -1165,9 +1539,14 @@ impl ServiceCredentials {
     /// holds the plaintext (`sk_svc_…`), once.
     pub async fn create(&self, name: &str) -> Result<CreatedKey, Error> {
         check_name("service name", name)?;
-        self.store
-            .insert(KeyKind::Service, name, "", (None, None), None)
-            .await
+        let row = NewRow {
+            owner: name,
+            scopes: "",
+            rate: (None, None),
+            expires_at: None,
+            credits: CreditColumns::default(),
+        };
+        self.store.insert(KeyKind::Service, row).await
     }
 
     /// Every service credential (newest first), without keys or digests.

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use auth_core::cache::{Cache, CacheEntry};
 use auth_core::{
-    CacheConfig, Cached, Credential, Decision, Guard, HashedKeyStore, PlainRequest,
+    CacheConfig, Cached, Credential, Decision, Digest, Guard, HashedKeyStore, PlainRequest,
     RateLimitPolicy, Verifier, VerifyContext, VerifyError,
 };
-use auth_sqlx::{Error, NewKey, SqlKeyStore};
+use auth_sqlx::{CREDITS_LABEL, Credits, Error, NewKey, Refill, Spend, SqlKeyStore};
 
 use auth_sqlx::testing::{
     database_url as pg_base, execute_raw, postgres_schema as pg_schema, schema_of,
@@ -46,6 +46,7 @@ async fn every_operation(store: SqlKeyStore) {
             scopes: vec!["stt".into(), "tts".into()],
             rate_limit: Some(RateLimitPolicy::new(60, Duration::from_secs(60))),
             expires_at: None,
+            credits: None,
         })
         .await
         .unwrap();
@@ -636,4 +637,276 @@ async fn caches_hear_of_a_change_before_anyone_else() {
             .is_none_or(|answer| answer.is_err()),
         );
     }
+}
+
+const DAY: u64 = 86_400;
+
+/// Credits of `remaining`, refilled to `amount` every `every` seconds.
+fn credits(remaining: u64, refill: Option<(u64, u64)>) -> Option<Credits> {
+    Some(Credits {
+        remaining,
+        refill: refill.map(|(amount, every)| Refill {
+            amount,
+            every: Duration::from_secs(every),
+        }),
+    })
+}
+
+async fn key_with(store: &SqlKeyStore, credits: Option<Credits>) -> auth_sqlx::CreatedKey {
+    store
+        .create(NewKey {
+            owner: "svc".into(),
+            credits,
+            ..NewKey::default()
+        })
+        .await
+        .unwrap()
+}
+
+fn spent(remaining: u64) -> Spend {
+    Spend::Spent { remaining }
+}
+
+fn exceeded(retry_after: Option<u64>) -> Spend {
+    Spend::Exceeded {
+        retry_after: retry_after.map(Duration::from_secs),
+    }
+}
+
+/// Issue 16: refills computed from the stored period start and `now`
+/// (injected), spends that never go below zero, credits set, removed and
+/// moved by a rotation, and their ranges checked before anything is written.
+async fn credits_refill_from_time(store: SqlKeyStore) {
+    let created = key_with(&store, credits(1000, Some((1000, DAY)))).await;
+    let id = created.info.id.clone();
+    let digest = created.key.digest();
+    let c = created.info.credits.unwrap();
+    assert_eq!((c.remaining, c.refill.unwrap().amount), (1000, 1000));
+    let t0 = c.period_start;
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    let spend = |cost: u32, now| {
+        let store = store.clone();
+        async move { store.spend(&digest, cost, now).await.unwrap() }
+    };
+
+    // Spent down to 0 within the first day; never below.
+    assert_eq!(spend(600, at(10)).await, spent(400));
+    assert_eq!(spend(401, at(10)).await, exceeded(Some(DAY - 10)));
+    assert_eq!(spend(400, at(20)).await, spent(0));
+    assert_eq!(spend(1, at(DAY - 1)).await, exceeded(Some(1)));
+    // Cost 0 never exceeds: it reports.
+    assert_eq!(spend(0, at(DAY - 1)).await, spent(0));
+    // At the boundary: set to the amount (not added to), minus the cost.
+    assert_eq!(spend(1, at(DAY)).await, spent(999));
+    let info = store.get(&id).await.unwrap().unwrap().credits.unwrap();
+    assert_eq!((info.remaining, info.period_start), (999, at(DAY)));
+    assert_eq!(info.next_refill_at(at(DAY + 5)), Some(at(2 * DAY)));
+    // Four intervals missed: one refill, the period moved on by whole ones.
+    let later = at(5 * DAY + 123);
+    assert_eq!(info.remaining_at(later), 1000);
+    assert_eq!(info.next_refill_at(later), Some(at(6 * DAY)));
+    assert_eq!(spend(10, later).await, spent(990));
+    let info = store.get(&id).await.unwrap().unwrap().credits.unwrap();
+    assert_eq!((info.remaining, info.period_start), (990, at(5 * DAY)));
+    assert_eq!(spend(990, later).await, spent(0));
+    assert_eq!(spend(1, later).await, exceeded(Some(DAY - 123)));
+    // More than a refill gives: waiting would not help; nothing written.
+    assert_eq!(spend(1001, at(6 * DAY)).await, exceeded(None));
+    let info = store.get(&id).await.unwrap().unwrap().credits.unwrap();
+    assert_eq!((info.remaining, info.period_start), (0, at(5 * DAY)));
+
+    // Without a refill: exceeded for good.
+    let once = key_with(&store, credits(2, None)).await;
+    let d = once.key.digest();
+    assert_eq!(store.spend(&d, 2, at(1)).await.unwrap(), spent(0));
+    assert_eq!(
+        store.spend(&d, 1, at(10 * DAY)).await.unwrap(),
+        exceeded(None)
+    );
+
+    // No credits, no key: unlimited, nothing spent.
+    let plain = plain_key(&store).await;
+    let pd = plain.key.digest();
+    assert_eq!(store.spend(&pd, 5, at(1)).await.unwrap(), Spend::Unlimited);
+    assert_eq!(
+        store
+            .spend(&Digest::of(b"no such key"), 1, at(1))
+            .await
+            .unwrap(),
+        Spend::Unlimited
+    );
+    assert!(
+        store
+            .get(&plain.info.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .credits
+            .is_none()
+    );
+
+    // The record says which keys have credits: so does the principal.
+    let v = HashedKeyStore::new(store.clone());
+    let p = verify(&v, plain.key.expose()).await.unwrap();
+    assert_eq!(p.label(CREDITS_LABEL), None);
+    let p = verify(&v, created.key.expose()).await.unwrap();
+    assert_eq!(p.label(CREDITS_LABEL), Some("limited"));
+
+    // Set and removed by an update (a new period starts).
+    assert!(
+        store
+            .set_credits(&plain.info.id, credits(5, None))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.spend(&pd, 1, SystemTime::now()).await.unwrap(),
+        spent(4)
+    );
+    assert_eq!(
+        verify(&v, plain.key.expose())
+            .await
+            .unwrap()
+            .label(CREDITS_LABEL),
+        Some("limited")
+    );
+    assert!(store.set_credits(&plain.info.id, None).await.unwrap());
+    assert_eq!(
+        store.spend(&pd, 1, SystemTime::now()).await.unwrap(),
+        Spend::Unlimited
+    );
+
+    // A rotation moves the credits: the new key has what was left, the old
+    // one none through its overlap (never twice the credits).
+    let moving = key_with(&store, credits(50, Some((100, DAY)))).await;
+    let now = SystemTime::now();
+    assert_eq!(
+        store.spend(&moving.key.digest(), 20, now).await.unwrap(),
+        spent(30)
+    );
+    let rotated = store
+        .rotate(&moving.info.id, Duration::from_secs(3600))
+        .await
+        .unwrap()
+        .unwrap();
+    let moved = rotated.info.credits.unwrap();
+    assert_eq!(moved.remaining, 30);
+    assert_eq!(moved.refill, credits(0, Some((100, DAY))).unwrap().refill);
+    assert_eq!(
+        moved.period_start,
+        moving.info.credits.unwrap().period_start
+    );
+    assert_eq!(
+        store.spend(&moving.key.digest(), 1, now).await.unwrap(),
+        exceeded(None)
+    );
+    assert_eq!(
+        store.spend(&rotated.key.digest(), 30, now).await.unwrap(),
+        spent(0)
+    );
+
+    // Out of range: refused before anything is written.
+    let before = store.list().await.unwrap();
+    let max = auth_sqlx::MAX_CREDITS;
+    for bad in [
+        credits(max + 1, None),
+        credits(1, Some((0, DAY))),
+        credits(1, Some((max + 1, DAY))),
+        credits(1, Some((1, 59))),
+        credits(1, Some((1, 366 * DAY + 1))),
+        Some(Credits {
+            remaining: 1,
+            refill: Some(Refill {
+                amount: 1,
+                every: Duration::from_millis(60_500),
+            }),
+        }),
+    ] {
+        let made = store
+            .create(NewKey {
+                owner: "svc".into(),
+                credits: bad,
+                ..NewKey::default()
+            })
+            .await;
+        assert!(matches!(made, Err(Error::Invalid(_))), "{bad:?}: {made:?}");
+        let set = store.set_credits(&id, bad).await;
+        assert!(matches!(set, Err(Error::Invalid(_))), "{bad:?}: {set:?}");
+    }
+    assert_eq!(
+        store.list().await.unwrap(),
+        before,
+        "bad credits were written"
+    );
+    // The bounds themselves are accepted.
+    key_with(&store, credits(max, Some((max, 60)))).await;
+    key_with(&store, credits(0, Some((1, 366 * DAY)))).await;
+}
+
+#[tokio::test]
+async fn credits_refill_from_time_on_sqlite() {
+    let (store, _dir) = sqlite().await;
+    credits_refill_from_time(store).await;
+}
+
+#[tokio::test]
+async fn credits_refill_from_time_on_postgres() {
+    credits_refill_from_time(postgres("credits").await).await;
+}
+
+/// 2,000 spends of 1 from 16 tasks on two stores (two pools: two
+/// instances, or the server and another process) against 1,000 credits:
+/// exactly 1,000 spent, each leaving a different remainder, 0 left.
+async fn concurrent_spends_never_overspend(a: SqlKeyStore, b: SqlKeyStore) {
+    let created = key_with(&a, credits(1000, None)).await;
+    let digest = created.key.digest();
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                for _ in 0..125 {
+                    outcomes.push(store.spend(&digest, 1, SystemTime::now()).await.unwrap());
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let mut left = Vec::new();
+    let mut refused = 0;
+    for t in tasks {
+        for outcome in t.await.unwrap() {
+            match outcome {
+                Spend::Spent { remaining } => left.push(remaining),
+                Spend::Exceeded { retry_after: None } => refused += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    left.sort_unstable();
+    assert_eq!(left, (0..1000).collect::<Vec<u64>>());
+    assert_eq!(refused, 1000);
+    let info = b.get(&created.info.id).await.unwrap().unwrap();
+    assert_eq!(info.credits.unwrap().remaining, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_spends_never_overspend_on_postgres() {
+    let url = pg_schema("spends").await;
+    let a = SqlKeyStore::connect(&url).await.unwrap();
+    a.migrate().await.unwrap();
+    let b = SqlKeyStore::connect(&url).await.unwrap();
+    concurrent_spends_never_overspend(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_spends_never_overspend_on_sqlite() {
+    let (a, dir) = sqlite().await;
+    let b = SqlKeyStore::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("keys.db").display()
+    ))
+    .await
+    .unwrap();
+    concurrent_spends_never_overspend(a, b).await;
 }

@@ -71,6 +71,15 @@ impl Refusal {
             VerifyError::RateLimited => {
                 Self::new(RejectionKind::RateLimited).retry_after(Duration::from_secs(1))
             }
+            // Until the next refill; none without one (no point retrying).
+            VerifyError::UsageExceeded { retry_after } => {
+                let refusal =
+                    Self::new(RejectionKind::UsageExceeded).saying("denied: usage exceeded");
+                match retry_after {
+                    Some(after) => refusal.retry_after(after),
+                    None => refusal,
+                }
+            }
             e => Self::new(RejectionKind::Invalid(e)),
         };
         refusal.fingerprint = Some(fingerprint);
@@ -129,6 +138,7 @@ fn outcome(kind: RejectionKind) -> Outcome {
         RejectionKind::Invalid(_) => Outcome::Invalid,
         RejectionKind::InsufficientScope => Outcome::Forbidden,
         RejectionKind::RateLimited => Outcome::Limited,
+        RejectionKind::UsageExceeded => Outcome::UsageExceeded,
         RejectionKind::Unavailable => Outcome::Unavailable,
         RejectionKind::NotReady => Outcome::NotReady,
     }
