@@ -1125,6 +1125,14 @@ async fn validate_answer(s: &AppState, b: ValidateRequest) -> (Outcome, Response
         {
             Ok(Spend::Unlimited) => {}
             Ok(Spend::Spent { remaining }) => answer.credits_remaining = Some(remaining),
+            // Revoked since the cache said valid: the live row decides.
+            Ok(Spend::Refused(e)) => {
+                let code = code_of(e);
+                let mut refusal = ValidateResponse::refusal(code);
+                refusal.seq = seq;
+                let response = Json(refusal).into_response();
+                return (Outcome::Answered(code), response);
+            }
             Ok(Spend::Exceeded { retry_after }) => {
                 let mut refusal = ValidateResponse::refusal(Code::UsageExceeded);
                 refusal.user_id = Some(principal.id().to_owned());

@@ -232,6 +232,86 @@ async fn two_instances_on_postgres_never_overspend() {
     assert_eq!(counted, (1000.0, 1000.0));
 }
 
+/// Credits given to a key already in use reach the other instance's cache
+/// as a revocation does, through the change log: within a second (the
+/// bound docs/key-service.md states), and from then on they are spent.
+/// Disabled afterwards, the key is refused by the spend itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credits_given_through_one_instance_bind_the_other_within_a_second() {
+    let url = auth_sqlx::testing::postgres_schema("credits_patch").await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = instance(dir_a.path(), Some(&url)).await;
+    let b = instance(dir_b.path(), Some(&url)).await;
+    let token = a.service().await;
+    let key = a.key(json!({"owner": "user-1"})).await;
+    let plaintext = key["key"].as_str().unwrap();
+    let id = key["id"].as_str().unwrap();
+    let http = reqwest::Client::new();
+    let body = json!({"apiKey": plaintext});
+    // In use on B, without credits: cached there.
+    let (status, answer) = validate(&http, b.api, &token, body.clone()).await;
+    assert_eq!((status, answer["code"].as_str()), (200, Some("valid")));
+    assert!(answer.get("creditsRemaining").is_none());
+
+    let (status, _) = a
+        .call(
+            "PATCH",
+            &format!("/api/v1/keys/{id}"),
+            Some(json!({"credits": {"remaining": 3}})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let patched = std::time::Instant::now();
+    let mut granted_on_b = 0;
+    loop {
+        let (_, answer) = validate(&http, b.api, &token, body.clone()).await;
+        match answer["code"].as_str() {
+            Some("valid") if answer.get("creditsRemaining").is_none() => {
+                assert!(
+                    patched.elapsed() < Duration::from_secs(1),
+                    "B still unaware"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Some("valid") => {
+                granted_on_b += 1;
+                break;
+            }
+            other => panic!("unexpected {other:?}: {answer}"),
+        }
+    }
+    println!("B spent credits {:?} after the PATCH", patched.elapsed());
+    // The rest: two more between both instances, then refusals.
+    let mut valid = granted_on_b;
+    let mut exceeded = 0;
+    for i in 0..10 {
+        let addr = if i % 2 == 0 { a.api } else { b.api };
+        let (_, answer) = validate(&http, addr, &token, body.clone()).await;
+        match answer["code"].as_str() {
+            Some("valid") => valid += 1,
+            Some("usage_exceeded") => exceeded += 1,
+            other => panic!("unexpected {other:?}: {answer}"),
+        }
+    }
+    assert_eq!((valid, exceeded), (3, 8));
+
+    // Disabled through A: refused on B whether its cache has heard yet or
+    // not (the spend reads the live row: stores::credits_refill_from_time),
+    // and nothing spent.
+    let (status, _) = a
+        .call(
+            "PATCH",
+            &format!("/api/v1/keys/{id}"),
+            Some(json!({"credits": {"remaining": 5}})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(a.store.disable(id).await.unwrap());
+    let (_, answer) = validate(&http, b.api, &token, body.clone()).await;
+    assert_eq!(answer["code"], "disabled", "{answer}");
+    assert_eq!(a.credits(id).await["remaining"], 5, "nothing spent");
+}
+
 /// A child process killed when dropped, however the test ends.
 struct KillOnDrop(std::process::Child);
 

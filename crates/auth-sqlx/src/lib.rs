@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use auth_core::cache::Cache;
 use auth_core::{
     Answer, ApiKey, ApiKeyFormat, Cached, Digest, KeyRecord, KeyStore, Lookup, Principal,
-    RateLimitPolicy, StoreError, Verifier,
+    RateLimitPolicy, StoreError, Verifier, VerifyError,
 };
 use parking_lot::Mutex;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -213,8 +213,12 @@ impl KeyCredits {
 /// What a [`SqlKeyStore::spend`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Spend {
-    /// The key has no credit limit (or no longer exists): nothing spent.
+    /// The key has no credit limit: nothing spent.
     Unlimited,
+    /// The key is no longer valid — deleted, disabled or expired since the
+    /// caller's cache said it was: nothing spent, and the answer is this
+    /// refusal (a spend is a look at the live row: it fails closed).
+    Refused(VerifyError),
     /// Spent; this many are left.
     Spent {
         /// Credits left after this spend.
@@ -396,6 +400,7 @@ static SPEND_SQL: LazyLock<String> = LazyLock::new(|| {
          + (($3 - credits_period_start) / credits_refill_secs) * credits_refill_secs \
          ELSE credits_period_start END \
          WHERE digest = $1 AND kind = $2 AND credits_remaining IS NOT NULL \
+         AND disabled_at IS NULL AND (expires_at IS NULL OR expires_at > $3) \
          AND {available} >= $4 \
          RETURNING credits_remaining"
     )
@@ -1504,15 +1509,25 @@ impl SqlKeyStore {
         // come back); whatever it reads, nothing was spent.
         let row = sqlx::query(
             "SELECT credits_remaining, credits_refill_amount, credits_refill_secs, \
-             credits_period_start FROM auth_keys WHERE digest = $1 AND kind = $2",
+             credits_period_start, disabled_at, expires_at FROM auth_keys \
+             WHERE digest = $1 AND kind = $2",
         )
         .bind(&hex)
         .bind(KeyKind::Client.as_str())
         .fetch_optional(&self.inner.pool)
         .await?;
         let Some(row) = row else {
-            return Ok(Spend::Unlimited);
+            return Ok(Spend::Refused(VerifyError::Invalid));
         };
+        if row.try_get::<Option<i64>, _>("disabled_at")?.is_some() {
+            return Ok(Spend::Refused(VerifyError::Disabled));
+        }
+        if row
+            .try_get::<Option<i64>, _>("expires_at")?
+            .is_some_and(|at| at <= now)
+        {
+            return Ok(Spend::Refused(VerifyError::Expired));
+        }
         if row
             .try_get::<Option<i64>, _>("credits_remaining")?
             .is_none()

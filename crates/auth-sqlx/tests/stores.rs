@@ -724,7 +724,8 @@ async fn credits_refill_from_time(store: SqlKeyStore) {
         exceeded(None)
     );
 
-    // No credits, no key: unlimited, nothing spent.
+    // No credits: unlimited, nothing spent. No key: refused (a spend looks
+    // at the live row and fails closed).
     let plain = plain_key(&store).await;
     let pd = plain.key.digest();
     assert_eq!(store.spend(&pd, 5, at(1)).await.unwrap(), Spend::Unlimited);
@@ -733,7 +734,7 @@ async fn credits_refill_from_time(store: SqlKeyStore) {
             .spend(&Digest::of(b"no such key"), 1, at(1))
             .await
             .unwrap(),
-        Spend::Unlimited
+        Spend::Refused(auth_core::VerifyError::Invalid)
     );
     assert!(
         store
@@ -803,6 +804,43 @@ async fn credits_refill_from_time(store: SqlKeyStore) {
     assert_eq!(
         store.spend(&rotated.key.digest(), 30, now).await.unwrap(),
         spent(0)
+    );
+
+    // Disabled (or expired) since a cache said valid: the spend reads the
+    // live row and refuses, spending nothing.
+    let revoked = key_with(&store, credits(10, None)).await;
+    assert!(store.disable(&revoked.info.id).await.unwrap());
+    assert_eq!(
+        store
+            .spend(&revoked.key.digest(), 1, SystemTime::now())
+            .await
+            .unwrap(),
+        Spend::Refused(auth_core::VerifyError::Disabled)
+    );
+    let left = store.get(&revoked.info.id).await.unwrap().unwrap().credits;
+    assert_eq!(left.unwrap().remaining, 10);
+    let expiring = key_with(&store, credits(10, None)).await;
+    let later = SystemTime::now() + Duration::from_secs(200 * 365 * DAY);
+    assert_eq!(
+        store.spend(&expiring.key.digest(), 1, later).await.unwrap(),
+        spent(9),
+        "no expiry: spends at any time"
+    );
+    assert!(
+        store
+            .set_expiry(
+                &expiring.info.id,
+                Some(SystemTime::now() + Duration::from_secs(60))
+            )
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .spend(&expiring.key.digest(), 1, now + Duration::from_secs(61))
+            .await
+            .unwrap(),
+        Spend::Refused(auth_core::VerifyError::Expired)
     );
 
     // Out of range: refused before anything is written.
