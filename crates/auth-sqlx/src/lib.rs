@@ -1476,10 +1476,11 @@ impl SqlKeyStore {
     /// applies a refill that is due (remaining set to the refill amount,
     /// the period's start moved on by whole intervals: several intervals
     /// missed make one refill). `cost` 0 spends nothing and never exceeds:
-    /// it reports what is left (a due refill applied). On no row updated,
-    /// one read tells a key without credits ([`Spend::Unlimited`]) from one
-    /// without enough ([`Spend::Exceeded`], with the time to its next
-    /// refill).
+    /// one read reports what is left (a due refill counted), no write. On
+    /// no row updated, one read tells a key without credits
+    /// ([`Spend::Unlimited`]) from one without enough ([`Spend::Exceeded`],
+    /// with the time to its next refill) or one no longer valid
+    /// ([`Spend::Refused`]).
     ///
     /// It never spends what is not there, on any number of instances: the
     /// check `available >= cost` is in the `UPDATE`'s `WHERE`. On
@@ -1492,21 +1493,28 @@ impl SqlKeyStore {
         let hex = digest.to_hex();
         let now = secs(now);
         let cost = i64::from(cost);
-        let spent = sqlx::query(&SPEND_SQL)
-            .bind(&hex)
-            .bind(KeyKind::Client.as_str())
-            .bind(now)
-            .bind(cost)
-            .fetch_optional(&self.inner.pool)
-            .await?;
+        // Cost 0 spends nothing: a read says what is left (no write, no
+        // row lock).
+        let spent = if cost == 0 {
+            None
+        } else {
+            sqlx::query(&SPEND_SQL)
+                .bind(&hex)
+                .bind(KeyKind::Client.as_str())
+                .bind(now)
+                .bind(cost)
+                .fetch_optional(&self.inner.pool)
+                .await?
+        };
         if let Some(row) = spent {
             let remaining: i64 = row.try_get("credits_remaining")?;
             return Ok(Spend::Spent {
                 remaining: u64::try_from(remaining).unwrap_or(0),
             });
         }
-        // Not spent: no credits, or not enough. Only says why (and when to
-        // come back); whatever it reads, nothing was spent.
+        // Not spent: a report (cost 0), no credits, not enough, or revoked
+        // meanwhile. Only says which (and when to come back); whatever it
+        // reads, nothing is spent.
         let row = sqlx::query(
             "SELECT credits_remaining, credits_refill_amount, credits_refill_secs, \
              credits_period_start, disabled_at, expires_at FROM auth_keys \
@@ -1528,17 +1536,27 @@ impl SqlKeyStore {
         {
             return Ok(Spend::Refused(VerifyError::Expired));
         }
-        if row
-            .try_get::<Option<i64>, _>("credits_remaining")?
-            .is_none()
-        {
+        let Some(remaining) = row.try_get::<Option<i64>, _>("credits_remaining")? else {
             return Ok(Spend::Unlimited);
-        }
-        let retry_after = match (
+        };
+        let refill = (
             row.try_get::<Option<i64>, _>("credits_refill_amount")?,
             row.try_get::<Option<i64>, _>("credits_refill_secs")?,
             row.try_get::<Option<i64>, _>("credits_period_start")?,
-        ) {
+        );
+        if cost == 0 {
+            // As the statement would see it: a refill that is due counted.
+            let available = match refill {
+                (Some(amount), Some(every), Some(start)) if periods(start, every, now) > 0 => {
+                    amount
+                }
+                _ => remaining,
+            };
+            return Ok(Spend::Spent {
+                remaining: u64::try_from(available).unwrap_or(0),
+            });
+        }
+        let retry_after = match refill {
             (Some(amount), Some(every), Some(start)) if amount >= cost && every > 0 => {
                 let wait = next_refill(start, every, now).saturating_sub(now);
                 Some(Duration::from_secs(u64::try_from(wait).unwrap_or(0)))
