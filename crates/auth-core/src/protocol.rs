@@ -168,10 +168,62 @@ pub struct ValidateRequest {
     /// credits ignore it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<u32>,
+    /// Asks for up to this many of the key's credits to be leased to the
+    /// calling service for a short time, so that it can spend them without
+    /// asking per request (1 ..= [`MAX_LEASE`]; keys with credits only —
+    /// others answer as without it). This request's `cost` is taken first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<u32>,
 }
 
 /// The most credits one validate request may spend.
 pub const MAX_COST: u32 = 1_000_000;
+
+/// The most credits a service may ask to lease at once.
+pub const MAX_LEASE: u32 = 10_000;
+
+/// Where a service returns what it did not spend of a lease.
+pub const LEASE_RETURN_PATH: &str = "/api/v1/api-keys/lease/return";
+
+/// Credits leased to the calling service: its to spend, one per request,
+/// until they run out or `ttlMs` has passed, whichever comes first; what is
+/// left it returns ([`ReturnLease`]) before then.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Lease {
+    /// The lease's id, for returning it.
+    pub id: String,
+    /// Credits leased (this request's cost already taken).
+    pub credits: u64,
+    /// How long the lease may be spent from, in milliseconds from the
+    /// answer (relative: the two clocks need not agree).
+    pub ttl_ms: u64,
+}
+
+/// A service returning what it did not spend of a lease
+/// (`POST` [`LEASE_RETURN_PATH`]). Accepted once per lease, before it ends,
+/// for at most what was leased; the credits go back to the key unless a
+/// refill came meanwhile (they belonged to the period that ended).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReturnLease {
+    /// The lease's id.
+    pub lease_id: String,
+    /// Credits not spent.
+    pub unused: u64,
+}
+
+/// The answer to a [`ReturnLease`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseReturned {
+    /// Credits given back to the key (0: too late, already returned, or a
+    /// refill came meanwhile).
+    pub returned: u64,
+}
 
 impl fmt::Debug for ValidateRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -179,6 +231,7 @@ impl fmt::Debug for ValidateRequest {
             .field("api_key", &"<redacted>")
             .field("scope", &self.scope)
             .field("cost", &self.cost)
+            .field("lease", &self.lease)
             .finish()
     }
 }
@@ -283,6 +336,10 @@ pub struct ValidateResponse {
     /// when it has none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
+    /// Credits leased to the calling service (when it asked for a lease
+    /// and the key has credits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Lease>,
 }
 
 /// What a well-formed answer says.
@@ -318,6 +375,7 @@ impl ValidateResponse {
             seq: None,
             credits_remaining: None,
             retry_after: None,
+            lease: None,
         }
     }
 
@@ -335,6 +393,7 @@ impl ValidateResponse {
             seq: None,
             credits_remaining: None,
             retry_after: None,
+            lease: None,
         }
     }
 

@@ -846,6 +846,7 @@ impl Inner {
             api_key: key.to_owned(),
             scope: scope.map(str::to_owned),
             cost: None,
+            lease: None,
         };
         let mut request = self
             .client
