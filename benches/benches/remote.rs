@@ -1,5 +1,6 @@
 //! auth-remote: a cache hit against a local `KeySet` verify (the target:
-//! ≤ 1.5 ×), and a coalesced miss — 64 callers asking for one uncached key
+//! ≤ 1.5 ×), a cache hit on a key with credits (one leased credit taken per
+//! request), and a coalesced miss — 64 callers asking for one uncached key
 //! at once, one upstream call — against a minimal key service on
 //! 127.0.0.1; auth-redis limiter checks on the local Redis; auth-sqlx
 //! cached hits and misses on SQLite and PostgreSQL. Results:
@@ -16,14 +17,27 @@ use auth_core::{Credential, KeySet, Principal, Verifier, VerifyContext};
 use auth_remote::RemoteVerifier;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 
-/// A key service that says every key is valid, counting its calls.
+/// The key with credits: answered with a lease.
+fn credited() -> String {
+    key(2)
+}
+
+/// A key service that says every key is valid, counting its calls. The key
+/// with credits comes with a lease large enough for a whole measurement (a
+/// real service leases at most what was asked, 100 by default): the bench
+/// measures spending it, not asking again.
 async fn serve(calls: Arc<AtomicUsize>) -> std::net::SocketAddr {
     let app = axum::Router::new().route(
         "/api/v1/api-keys/validate",
-        axum::routing::post(move || {
+        axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
             calls.fetch_add(1, Ordering::Relaxed);
-            async {
-                axum::Json(serde_json::json!({"valid": true, "code": "valid", "userId": "u", "scopes": ["stt"]}))
+            async move {
+                let mut answer = serde_json::json!({"valid": true, "code": "valid", "userId": "u", "scopes": ["stt"]});
+                if body["apiKey"] == credited().as_str() && body["lease"].is_u64() {
+                    answer["creditsRemaining"] = 0.into();
+                    answer["lease"] = serde_json::json!({"id": "bench", "credits": 1u64 << 40, "ttlMs": 3_600_000});
+                }
+                axum::Json(answer)
             }
         }),
     );
@@ -52,17 +66,28 @@ fn remote(c: &mut Criterion) {
     rt.block_on(v.verify(&Credential::new(hot.clone()), &ctx))
         .unwrap();
     let set = KeySet::new().with_key(&hot, Principal::new("u")).unwrap();
+    // The key with credits: its grant cached with a lease.
+    let credited = credited();
+    rt.block_on(v.verify(&Credential::new(credited.clone()), &ctx))
+        .unwrap();
+    assert_eq!(v.leases_len(), 1, "the key with credits holds a lease");
 
     // The same measure as `--bench core`'s verify rows: the credential made
     // from the presented bytes, verified, dropped.
-    let verifiers: [(&str, &dyn Verifier); 2] = [
-        ("remote/KeySet verify (reference)", &set),
-        ("remote/RemoteVerifier cache hit", &v),
+    let verifiers: [(&str, &dyn Verifier, &str); 3] = [
+        ("remote/KeySet verify (reference)", &set, &hot),
+        ("remote/RemoteVerifier cache hit", &v, &hot),
+        (
+            "remote/RemoteVerifier cache hit, credit lease",
+            &v,
+            &credited,
+        ),
     ];
-    for (name, verifier) in verifiers {
+    let before = calls.load(Ordering::Relaxed);
+    for (name, verifier, key) in verifiers {
         c.bench_function(name, |b| {
             b.iter_batched_ref(
-                || hot.clone().into_bytes(),
+                || key.to_owned().into_bytes(),
                 |bytes| {
                     let cred = Credential::from_slice(bytes);
                     let answer = verifier.verify(&cred, &ctx).now().expect("a cached answer");
@@ -72,6 +97,11 @@ fn remote(c: &mut Criterion) {
             )
         });
     }
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        before,
+        "a cache hit made a call"
+    );
 
     // 64 callers at once for a key nobody asked for yet.
     let mut fresh = 1_000u64;

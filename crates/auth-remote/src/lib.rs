@@ -9,17 +9,21 @@
 mod breaker;
 mod budget;
 mod inflight;
+mod lease;
 mod metrics;
 mod stream;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use auth_core::cache::{Cache, CacheEntry, CacheStats, Denial, TtlCache};
+use auth_core::cache::{Cache, CacheEntry, CacheStats, Denial, FillTicket, TtlCache};
 use auth_core::clock::{Clock, CoarseClock};
-use auth_core::protocol::{Code, RateLimit, ValidateRequest, ValidateResponse, Verdict};
+use auth_core::protocol::{
+    Code, Lease, MAX_LEASE, RateLimit, ValidateRequest, ValidateResponse, Verdict,
+};
 use auth_core::{
     Answer, CacheConfig, Credential, Digest, Principal, RateLimitPolicy, Verifier, VerifyContext,
     VerifyError, VerifyResult,
@@ -27,7 +31,8 @@ use auth_core::{
 use breaker::Breaker;
 use budget::Budget;
 use inflight::Inflight;
-use metrics::{Call, CallCounts};
+use lease::{LocalLease, Returns};
+use metrics::{Call, CallCounts, LeaseCounts};
 use parking_lot::Mutex;
 use stream::{StreamConfig, StreamState};
 
@@ -57,7 +62,8 @@ pub enum Error {
 /// 100,000 and 10,000), breaker opening after 5 consecutive failures and
 /// probing 1 s later, then after doubling waits up to 30 s, at most 100
 /// upstream calls a second, no serve-stale, the changes stream on (grants
-/// used at most 5 s while it is down, a stream silent for 3 s reconnected).
+/// used at most 5 s while it is down, a stream silent for 3 s reconnected),
+/// credit leases of up to 100 credits.
 pub struct RemoteVerifierBuilder {
     base_url: String,
     path: String,
@@ -76,6 +82,7 @@ pub struct RemoteVerifierBuilder {
     changes_stream: bool,
     stream_down_ttl: Duration,
     stream_idle_timeout: Duration,
+    credit_leases: u32,
 }
 
 impl fmt::Debug for RemoteVerifierBuilder {
@@ -87,6 +94,7 @@ impl fmt::Debug for RemoteVerifierBuilder {
                 &self.credential.as_ref().map(|(h, _)| h),
             )
             .field("changes_stream", &self.changes_stream)
+            .field("credit_leases", &self.credit_leases)
             .finish_non_exhaustive()
     }
 }
@@ -214,8 +222,22 @@ impl RemoteVerifierBuilder {
         self
     }
 
-    /// Another clock for the cache's TTLs, the breaker, the budget and the
-    /// stream-down bound (tests).
+    /// Asks for up to `credits` of a key's credits to be leased to this
+    /// service with each call about a key with credits (default 100; at
+    /// most [`MAX_LEASE`], more is capped; `0` switches leases off). The
+    /// grant is then cached with its lease, and each request on it spends
+    /// one leased credit here, without a call, until they run out or the
+    /// lease nears its end; what is not spent goes back to the service.
+    /// Without leases every request on a key with credits is a call. Keys
+    /// without credits are not affected (the service ignores the ask). See
+    /// the crate docs.
+    pub fn credit_leases(mut self, credits: u32) -> Self {
+        self.credit_leases = credits.min(MAX_LEASE);
+        self
+    }
+
+    /// Another clock for the cache's TTLs, the breaker, the budget, the
+    /// stream-down bound and the leases' deadlines (tests).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
         self
@@ -292,6 +314,19 @@ impl RemoteVerifierBuilder {
         cache_config.ttl = cache_config
             .ttl
             .saturating_add(self.serve_stale.unwrap_or_default());
+        let returns = Arc::new(Returns {
+            client: client.clone(),
+            url: format!(
+                "{}{}",
+                self.base_url.trim_end_matches('/'),
+                auth_core::protocol::LEASE_RETURN_PATH
+            ),
+            credential: credential.clone(),
+            timeout: self.timeout,
+            clock: Arc::clone(&clock),
+            counts: LeaseCounts::default(),
+            warned: AtomicU64::new(0),
+        });
         let inner = Arc::new(Inner {
             shown_url: redacted(&url),
             url,
@@ -319,6 +354,9 @@ impl RemoteVerifierBuilder {
             subscriber: Mutex::new(None),
             calls: CallCounts::default(),
             stats: CacheStats::default(),
+            lease_want: self.credit_leases,
+            leases: Mutex::new(HashMap::new()),
+            returns,
         });
         // Within a runtime, subscribe now; else on the first cache miss.
         inner.subscribe();
@@ -389,10 +427,12 @@ impl RemoteState {
 /// ends when the last clone of the verifier is dropped.
 ///
 /// [`verify`](Verifier::verify) answers from the cache where it can: a
-/// fresh valid answer or a cached denial is [`Answer::Ready`] (no future,
-/// nothing allocated); anything else is [`Answer::Pending`], a future that owns what
-/// it needs (a clone of the verifier, of the credential and the scope) and
-/// asks the service when awaited.
+/// fresh valid answer (for a key with credits, with a credit of its lease:
+/// see [`RemoteVerifierBuilder::credit_leases`]) or a cached denial is
+/// [`Answer::Ready`] (no future, nothing allocated); anything else is
+/// [`Answer::Pending`], a future that owns what it needs (a clone of the
+/// verifier, of the credential and the scope) and asks the service when
+/// awaited.
 ///
 /// ```
 /// use auth_core::{Credential, Verifier, VerifyContext, VerifyError};
@@ -415,7 +455,6 @@ pub struct RemoteVerifier {
 }
 
 /// A valid answer in the cache, with the time it stops being fresh.
-#[derive(Clone)]
 struct Fresh {
     principal: Arc<Principal>,
     /// When the answer came in (the stream-down bound counts from it).
@@ -424,6 +463,24 @@ struct Fresh {
     /// When the key itself expires (its `expiresAt`): not even serve-stale
     /// uses the answer after that.
     key_expires: Duration,
+    /// A key with credits: the credits leased with the answer, one taken
+    /// per request it answers. `None` for keys without credits.
+    lease: Option<Arc<LocalLease>>,
+}
+
+impl Clone for Fresh {
+    /// Every cache hit clones one: kept inline (out of line, the copy
+    /// through the stack cost a hit ~10 ns).
+    #[inline(always)]
+    fn clone(&self) -> Self {
+        Self {
+            principal: Arc::clone(&self.principal),
+            filled: self.filled,
+            until: self.until,
+            key_expires: self.key_expires,
+            lease: self.lease.clone(),
+        }
+    }
 }
 
 struct Inner {
@@ -458,6 +515,15 @@ struct Inner {
     /// (counted with the `prometheus` feature).
     #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
     stats: CacheStats,
+    /// Credits to ask to lease with each call (0: none).
+    lease_want: u32,
+    /// The lease of each cached grant that has one, kept in step with the
+    /// cache under this lock (taken before a shard's), so that a lease
+    /// whose grant is replaced, invalidated or cleared is ended at once.
+    /// One whose grant is evicted stays until its deadline.
+    leases: Mutex<HashMap<Digest, Arc<LocalLease>>>,
+    /// Gives leases back (shared with the return tasks).
+    returns: Arc<Returns>,
 }
 
 impl Inner {
@@ -494,6 +560,10 @@ impl Drop for Inner {
         if let Some(task) = self.subscriber.get_mut().take() {
             task.abort();
         }
+        // What is left of our leases goes back; their timers end.
+        for (_, lease) in self.leases.get_mut().drain() {
+            self.returns.end(&lease);
+        }
     }
 }
 
@@ -507,11 +577,11 @@ impl stream::Target for Inner {
     }
 
     fn invalidate(&self, digest: &Digest) {
-        self.cache.invalidate(digest);
+        self.drop_entry(digest);
     }
 
     fn clear(&self) {
-        self.cache.clear();
+        self.drop_all();
     }
 }
 
@@ -519,11 +589,15 @@ impl stream::Target for Inner {
 #[derive(Clone, Debug)]
 enum Outcome {
     Valid(Arc<Principal>),
-    /// Valid, with one request's credits spent by the service: for the
-    /// caller whose call it was only, never cached nor shared (each
-    /// request on a key with credits is charged; leases are issue 16's
-    /// next step).
+    /// Valid, with one request's credits spent by the service, and no
+    /// lease to spend from: for the caller whose call it was only, never
+    /// cached nor shared (each request on it is charged).
     Charged(Arc<Principal>),
+    /// Valid, cached with a lease: the caller whose call it was is paid
+    /// for (by the service, or with a credit it took from the lease);
+    /// every other caller waiting on the call takes a credit of its own
+    /// from the lease, or asks again.
+    Leased(Arc<Principal>, Arc<LocalLease>),
     /// Valid, but not for the scope asked: not cached as an invalid key.
     LacksScope(Arc<Principal>),
     Denied(Denial),
@@ -668,6 +742,7 @@ impl RemoteVerifier {
             changes_stream: true,
             stream_down_ttl: Duration::from_secs(5),
             stream_idle_timeout: Duration::from_secs(3),
+            credit_leases: 100,
         }
     }
 
@@ -677,8 +752,10 @@ impl RemoteVerifier {
     /// credential, sent as
     /// [`SERVICE_TOKEN_HEADER`](auth_core::protocol::SERVICE_TOKEN_HEADER);
     /// set but blank is an error), `AUTH_REMOTE_CACHE_TTL` and
-    /// `AUTH_REMOTE_TIMEOUT` (seconds). Errors name the variable, never a
-    /// token's value.
+    /// `AUTH_REMOTE_TIMEOUT` (seconds), `AUTH_REMOTE_CREDIT_LEASE` (credits
+    /// to lease, 0 – 10,000; 0 switches leases off — see
+    /// [`credit_leases`](RemoteVerifierBuilder::credit_leases)). Errors name
+    /// the variable, never a token's value.
     pub fn from_env() -> Result<Option<RemoteVerifierBuilder>, Error> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -698,7 +775,11 @@ impl RemoteVerifier {
     /// assert!(!format!("{remote:?}").contains("our-own-service-key"));
     ///
     /// // Mistakes are named, never echoed when they are secrets.
-    /// for (name, bad) in [("AUTH_REMOTE_SERVICE_TOKEN", " "), ("AUTH_REMOTE_TIMEOUT", "soon")] {
+    /// for (name, bad) in [
+    ///     ("AUTH_REMOTE_SERVICE_TOKEN", " "),
+    ///     ("AUTH_REMOTE_TIMEOUT", "soon"),
+    ///     ("AUTH_REMOTE_CREDIT_LEASE", "10001"),
+    /// ] {
     ///     let env = |n: &str| match n {
     ///         "AUTH_REMOTE_ENABLED" => Some("true".to_owned()),
     ///         "AUTH_REMOTE_URL" => Some("http://127.0.0.1:8080".to_owned()),
@@ -769,17 +850,32 @@ impl RemoteVerifier {
         if let Some(timeout) = seconds("AUTH_REMOTE_TIMEOUT")? {
             builder = builder.timeout(timeout);
         }
+        if let Some(raw) = lookup("AUTH_REMOTE_CREDIT_LEASE") {
+            let credits = raw
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n <= MAX_LEASE)
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "AUTH_REMOTE_CREDIT_LEASE must be a whole number of credits from 0 \
+                         (leases off) to {MAX_LEASE} (got `{raw}`)"
+                    ))
+                })?;
+            builder = builder.credit_leases(credits);
+        }
         Ok(Some(builder))
     }
 
-    /// Drops the cached answer for a key (after revoking it upstream).
+    /// Drops the cached answer for a key (after revoking it upstream); a
+    /// credit lease that came with it is given back.
     pub fn invalidate(&self, digest: &Digest) {
-        self.inner.cache.invalidate(digest);
+        self.inner.drop_entry(digest);
     }
 
-    /// Drops every cached answer.
+    /// Drops every cached answer, and gives every credit lease back.
     pub fn clear(&self) {
-        self.inner.cache.clear();
+        self.inner.drop_all();
     }
 
     /// Whether the changes stream is live: connected, its `ready` received,
@@ -829,6 +925,13 @@ impl RemoteVerifier {
         self.inner.inflight.len()
     }
 
+    /// How many credit leases are held (one per key with credits in use);
+    /// for tests and metrics.
+    #[doc(hidden)]
+    pub fn leases_len(&self) -> usize {
+        self.inner.leases.lock().len()
+    }
+
     /// The cached answer, fresh or (for serve-stale) not.
     fn cached(&self, digest: &Digest) -> Option<CacheEntry<Fresh>> {
         self.inner.cache.get(digest)
@@ -846,7 +949,8 @@ impl Inner {
             api_key: key.to_owned(),
             scope: scope.map(str::to_owned),
             cost: None,
-            lease: None,
+            // The service ignores it for keys without credits.
+            lease: (self.lease_want > 0).then_some(self.lease_want),
         };
         let mut request = self
             .client
@@ -885,19 +989,10 @@ impl Inner {
                 status: Some(status.as_u16()),
             });
         }
-        // Read at most MAX_ANSWER bytes: an answer is a few hundred.
-        let mut response = response;
-        let mut bytes = Vec::new();
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) if bytes.len() + chunk.len() <= MAX_ANSWER => {
-                    bytes.extend_from_slice(&chunk);
-                }
-                Ok(Some(_)) => return Reply::Failed(Failure::new("the answer is too large")),
-                Ok(None) => break,
-                Err(_) => return Reply::Failed(Failure::new("the answer was cut off")),
-            }
-        }
+        let bytes = match read_limited(response).await {
+            Ok(bytes) => bytes,
+            Err(why) => return Reply::Failed(Failure::new(why)),
+        };
         // An unknown or missing `code` fails here: never decided from text.
         let Ok(answer) = serde_json::from_slice::<ValidateResponse>(&bytes) else {
             return Reply::Failed(Failure::new("malformed answer"));
@@ -907,6 +1002,22 @@ impl Inner {
             Err(_) => Reply::Failed(Failure::new(
                 "inconsistent answer (`valid` contradicts `code`)",
             )),
+        }
+    }
+}
+
+/// An answer's body, at most [`MAX_ANSWER`] bytes (an answer is a few
+/// hundred); why not, for the log.
+async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, &'static str> {
+    let mut bytes = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) if bytes.len() + chunk.len() <= MAX_ANSWER => {
+                bytes.extend_from_slice(&chunk);
+            }
+            Ok(Some(_)) => return Err("the answer is too large"),
+            Ok(None) => return Ok(bytes),
+            Err(_) => return Err("the answer was cut off"),
         }
     }
 }
@@ -986,7 +1097,12 @@ impl Inner {
     /// One call unless the circuit is open or the budget spent, and its
     /// answer recorded: the breaker for all, the cache for valid and
     /// refused keys.
-    async fn upstream(&self, key: &str, scope: Option<&str>, digest: &Digest) -> Outcome {
+    async fn upstream(
+        self: &Arc<Self>,
+        key: &str,
+        scope: Option<&str>,
+        digest: &Digest,
+    ) -> Outcome {
         let Some(attempt) = self.breaker.permit() else {
             self.calls.count(Call::CircuitOpen);
             return Outcome::Unavailable;
@@ -1005,8 +1121,12 @@ impl Inner {
         // Dropped mid-call (only when the runtime shuts down), `attempt`
         // counts as failed.
         let mut keep = true;
-        let (outcome, key_left) = match self.call(key, scope).await {
-            Reply::Answer(answer, verdict) => {
+        let mut lease = None;
+        let asked = self.clock.now();
+        let reply = self.call(key, scope).await;
+        let took = self.clock.now().saturating_sub(asked);
+        let (mut outcome, key_left) = match reply {
+            Reply::Answer(mut answer, verdict) => {
                 attempt.success();
                 self.health.answered();
                 // From an instance that had not heard of a change this
@@ -1014,6 +1134,7 @@ impl Inner {
                 if answer.seq.is_some_and(|seq| seq < self.stream_state.seen()) {
                     keep = false;
                 }
+                lease = answer.lease.take();
                 read(answer, verdict, digest)
             }
             Reply::TooManyRequests => {
@@ -1032,7 +1153,7 @@ impl Inner {
             }
         };
         self.calls.count(match &outcome {
-            Outcome::Valid(_) | Outcome::Charged(_) => Call::Valid,
+            Outcome::Valid(_) | Outcome::Charged(_) | Outcome::Leased(..) => Call::Valid,
             Outcome::Denied(Denial::Expired) => Call::Expired,
             Outcome::Denied(Denial::Disabled) => Call::Disabled,
             Outcome::Denied(_) => Call::Invalid,
@@ -1045,21 +1166,20 @@ impl Inner {
         match &outcome {
             _ if !keep => {}
             Outcome::Valid(p) => {
-                let now = self.clock.now();
-                let key_expires = key_left.map_or(Duration::MAX, |left| now.saturating_add(left));
-                let fresh = Fresh {
-                    principal: Arc::clone(p),
-                    filled: now,
-                    // Never fresh past the key's own expiry.
-                    until: now.saturating_add(self.fresh_for).min(key_expires),
-                    key_expires,
-                };
-                self.cache.fill(ticket, CacheEntry::Granted(fresh));
+                let fresh = self.fresh(Arc::clone(p), key_left);
+                self.fill(digest, ticket, CacheEntry::Granted(fresh));
+            }
+            Outcome::Charged(p) => {
+                if let Some(granted) = lease.take() {
+                    if let Some(local) = self.adopt(granted, took, p, key_left, digest, ticket) {
+                        outcome = Outcome::Leased(Arc::clone(p), local);
+                    }
+                }
             }
             Outcome::Denied(denial) => {
-                self.cache.fill(ticket, CacheEntry::Denied(*denial));
+                self.fill(digest, ticket, CacheEntry::Denied(*denial));
             }
-            Outcome::Charged(_)
+            Outcome::Leased(..)
             | Outcome::LacksScope(_)
             | Outcome::Unavailable
             | Outcome::Throttled
@@ -1067,32 +1187,200 @@ impl Inner {
             | Outcome::OutOfCredits(_)
             | Outcome::Shed => {}
         }
+        // A lease on an answer that is not kept, or not a charged grant
+        // (the service should send none): all of it goes back.
+        if let Some(granted) = lease {
+            self.returns.leased(granted.credits);
+            self.returns.end(&LocalLease::new(
+                granted.id,
+                granted.credits,
+                Duration::ZERO,
+                tokio::runtime::Handle::current(),
+            ));
+        }
         tracing::debug!(target: "auth_remote", fingerprint = %digest.fingerprint(),
             outcome = outcome_name(&outcome), "key service answered");
         outcome
     }
+
+    /// A valid answer as cached, fresh from now: never past the key's own
+    /// expiry.
+    fn fresh(&self, principal: Arc<Principal>, key_left: Option<Duration>) -> Fresh {
+        let now = self.clock.now();
+        let key_expires = key_left.map_or(Duration::MAX, |left| now.saturating_add(left));
+        Fresh {
+            principal,
+            filled: now,
+            until: now.saturating_add(self.fresh_for).min(key_expires),
+            key_expires,
+            lease: None,
+        }
+    }
+
+    /// A charged grant that came with a lease: cached with it (the lease
+    /// registered, a timer set for its deadline), unless nothing of it can
+    /// be spent or the fill is voided — then it goes back whole and the
+    /// grant stays the caller's alone (`None`).
+    fn adopt(
+        self: &Arc<Self>,
+        granted: Lease,
+        took: Duration,
+        principal: &Arc<Principal>,
+        key_left: Option<Duration>,
+        digest: &Digest,
+        ticket: FillTicket,
+    ) -> Option<Arc<LocalLease>> {
+        self.returns.leased(granted.credits);
+        let mut fresh = self.fresh(Arc::clone(principal), key_left);
+        let now = fresh.filled;
+        // The service's end is `ttlMs` after it granted the lease, which
+        // was somewhere within the call: spent until the call's own time
+        // and a margin (for the return to arrive) before that — and never
+        // past the grant's freshness (nothing is spent from a stale grant;
+        // the timer returns the lease then).
+        let deadline = now
+            .saturating_add(
+                Duration::from_millis(granted.ttl_ms)
+                    .saturating_sub(took.saturating_add(lease::MARGIN)),
+            )
+            .min(fresh.until);
+        // Called within the call's own task: on the verifier's runtime.
+        let lease = LocalLease::new(
+            granted.id,
+            granted.credits,
+            deadline,
+            tokio::runtime::Handle::current(),
+        );
+        if granted.credits == 0 || deadline <= now {
+            self.returns.end(&lease);
+            return None;
+        }
+        self.schedule(*digest, &lease);
+        fresh.lease = Some(Arc::clone(&lease));
+        if !self.fill(digest, ticket, CacheEntry::Granted(fresh)) {
+            // An invalidation came meanwhile (or a newer answer is held).
+            self.returns.end(&lease);
+            return None;
+        }
+        Some(lease)
+    }
+
+    /// Ends `lease` at its deadline (a task holding the verifier weakly:
+    /// aborted when the lease ends sooner, and by the verifier's drop).
+    fn schedule(self: &Arc<Self>, digest: Digest, lease: &Arc<LocalLease>) {
+        let wait = lease.deadline().saturating_sub(self.clock.now());
+        let inner = Arc::downgrade(self);
+        let held = Arc::clone(lease);
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            // Gone: its drop ended the lease.
+            if let Some(inner) = inner.upgrade() {
+                inner.lapsed(&digest, &held);
+            }
+        });
+        lease.set_timer(timer.abort_handle());
+    }
+
+    /// A lease's deadline came: out of the registry (unless replaced
+    /// meanwhile), and what is left goes back.
+    fn lapsed(&self, digest: &Digest, lease: &Arc<LocalLease>) {
+        let mut leases = self.leases.lock();
+        if leases.get(digest).is_some_and(|l| Arc::ptr_eq(l, lease)) {
+            leases.remove(digest);
+        }
+        drop(leases);
+        self.returns.end(lease);
+    }
+
+    /// Fills the cache, keeping the leases in step: a grant with a lease
+    /// registers it, and the lease held for the digest before (if any)
+    /// ends — replaced by a new lease, a grant without credits or a denial.
+    fn fill(&self, digest: &Digest, ticket: FillTicket, entry: CacheEntry<Fresh>) -> bool {
+        let lease = match &entry {
+            CacheEntry::Granted(fresh) => fresh.lease.clone(),
+            CacheEntry::Denied(_) => None,
+        };
+        let mut leases = self.leases.lock();
+        if !self.cache.fill(ticket, entry) {
+            return false;
+        }
+        let before = match lease {
+            Some(lease) => leases.insert(*digest, lease),
+            None => leases.remove(digest),
+        };
+        drop(leases);
+        if let Some(before) = before {
+            self.returns.end(&before);
+        }
+        true
+    }
+
+    /// Drops what is cached for `digest`; its lease goes back.
+    fn drop_entry(&self, digest: &Digest) {
+        let mut leases = self.leases.lock();
+        self.cache.invalidate(digest);
+        let before = leases.remove(digest);
+        drop(leases);
+        if let Some(before) = before {
+            self.returns.end(&before);
+        }
+    }
+
+    /// Drops everything cached; every lease goes back.
+    fn drop_all(&self) {
+        let mut leases = self.leases.lock();
+        self.cache.clear();
+        let before: Vec<_> = leases.drain().map(|(_, lease)| lease).collect();
+        drop(leases);
+        for lease in before {
+            self.returns.end(&lease);
+        }
+    }
+
+    /// Whether a fresh grant answers a request: at once for a key without
+    /// credits; for a key with them, with one leased credit — except a
+    /// request for a route scope the key lacks, which the guard refuses
+    /// (403) and which spends nothing, as at the service.
+    #[inline]
+    fn admits(&self, fresh: &Fresh, route_scope: Option<&str>, now: Duration) -> bool {
+        match &fresh.lease {
+            None => true,
+            Some(lease) => {
+                route_scope.is_some_and(|scope| !fresh.principal.has_scope(scope))
+                    || lease.take(now)
+            }
+        }
+    }
 }
 
 impl Verifier for RemoteVerifier {
-    /// One cache look-up: a fresh grant or a cached denial is answered at
-    /// once; anything else (a miss, a stale grant, a grant bounded by the
-    /// changes stream being down) is a future that asks the service.
+    /// One cache look-up: a fresh grant (for a key with credits, with a
+    /// credit taken from its lease) or a cached denial is answered at once;
+    /// anything else (a miss, a stale grant, a grant bounded by the changes
+    /// stream being down, a lease spent or at its deadline) is a future
+    /// that asks the service.
     fn verify(&self, credential: &Credential, ctx: &VerifyContext<'_>) -> Answer<VerifyResult> {
         match self.cached(credential.digest()) {
-            Some(CacheEntry::Granted(fresh)) if self.now() < self.inner.served_until(&fresh) => {
-                tracing::trace!(target: "auth_remote", "cache hit");
-                #[cfg(feature = "prometheus")]
-                self.inner.stats.hit();
-                return Answer::Ready(Ok(fresh.principal));
+            Some(CacheEntry::Granted(fresh)) => {
+                let now = self.now();
+                // Keys without credits: one branch more than before.
+                if now < self.inner.served_until(&fresh)
+                    && self.inner.admits(&fresh, ctx.required_scope, now)
+                {
+                    tracing::trace!(target: "auth_remote", "cache hit");
+                    #[cfg(feature = "prometheus")]
+                    self.inner.stats.hit();
+                    return Answer::Ready(Ok(fresh.principal));
+                }
+                // Stale (or the changes stream is down): used only while
+                // the service is unavailable. A spent lease: ask again.
             }
             Some(CacheEntry::Denied(denial)) => {
                 #[cfg(feature = "prometheus")]
                 self.inner.stats.hit();
                 return Answer::Ready(Err(denial.into()));
             }
-            // Stale (or the changes stream is down): used only while the
-            // service is unavailable.
-            Some(CacheEntry::Granted(_)) | None => {}
+            None => {}
         }
         #[cfg(feature = "prometheus")]
         self.inner.stats.miss();
@@ -1117,30 +1405,42 @@ impl RemoteVerifier {
         let digest = *credential.digest();
         tracing::trace!(target: "auth_remote", fingerprint = %digest.fingerprint(), "cache miss");
         let scope = required_scope.or_else(|| inner.scope.clone());
-        // One call per key (and scope) at a time; the others wait for it.
-        // The guard leaves the map clean however this future ends.
-        let joined = inner.inflight.join((digest, scope));
-        // Whether the call is this caller's own (exactly one caller's
-        // closure runs per completed call).
-        let mut own = false;
-        let outcome = joined
-            .cell()
-            .get_or_init(|| {
-                own = true;
-                self.ask(credential, joined.scope())
-            })
-            .await
-            .clone();
-        let outcome = match outcome {
-            // One request's credits were spent: the grant is the caller's
-            // who made the call; the others are charged with calls of
-            // their own.
-            Outcome::Charged(_) if !own => self.ask(credential, joined.scope()).await,
-            outcome => outcome,
+        let outcome = loop {
+            // One call per key (and scope) at a time; the others wait for
+            // it. The guard leaves the map clean however this future ends.
+            let joined = inner.inflight.join((digest, scope.clone()));
+            // Whether the call is this caller's own (exactly one caller's
+            // closure runs per completed call).
+            let mut own = false;
+            let outcome = joined
+                .cell()
+                .get_or_init(|| {
+                    own = true;
+                    self.ask(credential, joined.scope())
+                })
+                .await
+                .clone();
+            match outcome {
+                // One request's credits were spent: the grant is the
+                // caller's who made the call; the others are charged with
+                // calls of their own.
+                Outcome::Charged(_) if !own => break self.ask(credential, joined.scope()).await,
+                // The call's owner is paid for; the others take a leased
+                // credit each, or join the next call (one call a round, so
+                // every round lets its owner through: this ends).
+                Outcome::Leased(p, lease) if !own => {
+                    if lease.take(self.now()) {
+                        break Outcome::Valid(p);
+                    }
+                }
+                outcome => break outcome,
+            }
         };
-        drop(joined);
         match outcome {
-            Outcome::Valid(p) | Outcome::Charged(p) | Outcome::LacksScope(p) => Ok(p),
+            Outcome::Valid(p)
+            | Outcome::Charged(p)
+            | Outcome::Leased(p, _)
+            | Outcome::LacksScope(p) => Ok(p),
             Outcome::Denied(denial) => Err(denial.into()),
             Outcome::Unavailable | Outcome::Shed => self.stale(&digest),
             Outcome::Throttled => Err(self.unavailable()),
@@ -1155,13 +1455,23 @@ impl RemoteVerifier {
     async fn ask(&self, credential: &Credential, scope: Option<&str>) -> Outcome {
         let digest = credential.digest();
         // A caller that missed the cache just before another's call filled
-        // it and left: the answer is there now.
+        // it and left: the answer is there now (with a lease: if a credit
+        // is left for this caller).
         match self.cached(digest) {
-            Some(CacheEntry::Granted(fresh)) if self.now() < self.inner.served_until(&fresh) => {
-                return Outcome::Valid(fresh.principal);
+            Some(CacheEntry::Granted(fresh)) => {
+                let now = self.now();
+                if now < self.inner.served_until(&fresh) {
+                    match fresh.lease {
+                        None => return Outcome::Valid(fresh.principal),
+                        Some(lease) if lease.take(now) => {
+                            return Outcome::Leased(fresh.principal, lease);
+                        }
+                        Some(_) => {}
+                    }
+                }
             }
             Some(CacheEntry::Denied(denial)) => return Outcome::Denied(denial),
-            _ => {}
+            None => {}
         }
         let Ok(key) = std::str::from_utf8(credential.expose()) else {
             // Extraction admits only visible ASCII; anything else is no key.
@@ -1194,7 +1504,11 @@ impl RemoteVerifier {
             // The grace counts from when the answer stopped being used,
             // the stream-down bound included.
             let served_until = self.inner.served_until(&fresh);
-            if now < served_until.saturating_add(grace) && now < fresh.key_expires {
+            // A key with credits: only with a leased credit.
+            if now < served_until.saturating_add(grace)
+                && now < fresh.key_expires
+                && fresh.lease.as_ref().is_none_or(|lease| lease.take(now))
+            {
                 tracing::debug!(target: "auth_remote", fingerprint = %digest.fingerprint(),
                     "key service unavailable: serving a stale valid answer");
                 return Ok(fresh.principal);
@@ -1217,6 +1531,7 @@ fn outcome_name(outcome: &Outcome) -> &'static str {
     match outcome {
         Outcome::Valid(_) => "valid",
         Outcome::Charged(_) => "valid, credits spent",
+        Outcome::Leased(..) => "valid, credits leased",
         Outcome::LacksScope(_) => "lacks scope",
         Outcome::Denied(Denial::Expired) => "expired",
         Outcome::Denied(Denial::Disabled) => "disabled",

@@ -1,6 +1,6 @@
 //! What a verifier counts for dashboards: calls to the key service by how
-//! they ended, calls not made, and (with the `prometheus` feature) its
-//! cache's hits and misses.
+//! they ended, calls not made, credits of leases, and (with the
+//! `prometheus` feature) its cache's hits and misses.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -82,6 +82,35 @@ impl CallCounts {
     }
 }
 
+/// Credits of leases (see `lease`), by what became of them: `leased` =
+/// `spent` + `returned` + `lost` + what live leases hold. `spent` is
+/// counted when a lease ends (the hot path writes no counter of its own).
+#[derive(Debug, Default)]
+pub(crate) struct LeaseCounts {
+    /// Leased to us by the service.
+    pub(crate) leased: AtomicU64,
+    /// Spent here, one per request.
+    pub(crate) spent: AtomicU64,
+    /// Given back, as the service acknowledged.
+    pub(crate) returned: AtomicU64,
+    /// Not spent and not given back (a failed, refused or cancelled return).
+    pub(crate) lost: AtomicU64,
+}
+
+impl LeaseCounts {
+    /// Every event with its count.
+    #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
+    pub(crate) fn all(&self) -> [(&'static str, u64); 4] {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("leased", n(&self.leased)),
+            ("spent", n(&self.spent)),
+            ("returned", n(&self.returned)),
+            ("lost", n(&self.lost)),
+        ]
+    }
+}
+
 #[cfg(feature = "prometheus")]
 impl auth_core::prometheus::MetricSource for crate::RemoteVerifier {
     fn identity(&self) -> Option<usize> {
@@ -142,6 +171,20 @@ impl auth_core::prometheus::MetricSource for crate::RemoteVerifier {
             "Calls under way (distinct keys being asked about).",
             Vec::new(),
             inner.inflight.len() as f64,
+        );
+        for (event, n) in inner.returns.counts.all() {
+            samples.counter(
+                "auth_remote_lease_credits",
+                "Credits of credit leases: leased to this service, spent here (counted when a lease ends), returned, lost (neither spent nor given back).",
+                vec![("event", event.to_owned())],
+                n,
+            );
+        }
+        samples.gauge(
+            "auth_remote_leases",
+            "Credit leases held (one per key with credits in use).",
+            Vec::new(),
+            inner.leases.lock().len() as f64,
         );
         samples.cache("remote", &inner.stats);
     }

@@ -10,12 +10,15 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use auth_core::clock::ManualClock;
-use auth_core::protocol::{Code, RateLimit, ValidateRequest, ValidateResponse};
+use auth_core::protocol::{
+    ChangeEvent, Code, Lease, LeaseReturned, RateLimit, ReturnLease, ValidateRequest,
+    ValidateResponse,
+};
 use auth_core::{
     Credential, Decision, Fallback, Guard, KeySet, PlainRequest, Principal, Verifier,
     VerifyContext, VerifyError,
@@ -25,8 +28,9 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use parking_lot::Mutex;
+use tokio::sync::mpsc;
 
 const GOOD: &str = "sk_live_good_key_0123456789abcdef";
 const LIMITED: &str = "sk_live_limited_key_0123456789ab";
@@ -36,6 +40,8 @@ const DISABLED: &str = "sk_live_disabled_key_0123456789a";
 const EXPIRING: &str = "sk_live_expiring_key_0123456789a";
 /// Valid, says the service, with an `expiresAt` already past.
 const LAPSED: &str = "sk_live_lapsed_key_0123456789abc";
+/// A key with credits: spent from `Double::credits`, leased on request.
+const CREDITED: &str = "sk_live_credited_key_0123456789a";
 const SERVICE_HEADER: &str = auth_core::protocol::SERVICE_TOKEN_HEADER;
 const SERVICE_TOKEN: &str = "our-service-credential";
 
@@ -75,6 +81,8 @@ struct KeyInfo {
     code: Code,
     /// `expiresAt`, in seconds from the answer.
     expires_in: Option<i64>,
+    /// Whether it has credits (`Double::credits`).
+    credited: bool,
 }
 
 impl KeyInfo {
@@ -85,8 +93,23 @@ impl KeyInfo {
             limit: None,
             code: Code::Valid,
             expires_in: None,
+            credited: false,
         }
     }
+}
+
+/// The credits of [`CREDITED`], as a key service with leases keeps them.
+struct Credits {
+    /// What the key has left.
+    left: u64,
+    /// Credits spent by validate calls (their cost).
+    charged: u64,
+    /// Credits leased, by lease id, and what was given back of each.
+    leases: HashMap<String, (u64, Option<u64>)>,
+    /// Every return received: lease id, unused.
+    returns: Vec<(String, u64)>,
+    /// How long a lease lasts.
+    ttl_ms: u64,
 }
 
 struct Double {
@@ -95,6 +118,15 @@ struct Double {
     other_calls: AtomicUsize,
     mode: Mutex<Mode>,
     keys: HashMap<&'static str, KeyInfo>,
+    credits: Mutex<Credits>,
+    /// The `lease` asked for by every validate request.
+    asked: Mutex<Vec<Option<u32>>>,
+    /// Lease returns answer 500.
+    refuse_returns: AtomicBool,
+    /// Whether the changes stream is offered (else 404), and its current
+    /// connection.
+    stream_on: AtomicBool,
+    stream: Mutex<Option<mpsc::UnboundedSender<String>>>,
 }
 
 impl Double {
@@ -103,6 +135,17 @@ impl Double {
             calls: AtomicUsize::new(0),
             other_calls: AtomicUsize::new(0),
             mode: Mutex::new(Mode::Normal),
+            credits: Mutex::new(Credits {
+                left: 0,
+                charged: 0,
+                leases: HashMap::new(),
+                returns: Vec::new(),
+                ttl_ms: 30_000,
+            }),
+            asked: Mutex::new(Vec::new()),
+            refuse_returns: AtomicBool::new(false),
+            stream_on: AtomicBool::new(false),
+            stream: Mutex::new(None),
             keys: HashMap::from([
                 (GOOD, KeyInfo::valid("user-1", vec!["stt", "tts"])),
                 (
@@ -140,8 +183,58 @@ impl Double {
                         ..KeyInfo::valid("user-6", vec![])
                     },
                 ),
+                (
+                    CREDITED,
+                    KeyInfo {
+                        credited: true,
+                        ..KeyInfo::valid("user-7", vec!["stt"])
+                    },
+                ),
             ]),
         })
+    }
+
+    /// Gives [`CREDITED`] `left` credits and leases of `ttl_ms`.
+    fn credit(&self, left: u64, ttl_ms: u64) {
+        let mut c = self.credits.lock();
+        c.left = left;
+        c.ttl_ms = ttl_ms;
+    }
+
+    /// Credits charged by calls, leased, and returned so far.
+    fn ledger(&self) -> (u64, u64, u64) {
+        let c = self.credits.lock();
+        let leased = c.leases.values().map(|(n, _)| n).sum();
+        let returned = c.leases.values().filter_map(|(_, r)| *r).sum();
+        (c.charged, leased, returned)
+    }
+
+    /// The returns received so far.
+    fn returns(&self) -> Vec<(String, u64)> {
+        self.credits.lock().returns.clone()
+    }
+
+    /// Waits (5 s at most) until `n` returns came in; returns them.
+    async fn returned(&self, n: usize) -> Vec<(String, u64)> {
+        let start = Instant::now();
+        while self.returns().len() < n && start.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.returns()
+    }
+
+    /// Sends a `key` event for `key` on the changes stream.
+    fn key_changed(&self, key: &str, seq: u64) {
+        let event = ChangeEvent::Key {
+            seq,
+            digest: auth_core::Digest::of(key.as_bytes()).to_hex(),
+        };
+        let sent = self
+            .stream
+            .lock()
+            .as_ref()
+            .is_some_and(|tx| tx.send(frame(&event)).is_ok());
+        assert!(sent, "no stream connected");
     }
 
     fn calls(&self) -> usize {
@@ -151,6 +244,15 @@ impl Double {
     fn set(&self, mode: Mode) {
         *self.mode.lock() = mode;
     }
+}
+
+fn frame(event: &ChangeEvent) -> String {
+    format!(
+        "id: {}\nevent: {}\ndata: {}\n\n",
+        event.seq(),
+        event.name(),
+        event.data()
+    )
 }
 
 fn unix_now() -> i64 {
@@ -164,6 +266,7 @@ async fn validate(
     Json(body): Json<ValidateRequest>,
 ) -> Response {
     double.calls.fetch_add(1, Ordering::SeqCst);
+    double.asked.lock().push(body.lease);
     let mode = *double.mode.lock();
     match mode {
         Mode::Slow => tokio::time::sleep(Duration::from_secs(2)).await,
@@ -208,7 +311,79 @@ async fn validate(
     answer.expires_at = info
         .expires_in
         .map(|s| u64::try_from(unix_now() + s).unwrap());
+    if info.credited {
+        // The request's cost first, then up to the lease asked for.
+        let mut c = double.credits.lock();
+        let cost = u64::from(body.cost.unwrap_or(1));
+        if c.left < cost {
+            let mut answer = ValidateResponse::refusal(Code::UsageExceeded);
+            answer.user_id = Some(info.user.to_owned());
+            return Json(answer).into_response();
+        }
+        c.left -= cost;
+        c.charged += cost;
+        if let Some(want) = body.lease {
+            let credits = c.left.min(u64::from(want));
+            if credits > 0 {
+                c.left -= credits;
+                let id = format!("lease-{}", c.leases.len() + 1);
+                c.leases.insert(id.clone(), (credits, None));
+                answer.lease = Some(Lease {
+                    id,
+                    credits,
+                    ttl_ms: c.ttl_ms,
+                });
+            }
+        }
+        answer.credits_remaining = Some(c.left);
+    }
     Json(answer).into_response()
+}
+
+/// `POST /api/v1/api-keys/lease/return`: once per lease, at most what
+/// was leased; counted.
+async fn lease_return(
+    State(double): State<Arc<Double>>,
+    headers: HeaderMap,
+    Json(body): Json<ReturnLease>,
+) -> Response {
+    if headers.get(SERVICE_HEADER).and_then(|v| v.to_str().ok()) != Some(SERVICE_TOKEN) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let mut c = double.credits.lock();
+    c.returns.push((body.lease_id.clone(), body.unused));
+    if double.refuse_returns.load(Ordering::SeqCst) {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    let returned = match c.leases.get_mut(&body.lease_id) {
+        Some((leased, returned @ None)) if body.unused <= *leased => {
+            *returned = Some(body.unused);
+            body.unused
+        }
+        _ => 0,
+    };
+    c.left += returned;
+    Json(LeaseReturned { returned }).into_response()
+}
+
+/// The changes stream, when offered: `ready`, then what the test sends.
+async fn events(State(double): State<Arc<Double>>) -> Response {
+    if !double.stream_on.load(Ordering::SeqCst) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let (tx, rx) = mpsc::unbounded_channel::<String>();
+    tx.send(frame(&ChangeEvent::Ready { seq: 0 })).unwrap();
+    *double.stream.lock() = Some(tx);
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|text| (Ok::<_, std::convert::Infallible>(text), rx))
+    });
+    (
+        [("content-type", "text/event-stream")],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
 }
 
 /// The redirect's target: would say valid to anything.
@@ -221,6 +396,8 @@ async fn serve(double: Arc<Double>) -> SocketAddr {
     let app = axum::Router::new()
         .route(auth_core::protocol::VALIDATE_PATH, post(validate))
         .route("/other", post(other))
+        .route(auth_core::protocol::LEASE_RETURN_PATH, post(lease_return))
+        .route(auth_core::protocol::EVENTS_PATH, get(events))
         .with_state(double);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -1366,4 +1543,391 @@ async fn calls_by_outcome_the_circuit_and_the_cache_are_exported() {
     assert!(last.parse::<f64>().unwrap() > 1.7e9, "{last}");
     // Nothing of a key in the export.
     assert!(!text.contains("sk_live") && !text.contains(SERVICE_TOKEN));
+}
+
+// --- Credit leases (issue 16, item 3) ---
+
+/// Issue 16: a key with credits is answered from a leased batch — one
+/// credit per request, spent here — so N requests make about N / (lease + 1)
+/// calls; every request let through was paid for, by a call or by one
+/// leased credit, and what was not spent goes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leased_credits_are_spent_here_one_per_request() {
+    let (double, addr) = started().await;
+    double.credit(1_000, 30_000);
+    let v = remote(addr).credit_leases(10).build().unwrap();
+    for _ in 0..200 {
+        assert_eq!(verify(&v, CREDITED).await.unwrap().id(), "user-7");
+    }
+    // Each call is charged 1 and leases 10: 11 requests a call.
+    let calls = double.calls();
+    assert!((200 / 11..=200 / 11 + 1).contains(&calls), "{calls} calls");
+    assert!(double.asked.lock().iter().all(|a| *a == Some(10)));
+    assert_eq!(v.leases_len(), 1);
+    // The lease held ends: what is left of it goes back.
+    v.clear();
+    let returns = double.returned(1).await;
+    assert_eq!(returns.len(), 1, "{returns:?}");
+    let (charged, leased, returned) = double.ledger();
+    assert_eq!(
+        charged + leased - returned,
+        200,
+        "each request let through spent exactly one credit"
+    );
+    assert_eq!(double.credits.lock().left, 800);
+    assert_eq!(v.leases_len(), 0);
+
+    // A key with few credits: never more let through than it has.
+    double.credit(25, 30_000);
+    let allowed = {
+        let mut allowed = 0;
+        for _ in 0..60 {
+            match verify(&v, CREDITED).await {
+                Ok(_) => allowed += 1,
+                Err(e) => assert_eq!(e, VerifyError::UsageExceeded { retry_after: None }),
+            }
+        }
+        allowed
+    };
+    assert_eq!(allowed, 25);
+    v.clear();
+    assert_eq!(double.credits.lock().left, 0, "nothing given back twice");
+}
+
+/// Issue 16: forty callers at once on a spent lease share the next calls'
+/// leases — one call a round, each caller either its owner (charged by the
+/// service) or one leased credit — and never are more let through than
+/// the credits granted; the rest ask again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_callers_on_a_spent_lease_never_get_more_than_was_granted() {
+    let (double, addr) = started().await;
+    double.credit(1_000, 30_000);
+    let v = patient_with(remote(addr).credit_leases(5));
+    for _ in 0..6 {
+        verify(&v, CREDITED).await.unwrap();
+    }
+    assert_eq!(double.calls(), 1, "one call, five leased credits spent");
+    // The lease is spent: every caller misses.
+    double.set(Mode::Sluggish);
+    let forty = |v: &RemoteVerifier| {
+        let callers: Vec<_> = (0..40)
+            .map(|_| {
+                let v = v.clone();
+                tokio::spawn(async move { verify(&v, CREDITED).await })
+            })
+            .collect();
+        async move {
+            let mut allowed = 0;
+            for caller in callers {
+                match caller.await.unwrap() {
+                    Ok(_) => allowed += 1,
+                    Err(e) => assert_eq!(e, VerifyError::UsageExceeded { retry_after: None }),
+                }
+            }
+            allowed
+        }
+    };
+    assert_eq!(forty(&v).await, 40);
+    let calls = double.calls() - 1;
+    // 40 callers, 6 a round (the owner and five leased credits).
+    assert!((7..=14).contains(&calls), "{calls} calls for 40 callers");
+    v.clear();
+    double.returned(1).await;
+    let (charged, leased, returned) = double.ledger();
+    assert_eq!(charged + leased - returned, 46);
+
+    // Twelve credits left for forty callers: exactly twelve through.
+    double.credit(12, 30_000);
+    assert_eq!(forty(&v).await, 12);
+    assert_eq!(double.credits.lock().left, 0);
+    assert_eq!(v.inflight_len(), 0);
+}
+
+/// Issue 16: a lease is spent until a margin before its end only; past it
+/// the next request asks again, and the old lease is given back once, with
+/// what was left of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_past_its_deadline_is_not_spent_and_is_returned_once() {
+    let (double, addr) = started().await;
+    double.credit(1_000, 10_000);
+    let clock = Arc::new(ManualClock::new());
+    let v = patient_with(remote(addr).clock(clock.clone()).credit_leases(5));
+    for _ in 0..3 {
+        verify(&v, CREDITED).await.unwrap();
+    }
+    assert_eq!(double.calls(), 1);
+    // 10 s leased, less the call's time (0 on this clock) and 1 s: spent
+    // until 9 s.
+    clock.advance(Duration::from_millis(8_999));
+    verify(&v, CREDITED).await.unwrap();
+    assert_eq!(double.calls(), 1, "still within the lease");
+    clock.advance(Duration::from_millis(1));
+    verify(&v, CREDITED).await.unwrap();
+    assert_eq!(double.calls(), 2, "past the deadline: asked again");
+    let returns = double.returned(1).await;
+    assert_eq!(returns, [("lease-1".to_owned(), 2)]);
+    // The new lease is given back when its grant is dropped; the old one
+    // never again.
+    verify(&v, CREDITED).await.unwrap();
+    v.invalidate(&auth_core::Digest::of(CREDITED.as_bytes()));
+    v.clear();
+    let returns = double.returned(2).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        double.returns(),
+        [("lease-1".to_owned(), 2), ("lease-2".to_owned(), 4)],
+        "{returns:?}"
+    );
+    let (charged, leased, returned) = double.ledger();
+    assert_eq!(charged + leased - returned, 6);
+}
+
+/// Issue 16: a lease nobody spends is given back at its deadline, without
+/// waiting for a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_lease_is_returned_at_its_deadline() {
+    let (double, addr) = started().await;
+    // Spent for 0.5 s at most (less the call's time).
+    double.credit(1_000, 1_500);
+    let v = patient_with(remote(addr).credit_leases(5));
+    verify(&v, CREDITED).await.unwrap();
+    verify(&v, CREDITED).await.unwrap();
+    assert_eq!(double.calls(), 1);
+    let returns = double.returned(1).await;
+    assert_eq!(returns, [("lease-1".to_owned(), 4)]);
+    assert_eq!(v.leases_len(), 0);
+    // Nothing is spent of it any more: the next request asks.
+    verify(&v, CREDITED).await.unwrap();
+    assert_eq!(double.calls(), 2);
+}
+
+/// Issue 16: a grant dropped from the cache — `invalidate`, `clear`, a
+/// `key` event on the changes stream, or the verifier itself dropped —
+/// gives its lease back at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_grants_give_their_leases_back() {
+    let (double, addr) = started().await;
+    double.credit(1_000, 30_000);
+    double.stream_on.store(true, Ordering::SeqCst);
+    let v = patient_with(remote(addr).credit_leases(5));
+    let start = Instant::now();
+    while !v.stream_live() {
+        assert!(start.elapsed() < Duration::from_secs(5), "stream not live");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let digest = auth_core::Digest::of(CREDITED.as_bytes());
+    for (n, how) in ["invalidate", "clear", "a key event"]
+        .into_iter()
+        .enumerate()
+    {
+        // One call, one credit spent here: four unused.
+        verify(&v, CREDITED).await.unwrap();
+        verify(&v, CREDITED).await.unwrap();
+        match how {
+            "invalidate" => v.invalidate(&digest),
+            "clear" => v.clear(),
+            _ => double.key_changed(CREDITED, 1),
+        }
+        let returns = double.returned(n + 1).await;
+        assert_eq!(
+            returns.last(),
+            Some(&(format!("lease-{}", n + 1), 4)),
+            "{how}: {returns:?}"
+        );
+        assert_eq!(double.calls(), n + 1, "{how}");
+        let start = Instant::now();
+        while v.leases_len() > 0 {
+            assert!(start.elapsed() < Duration::from_secs(5), "{how}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    // The verifier dropped: its lease goes back too.
+    verify(&v, CREDITED).await.unwrap();
+    drop(v);
+    let returns = double.returned(4).await;
+    assert_eq!(returns.last(), Some(&("lease-4".to_owned(), 5)));
+    let (charged, leased, returned) = double.ledger();
+    assert_eq!(charged + leased - returned, 7);
+}
+
+/// Issue 16: leases off (0) is a call per request on a key with credits,
+/// never cached nor shared, as before; more than `MAX_LEASE` is capped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_off_is_a_call_per_request() {
+    let (double, addr) = started().await;
+    double.credit(1_000, 30_000);
+    let v = patient_with(remote(addr).credit_leases(0));
+    for n in 1..=5 {
+        verify(&v, CREDITED).await.unwrap();
+        assert_eq!(double.calls(), n);
+    }
+    double.set(Mode::Sluggish);
+    let callers: Vec<_> = (0..40)
+        .map(|_| {
+            let v = v.clone();
+            tokio::spawn(async move { verify(&v, CREDITED).await.is_ok() })
+        })
+        .collect();
+    for caller in callers {
+        assert!(caller.await.unwrap());
+    }
+    assert_eq!(double.calls(), 45, "a charged grant was shared");
+    assert!(double.asked.lock().iter().all(Option::is_none));
+    assert_eq!(double.ledger(), (45, 0, 0));
+    assert_eq!(v.leases_len(), 0);
+    // Asked for more than a lease may hold: capped.
+    double.set(Mode::Normal);
+    let v = patient_with(remote(addr).credit_leases(50_000));
+    verify(&v, CREDITED).await.unwrap();
+    assert_eq!(double.asked.lock().last(), Some(&Some(10_000)));
+}
+
+/// Issue 16: with leases on, keys without credits are cached and coalesced
+/// as before (the service ignores the lease asked for).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_without_credits_are_cached_and_coalesced_with_leases_on() {
+    let (double, addr) = started().await;
+    let v = remote(addr).build().unwrap();
+    double.set(Mode::Sluggish);
+    let callers: Vec<_> = (0..40)
+        .map(|_| {
+            let v = v.clone();
+            tokio::spawn(async move { verify(&v, GOOD).await.is_ok() })
+        })
+        .collect();
+    for caller in callers {
+        assert!(caller.await.unwrap());
+    }
+    assert_eq!(double.calls(), 1);
+    for _ in 0..100 {
+        let answer = v.verify(&Credential::new(GOOD), &VerifyContext::default());
+        assert!(answer.is_ready(), "a cache hit");
+        assert!(answer.await.is_ok());
+    }
+    assert_eq!(double.calls(), 1);
+    assert_eq!(*double.asked.lock(), [Some(100)], "the default lease");
+    assert_eq!(v.leases_len(), 0);
+    assert!(double.returns().is_empty());
+}
+
+/// Issue 16: a leased grant is a cache hit (`Answer::Ready`), and a
+/// request for a route scope the key lacks spends nothing of it (the
+/// guard refuses it, as the service would without charging).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leased_grant_is_a_cache_hit_and_a_missing_scope_spends_nothing() {
+    let (double, addr) = started().await;
+    double.credit(1_000, 30_000);
+    let v = patient_with(remote(addr).credit_leases(3));
+    verify(&v, CREDITED).await.unwrap();
+    for _ in 0..10 {
+        let ctx = VerifyContext {
+            path: "/x",
+            required_scope: Some("admin"),
+        };
+        let answer = v.verify(&Credential::new(CREDITED), &ctx);
+        assert!(answer.is_ready());
+        assert!(!answer.await.unwrap().has_scope("admin"));
+    }
+    for _ in 0..3 {
+        let answer = v.verify(&Credential::new(CREDITED), &VerifyContext::default());
+        assert!(answer.is_ready(), "a leased credit");
+    }
+    let answer = v.verify(&Credential::new(CREDITED), &VerifyContext::default());
+    assert!(!answer.is_ready(), "the lease is spent");
+    assert!(answer.await.is_ok());
+    assert_eq!(double.calls(), 2);
+}
+
+/// Issue 16: the credits of leases are exported; a return that fails is
+/// counted lost and logged once at WARN, without the key or the lease id.
+#[tokio::test(flavor = "current_thread")]
+async fn lease_credits_are_exported_and_a_failed_return_is_logged_once() {
+    use auth_core::prometheus::{Metrics, prometheus_client};
+    let logs = Captured::start();
+    let (double, addr) = started().await;
+    double.credit(1_000, 30_000);
+    let v = patient_with(remote(addr).credit_leases(10));
+    let mut registry = prometheus_client::registry::Registry::default();
+    Metrics::register(&mut registry).add(v.clone());
+    let scrape = || {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    };
+    // 1 charged + 3 leased credits spent, 7 given back.
+    for _ in 0..4 {
+        verify(&v, CREDITED).await.unwrap();
+    }
+    v.clear();
+    double.returned(1).await;
+    // Twice: 1 charged + 1 leased spent, 9 not given back.
+    double.refuse_returns.store(true, Ordering::SeqCst);
+    for n in 2..=3 {
+        verify(&v, CREDITED).await.unwrap();
+        verify(&v, CREDITED).await.unwrap();
+        v.clear();
+        double.returned(n).await;
+    }
+    let start = Instant::now();
+    while !scrape().contains(r#"event="lost"} 18"#) && start.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let text = scrape();
+    for line in [
+        r#"auth_remote_lease_credits_total{event="leased"} 30"#,
+        r#"auth_remote_lease_credits_total{event="spent"} 5"#,
+        r#"auth_remote_lease_credits_total{event="returned"} 7"#,
+        r#"auth_remote_lease_credits_total{event="lost"} 18"#,
+        "auth_remote_leases 0",
+        r#"auth_remote_calls_total{outcome="valid"} 3"#,
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+    assert_eq!(
+        logs.count("WARN", "credit lease could not be returned"),
+        1,
+        "{}",
+        logs.text()
+    );
+    assert_eq!(logs.count("DEBUG", "credit lease could not be returned"), 1);
+    let all = format!("{}{text}{v:?}", logs.text());
+    assert!(!all.contains(CREDITED) && !all.contains("lease-"), "{all}");
+}
+
+#[test]
+fn the_credit_lease_from_env_is_range_checked() {
+    for (raw, ok) in [
+        ("0", true),
+        ("250", true),
+        ("10000", true),
+        ("10001", false),
+        ("-1", false),
+        ("many", false),
+    ] {
+        let env = |name: &str| match name {
+            "AUTH_REMOTE_ENABLED" => Some("true".to_owned()),
+            "AUTH_REMOTE_URL" => Some("http://127.0.0.1:1".to_owned()),
+            "AUTH_REMOTE_CREDIT_LEASE" => Some(raw.to_owned()),
+            _ => None,
+        };
+        match RemoteVerifier::from_lookup(env) {
+            Ok(builder) => {
+                assert!(ok, "{raw} accepted");
+                let shown = format!("{:?}", builder.unwrap());
+                assert!(shown.contains(&format!("credit_leases: {raw}")), "{shown}");
+            }
+            Err(e) => {
+                assert!(!ok, "{raw}: {e}");
+                assert!(e.to_string().contains("AUTH_REMOTE_CREDIT_LEASE"), "{e}");
+            }
+        }
+    }
+}
+
+/// A verifier that never opens its circuit, from a builder.
+fn patient_with(builder: auth_remote::RemoteVerifierBuilder) -> RemoteVerifier {
+    builder
+        .breaker(1_000, Duration::from_secs(1))
+        .build()
+        .unwrap()
 }

@@ -12,16 +12,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use auth_axum::Auth;
+use auth_axum::{Auth, Authenticated};
 use auth_core::protocol::{
-    ChangeEvent, Code, EVENTS_PATH, MAX_COST, RateLimit, VALIDATE_PATH, ValidateRequest,
-    ValidateResponse,
+    ChangeEvent, Code, EVENTS_PATH, LEASE_RETURN_PATH, Lease, LeaseReturned, MAX_COST, MAX_LEASE,
+    RateLimit, ReturnLease, VALIDATE_PATH, ValidateRequest, ValidateResponse,
 };
 use auth_core::{
     CacheConfig, Cached, Credential, CredentialSources, Guard, HashedKeyStore, KeyFile, Principal,
     RateLimitPolicy, Verifier, VerifyContext, VerifyError,
 };
-use auth_sqlx::{CreatedKey, Credits, KeyInfo, NewKey, Refill, Spend, SqlKeyStore};
+use auth_sqlx::{CreatedKey, Credits, KeyInfo, LeaseGrant, NewKey, Refill, SqlKeyStore};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path as UrlPath, Request, State};
 use axum::http::StatusCode;
@@ -44,6 +44,9 @@ const MAX_REQUESTS: i64 = 1_000_000_000;
 /// The last second an `expiresAt` may name (9999-12-31T23:59:59Z); the
 /// store then requires it to be in the future and within 100 years.
 const MAX_UNIX: i64 = 253_402_300_799;
+
+// The store enforces the protocol's bound on a lease.
+const _: () = assert!(auth_sqlx::MAX_LEASE == MAX_LEASE);
 
 /// Who may call the validate endpoint.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -194,6 +197,7 @@ pub struct App {
     /// | `auth_server_changes_stream_subscribers` | gauge | |
     /// | `auth_server_changes_stream_events_total` | counter | `event`: `ready`, `key`, `reset` |
     /// | `auth_server_admin_writes_total` | counter | `resource`: `key`, `service`; `action`: `create`, `update`, `disable`, `delete`, `rotate` |
+    /// | `auth_server_credit_leases_total` | counter | `event`: `granted` (credits leased to services), `returned` (credits their returns gave back) — credits, not leases |
     /// | `auth_server_db_pool_connections` | gauge | `state`: `in_use`, `idle` |
     /// | `auth_server_changes_following` | gauge | |
     /// | `auth_server_changes_applied_seq` | gauge | |
@@ -276,6 +280,7 @@ pub async fn build(store: SqlKeyStore, data_dir: &Path, options: Options) -> Res
     // Apart, so that only validate requests are counted as such.
     let mut validate_route = Router::new().route(VALIDATE_PATH, post(validate));
     let mut events_route = Router::new().route(EVENTS_PATH, get(events));
+    let mut lease_route = Router::new().route(LEASE_RETURN_PATH, post(return_lease));
     match options.validate_auth {
         ValidateAuth::ServiceToken => {
             let guard = Guard::builder(services)
@@ -289,7 +294,9 @@ pub async fn build(store: SqlKeyStore, data_dir: &Path, options: Options) -> Res
             metrics.sources().guard(&guard);
             let auth = Auth::new(guard);
             validate_route = validate_route.route_layer(auth.clone());
-            events_route = events_route.route_layer(auth);
+            events_route = events_route.route_layer(auth.clone());
+            // Returns are the holder's: the guard's principal says who.
+            lease_route = lease_route.route_layer(auth);
         }
         ValidateAuth::None => {
             tracing::warn!(
@@ -316,6 +323,7 @@ pub async fn build(store: SqlKeyStore, data_dir: &Path, options: Options) -> Res
         .merge(admin_routes)
         .merge(validate_route)
         .merge(events_route)
+        .merge(lease_route)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state);
     let metrics = Router::new()
@@ -1053,19 +1061,23 @@ fn code_of(e: VerifyError) -> Code {
 /// Only client keys are found (a service credential is `invalid` here). A
 /// valid key with credits spends the request's `cost` (absent: 1): the
 /// answer carries `creditsRemaining`, or is `usage_exceeded` (with
-/// `retryAfter` until the next refill, if it has one).
+/// `retryAfter` until the next refill, if it has one). With `lease`, such a
+/// key also leases up to that many credits (at most a tenth of what is left
+/// after the cost) to the calling service for 10 s: the answer's `lease`.
 #[utoipa::path(post, path = "/api/v1/api-keys/validate", tag = "validate",
     request_body = ValidateRequest, security(("serviceToken" = [])),
     responses((status = 200, description = "the answer; decide from `code`", body = ValidateResponse),
-        (status = 400, description = "a malformed body, or `cost` over 1,000,000", body = ErrorBody),
+        (status = 400, description = "a malformed body, `cost` over 1,000,000, or `lease` 0 or over 10,000", body = ErrorBody),
         (status = 401, description = "not a known service"),
         (status = 503, description = "the key store (or the spend of credits) failed", body = ErrorBody)))]
 async fn validate(
     State(s): State<AppState>,
+    caller: Option<Authenticated>,
     body: Result<Body<ValidateRequest>, Response>,
 ) -> Response {
+    let service = caller.as_ref().and_then(|c| c.key_id());
     let (outcome, mut response) = match body {
-        Ok(Body(b)) => validate_answer(&s, b).await,
+        Ok(Body(b)) => validate_answer(&s, b, service).await,
         Err(rejection) => (Outcome::BadRequest, rejection),
     };
     // For the metrics' count: the answer, typed.
@@ -1073,14 +1085,23 @@ async fn validate(
     response
 }
 
-/// A validate request's answer, and what it was.
-async fn validate_answer(s: &AppState, b: ValidateRequest) -> (Outcome, Response) {
+/// A validate request's answer, and what it was. `service`: the id of the
+/// caller's service credential (`None` with `--validate-auth none`), the
+/// holder of any lease granted.
+async fn validate_answer(
+    s: &AppState,
+    b: ValidateRequest,
+    service: Option<&str>,
+) -> (Outcome, Response) {
     let cost = b.cost.unwrap_or(1);
     if cost > MAX_COST {
         return (
             Outcome::BadRequest,
             bad("cost must be 0 to 1000000 credits"),
         );
+    }
+    if b.lease.is_some_and(|want| !(1..=MAX_LEASE).contains(&want)) {
+        return (Outcome::BadRequest, bad("lease must be 1 to 10000 credits"));
     }
     // Read before the answer is made: every change up to it has already
     // reached the caches the answer comes from.
@@ -1117,23 +1138,37 @@ async fn validate_answer(s: &AppState, b: ValidateRequest) -> (Outcome, Response
     let mut answer = ValidateResponse::valid(principal.id(), principal.scopes().to_vec());
     // Only keys with credits cost a round trip: the cached principal says
     // which (the store's record labels them).
+    // Only they lease: for others `lease` is ignored, as `cost` is.
     if principal.label(auth_sqlx::CREDITS_LABEL).is_some() {
-        match s
-            .store
-            .spend(credential.digest(), cost, SystemTime::now())
-            .await
-        {
-            Ok(Spend::Unlimited) => {}
-            Ok(Spend::Spent { remaining }) => answer.credits_remaining = Some(remaining),
+        let now = SystemTime::now();
+        let digest = credential.digest();
+        let grant = match b.lease {
+            Some(want) => s.store.lease(digest, cost, want, service, now).await,
+            None => s.store.spend(digest, cost, now).await.map(LeaseGrant::from),
+        };
+        match grant {
+            Ok(LeaseGrant::Unlimited) => {}
+            Ok(LeaseGrant::Leased { remaining, lease }) => {
+                answer.credits_remaining = Some(remaining);
+                if let Some((id, credits)) = lease {
+                    s.metrics.leased(credits);
+                    let ttl = auth_sqlx::LEASE_TTL.as_millis();
+                    answer.lease = Some(Lease {
+                        id,
+                        credits,
+                        ttl_ms: u64::try_from(ttl).unwrap_or(u64::MAX),
+                    });
+                }
+            }
             // Revoked since the cache said valid: the live row decides.
-            Ok(Spend::Refused(e)) => {
+            Ok(LeaseGrant::Refused(e)) => {
                 let code = code_of(e);
                 let mut refusal = ValidateResponse::refusal(code);
                 refusal.seq = seq;
                 let response = Json(refusal).into_response();
                 return (Outcome::Answered(code), response);
             }
-            Ok(Spend::Exceeded { retry_after }) => {
+            Ok(LeaseGrant::Exceeded { retry_after }) => {
                 let mut refusal = ValidateResponse::refusal(Code::UsageExceeded);
                 refusal.user_id = Some(principal.id().to_owned());
                 refusal.retry_after = retry_after.map(|d| d.as_secs());
@@ -1162,6 +1197,38 @@ async fn validate_answer(s: &AppState, b: ValidateRequest) -> (Outcome, Response
     answer.expires_at = principal.expires_at().map(unix);
     answer.seq = seq;
     (Outcome::Answered(Code::Valid), Json(answer).into_response())
+}
+
+/// Where a service returns what it did not spend of a lease
+/// ([`auth_core::protocol::ReturnLease`]): given back to the key once,
+/// before the lease ends, at most what was leased, and only while the
+/// key's refill period is the one of the grant; `returned` says how many
+/// (0 for a lease that ended, was returned, is another service's or is
+/// unknown — the answer does not say which).
+#[utoipa::path(post, path = "/api/v1/api-keys/lease/return", tag = "validate",
+    request_body = ReturnLease, security(("serviceToken" = [])),
+    responses((status = 200, description = "the credits given back to the key", body = LeaseReturned),
+        (status = 400, description = "a malformed body or lease id", body = ErrorBody),
+        (status = 401, description = "not a known service"),
+        (status = 503, description = "the key store failed", body = ErrorBody)))]
+async fn return_lease(
+    State(s): State<AppState>,
+    caller: Option<Authenticated>,
+    Body(b): Body<ReturnLease>,
+) -> Response {
+    // The lease's holder only: the credential the guard admitted.
+    let service = caller.as_ref().and_then(|c| c.key_id());
+    match s
+        .store
+        .return_lease(&b.lease_id, b.unused, service, SystemTime::now())
+        .await
+    {
+        Ok(returned) => {
+            s.metrics.returned(returned);
+            Json(LeaseReturned { returned }).into_response()
+        }
+        Err(e) => s.store_error(&e),
+    }
 }
 
 /// How often the changes stream sends a heartbeat (an SSE comment) while
@@ -1364,8 +1431,8 @@ async fn events_answer(s: AppState, headers: axum::http::HeaderMap) -> Response 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "auth-server", description = "The central API key service."),
-    paths(health_doc, ready, validate, events, list, create, get_key, update, delete, disable, rotate,
-        list_services, create_service, get_service, delete_service, disable_service,
+    paths(health_doc, ready, validate, return_lease, events, list, create, get_key, update, delete,
+        disable, rotate, list_services, create_service, get_service, delete_service, disable_service,
         rotate_service),
     components(schemas(Code, RateLimit)),
     modifiers(&SecuritySchemes)
@@ -1409,13 +1476,15 @@ pub fn openapi_for(validate_auth: ValidateAuth) -> Value {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     if validate_auth == ValidateAuth::None {
-        if let Some(op) = doc
-            .paths
-            .paths
-            .get_mut(VALIDATE_PATH)
-            .and_then(|item| item.post.as_mut())
-        {
-            op.security = None;
+        for path in [VALIDATE_PATH, LEASE_RETURN_PATH] {
+            if let Some(op) = doc
+                .paths
+                .paths
+                .get_mut(path)
+                .and_then(|item| item.post.as_mut())
+            {
+                op.security = None;
+            }
         }
     }
     serde_json::to_value(doc).unwrap_or(Value::Null)

@@ -128,6 +128,7 @@ pub(crate) struct ServerMetrics {
     subscribers: Gauge,
     stream_events: Family<Label, Counter>,
     admin_writes: Family<Labels2, Counter>,
+    credit_leases: Family<Label, Counter>,
 }
 
 /// Every `code` of `auth_server_validate_requests_total` but `other`.
@@ -156,6 +157,7 @@ impl ServerMetrics {
         let subscribers = Gauge::default();
         let stream_events = Family::<Label, Counter>::default();
         let admin_writes = Family::<Labels2, Counter>::default();
+        let credit_leases = Family::<Label, Counter>::default();
         // Every known series from the start, at 0: a rate over a series
         // that appears only on its first event misses that event.
         for code in VALIDATE_CODES {
@@ -163,6 +165,9 @@ impl ServerMetrics {
         }
         for event in ["ready", "key", "reset"] {
             let _ = stream_events.get_or_create(&[("event", event)]);
+        }
+        for event in ["granted", "returned"] {
+            let _ = credit_leases.get_or_create(&[("event", event)]);
         }
         for resource in [Resource::Key, Resource::Service] {
             for action in resource.actions() {
@@ -205,6 +210,12 @@ impl ServerMetrics {
             "Writes made through the admin API",
             admin_writes.clone(),
         );
+        registry.register(
+            "auth_server_credit_leases",
+            "Credits (not leases) by event: granted, leased to services; returned, given \
+             back to keys by the services' returns",
+            credit_leases.clone(),
+        );
         let sources = Metrics::register(&mut registry);
         sources.add(StoreSource(store.clone()));
         Self {
@@ -216,6 +227,7 @@ impl ServerMetrics {
             subscribers,
             stream_events,
             admin_writes,
+            credit_leases,
         }
     }
 
@@ -234,6 +246,20 @@ impl ServerMetrics {
         self.admin_writes
             .get_or_create(&[("resource", resource.as_str()), ("action", action.as_str())])
             .inc();
+    }
+
+    /// Credits leased to a service.
+    pub(crate) fn leased(&self, credits: u64) {
+        self.credit_leases
+            .get_or_create(&[("event", "granted")])
+            .inc_by(credits);
+    }
+
+    /// Credits a return gave back to a key.
+    pub(crate) fn returned(&self, credits: u64) {
+        self.credit_leases
+            .get_or_create(&[("event", "returned")])
+            .inc_by(credits);
     }
 
     /// A changes-stream event sent (`ready`, `key`, `reset`).

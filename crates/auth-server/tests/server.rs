@@ -511,6 +511,7 @@ async fn the_openapi_document_describes_every_route() {
         "/health",
         "/ready",
         "/api/v1/api-keys/validate",
+        "/api/v1/api-keys/lease/return",
         "/api/v1/keys",
         "/api/v1/keys/{id}",
         "/api/v1/keys/{id}/disable",
@@ -548,6 +549,21 @@ async fn the_openapi_document_describes_every_route() {
             "{field}"
         );
     }
+    // Leases (issue 16, item 3): asked on validate, answered, returned.
+    assert!(schemas["ValidateRequest"]["properties"]["lease"].is_object());
+    assert!(schemas["ValidateResponse"]["properties"]["lease"].is_object());
+    for field in ["id", "credits", "ttlMs"] {
+        assert!(schemas["Lease"]["properties"][field].is_object(), "{field}");
+    }
+    for field in ["leaseId", "unused"] {
+        assert!(
+            schemas["ReturnLease"]["properties"][field].is_object(),
+            "{field}"
+        );
+    }
+    assert!(schemas["LeaseReturned"]["properties"]["returned"].is_object());
+    let returns = &doc["paths"]["/api/v1/api-keys/lease/return"]["post"];
+    assert_eq!(returns["security"][0]["serviceToken"], json!([]));
     assert!(schemas["KeyView"]["properties"]["credits"].is_object());
     for field in ["remaining", "refill", "nextRefillAt"] {
         assert!(

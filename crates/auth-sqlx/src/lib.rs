@@ -232,6 +232,83 @@ pub enum Spend {
     },
 }
 
+/// How long a lease lasts: its credits may be spent, and what is left
+/// returned ([`SqlKeyStore::return_lease`]), until this long after the
+/// grant. After it, what was not returned is lost to the key (never
+/// gained by anyone).
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// A lease takes at most this share of what a key has left after the
+/// request's own cost: `1 / LEASE_SHARE` (a tenth), so that one service
+/// never holds most of a key's credits.
+pub const LEASE_SHARE: u64 = 10;
+
+/// The most credits a service may ask to lease at once (the protocol's
+/// `MAX_LEASE`).
+pub const MAX_LEASE: u32 = 10_000;
+
+/// What a [`SqlKeyStore::lease`] did: a [`Spend`] of the request's cost
+/// and, when the key has enough, a lease on top. Its `Debug` never shows a
+/// lease's id (with it, a caller of the return route could give back
+/// credits that the holder is still spending).
+#[derive(Clone, PartialEq, Eq)]
+pub enum LeaseGrant {
+    /// The key has no credit limit: nothing spent, no lease.
+    Unlimited,
+    /// The key is no longer valid: nothing spent, no lease (see
+    /// [`Spend::Refused`]).
+    Refused(VerifyError),
+    /// The request's cost was spent, and maybe a lease taken.
+    Leased {
+        /// The key's credits left after the cost and the lease.
+        remaining: u64,
+        /// The lease: its id and its credits; `None` when the key had too
+        /// little for one (less than [`LEASE_SHARE`] after the cost).
+        lease: Option<(String, u64)>,
+    },
+    /// Not enough credits for the cost: nothing spent, no lease.
+    Exceeded {
+        /// As in [`Spend::Exceeded`].
+        retry_after: Option<Duration>,
+    },
+}
+
+impl fmt::Debug for LeaseGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unlimited => f.write_str("Unlimited"),
+            Self::Refused(e) => f.debug_tuple("Refused").field(e).finish(),
+            Self::Leased { remaining, lease } => f
+                .debug_struct("Leased")
+                .field("remaining", remaining)
+                .field(
+                    "lease",
+                    &lease.as_ref().map(|(_, credits)| ("<redacted>", credits)),
+                )
+                .finish(),
+            Self::Exceeded { retry_after } => f
+                .debug_struct("Exceeded")
+                .field("retry_after", retry_after)
+                .finish(),
+        }
+    }
+}
+
+/// A spend's outcome as a lease's: what was spent, without a lease.
+impl From<Spend> for LeaseGrant {
+    fn from(spend: Spend) -> Self {
+        match spend {
+            Spend::Unlimited => Self::Unlimited,
+            Spend::Refused(e) => Self::Refused(e),
+            Spend::Spent { remaining } => Self::Leased {
+                remaining,
+                lease: None,
+            },
+            Spend::Exceeded { retry_after } => Self::Exceeded { retry_after },
+        }
+    }
+}
+
 /// A key as an operator sees it: everything but the key and its digest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyInfo {
@@ -356,6 +433,12 @@ fn secs(t: SystemTime) -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// Unix milliseconds (leases' times).
+fn millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 fn time(s: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(u64::try_from(s).unwrap_or(0))
 }
@@ -384,8 +467,10 @@ fn next_refill(start: i64, every: i64, now: i64) -> i64 {
 #[derive(Clone, Copy, Debug, Default)]
 struct CreditColumns([Option<i64>; 4]);
 
-/// The spend statement (see [`SqlKeyStore::spend`]): `$1` the digest, `$2`
-/// the kind, `$3` now (Unix seconds), `$4` the cost. A refill is due when
+/// The spend statement (see [`SqlKeyStore::spend`]; a lease spends its
+/// cost and its credits with it, [`SqlKeyStore::lease`]): `$1` the digest,
+/// `$2` the kind, `$3` now (Unix seconds), `$4` the cost. It returns what
+/// is left and the period it was taken in. A refill is due when
 /// a whole interval has passed since the period's start; what is available
 /// is then the refill amount, else what remains.
 static SPEND_SQL: LazyLock<String> = LazyLock::new(|| {
@@ -402,7 +487,7 @@ static SPEND_SQL: LazyLock<String> = LazyLock::new(|| {
          WHERE digest = $1 AND kind = $2 AND credits_remaining IS NOT NULL \
          AND disabled_at IS NULL AND (expires_at IS NULL OR expires_at > $3) \
          AND {available} >= $4 \
-         RETURNING credits_remaining"
+         RETURNING credits_remaining, credits_period_start"
     )
 });
 
@@ -584,6 +669,64 @@ fn new_id(kind: KeyKind) -> Result<String, Error> {
         kind.id_prefix(),
         &key.digest().to_hex()[..16]
     ))
+}
+
+/// A new lease id: `ls_` and 32 hex digits from the OS random source.
+fn lease_id() -> Result<String, Error> {
+    let random = ApiKey::generate()?;
+    Ok(format!("ls_{}", &random.digest().to_hex()[..32]))
+}
+
+/// Whether `id` has the form of a lease id (`ls_` and 32 lowercase hex
+/// digits): anything else is refused before any statement runs.
+fn is_lease_id(id: &str) -> bool {
+    id.strip_prefix("ls_").is_some_and(|hex| {
+        hex.len() == 32
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// How many credits a lease takes: at most `want`, and at most a
+/// [`LEASE_SHARE`]th of what is left after the request's cost; 0 when the
+/// cost itself is not there.
+fn lease_size(available: i64, cost: u32, want: u32) -> i64 {
+    let after = available - i64::from(cost);
+    if after <= 0 {
+        return 0;
+    }
+    let share = i64::try_from(LEASE_SHARE).unwrap_or(i64::MAX);
+    (after / share).min(i64::from(want))
+}
+
+/// Settles the open leases of the key with this digest with nothing
+/// returned (its credits were set anew or moved): their holders may spend
+/// what they hold until their end, but not give it back.
+async fn void_leases(tx: &mut sqlx::AnyConnection, digest: &str) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE auth_credit_leases SET settled_at = $2, returned = 0 \
+         WHERE digest = $1 AND settled_at IS NULL",
+    )
+    .bind(digest)
+    .bind(millis(SystemTime::now()))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// How many times a lease is recomputed when a concurrent spend took the
+/// credits it was computed from, before the request spends its cost alone.
+const LEASE_ATTEMPTS: usize = 3;
+
+/// A key's credits as a lease reads them before taking its share.
+enum Seen {
+    /// Deleted, disabled or expired.
+    Refused(VerifyError),
+    /// No credit limit.
+    Unlimited,
+    /// Credits available now (a refill that is due counted).
+    Available(i64),
 }
 
 /// Checks an owner or a service name: 1 to [`MAX_NAME_CHARS`] characters,
@@ -886,6 +1029,9 @@ impl SqlKeyStore {
                     if let Err(e) = store.prune_log().await {
                         tracing::warn!(target: "auth_sqlx", error = %e, "could not prune the change log");
                     }
+                    if let Err(e) = store.prune_leases(SystemTime::now()).await {
+                        tracing::warn!(target: "auth_sqlx", error = %e, "could not prune old leases");
+                    }
                 }
             }
         }))
@@ -973,6 +1119,17 @@ impl SqlKeyStore {
         .bind(before)
         .execute(&self.inner.pool)
         .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Drops leases that ended more than [`LOG_KEEPS`] before `now`
+    /// (settled or not: past their end nothing reads them); how many.
+    pub async fn prune_leases(&self, now: SystemTime) -> Result<u64, Error> {
+        let keeps = i64::try_from(LOG_KEEPS.as_millis()).unwrap_or(i64::MAX);
+        let done = sqlx::query("DELETE FROM auth_credit_leases WHERE expires_at < $1")
+            .bind(millis(now).saturating_sub(keeps))
+            .execute(&self.inner.pool)
+            .await?;
         Ok(done.rows_affected())
     }
 
@@ -1184,6 +1341,7 @@ impl SqlKeyStore {
             kind,
             "UPDATE auth_keys SET disabled_at = $3 WHERE id = $1 AND kind = $2 RETURNING digest",
             id,
+            false,
             |q| q.bind(now),
         )
         .await
@@ -1199,6 +1357,7 @@ impl SqlKeyStore {
             kind,
             "DELETE FROM auth_keys WHERE id = $1 AND kind = $2 RETURNING digest",
             id,
+            false,
             |q| q,
         )
         .await
@@ -1248,7 +1407,10 @@ impl SqlKeyStore {
             "UPDATE auth_keys SET {} WHERE id = $1 AND kind = $2 RETURNING digest",
             sets.join(", ")
         );
-        self.write(KeyKind::Client, &sql, id, |mut q| {
+        // New credits (or none) void the key's open leases: a return must
+        // not add the old period's credits to the new value.
+        let voids = credits.is_some();
+        self.write(KeyKind::Client, &sql, id, voids, |mut q| {
             if let Some(text) = scopes {
                 q = q.bind(text);
             }
@@ -1357,6 +1519,12 @@ impl SqlKeyStore {
         };
         let old = info(&row)?;
         let old_digest: String = row.try_get("digest")?;
+        if old.credits.is_some() {
+            // Its credits move to the new key: a return to the old one
+            // would give them twice. After the key's row lock (the order
+            // of every writer of both).
+            void_leases(&mut tx, &old_digest).await?;
+        }
         let rate = rate_columns(old.rate_limit)?;
         let scopes = old.scopes.join(" ");
         // The new key keeps the old expiry only while it is still ahead.
@@ -1406,12 +1574,14 @@ impl SqlKeyStore {
 
     /// Runs a write (`$1` the id, `$2` the kind) that returns the affected
     /// key's digest, then announces the change: locally at once, and to
-    /// other processes with `NOTIFY`.
+    /// other processes with `NOTIFY`. With `voids_leases`, the key's open
+    /// leases are settled with nothing returned, in the same transaction.
     async fn write<'q>(
         &self,
         kind: KeyKind,
         sql: &'q str,
         id: &'q str,
+        voids_leases: bool,
         bind: impl FnOnce(
             sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
         ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
@@ -1425,6 +1595,9 @@ impl SqlKeyStore {
             return Ok(false);
         };
         let digest: String = row.try_get("digest")?;
+        if voids_leases {
+            void_leases(&mut tx, &digest).await?;
+        }
         self.log_change(&mut tx, &digest).await?;
         tx.commit().await?;
         self.announce(&digest);
@@ -1564,6 +1737,269 @@ impl SqlKeyStore {
             _ => None,
         };
         Ok(Spend::Exceeded { retry_after })
+    }
+
+    /// Spends `cost` of the credits of the client key with this digest at
+    /// `now` and, on top, leases up to `want` (at most [`MAX_LEASE`]) of
+    /// them to `service` (the id of its credential; `None` when the
+    /// validate endpoint asks for none) for [`LEASE_TTL`]. The lease takes
+    /// `min(want, (available - cost) / LEASE_SHARE)`: none when that is 0
+    /// (then this is [`spend`](Self::spend) of `cost`, answered as
+    /// [`LeaseGrant::Leased`] without a lease).
+    ///
+    /// It never spends what is not there, on any number of instances: the
+    /// cost and the lease are taken by ONE statement — the spend's own
+    /// `UPDATE`, for `cost + lease` — whose `WHERE` checks that they are
+    /// available, on the row as every committed spend left it (see
+    /// [`spend`](Self::spend)). The share is computed from a read just
+    /// before, which may be stale: then the statement finds too little,
+    /// writes nothing, and the share is computed again (at most three
+    /// times), and at last the cost is spent alone. The lease's row is
+    /// written in the same transaction as the spend, so a lease exists iff
+    /// its credits were taken from the key; they come back only through
+    /// [`return_lease`](Self::return_lease), at most once and at most what
+    /// was leased.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for `want` over [`MAX_LEASE`] (nothing read or
+    /// written); [`Error::Database`] when the database fails (nothing
+    /// taken unless the commit itself was lost on the way back).
+    pub async fn lease(
+        &self,
+        digest: &Digest,
+        cost: u32,
+        want: u32,
+        service: Option<&str>,
+        now: SystemTime,
+    ) -> Result<LeaseGrant, Error> {
+        if want > MAX_LEASE {
+            return Err(Error::Invalid(format!(
+                "a lease is 1 to {MAX_LEASE} credits"
+            )));
+        }
+        let hex = digest.to_hex();
+        if want > 0 {
+            for _ in 0..LEASE_ATTEMPTS {
+                let available = match self.available(&hex, secs(now)).await? {
+                    Seen::Refused(e) => return Ok(LeaseGrant::Refused(e)),
+                    Seen::Unlimited => return Ok(LeaseGrant::Unlimited),
+                    Seen::Available(a) => a,
+                };
+                let extra = lease_size(available, cost, want);
+                if extra == 0 {
+                    break;
+                }
+                if let Some(grant) = self.take_lease(&hex, cost, extra, service, now).await? {
+                    return Ok(grant);
+                }
+                // A concurrent spend took some of what was read: again.
+            }
+        }
+        // Too little for a lease (or lost the race every time): the cost
+        // alone, answered as a spend is.
+        self.spend(digest, cost, now).await.map(LeaseGrant::from)
+    }
+
+    /// What the key with this digest has at `now` (Unix seconds), as the
+    /// spend statement would see it: one read, no lock.
+    async fn available(&self, hex: &str, now: i64) -> Result<Seen, Error> {
+        let row = sqlx::query(
+            "SELECT credits_remaining, credits_refill_amount, credits_refill_secs, \
+             credits_period_start, disabled_at, expires_at FROM auth_keys \
+             WHERE digest = $1 AND kind = $2",
+        )
+        .bind(hex)
+        .bind(KeyKind::Client.as_str())
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(Seen::Refused(VerifyError::Invalid));
+        };
+        if row.try_get::<Option<i64>, _>("disabled_at")?.is_some() {
+            return Ok(Seen::Refused(VerifyError::Disabled));
+        }
+        if row
+            .try_get::<Option<i64>, _>("expires_at")?
+            .is_some_and(|at| at <= now)
+        {
+            return Ok(Seen::Refused(VerifyError::Expired));
+        }
+        let Some(remaining) = row.try_get::<Option<i64>, _>("credits_remaining")? else {
+            return Ok(Seen::Unlimited);
+        };
+        let refill = (
+            row.try_get::<Option<i64>, _>("credits_refill_amount")?,
+            row.try_get::<Option<i64>, _>("credits_refill_secs")?,
+            row.try_get::<Option<i64>, _>("credits_period_start")?,
+        );
+        Ok(Seen::Available(match refill {
+            (Some(amount), Some(every), Some(start)) if periods(start, every, now) > 0 => amount,
+            _ => remaining,
+        }))
+    }
+
+    /// Spends `cost + extra` with the spend statement and records the
+    /// lease of `extra`, in one transaction; `None` (nothing written) when
+    /// the statement found too little.
+    async fn take_lease(
+        &self,
+        hex: &str,
+        cost: u32,
+        extra: i64,
+        service: Option<&str>,
+        now: SystemTime,
+    ) -> Result<Option<LeaseGrant>, Error> {
+        let id = lease_id()?;
+        let ttl = i64::try_from(LEASE_TTL.as_millis()).unwrap_or(i64::MAX);
+        let mut tx = self.inner.pool.begin().await?;
+        // The transaction's first statement writes: on SQLite it takes the
+        // write lock at once (a read first could not be upgraded if another
+        // process wrote meanwhile); on PostgreSQL the key's row lock, held
+        // until the lease row is in.
+        // Never more than is there: this one statement's `WHERE` checks
+        // that `cost + extra` are available on the row as it is now.
+        let spent = sqlx::query(&SPEND_SQL)
+            .bind(hex)
+            .bind(KeyKind::Client.as_str())
+            .bind(secs(now))
+            .bind(i64::from(cost) + extra)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = spent else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let remaining: i64 = row.try_get("credits_remaining")?;
+        // The period the credits were taken in (a refill the statement made
+        // included): a return gives them back only within it.
+        let period: Option<i64> = row.try_get("credits_period_start")?;
+        sqlx::query(
+            "INSERT INTO auth_credit_leases (id, digest, service_id, granted, period_start, \
+             expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&id)
+        .bind(hex)
+        .bind(service.filter(|s| !s.is_empty()).map(str::to_owned))
+        .bind(extra)
+        .bind(period)
+        .bind(millis(now).saturating_add(ttl))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(LeaseGrant::Leased {
+            remaining: u64::try_from(remaining).unwrap_or(0),
+            lease: Some((id, u64::try_from(extra).unwrap_or(0))),
+        }))
+    }
+
+    /// Returns what `service` did not spend of the lease `id` at `now`:
+    /// `min(unused, leased)` goes back to the key, once, and only while
+    /// the lease lasts and the key's refill period is the one it was
+    /// granted in (no refill since, none due, no credits set since:
+    /// returned credits belong to a period that ended otherwise), and the
+    /// key still has credits. The credits given back (0 for a lease that
+    /// ended, was returned already, is another service's or is unknown —
+    /// never an error that would tell which).
+    ///
+    /// One transaction: the lease is settled (`settled_at`, and `returned`:
+    /// what was really given back) by an `UPDATE` whose `WHERE` requires it
+    /// unsettled, unexpired and the caller's — on PostgreSQL a second return
+    /// waits for the first to commit and then finds it settled; on SQLite
+    /// the one writer's lock orders them — and the credits are added to the
+    /// key in the same transaction, or neither is.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for an id that is not of a lease's form (nothing
+    /// read or written); [`Error::Database`] when the database fails.
+    pub async fn return_lease(
+        &self,
+        id: &str,
+        unused: u64,
+        service: Option<&str>,
+        now: SystemTime,
+    ) -> Result<u64, Error> {
+        if !is_lease_id(id) {
+            return Err(Error::Invalid(
+                "a lease id is `ls_` and 32 lowercase hex digits".into(),
+            ));
+        }
+        // A lease's key never changes: read without a lock, to lock the key
+        // first below.
+        let digest: Option<String> =
+            sqlx::query("SELECT digest FROM auth_credit_leases WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.inner.pool)
+                .await?
+                .map(|row| row.try_get("digest"))
+                .transpose()?;
+        let Some(digest) = digest else {
+            return Ok(0);
+        };
+        let now_ms = millis(now);
+        let unused = i64::try_from(unused).unwrap_or(i64::MAX);
+        let mut tx = self.inner.pool.begin().await?;
+        // The key's row first, the lease's second: the order of every
+        // transaction that writes both (a grant, an admin write of
+        // credits), so that none waits on another in a cycle. On SQLite
+        // this first write takes the write lock at once.
+        sqlx::query("UPDATE auth_keys SET id = id WHERE digest = $1 AND kind = $2")
+            .bind(&digest)
+            .bind(KeyKind::Client.as_str())
+            .execute(&mut *tx)
+            .await?;
+        let settled = sqlx::query(
+            "UPDATE auth_credit_leases SET settled_at = $2, \
+             returned = CASE WHEN granted < $3 THEN granted ELSE $3 END \
+             WHERE id = $1 AND settled_at IS NULL AND expires_at > $2 \
+             AND COALESCE(service_id, '') = $4 \
+             RETURNING returned, period_start",
+        )
+        .bind(id)
+        .bind(now_ms)
+        .bind(unused)
+        .bind(service.unwrap_or_default())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = settled else {
+            tx.rollback().await?;
+            return Ok(0);
+        };
+        let returned: i64 = row.try_get("returned")?;
+        let period: Option<i64> = row.try_get("period_start")?;
+        let given = if returned > 0 {
+            sqlx::query(
+                "UPDATE auth_keys SET credits_remaining = credits_remaining + $3 \
+                 WHERE digest = $1 AND kind = $2 AND credits_remaining IS NOT NULL \
+                 AND COALESCE(credits_period_start, -1) = COALESCE($4, -1) \
+                 AND NOT (credits_refill_amount IS NOT NULL \
+                 AND $5 >= credits_period_start + credits_refill_secs) \
+                 RETURNING credits_remaining",
+            )
+            .bind(&digest)
+            .bind(KeyKind::Client.as_str())
+            .bind(returned)
+            .bind(period)
+            .bind(secs(now))
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some()
+        } else {
+            false
+        };
+        if !given && returned > 0 {
+            // Settled, but the credits belonged to a period that ended:
+            // recorded as nothing returned.
+            sqlx::query("UPDATE auth_credit_leases SET returned = 0 WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(if given {
+            u64::try_from(returned).unwrap_or(0)
+        } else {
+            0
+        })
     }
 }
 

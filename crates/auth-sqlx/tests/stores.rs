@@ -11,7 +11,9 @@ use auth_core::{
     CacheConfig, Cached, Credential, Decision, Digest, Guard, HashedKeyStore, PlainRequest,
     RateLimitPolicy, Verifier, VerifyContext, VerifyError,
 };
-use auth_sqlx::{CREDITS_LABEL, Credits, Error, NewKey, Refill, Spend, SqlKeyStore};
+use auth_sqlx::{
+    CREDITS_LABEL, Credits, Error, LEASE_TTL, LeaseGrant, NewKey, Refill, Spend, SqlKeyStore,
+};
 
 use auth_sqlx::testing::{
     database_url as pg_base, execute_raw, postgres_schema as pg_schema, schema_of,
@@ -947,4 +949,391 @@ async fn concurrent_spends_never_overspend_on_sqlite() {
     .await
     .unwrap();
     concurrent_spends_never_overspend(a, b).await;
+}
+
+fn leased(remaining: u64, lease: Option<u64>) -> (u64, Option<u64>) {
+    (remaining, lease)
+}
+
+/// A lease's outcome as (remaining, its credits), and its id.
+fn grant(g: LeaseGrant) -> ((u64, Option<u64>), Option<String>) {
+    match g {
+        LeaseGrant::Leased { remaining, lease } => (
+            leased(remaining, lease.as_ref().map(|l| l.1)),
+            lease.map(|l| l.0),
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn remaining(store: &SqlKeyStore, id: &str) -> u64 {
+    let info = store.get(id).await.unwrap().unwrap();
+    info.credits.unwrap().remaining
+}
+
+/// Issue 16, item 3: a lease's size (at most `want`, at most a tenth of
+/// what is left after the cost), its returns (once, before its end, in
+/// the period of its grant, by its holder, at most what was leased) and
+/// what is refused; on the spend's own statement, in one transaction.
+async fn leases_take_a_share_and_come_back_once(store: SqlKeyStore) {
+    let key = key_with(&store, credits(1000, None)).await;
+    let (d, id) = (key.key.digest(), key.info.id.clone());
+    let t0 = SystemTime::now();
+    let lease = |cost: u32, want: u32, service: Option<&'static str>, now: SystemTime| {
+        let store = store.clone();
+        async move { store.lease(&d, cost, want, service, now).await.unwrap() }
+    };
+    let give_back = |lease: String, unused: u64, service: Option<&'static str>, now| {
+        let store = store.clone();
+        async move {
+            store
+                .return_lease(&lease, unused, service, now)
+                .await
+                .unwrap()
+        }
+    };
+
+    // Bounds: (1000 - 1) / 10 = 99, then (900 - 1) / 10 = 89, then `want`.
+    let (seen, first) = grant(lease(1, 500, Some("svc_a"), t0).await);
+    assert_eq!(seen, leased(900, Some(99)));
+    let first = first.unwrap();
+    assert!(first.starts_with("ls_") && first.len() == 35, "{first}");
+    let (seen, second) = grant(lease(1, 500, Some("svc_a"), t0).await);
+    assert_eq!(seen, leased(810, Some(89)));
+    let (seen, third) = grant(lease(1, 5, None, t0).await);
+    assert_eq!(seen, leased(804, Some(5)));
+    // Cost 0 leases too (nothing else spent).
+    let (seen, _) = grant(lease(0, 10, Some("svc_a"), t0).await);
+    assert_eq!(seen, leased(794, Some(10)));
+    assert_eq!(remaining(&store, &id).await, 794);
+
+    // Returns: once; clamped to what was leased; the holder's only.
+    assert_eq!(give_back(first.clone(), 50, Some("svc_a"), t0).await, 50);
+    assert_eq!(remaining(&store, &id).await, 844);
+    assert_eq!(
+        give_back(first.clone(), 50, Some("svc_a"), t0).await,
+        0,
+        "twice"
+    );
+    let second = second.unwrap();
+    assert_eq!(
+        give_back(second.clone(), 10, Some("svc_b"), t0).await,
+        0,
+        "another's"
+    );
+    assert_eq!(
+        give_back(second.clone(), 10, None, t0).await,
+        0,
+        "no credential"
+    );
+    assert_eq!(
+        give_back(second.clone(), u64::MAX, Some("svc_a"), t0).await,
+        89,
+        "clamped"
+    );
+    let third = third.unwrap();
+    assert_eq!(
+        give_back(third.clone(), 5, Some("svc_a"), t0).await,
+        0,
+        "taken without one"
+    );
+    assert_eq!(give_back(third, 0, None, t0).await, 0, "nothing unused");
+    assert_eq!(remaining(&store, &id).await, 933);
+
+    // Too late: at its end, nothing comes back; just before, all of it.
+    let (_, late) = grant(lease(1, 50, Some("svc_a"), t0).await);
+    let (_, in_time) = grant(lease(1, 50, Some("svc_a"), t0).await);
+    let before = remaining(&store, &id).await;
+    assert_eq!(
+        give_back(late.unwrap(), 50, Some("svc_a"), t0 + LEASE_TTL).await,
+        0
+    );
+    let just = t0 + LEASE_TTL - Duration::from_millis(1);
+    assert_eq!(
+        give_back(in_time.unwrap(), 50, Some("svc_a"), just).await,
+        50
+    );
+    assert_eq!(remaining(&store, &id).await, before + 50);
+
+    // Unknown, malformed: 0, and refused before anything is read.
+    let unknown = format!("ls_{}", "0".repeat(32));
+    assert_eq!(give_back(unknown, 5, None, t0).await, 0);
+    for bad in [
+        "",
+        "ls_",
+        "ls_XYZ",
+        &format!("ls_{}", "A".repeat(32)),
+        &"x".repeat(5000),
+    ] {
+        let refused = store.return_lease(bad, 1, None, t0).await;
+        assert!(
+            matches!(refused, Err(Error::Invalid(_))),
+            "{bad}: {refused:?}"
+        );
+    }
+    let too_many = store.lease(&d, 1, auth_sqlx::MAX_LEASE + 1, None, t0).await;
+    assert!(matches!(too_many, Err(Error::Invalid(_))), "{too_many:?}");
+    let after = remaining(&store, &id).await;
+    assert_eq!(after, before + 50, "nothing spent by refusals");
+
+    // Too little for a lease: the cost alone. Not even that: exceeded.
+    let small = key_with(&store, credits(5, None)).await;
+    let sd = small.key.digest();
+    let g = store.lease(&sd, 1, 50, None, t0).await.unwrap();
+    assert_eq!(grant(g), (leased(4, None), None));
+    let g = store.lease(&sd, 5, 50, None, t0).await.unwrap();
+    assert_eq!(g, LeaseGrant::Exceeded { retry_after: None });
+    assert_eq!(remaining(&store, &small.info.id).await, 4);
+    // No credits: unlimited, no lease. Revoked: refused, nothing taken.
+    let plain = plain_key(&store).await;
+    let g = store.lease(&plain.key.digest(), 1, 50, None, t0).await;
+    assert_eq!(g.unwrap(), LeaseGrant::Unlimited);
+    let g = store
+        .lease(&Digest::of(b"no such key"), 1, 50, None, t0)
+        .await;
+    assert_eq!(g.unwrap(), LeaseGrant::Refused(VerifyError::Invalid));
+    let revoked = key_with(&store, credits(100, None)).await;
+    assert!(store.disable(&revoked.info.id).await.unwrap());
+    let g = store.lease(&revoked.key.digest(), 1, 50, None, t0).await;
+    assert_eq!(g.unwrap(), LeaseGrant::Refused(VerifyError::Disabled));
+    assert_eq!(remaining(&store, &revoked.info.id).await, 100);
+
+    // A refill since the grant: the credits were the ended period's.
+    let refilled = key_with(&store, credits(1000, Some((1000, DAY)))).await;
+    let rd = refilled.key.digest();
+    let start = refilled.info.credits.unwrap().period_start;
+    let at = |s: u64| start + Duration::from_secs(s);
+    let g = store.lease(&rd, 1, 100, None, at(DAY - 5)).await.unwrap();
+    let ((_, Some(99)), Some(before_refill)) = grant(g) else {
+        panic!("no lease")
+    };
+    // Due (not yet made): nothing back; the refill then sets 1000.
+    let back = store
+        .return_lease(&before_refill, 99, None, at(DAY + 1))
+        .await;
+    assert_eq!(back.unwrap(), 0);
+    assert_eq!(store.spend(&rd, 1, at(DAY + 2)).await.unwrap(), spent(999));
+    // Made by a spend in between: nothing back either.
+    let g = store
+        .lease(&rd, 1, 100, None, at(2 * DAY - 5))
+        .await
+        .unwrap();
+    let (_, Some(across)) = grant(g) else {
+        panic!("no lease")
+    };
+    assert_eq!(store.spend(&rd, 1, at(2 * DAY)).await.unwrap(), spent(999));
+    let back = store.return_lease(&across, 99, None, at(2 * DAY + 1)).await;
+    assert_eq!(back.unwrap(), 0);
+    // Within the period: back.
+    let g = store
+        .lease(&rd, 1, 100, None, at(2 * DAY + 1))
+        .await
+        .unwrap();
+    let ((left, Some(99)), Some(within)) = grant(g) else {
+        panic!("no lease")
+    };
+    assert_eq!(left, 999 - 100);
+    let back = store.return_lease(&within, 99, None, at(2 * DAY + 2)).await;
+    assert_eq!(back.unwrap(), 99);
+    assert_eq!(
+        store.spend(&rd, 0, at(2 * DAY + 3)).await.unwrap(),
+        spent(998),
+        "all but the cost"
+    );
+
+    // Credits set anew, or moved by a rotation, since the grant: the open
+    // leases are void (a return would add the old credits to the new).
+    let now = SystemTime::now();
+    let (_, open) = grant(lease(1, 50, None, now).await);
+    assert!(store.set_credits(&id, credits(500, None)).await.unwrap());
+    assert_eq!(give_back(open.unwrap(), 50, None, now).await, 0);
+    assert_eq!(remaining(&store, &id).await, 500);
+    let (_, open) = grant(lease(1, 50, None, now).await);
+    let left = remaining(&store, &id).await;
+    let rotated = store
+        .rotate(&id, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(give_back(open.unwrap(), 40, None, now).await, 0);
+    assert_eq!(remaining(&store, &rotated.info.id).await, left);
+    assert_eq!(remaining(&store, &id).await, 0);
+
+    // Pruned a day after their end, settled or not.
+    assert_eq!(store.prune_leases(SystemTime::now()).await.unwrap(), 0);
+    let pruned = store
+        .prune_leases(SystemTime::now() + Duration::from_secs(DAY + 60))
+        .await
+        .unwrap();
+    assert_eq!(pruned, 8, "those that ended by now, not the three ahead");
+}
+
+#[tokio::test]
+async fn leases_take_a_share_and_come_back_once_on_sqlite() {
+    let (store, _dir) = sqlite().await;
+    leases_take_a_share_and_come_back_once(store).await;
+}
+
+#[tokio::test]
+async fn leases_take_a_share_and_come_back_once_on_postgres() {
+    leases_take_a_share_and_come_back_once(postgres("leases").await).await;
+}
+
+/// 16 tasks on two stores lease (`want` 50, cost 1) from 1,000 credits
+/// until refused, returning half of every other lease at once: what they
+/// were granted (1 + the lease, less what went back) adds up to exactly
+/// the 1,000 credits, 0 left; no answer ever reports more than was there.
+async fn concurrent_leases_never_overspend(a: SqlKeyStore, b: SqlKeyStore) {
+    let created = key_with(&a, credits(1000, None)).await;
+    let digest = created.key.digest();
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move {
+                let (mut granted, mut leases, mut returned) = (0u64, 0u64, 0u64);
+                loop {
+                    let now = SystemTime::now();
+                    match store.lease(&digest, 1, 50, None, now).await.unwrap() {
+                        LeaseGrant::Leased { remaining, lease } => {
+                            assert!(remaining < 1000);
+                            granted += 1;
+                            if let Some((id, credits)) = lease {
+                                assert!((1..=50).contains(&credits));
+                                granted += credits;
+                                leases += 1;
+                                if leases % 2 == 0 {
+                                    let back = store
+                                        .return_lease(&id, credits / 2, None, now)
+                                        .await
+                                        .unwrap();
+                                    assert_eq!(back, credits / 2);
+                                    returned += back;
+                                }
+                            }
+                        }
+                        LeaseGrant::Exceeded { retry_after: None } => break,
+                        other => panic!("{other:?}"),
+                    }
+                }
+                (granted, leases, returned)
+            })
+        })
+        .collect();
+    let (mut granted, mut leases, mut returned) = (0, 0, 0);
+    for t in tasks {
+        let (g, l, r) = t.await.unwrap();
+        granted += g;
+        leases += l;
+        returned += r;
+    }
+    let left = b.get(&created.info.id).await.unwrap().unwrap();
+    let left = left.credits.unwrap().remaining;
+    println!("{leases} leases, {returned} credits returned, {left} left");
+    assert_eq!(left, 0);
+    assert_eq!(granted - returned, 1000 - left, "exact accounting");
+    assert!(leases > 0 && returned > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_leases_never_overspend_on_postgres() {
+    let url = pg_schema("leases_race").await;
+    let a = SqlKeyStore::connect(&url).await.unwrap();
+    a.migrate().await.unwrap();
+    let b = SqlKeyStore::connect(&url).await.unwrap();
+    concurrent_leases_never_overspend(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_leases_never_overspend_on_sqlite() {
+    let (a, dir) = sqlite().await;
+    let b = SqlKeyStore::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("keys.db").display()
+    ))
+    .await
+    .unwrap();
+    concurrent_leases_never_overspend(a, b).await;
+}
+
+/// A lease's id is what returns it: never in a `Debug`.
+#[tokio::test]
+async fn a_lease_grant_never_shows_its_id() {
+    let (store, _dir) = sqlite().await;
+    let key = key_with(&store, credits(1000, None)).await;
+    let g = store
+        .lease(&key.key.digest(), 1, 50, None, SystemTime::now())
+        .await
+        .unwrap();
+    let LeaseGrant::Leased {
+        lease: Some((id, 50)),
+        ..
+    } = &g
+    else {
+        panic!("{g:?}")
+    };
+    let shown = format!("{g:?}");
+    assert!(!shown.contains(id.as_str()), "{shown}");
+    assert!(shown.contains("949") && shown.contains("50"), "{shown}");
+}
+
+/// Grants, returns and admin writes of credits touch a key's row and its
+/// leases' rows: always in that order, so that on PostgreSQL none waits
+/// on another in a cycle (a deadlock would be an error here). Every
+/// return after the last write is honoured in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_returns_and_credit_writes_never_deadlock_on_postgres() {
+    let url = pg_schema("leases_locks").await;
+    let a = SqlKeyStore::connect(&url).await.unwrap();
+    a.migrate().await.unwrap();
+    let b = SqlKeyStore::connect(&url).await.unwrap();
+    let key = key_with(&a, credits(100_000, None)).await;
+    let digest = key.key.digest();
+    let mut tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move {
+                for _ in 0..40 {
+                    let now = SystemTime::now();
+                    let g = store.lease(&digest, 1, 20, Some("svc"), now).await.unwrap();
+                    if let LeaseGrant::Leased {
+                        lease: Some((id, credits)),
+                        ..
+                    } = g
+                    {
+                        let back = store.return_lease(&id, credits, Some("svc"), now).await;
+                        assert!(back.unwrap() <= credits);
+                    }
+                }
+            })
+        })
+        .collect();
+    let (writer, id) = (a.clone(), key.info.id.clone());
+    tasks.push(tokio::spawn(async move {
+        for n in 0..20 {
+            assert!(
+                writer
+                    .set_credits(&id, credits(100_000 - n, None))
+                    .await
+                    .unwrap()
+            );
+        }
+    }));
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let before = remaining(&a, &key.info.id).await;
+    let g = a
+        .lease(&digest, 1, 20, None, SystemTime::now())
+        .await
+        .unwrap();
+    let LeaseGrant::Leased {
+        lease: Some((lease, 20)),
+        ..
+    } = g
+    else {
+        panic!("{g:?}")
+    };
+    let back = a.return_lease(&lease, 20, None, SystemTime::now()).await;
+    assert_eq!(back.unwrap(), 20);
+    assert_eq!(remaining(&a, &key.info.id).await, before - 1);
 }

@@ -1,0 +1,425 @@
+//! Issue 16, item 3: credit leases through the validate endpoint — their
+//! size, their returns (once, by their holder, clamped), bad input, keys
+//! without credits, `--validate-auth none`, and two instances on one
+//! PostgreSQL with concurrent clients that never get more than the key had.
+#![allow(unused_crate_dependencies)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use auth_core::protocol::{LEASE_RETURN_PATH, VALIDATE_PATH};
+use auth_server::{Options, ValidateAuth};
+use serde_json::{Value, json};
+
+/// One instance in this process: its API and metrics addresses and admin
+/// key.
+struct Instance {
+    api: SocketAddr,
+    metrics: SocketAddr,
+    admin: String,
+}
+
+/// `build` on `data_dir` (and `database_url`), served on free ports.
+async fn instance(data_dir: &Path, database_url: Option<&str>, options: Options) -> Instance {
+    let store = auth_server::open_store(data_dir, database_url)
+        .await
+        .unwrap();
+    let app = auth_server::build(store, data_dir, options).await.unwrap();
+    let serve = |router: axum::Router| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        addr
+    };
+    let api = serve(app.api).await;
+    let metrics = serve(app.metrics).await;
+    let admin = std::fs::read_to_string(auth_server::admin_key_path(data_dir)).unwrap();
+    Instance {
+        api,
+        metrics,
+        admin: admin.trim().to_owned(),
+    }
+}
+
+impl Instance {
+    /// An admin call: the status and the JSON answer.
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = reqwest::Client::new()
+            .request(
+                method.parse().unwrap(),
+                format!("http://{}{path}", self.api),
+            )
+            .header("x-api-key", &self.admin);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A new service credential.
+    async fn service(&self, name: &str) -> String {
+        let (status, made) = self
+            .call("POST", "/api/v1/services", Some(json!({"name": name})))
+            .await;
+        assert_eq!(status, 201, "{made}");
+        made["key"].as_str().unwrap().to_owned()
+    }
+
+    /// A new key with `credits` (none: no credit limit): the key and its id.
+    async fn key(&self, credits: Option<u64>) -> (String, String) {
+        let mut body = json!({"owner": "user-1"});
+        if let Some(c) = credits {
+            body["credits"] = json!({"remaining": c});
+        }
+        let (status, made) = self.call("POST", "/api/v1/keys", Some(body)).await;
+        assert_eq!(status, 201, "{made}");
+        (
+            made["key"].as_str().unwrap().to_owned(),
+            made["id"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// The key's credits left, as the admin API shows them.
+    async fn remaining(&self, id: &str) -> u64 {
+        let (status, view) = self.call("GET", &format!("/api/v1/keys/{id}"), None).await;
+        assert_eq!(status, 200, "{view}");
+        view["credits"]["remaining"].as_u64().unwrap()
+    }
+
+    /// A sample of the metrics listener.
+    async fn metric(&self, series: &str) -> f64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.metrics))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.split(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no sample {series} in\n{text}"))
+    }
+}
+
+/// A POST of `body` (JSON text as it is) to `path` on `addr`, with the
+/// service credential `token` if any: the status and the JSON answer.
+async fn post(
+    http: &reqwest::Client,
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    body: String,
+) -> (u16, Value) {
+    let mut request = http
+        .post(format!("http://{addr}{path}"))
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(token) = token {
+        request = request.header(auth_server::SERVICE_HEADER, token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn validate(http: &reqwest::Client, addr: SocketAddr, token: &str, body: Value) -> Value {
+    let (status, answer) = post(http, addr, VALIDATE_PATH, Some(token), body.to_string()).await;
+    assert_eq!(status, 200, "{answer}");
+    answer
+}
+
+/// A return: the credits given back.
+async fn give_back(
+    http: &reqwest::Client,
+    addr: SocketAddr,
+    token: Option<&str>,
+    lease: &str,
+    unused: u64,
+) -> u64 {
+    let body = json!({"leaseId": lease, "unused": unused}).to_string();
+    let (status, answer) = post(http, addr, LEASE_RETURN_PATH, token, body).await;
+    assert_eq!(status, 200, "{answer}");
+    answer["returned"].as_u64().unwrap()
+}
+
+/// An answer's (creditsRemaining, lease.credits).
+fn seen(answer: &Value) -> (Option<u64>, Option<u64>) {
+    assert_eq!(answer["code"], "valid", "{answer}");
+    (
+        answer["creditsRemaining"].as_u64(),
+        answer["lease"]["credits"].as_u64(),
+    )
+}
+
+const GRANTED: &str = r#"auth_server_credit_leases_total{event="granted"}"#;
+const RETURNED: &str = r#"auth_server_credit_leases_total{event="returned"}"#;
+
+/// 1,000 credits: `lease: 500` takes (1000 - 1) / 10 = 99, leaving 900;
+/// again (900 - 1) / 10 = 89, leaving 810; `lease: 5` takes 5, leaving 804.
+/// A key with 5 credits has too few for a lease: the spend alone. A key
+/// without credits ignores `lease`. Bad `lease` values are 400s that spend
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_takes_at_most_a_tenth_of_what_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = instance(dir.path(), None, Options::default()).await;
+    let token = s.service("svc").await;
+    let http = reqwest::Client::new();
+    let (key, id) = s.key(Some(1000)).await;
+    let call = |body: Value| validate(&http, s.api, &token, body);
+
+    let answer = call(json!({"apiKey": key, "lease": 500})).await;
+    assert_eq!(seen(&answer), (Some(900), Some(99)), "{answer}");
+    let lease = &answer["lease"];
+    assert_eq!(lease["ttlMs"], 10_000, "{answer}");
+    let lease_id = lease["id"].as_str().unwrap();
+    assert!(
+        lease_id.starts_with("ls_") && lease_id.len() == 35,
+        "{lease_id}"
+    );
+    let answer = call(json!({"apiKey": key, "lease": 500})).await;
+    assert_eq!(seen(&answer), (Some(810), Some(89)), "{answer}");
+    assert_ne!(answer["lease"]["id"].as_str(), Some(lease_id), "a new id");
+    let answer = call(json!({"apiKey": key, "lease": 5})).await;
+    assert_eq!(seen(&answer), (Some(804), Some(5)), "{answer}");
+    // With a cost: taken first, then the share of what is left.
+    let answer = call(json!({"apiKey": key, "cost": 4, "lease": 10_000})).await;
+    assert_eq!(seen(&answer), (Some(720), Some(80)), "{answer}");
+
+    // Too few for a lease: the spend alone, no `lease` field.
+    let (small, small_id) = s.key(Some(5)).await;
+    let answer = call(json!({"apiKey": small, "lease": 50})).await;
+    assert_eq!(seen(&answer), (Some(4), None), "{answer}");
+    assert!(answer.get("lease").is_none(), "{answer}");
+    let answer = call(json!({"apiKey": small, "cost": 5, "lease": 50})).await;
+    assert_eq!(answer["code"], "usage_exceeded", "{answer}");
+    assert!(answer.get("lease").is_none(), "{answer}");
+
+    // No credits: `lease` (and `cost`) ignored, answered as before.
+    let (plain, _) = s.key(None).await;
+    let answer = call(json!({"apiKey": plain, "lease": 50})).await;
+    assert_eq!(seen(&answer), (None, None), "{answer}");
+    assert!(answer.get("lease").is_none() && answer.get("creditsRemaining").is_none());
+    let answer = call(json!({"apiKey": plain, "cost": 7, "lease": 10_000})).await;
+    assert_eq!(seen(&answer), (None, None), "{answer}");
+
+    // Bad `lease`: 400 before anything is spent, for any key.
+    for bad in [
+        json!(0),
+        json!(10_001),
+        json!(-1),
+        json!(1.5),
+        json!("5"),
+        json!(u64::MAX),
+        json!(null),
+    ] {
+        for k in [&key, &plain] {
+            let body = json!({"apiKey": k, "lease": bad}).to_string();
+            let (status, answer) = post(&http, s.api, VALIDATE_PATH, Some(&token), body).await;
+            if bad.is_null() {
+                // `null` is an absent lease: a plain validation.
+                assert_eq!(status, 200, "{answer}");
+                continue;
+            }
+            assert_eq!(status, 400, "lease {bad}: {answer}");
+            assert_eq!(answer["error"], "invalid_request", "{answer}");
+        }
+    }
+    assert_eq!(s.remaining(&id).await, 719, "only the `null` one spent");
+    assert_eq!(s.remaining(&small_id).await, 4);
+
+    // Counted in credits: 99 + 89 + 5 + 80; none returned.
+    assert_eq!(s.metric(GRANTED).await, 273.0);
+    assert_eq!(s.metric(RETURNED).await, 0.0);
+    let bad = r#"auth_server_validate_requests_total{code="bad_request"}"#;
+    assert_eq!(s.metric(bad).await, 12.0);
+}
+
+/// What a service did not spend goes back once, to the key it came from,
+/// when its holder returns it; clamped to what was leased. Another
+/// service's return, a second one, one without a credential: 0. Bad
+/// bodies: 400, nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unused_credits_go_back_once_and_to_the_holder_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = instance(dir.path(), None, Options::default()).await;
+    let (holder, other) = (s.service("svc-a").await, s.service("svc-b").await);
+    let http = reqwest::Client::new();
+    let (key, id) = s.key(Some(1000)).await;
+    let answer = validate(&http, s.api, &holder, json!({"apiKey": key, "lease": 50})).await;
+    assert_eq!(seen(&answer), (Some(949), Some(50)), "{answer}");
+    let lease = answer["lease"]["id"].as_str().unwrap().to_owned();
+
+    // Not its holder: nothing, and no hint that the lease exists.
+    assert_eq!(give_back(&http, s.api, Some(&other), &lease, 20).await, 0);
+    let (status, _) = post(
+        &http,
+        s.api,
+        LEASE_RETURN_PATH,
+        None,
+        json!({"leaseId": lease, "unused": 20}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 401, "no credential: the guard refuses");
+    let (status, _) = post(
+        &http,
+        s.api,
+        LEASE_RETURN_PATH,
+        Some("sk_svc_not-a-credential"),
+        json!({"leaseId": lease, "unused": 20}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(s.remaining(&id).await, 949);
+
+    // Bad bodies: 400, nothing changed (the lease can still be returned).
+    for bad in [
+        "not json".to_owned(),
+        json!({"leaseId": lease}).to_string(),
+        json!({"unused": 20}).to_string(),
+        json!({"leaseId": lease, "unused": -1}).to_string(),
+        json!({"leaseId": lease, "unused": "20"}).to_string(),
+        json!({"leaseId": lease, "unused": 1.5}).to_string(),
+        json!({"leaseId": lease, "unused": 20, "credits": 5}).to_string(),
+        json!({"leaseId": 7, "unused": 20}).to_string(),
+        json!({"leaseId": "ls_short", "unused": 20}).to_string(),
+        json!({"leaseId": lease.to_uppercase(), "unused": 20}).to_string(),
+        json!({"leaseId": "x".repeat(20_000), "unused": 20}).to_string(),
+    ] {
+        let (status, answer) = post(&http, s.api, LEASE_RETURN_PATH, Some(&holder), bad).await;
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["error"], "invalid_request", "{answer}");
+    }
+    assert_eq!(s.remaining(&id).await, 949);
+
+    // The holder: once.
+    assert_eq!(give_back(&http, s.api, Some(&holder), &lease, 20).await, 20);
+    assert_eq!(s.remaining(&id).await, 969);
+    assert_eq!(give_back(&http, s.api, Some(&holder), &lease, 20).await, 0);
+    assert_eq!(s.remaining(&id).await, 969);
+    // Clamped to what was leased: 96 of (969 - 1) / 10.
+    let answer = validate(&http, s.api, &holder, json!({"apiKey": key, "lease": 500})).await;
+    assert_eq!(seen(&answer), (Some(872), Some(96)), "{answer}");
+    let lease = answer["lease"]["id"].as_str().unwrap();
+    let all = give_back(&http, s.api, Some(&holder), lease, u64::MAX).await;
+    assert_eq!(all, 96);
+    assert_eq!(s.remaining(&id).await, 968);
+    // An unknown lease of the right form: 0.
+    let unknown = format!("ls_{}", "0".repeat(32));
+    assert_eq!(give_back(&http, s.api, Some(&holder), &unknown, 5).await, 0);
+
+    assert_eq!(s.metric(GRANTED).await, 146.0);
+    assert_eq!(s.metric(RETURNED).await, 116.0);
+}
+
+/// `--validate-auth none`: a lease belongs to no credential, and is
+/// returned without one; the OpenAPI document asks for none on either
+/// route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_validate_auth_none_leases_are_returned_without_a_credential() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        validate_auth: ValidateAuth::None,
+    };
+    let s = instance(dir.path(), None, options).await;
+    let http = reqwest::Client::new();
+    let (key, id) = s.key(Some(100)).await;
+    let body = json!({"apiKey": key, "lease": 50}).to_string();
+    let (status, answer) = post(&http, s.api, VALIDATE_PATH, None, body).await;
+    assert_eq!(status, 200);
+    assert_eq!(seen(&answer), (Some(90), Some(9)), "{answer}");
+    let lease = answer["lease"]["id"].as_str().unwrap();
+    assert_eq!(give_back(&http, s.api, None, lease, 9).await, 9);
+    assert_eq!(s.remaining(&id).await, 99);
+
+    let doc: Value = reqwest::get(format!("http://{}/openapi.json", s.api))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in [VALIDATE_PATH, LEASE_RETURN_PATH] {
+        let op = &doc["paths"][path]["post"];
+        assert!(op.is_object(), "{path}");
+        assert!(op.get("security").is_none(), "{path}: {op}");
+    }
+}
+
+/// The issue's promise with leases: 1,000 credits, two instances on one
+/// PostgreSQL, 8 concurrent clients on each asking `lease: 50` until
+/// refused, every other lease returning half its credits (through the
+/// other instance). What the answers granted (1 + the lease's credits,
+/// less what went back) is exactly 1,000 less what is left — and what is
+/// left is 0: never more than the key had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_postgres_never_overspend_with_leases() {
+    let url = auth_sqlx::testing::postgres_schema("leases").await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = instance(dir_a.path(), Some(&url), Options::default()).await;
+    let b = instance(dir_b.path(), Some(&url), Options::default()).await;
+    let token = a.service("svc").await;
+    let (key, id) = a.key(Some(1000)).await;
+
+    let mut tasks = Vec::new();
+    for (i, (addr, back_to)) in [(a.api, b.api), (b.api, a.api)]
+        .into_iter()
+        .cycle()
+        .take(16)
+        .enumerate()
+    {
+        let (token, key) = (token.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let (mut granted, mut returned, mut leased) = (0u64, 0u64, 0u64);
+            let mut leases = 0usize;
+            loop {
+                let answer =
+                    validate(&http, addr, &token, json!({"apiKey": key, "lease": 50})).await;
+                if answer["code"] == "usage_exceeded" {
+                    break;
+                }
+                let (Some(left), lease) = seen(&answer) else {
+                    panic!("{answer}")
+                };
+                // Below what the key had (returns may raise it meanwhile).
+                assert!(left < 1000, "{answer}");
+                granted += 1 + lease.unwrap_or(0);
+                if let Some(credits) = lease {
+                    assert!((1..=50).contains(&credits), "{answer}");
+                    leases += 1;
+                    leased += credits;
+                    if (i + leases) % 2 == 0 {
+                        let id = answer["lease"]["id"].as_str().unwrap();
+                        returned += give_back(&http, back_to, Some(&token), id, credits / 2).await;
+                    }
+                }
+            }
+            (granted, returned, leased, leases)
+        }));
+    }
+    let (mut granted, mut returned, mut leased, mut leases) = (0, 0, 0, 0);
+    for t in tasks {
+        let (g, r, c, l) = t.await.unwrap();
+        granted += g;
+        returned += r;
+        leased += c;
+        leases += l;
+    }
+    let left = a.remaining(&id).await;
+    println!("{leases} leases, {granted} granted, {returned} returned, {left} left");
+    assert!(granted - returned <= 1000);
+    assert_eq!(granted - returned, 1000 - left, "exact accounting");
+    assert_eq!(left, 0);
+    assert!(leases > 0 && returned > 0);
+    // The instances count credits leased and returned as the answers say.
+    let mut counted = (0.0, 0.0);
+    for i in [&a, &b] {
+        counted.0 += i.metric(GRANTED).await;
+        counted.1 += i.metric(RETURNED).await;
+    }
+    #[allow(clippy::cast_precision_loss)] // far below 2^53
+    let expected = (leased as f64, returned as f64);
+    assert_eq!(counted, expected);
+}
