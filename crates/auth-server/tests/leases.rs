@@ -423,3 +423,111 @@ async fn two_instances_on_postgres_never_overspend_with_leases() {
     let expected = (leased as f64, returned as f64);
     assert_eq!(counted, expected);
 }
+
+/// Issue 16, item 3, through three services (auth-remote, leases on) in
+/// front of two key-service instances on one PostgreSQL: never more allowed
+/// than the key had; while the services hold leases, at most the stated
+/// bound (three services × the lease asked for) is unspendable by others;
+/// once the leases end (the services stop and give back what they did not
+/// spend), nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_services_with_leases_never_allow_more_than_the_key_had() {
+    use auth_core::{Credential, Verifier, VerifyContext, VerifyError};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    const CREDITS: u64 = 1_000;
+    const WANT: u32 = 20;
+    let url = auth_sqlx::testing::postgres_schema("leases_three").await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = instance(dir_a.path(), Some(&url), Options::default()).await;
+    let b = instance(dir_b.path(), Some(&url), Options::default()).await;
+    let (key, id) = a.key(Some(CREDITS)).await;
+    let mut services = Vec::new();
+    for (n, instance) in [&a, &b, &a].into_iter().enumerate() {
+        let token = a.service(&format!("svc-{n}")).await;
+        let verifier = auth_remote::RemoteVerifier::builder(&format!("http://{}", instance.api))
+            .service_credential(auth_server::SERVICE_HEADER, &token)
+            .credit_leases(WANT)
+            .upstream_budget(0)
+            .build()
+            .unwrap();
+        services.push(verifier);
+    }
+    // A few requests on each: each service now holds a lease with credits
+    // it has not spent — unspendable by others, within the bound, until
+    // the leases end.
+    let mut warm = 0;
+    for service in &services {
+        for _ in 0..5 {
+            service
+                .verify(&Credential::new(key.clone()), &VerifyContext::default())
+                .await
+                .unwrap();
+            warm += 1;
+        }
+    }
+    let held = CREDITS - warm - a.remaining(&id).await;
+    println!("after {warm} requests: {held} credits held in leases");
+    assert!(held > 0 && held <= 3 * u64::from(WANT), "{held} held");
+    assert!(services.iter().all(|s| s.leases_len() == 1));
+
+    // Eight callers per service, 150 requests each: 3,600 requests for
+    // what is left.
+    let allowed = Arc::new(AtomicU64::new(warm));
+    let mut callers = Vec::new();
+    for service in &services {
+        for _ in 0..8 {
+            let (service, allowed, key) = (service.clone(), allowed.clone(), key.clone());
+            callers.push(tokio::spawn(async move {
+                for _ in 0..150 {
+                    match service
+                        .verify(&Credential::new(key.clone()), &VerifyContext::default())
+                        .await
+                    {
+                        Ok(_) => {
+                            allowed.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(VerifyError::UsageExceeded { .. }) => {}
+                        Err(e) => panic!("unexpected {e:?}"),
+                    }
+                }
+            }));
+        }
+    }
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    let allowed = allowed.load(Ordering::SeqCst);
+    let remaining = a.remaining(&id).await;
+    let held = CREDITS - allowed - remaining;
+    println!("allowed {allowed}, remaining {remaining}, held in leases {held}");
+    assert!(allowed <= CREDITS, "allowed {allowed} of {CREDITS}");
+    // The bound: each service holds at most one lease of at most WANT.
+    assert!(held <= 3 * u64::from(WANT), "{held} held in leases");
+    let calls: f64 = a
+        .metric(r#"auth_server_validate_requests_total{code="valid"}"#)
+        .await
+        + b.metric(r#"auth_server_validate_requests_total{code="valid"}"#)
+            .await;
+    assert!(
+        calls < allowed as f64 / 2.0,
+        "leases should spare most calls: {calls} calls for {allowed} grants"
+    );
+
+    // The services stop: what they did not spend goes back.
+    drop(services);
+    let mut back = false;
+    for _ in 0..100 {
+        if a.remaining(&id).await + allowed == CREDITS {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        back,
+        "{} + {allowed} != {CREDITS}: leased credits were lost",
+        a.remaining(&id).await
+    );
+}
