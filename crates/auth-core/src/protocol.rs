@@ -188,7 +188,7 @@ pub const LEASE_RETURN_PATH: &str = "/api/v1/api-keys/lease/return";
 /// Credits leased to the calling service: its to spend, one per request,
 /// until they run out or `ttlMs` has passed, whichever comes first; what is
 /// left it returns ([`ReturnLease`]) before then.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Lease {
@@ -205,7 +205,7 @@ pub struct Lease {
 /// (`POST` [`LEASE_RETURN_PATH`]). Accepted once per lease, before it ends,
 /// for at most what was leased; the credits go back to the key unless a
 /// refill came meanwhile (they belonged to the period that ended).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReturnLease {
@@ -213,6 +213,26 @@ pub struct ReturnLease {
     pub lease_id: String,
     /// Credits not spent.
     pub unused: u64,
+}
+
+// A lease's id is what returns it: never shown.
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("id", &"<redacted>")
+            .field("credits", &self.credits)
+            .field("ttl_ms", &self.ttl_ms)
+            .finish()
+    }
+}
+
+impl fmt::Debug for ReturnLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReturnLease")
+            .field("lease_id", &"<redacted>")
+            .field("unused", &self.unused)
+            .finish()
+    }
 }
 
 /// The answer to a [`ReturnLease`].
@@ -467,6 +487,24 @@ mod tests {
             serde_json::from_str(r#"{"apiKey":"sk_live_secret","scope":"stt"}"#).unwrap();
         assert_eq!(r.scope.as_deref(), Some("stt"));
         assert_eq!(r.cost, None, "absent: the server spends 1");
+        let lease = Lease {
+            id: "ls_0123456789abcdef0123456789abcdef".into(),
+            credits: 5,
+            ttl_ms: 10_000,
+        };
+        let back = ReturnLease {
+            lease_id: lease.id.clone(),
+            unused: 5,
+        };
+        let mut answer = ValidateResponse::valid("u", vec![]);
+        answer.lease = Some(lease.clone());
+        for shown in [
+            format!("{lease:?}"),
+            format!("{back:?}"),
+            format!("{answer:?}"),
+        ] {
+            assert!(!shown.contains("0123456789abcdef"), "{shown}");
+        }
         assert!(!format!("{r:?}").contains("sk_live_secret"));
         let r: ValidateRequest = serde_json::from_str(r#"{"apiKey":"k","cost":0}"#).unwrap();
         assert_eq!(r.cost, Some(0));

@@ -949,8 +949,11 @@ impl Inner {
             api_key: key.to_owned(),
             scope: scope.map(str::to_owned),
             cost: None,
-            // The service ignores it for keys without credits.
-            lease: (self.lease_want > 0).then_some(self.lease_want),
+            // The service ignores it for keys without credits. Not while
+            // it is failing: a lease taken by a call whose answer is lost
+            // is lost with it (at most one per outage).
+            lease: (self.lease_want > 0 && !self.health.down.load(Ordering::Relaxed))
+                .then_some(self.lease_want),
         };
         let mut request = self
             .client

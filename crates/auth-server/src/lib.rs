@@ -1148,11 +1148,15 @@ async fn validate_answer(
         };
         match grant {
             Ok(LeaseGrant::Unlimited) => {}
-            Ok(LeaseGrant::Leased { remaining, lease }) => {
+            Ok(LeaseGrant::Leased {
+                remaining,
+                lease,
+                ttl,
+            }) => {
                 answer.credits_remaining = Some(remaining);
                 if let Some((id, credits)) = lease {
                     s.metrics.leased(credits);
-                    let ttl = auth_sqlx::LEASE_TTL.as_millis();
+                    let ttl = ttl.as_millis();
                     answer.lease = Some(Lease {
                         id,
                         credits,

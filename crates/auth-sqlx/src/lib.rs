@@ -265,6 +265,10 @@ pub enum LeaseGrant {
         /// The lease: its id and its credits; `None` when the key had too
         /// little for one (less than [`LEASE_SHARE`] after the cost).
         lease: Option<(String, u64)>,
+        /// How long the lease lasts: [`LEASE_TTL`], or less when the key's
+        /// next refill comes sooner (leased credits belong to their period:
+        /// never spent in the next).
+        ttl: Duration,
     },
     /// Not enough credits for the cost: nothing spent, no lease.
     Exceeded {
@@ -278,9 +282,14 @@ impl fmt::Debug for LeaseGrant {
         match self {
             Self::Unlimited => f.write_str("Unlimited"),
             Self::Refused(e) => f.debug_tuple("Refused").field(e).finish(),
-            Self::Leased { remaining, lease } => f
+            Self::Leased {
+                remaining,
+                lease,
+                ttl,
+            } => f
                 .debug_struct("Leased")
                 .field("remaining", remaining)
+                .field("ttl", ttl)
                 .field(
                     "lease",
                     &lease.as_ref().map(|(_, credits)| ("<redacted>", credits)),
@@ -303,6 +312,7 @@ impl From<Spend> for LeaseGrant {
             Spend::Spent { remaining } => Self::Leased {
                 remaining,
                 lease: None,
+                ttl: LEASE_TTL,
             },
             Spend::Exceeded { retry_after } => Self::Exceeded { retry_after },
         }
@@ -487,7 +497,7 @@ static SPEND_SQL: LazyLock<String> = LazyLock::new(|| {
          WHERE digest = $1 AND kind = $2 AND credits_remaining IS NOT NULL \
          AND disabled_at IS NULL AND (expires_at IS NULL OR expires_at > $3) \
          AND {available} >= $4 \
-         RETURNING credits_remaining, credits_period_start"
+         RETURNING credits_remaining, credits_period_start, credits_refill_secs"
     )
 });
 
@@ -1873,6 +1883,15 @@ impl SqlKeyStore {
         // The period the credits were taken in (a refill the statement made
         // included): a return gives them back only within it.
         let period: Option<i64> = row.try_get("credits_period_start")?;
+        let every: Option<i64> = row.try_get("credits_refill_secs")?;
+        // Never past the next refill: leased credits are the period's.
+        let ttl = match (period, every) {
+            (Some(start), Some(every)) => {
+                let next_ms = next_refill(start, every, secs(now)).saturating_mul(1000);
+                ttl.min(next_ms.saturating_sub(millis(now)).max(0))
+            }
+            _ => ttl,
+        };
         sqlx::query(
             "INSERT INTO auth_credit_leases (id, digest, service_id, granted, period_start, \
              expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
@@ -1889,6 +1908,7 @@ impl SqlKeyStore {
         Ok(Some(LeaseGrant::Leased {
             remaining: u64::try_from(remaining).unwrap_or(0),
             lease: Some((id, u64::try_from(extra).unwrap_or(0))),
+            ttl: Duration::from_millis(u64::try_from(ttl).unwrap_or(0)),
         }))
     }
 
@@ -1950,7 +1970,7 @@ impl SqlKeyStore {
         let settled = sqlx::query(
             "UPDATE auth_credit_leases SET settled_at = $2, \
              returned = CASE WHEN granted < $3 THEN granted ELSE $3 END \
-             WHERE id = $1 AND settled_at IS NULL AND expires_at > $2 \
+             WHERE id = $1 AND settled_at IS NULL AND expires_at + $5 > $2 \
              AND COALESCE(service_id, '') = $4 \
              RETURNING returned, period_start",
         )
@@ -1958,6 +1978,11 @@ impl SqlKeyStore {
         .bind(now_ms)
         .bind(unused)
         .bind(service.unwrap_or_default())
+        // A grace of one more TTL: the holder stops spending before the
+        // lease's end and zeroes its count before it posts, so a late
+        // return (a slow request, an instance whose clock runs ahead) is
+        // still only credits nobody spent.
+        .bind(i64::try_from(LEASE_TTL.as_millis()).unwrap_or(i64::MAX))
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = settled else {

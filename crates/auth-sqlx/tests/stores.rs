@@ -958,7 +958,9 @@ fn leased(remaining: u64, lease: Option<u64>) -> (u64, Option<u64>) {
 /// A lease's outcome as (remaining, its credits), and its id.
 fn grant(g: LeaseGrant) -> ((u64, Option<u64>), Option<String>) {
     match g {
-        LeaseGrant::Leased { remaining, lease } => (
+        LeaseGrant::Leased {
+            remaining, lease, ..
+        } => (
             leased(remaining, lease.as_ref().map(|l| l.1)),
             lease.map(|l| l.0),
         ),
@@ -1040,20 +1042,27 @@ async fn leases_take_a_share_and_come_back_once(store: SqlKeyStore) {
     assert_eq!(give_back(third, 0, None, t0).await, 0, "nothing unused");
     assert_eq!(remaining(&store, &id).await, 933);
 
-    // Too late: at its end, nothing comes back; just before, all of it.
+    // Too late: a TTL past its end (the grace a late return gets), nothing
+    // comes back; just before, all of it — a return that arrives after the
+    // end, within the grace, too (the holder stopped spending before it).
     let (_, late) = grant(lease(1, 50, Some("svc_a"), t0).await);
     let (_, in_time) = grant(lease(1, 50, Some("svc_a"), t0).await);
+    let (_, in_grace) = grant(lease(1, 50, Some("svc_a"), t0).await);
     let before = remaining(&store, &id).await;
     assert_eq!(
-        give_back(late.unwrap(), 50, Some("svc_a"), t0 + LEASE_TTL).await,
+        give_back(late.unwrap(), 50, Some("svc_a"), t0 + LEASE_TTL * 2).await,
         0
     );
-    let just = t0 + LEASE_TTL - Duration::from_millis(1);
+    let just = t0 + LEASE_TTL * 2 - Duration::from_millis(1);
     assert_eq!(
         give_back(in_time.unwrap(), 50, Some("svc_a"), just).await,
         50
     );
-    assert_eq!(remaining(&store, &id).await, before + 50);
+    assert_eq!(
+        give_back(in_grace.unwrap(), 50, Some("svc_a"), t0 + LEASE_TTL).await,
+        50
+    );
+    assert_eq!(remaining(&store, &id).await, before + 100);
 
     // Unknown, malformed: 0, and refused before anything is read.
     let unknown = format!("ls_{}", "0".repeat(32));
@@ -1074,7 +1083,33 @@ async fn leases_take_a_share_and_come_back_once(store: SqlKeyStore) {
     let too_many = store.lease(&d, 1, auth_sqlx::MAX_LEASE + 1, None, t0).await;
     assert!(matches!(too_many, Err(Error::Invalid(_))), "{too_many:?}");
     let after = remaining(&store, &id).await;
-    assert_eq!(after, before + 50, "nothing spent by refusals");
+    assert_eq!(after, before + 100, "nothing spent by refusals");
+
+    // A lease never outlasts its period: 3 s before the next refill, it
+    // lasts 3 s.
+    let refilled = key_with(&store, credits(1_000, Some((1_000, 60)))).await;
+    let start = refilled.info.credits.unwrap().period_start;
+    let near = start + Duration::from_secs(57);
+    match store
+        .lease(&refilled.key.digest(), 1, 50, None, near)
+        .await
+        .unwrap()
+    {
+        LeaseGrant::Leased {
+            lease: Some(_),
+            ttl,
+            ..
+        } => assert_eq!(ttl, Duration::from_secs(3)),
+        other => panic!("{other:?}"),
+    }
+    match store
+        .lease(&refilled.key.digest(), 1, 50, None, start)
+        .await
+        .unwrap()
+    {
+        LeaseGrant::Leased { ttl, .. } => assert_eq!(ttl, LEASE_TTL),
+        other => panic!("{other:?}"),
+    }
 
     // Too little for a lease: the cost alone. Not even that: exceeded.
     let small = key_with(&store, credits(5, None)).await;
@@ -1165,7 +1200,7 @@ async fn leases_take_a_share_and_come_back_once(store: SqlKeyStore) {
         .prune_leases(SystemTime::now() + Duration::from_secs(DAY + 60))
         .await
         .unwrap();
-    assert_eq!(pruned, 8, "those that ended by now, not the three ahead");
+    assert_eq!(pruned, 11, "those that ended by now, not the three ahead");
 }
 
 #[tokio::test]
@@ -1194,7 +1229,9 @@ async fn concurrent_leases_never_overspend(a: SqlKeyStore, b: SqlKeyStore) {
                 loop {
                     let now = SystemTime::now();
                     match store.lease(&digest, 1, 50, None, now).await.unwrap() {
-                        LeaseGrant::Leased { remaining, lease } => {
+                        LeaseGrant::Leased {
+                            remaining, lease, ..
+                        } => {
                             assert!(remaining < 1000);
                             granted += 1;
                             if let Some((id, credits)) = lease {
