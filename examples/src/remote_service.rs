@@ -138,9 +138,11 @@ pub async fn run(
             let _ = axum::serve(listener, app).await;
         }))
     });
-    axum::serve(listener, app(guard, verifier))
+    axum::serve(listener, app(guard, verifier.clone()))
         .with_graceful_shutdown(shutdown)
         .await?;
+    // Credits leased and not spent go back before the process ends.
+    verifier.return_leases().await;
     Ok(())
 }
 

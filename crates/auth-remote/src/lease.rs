@@ -127,10 +127,11 @@ impl Returns {
     }
 
     /// Ends `lease`, once: nothing more is spent of it, and what is left
-    /// goes back to the service in a task on the verifier's runtime.
-    pub(crate) fn end(self: &Arc<Self>, lease: &LocalLease) {
+    /// goes back to the service in a task on the verifier's runtime — the
+    /// task's handle, for a caller that waits for it (dropped, it runs on).
+    pub(crate) fn end(self: &Arc<Self>, lease: &LocalLease) -> Option<tokio::task::JoinHandle<()>> {
         if lease.ended.swap(true, Ordering::AcqRel) {
-            return;
+            return None;
         }
         if let Some(timer) = lease.timer.get() {
             timer.abort();
@@ -140,7 +141,7 @@ impl Returns {
             .spent
             .fetch_add(lease.granted.saturating_sub(unused), Ordering::Relaxed);
         if unused == 0 {
-            return;
+            return None;
         }
         let returning = Returning {
             returns: Arc::clone(self),
@@ -150,7 +151,7 @@ impl Returns {
         let lease_id = lease.id.clone();
         // A runtime that has shut down drops the task: the guard counts the
         // credits lost.
-        drop(lease.runtime.spawn(returning.post(lease_id)));
+        Some(lease.runtime.spawn(returning.post(lease_id)))
     }
 }
 

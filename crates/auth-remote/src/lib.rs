@@ -562,7 +562,7 @@ impl Drop for Inner {
         }
         // What is left of our leases goes back; their timers end.
         for (_, lease) in self.leases.get_mut().drain() {
-            self.returns.end(&lease);
+            let _ = self.returns.end(&lease);
         }
     }
 }
@@ -918,6 +918,28 @@ impl RemoteVerifier {
         self.inner.health.unavailable.load(Ordering::Relaxed)
     }
 
+    /// Gives back what is left of every credit lease this verifier holds,
+    /// and waits for the key service's answers (each within the call
+    /// timeout). Call it before a graceful shutdown: a runtime that stops
+    /// first drops the returns, and their credits are lost. The verifier
+    /// keeps working: a key with credits takes a new lease when next asked.
+    pub async fn return_leases(&self) {
+        let leases: Vec<_> = self
+            .inner
+            .leases
+            .lock()
+            .drain()
+            .map(|(_, lease)| lease)
+            .collect();
+        let returns: Vec<_> = leases
+            .iter()
+            .filter_map(|lease| self.inner.returns.end(lease))
+            .collect();
+        for task in returns {
+            let _ = task.await;
+        }
+    }
+
     /// How many calls are under way (distinct keys and scopes being asked
     /// about); for tests and metrics.
     #[doc(hidden)]
@@ -1194,7 +1216,7 @@ impl Inner {
         // (the service should send none): all of it goes back.
         if let Some(granted) = lease {
             self.returns.leased(granted.credits);
-            self.returns.end(&LocalLease::new(
+            let _ = self.returns.end(&LocalLease::new(
                 granted.id,
                 granted.credits,
                 Duration::ZERO,
@@ -1255,14 +1277,14 @@ impl Inner {
             tokio::runtime::Handle::current(),
         );
         if granted.credits == 0 || deadline <= now {
-            self.returns.end(&lease);
+            let _ = self.returns.end(&lease);
             return None;
         }
         self.schedule(*digest, &lease);
         fresh.lease = Some(Arc::clone(&lease));
         if !self.fill(digest, ticket, CacheEntry::Granted(fresh)) {
             // An invalidation came meanwhile (or a newer answer is held).
-            self.returns.end(&lease);
+            let _ = self.returns.end(&lease);
             return None;
         }
         Some(lease)
@@ -1292,7 +1314,7 @@ impl Inner {
             leases.remove(digest);
         }
         drop(leases);
-        self.returns.end(lease);
+        let _ = self.returns.end(lease);
     }
 
     /// Fills the cache, keeping the leases in step: a grant with a lease
@@ -1313,7 +1335,7 @@ impl Inner {
         };
         drop(leases);
         if let Some(before) = before {
-            self.returns.end(&before);
+            let _ = self.returns.end(&before);
         }
         true
     }
@@ -1325,7 +1347,7 @@ impl Inner {
         let before = leases.remove(digest);
         drop(leases);
         if let Some(before) = before {
-            self.returns.end(&before);
+            let _ = self.returns.end(&before);
         }
     }
 
@@ -1336,7 +1358,7 @@ impl Inner {
         let before: Vec<_> = leases.drain().map(|(_, lease)| lease).collect();
         drop(leases);
         for lease in before {
-            self.returns.end(&lease);
+            let _ = self.returns.end(&lease);
         }
     }
 

@@ -1750,6 +1750,28 @@ async fn dropped_grants_give_their_leases_back() {
     assert_eq!(charged + leased - returned, 7);
 }
 
+/// Issue 16: before a graceful shutdown, `return_leases` gives back what
+/// is left of every lease and waits for the answers — nothing is lost when
+/// the runtime stops next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn return_leases_gives_everything_back_before_a_shutdown() {
+    let (double, addr) = started().await;
+    double.credit(1_000, 30_000);
+    let v = patient_with(remote(addr).credit_leases(5));
+    verify(&v, CREDITED).await.unwrap();
+    verify(&v, CREDITED).await.unwrap();
+    assert_eq!(v.leases_len(), 1);
+    v.return_leases().await;
+    // Answered before `return_leases` returned: one call, one credit spent
+    // here, four back.
+    let (charged, leased, returned) = double.ledger();
+    assert_eq!((charged + leased - returned, returned), (2, 4));
+    assert_eq!(v.leases_len(), 0);
+    // Still working: the next request takes a new lease.
+    verify(&v, CREDITED).await.unwrap();
+    assert_eq!(v.leases_len(), 1);
+}
+
 /// Issue 16: leases off (0) is a call per request on a key with credits,
 /// never cached nor shared, as before; more than `MAX_LEASE` is capped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
