@@ -4,65 +4,17 @@
 //! clients; `cost`; credits in the admin API and the CLI; failures.
 #![allow(unused_crate_dependencies)]
 
+mod common;
+use common::{Instance, instance};
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use auth_sqlx::SqlKeyStore;
 use serde_json::{Value, json};
 
-/// One instance in this process: its API and metrics addresses, admin key
-/// and store.
-struct Instance {
-    api: SocketAddr,
-    metrics: SocketAddr,
-    admin: String,
-    store: SqlKeyStore,
-}
-
-/// `build` on `data_dir` (and `database_url`), served on free ports.
-async fn instance(data_dir: &Path, database_url: Option<&str>) -> Instance {
-    let store = auth_server::open_store(data_dir, database_url)
-        .await
-        .unwrap();
-    let app = auth_server::build(store.clone(), data_dir, auth_server::Options::default())
-        .await
-        .unwrap();
-    let serve = |router: axum::Router| async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-        addr
-    };
-    let api = serve(app.api).await;
-    let metrics = serve(app.metrics).await;
-    let admin = std::fs::read_to_string(auth_server::admin_key_path(data_dir)).unwrap();
-    Instance {
-        api,
-        metrics,
-        admin: admin.trim().to_owned(),
-        store,
-    }
-}
-
 impl Instance {
-    /// An admin call: the status and the JSON answer.
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = reqwest::Client::new()
-            .request(
-                method.parse().unwrap(),
-                format!("http://{}{path}", self.api),
-            )
-            .header("x-api-key", &self.admin);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
     /// A new service credential.
     async fn service(&self) -> String {
         let (status, made) = self
@@ -84,20 +36,6 @@ impl Instance {
         let (status, view) = self.call("GET", &format!("/api/v1/keys/{id}"), None).await;
         assert_eq!(status, 200, "{view}");
         view["credits"].clone()
-    }
-
-    /// A sample of the metrics listener.
-    async fn metric(&self, series: &str) -> f64 {
-        let text = reqwest::get(format!("http://{}/metrics", self.metrics))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .and_then(|v| v.split(' ').next()?.parse().ok())
-            .unwrap_or_else(|| panic!("no sample {series} in\n{text}"))
     }
 }
 
@@ -190,8 +128,8 @@ async fn burst(
 async fn two_instances_on_postgres_never_overspend() {
     let url = auth_sqlx::testing::postgres_schema("credits").await;
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = instance(dir_a.path(), Some(&url)).await;
-    let b = instance(dir_b.path(), Some(&url)).await;
+    let a = instance(dir_a.path(), Some(&url), auth_server::Options::default()).await;
+    let b = instance(dir_b.path(), Some(&url), auth_server::Options::default()).await;
     let token = a.service().await;
     let key = a
         .key(json!({"owner": "user-1", "credits": {"remaining": 1000}}))
@@ -240,8 +178,8 @@ async fn two_instances_on_postgres_never_overspend() {
 async fn credits_given_through_one_instance_bind_the_other_within_a_second() {
     let url = auth_sqlx::testing::postgres_schema("credits_patch").await;
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = instance(dir_a.path(), Some(&url)).await;
-    let b = instance(dir_b.path(), Some(&url)).await;
+    let a = instance(dir_a.path(), Some(&url), auth_server::Options::default()).await;
+    let b = instance(dir_b.path(), Some(&url), auth_server::Options::default()).await;
     let token = a.service().await;
     let key = a.key(json!({"owner": "user-1"})).await;
     let plaintext = key["key"].as_str().unwrap();
@@ -352,7 +290,7 @@ fn unix_now() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_on_sqlite_never_overspend_a_key_made_by_the_cli() {
     let dir = tempfile::tempdir().unwrap();
-    let a = instance(dir.path(), None).await;
+    let a = instance(dir.path(), None, auth_server::Options::default()).await;
     let token = a.service().await;
     let made = cli(
         dir.path(),
@@ -432,7 +370,7 @@ async fn two_processes_on_sqlite_never_overspend_a_key_made_by_the_cli() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cost_is_what_a_validation_spends() {
     let dir = tempfile::tempdir().unwrap();
-    let s = instance(dir.path(), None).await;
+    let s = instance(dir.path(), None, auth_server::Options::default()).await;
     let token = s.service().await;
     let http = reqwest::Client::new();
     let key = s
@@ -544,7 +482,7 @@ async fn cost_is_what_a_validation_spends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_keys_with_credits_spend_and_a_failed_spend_is_503() {
     let dir = tempfile::tempdir().unwrap();
-    let s = instance(dir.path(), None).await;
+    let s = instance(dir.path(), None, auth_server::Options::default()).await;
     let token = s.service().await;
     let http = reqwest::Client::new();
     let plain = s.key(json!({"owner": "user-1"})).await;

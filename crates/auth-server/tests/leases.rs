@@ -4,60 +4,16 @@
 //! PostgreSQL with concurrent clients that never get more than the key had.
 #![allow(unused_crate_dependencies)]
 
+mod common;
+use common::{Instance, instance};
+
 use std::net::SocketAddr;
-use std::path::Path;
 
 use auth_core::protocol::{LEASE_RETURN_PATH, VALIDATE_PATH};
 use auth_server::{Options, ValidateAuth};
 use serde_json::{Value, json};
 
-/// One instance in this process: its API and metrics addresses and admin
-/// key.
-struct Instance {
-    api: SocketAddr,
-    metrics: SocketAddr,
-    admin: String,
-}
-
-/// `build` on `data_dir` (and `database_url`), served on free ports.
-async fn instance(data_dir: &Path, database_url: Option<&str>, options: Options) -> Instance {
-    let store = auth_server::open_store(data_dir, database_url)
-        .await
-        .unwrap();
-    let app = auth_server::build(store, data_dir, options).await.unwrap();
-    let serve = |router: axum::Router| async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-        addr
-    };
-    let api = serve(app.api).await;
-    let metrics = serve(app.metrics).await;
-    let admin = std::fs::read_to_string(auth_server::admin_key_path(data_dir)).unwrap();
-    Instance {
-        api,
-        metrics,
-        admin: admin.trim().to_owned(),
-    }
-}
-
 impl Instance {
-    /// An admin call: the status and the JSON answer.
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = reqwest::Client::new()
-            .request(
-                method.parse().unwrap(),
-                format!("http://{}{path}", self.api),
-            )
-            .header("x-api-key", &self.admin);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
     /// A new service credential.
     async fn service(&self, name: &str) -> String {
         let (status, made) = self
@@ -86,20 +42,6 @@ impl Instance {
         let (status, view) = self.call("GET", &format!("/api/v1/keys/{id}"), None).await;
         assert_eq!(status, 200, "{view}");
         view["credits"]["remaining"].as_u64().unwrap()
-    }
-
-    /// A sample of the metrics listener.
-    async fn metric(&self, series: &str) -> f64 {
-        let text = reqwest::get(format!("http://{}/metrics", self.metrics))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .and_then(|v| v.split(' ').next()?.parse().ok())
-            .unwrap_or_else(|| panic!("no sample {series} in\n{text}"))
     }
 }
 

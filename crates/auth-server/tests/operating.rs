@@ -3,6 +3,8 @@
 //! and backups of its SQLite database while it serves.
 #![allow(unused_crate_dependencies)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -417,28 +419,10 @@ async fn a_metrics_address_that_cannot_be_bound_stops_the_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_failures_are_counted() {
     let dir = tempfile::tempdir().unwrap();
-    let store = auth_server::open_store(dir.path(), None).await.unwrap();
-    let app = auth_server::build(store.clone(), dir.path(), auth_server::Options::default())
-        .await
-        .unwrap();
-    let serve = |router: axum::Router| async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-        addr
-    };
-    let api = serve(app.api).await;
-    let metrics = serve(app.metrics).await;
-    let admin = std::fs::read_to_string(auth_server::admin_key_path(dir.path())).unwrap();
+    let instance = common::instance(dir.path(), None, auth_server::Options::default()).await;
+    let (api, admin, store) = (instance.api, &instance.admin, &instance.store);
     let service = store.services().create("svc").await.unwrap();
-    let scrape = || async {
-        reqwest::get(format!("http://{metrics}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let scrape = || instance.scrape();
     let http = reqwest::Client::new();
     let admin_call = |method: &str, path: &str, body: Option<Value>| {
         let mut request = http
