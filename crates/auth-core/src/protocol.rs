@@ -245,6 +245,191 @@ pub struct LeaseReturned {
     pub returned: u64,
 }
 
+/// Where a service reports the decisions it made about keys without asking
+/// the key service (answers from its cache, credits spent from a lease,
+/// callers served by another caller's call): `POST` a [`UsageReport`].
+pub const USAGE_PATH: &str = "/api/v1/api-keys/usage";
+
+/// The most entries one [`UsageReport`] may carry (a service with more
+/// sends several).
+pub const MAX_USAGE_ENTRIES: usize = 5_000;
+
+/// The largest count (or, for `valid`, the largest magnitude) one entry
+/// may carry for one code.
+pub const MAX_USAGE_COUNT: u64 = 1_000_000_000;
+
+/// Decisions a service made about keys on its own, counted per key, hour
+/// and code, sent in one batch. The key service adds them to its own
+/// counts of what it answered. Keys are named by their SHA-256 digest
+/// (lowercase hex), never by the key.
+///
+/// A grant the service's guard refused afterwards (over its rate limit,
+/// or a route's scope the key lacks) moves one count from `valid` to that
+/// code — so `valid` may be negative when the grant itself was the key
+/// service's answer, counted there.
+///
+/// ```
+/// use auth_core::protocol::{UsageCounts, UsageEntry, UsageReport};
+///
+/// let report = UsageReport {
+///     entries: vec![UsageEntry {
+///         digest: "ab".repeat(32),
+///         hour: 1_796_083_200,
+///         counts: UsageCounts { valid: 41, rate_limited: 1, ..UsageCounts::default() },
+///     }],
+/// };
+/// let text = serde_json::to_string(&report).unwrap();
+/// assert!(text.contains(r#""counts":{"valid":41,"rate_limited":1}"#), "{text}");
+/// assert!(report.check().is_ok());
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct UsageReport {
+    /// One entry per key and hour (at most [`MAX_USAGE_ENTRIES`]).
+    pub entries: Vec<UsageEntry>,
+}
+
+/// One key's decisions in one hour.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct UsageEntry {
+    /// The key's SHA-256 digest, 64 lowercase hex digits.
+    pub digest: String,
+    /// The hour's start, in Unix seconds (a multiple of 3600).
+    pub hour: u64,
+    /// Decisions by code.
+    pub counts: UsageCounts,
+}
+
+/// Decisions by code; codes with none are left out on the wire.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct UsageCounts {
+    /// Grants (negative: grants counted by the key service that the
+    /// service's guard then refused, moved to another code here).
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub valid: i64,
+    /// Refused: the key is disabled.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub disabled: u64,
+    /// Refused: the key has expired.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub expired: u64,
+    /// Refused: the key lacks the scope asked for.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub insufficient_scope: u64,
+    /// Refused: over the key's rate limit.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rate_limited: u64,
+    /// Refused: out of credits.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub usage_exceeded: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_zero_i64(n: &i64) -> bool {
+    *n == 0
+}
+
+impl UsageCounts {
+    /// The counted codes, in a fixed order, with their counts (`valid`
+    /// signed).
+    pub fn by_code(&self) -> [(Code, i64); 6] {
+        let n = |c: u64| i64::try_from(c).unwrap_or(i64::MAX);
+        [
+            (Code::Valid, self.valid),
+            (Code::Disabled, n(self.disabled)),
+            (Code::Expired, n(self.expired)),
+            (Code::InsufficientScope, n(self.insufficient_scope)),
+            (Code::RateLimited, n(self.rate_limited)),
+            (Code::UsageExceeded, n(self.usage_exceeded)),
+        ]
+    }
+
+    /// Adds `n` to `code`'s count (`Code::Invalid` is not counted: no
+    /// key to count it for); saturating.
+    pub fn add(&mut self, code: Code, n: i64) {
+        let up = |c: &mut u64| *c = c.saturating_add(n.max(0).unsigned_abs());
+        match code {
+            Code::Valid => self.valid = self.valid.saturating_add(n),
+            Code::Disabled => up(&mut self.disabled),
+            Code::Expired => up(&mut self.expired),
+            Code::InsufficientScope => up(&mut self.insufficient_scope),
+            Code::RateLimited => up(&mut self.rate_limited),
+            Code::UsageExceeded => up(&mut self.usage_exceeded),
+            Code::Invalid => {}
+        }
+    }
+
+    /// Whether every count is 0.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Why a [`UsageReport`] is refused (400), before anything is counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BadUsage {
+    /// More than [`MAX_USAGE_ENTRIES`] entries.
+    #[error("a usage report carries at most 5000 entries")]
+    TooManyEntries,
+    /// A digest that is not 64 lowercase hex digits.
+    #[error("a usage entry's digest must be 64 lowercase hex digits")]
+    Digest,
+    /// An hour that is not a multiple of 3600, or out of range.
+    #[error("a usage entry's hour must be Unix seconds of an hour's start")]
+    Hour,
+    /// A count over [`MAX_USAGE_COUNT`] in magnitude.
+    #[error("a usage count must be at most 1000000000")]
+    Count,
+}
+
+/// The latest hour a report may name: the year 9999 (as expiries).
+const MAX_HOUR: u64 = 253_402_300_799;
+
+impl UsageReport {
+    /// Checks every entry's range; the key service refuses the whole
+    /// report on the first entry out of range.
+    pub fn check(&self) -> Result<(), BadUsage> {
+        if self.entries.len() > MAX_USAGE_ENTRIES {
+            return Err(BadUsage::TooManyEntries);
+        }
+        for e in &self.entries {
+            let hex = e.digest.as_bytes();
+            if hex.len() != 64 || !hex.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                return Err(BadUsage::Digest);
+            }
+            if e.hour % 3600 != 0 || e.hour > MAX_HOUR {
+                return Err(BadUsage::Hour);
+            }
+            if e.counts
+                .by_code()
+                .iter()
+                .any(|(_, n)| n.unsigned_abs() > MAX_USAGE_COUNT)
+            {
+                return Err(BadUsage::Count);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The answer to a [`UsageReport`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct UsageAccepted {
+    /// Entries taken (all of them; entries of keys the service does not
+    /// know are dropped when it writes them).
+    pub accepted: u64,
+}
+
 impl fmt::Debug for ValidateRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ValidateRequest")
@@ -509,6 +694,43 @@ mod tests {
         let r: ValidateRequest = serde_json::from_str(r#"{"apiKey":"k","cost":0}"#).unwrap();
         assert_eq!(r.cost, Some(0));
         assert!(serde_json::from_str::<ValidateRequest>(r#"{"apiKey":"k","cost":-1}"#).is_err());
+    }
+
+    #[test]
+    fn usage_reports_are_range_checked_whole() {
+        let entry = |digest: String, hour: u64, valid: i64| UsageEntry {
+            digest,
+            hour,
+            counts: UsageCounts {
+                valid,
+                ..UsageCounts::default()
+            },
+        };
+        let ok = |e: UsageEntry| UsageReport { entries: vec![e] }.check();
+        let d = "0f".repeat(32);
+        assert_eq!(ok(entry(d.clone(), 3600, -5)), Ok(()));
+        assert_eq!(ok(entry("0F".repeat(32), 3600, 1)), Err(BadUsage::Digest));
+        assert_eq!(ok(entry("0f".repeat(31), 3600, 1)), Err(BadUsage::Digest));
+        assert_eq!(ok(entry(d.clone(), 3601, 1)), Err(BadUsage::Hour));
+        assert_eq!(ok(entry(d.clone(), 253_402_304_400, 1)), Err(BadUsage::Hour));
+        assert_eq!(ok(entry(d.clone(), 0, -1_000_000_001)), Err(BadUsage::Count));
+        let mut big = entry(d.clone(), 0, 0);
+        big.counts.disabled = MAX_USAGE_COUNT + 1;
+        assert_eq!(ok(big), Err(BadUsage::Count));
+        let many = UsageReport {
+            entries: vec![entry(d, 0, 1); MAX_USAGE_ENTRIES + 1],
+        };
+        assert_eq!(many.check(), Err(BadUsage::TooManyEntries));
+        // Unknown codes or fields are no report.
+        let odd = r#"{"entries":[{"digest":"x","hour":0,"counts":{"invalid":1}}]}"#;
+        assert!(serde_json::from_str::<UsageReport>(odd).is_err());
+        let mut c = UsageCounts::default();
+        c.add(Code::Invalid, 3);
+        assert!(c.is_empty(), "unknown keys are not counted");
+        c.add(Code::Valid, -2);
+        c.add(Code::RateLimited, 2);
+        assert_eq!(c.valid, -2);
+        assert_eq!(c.rate_limited, 2);
     }
 
     #[test]

@@ -7,6 +7,9 @@
 #![allow(unused_crate_dependencies)]
 
 mod metrics;
+mod usage;
+
+pub use usage::usage_json;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use auth_axum::{Auth, Authenticated};
 use auth_core::protocol::{
     ChangeEvent, Code, EVENTS_PATH, LEASE_RETURN_PATH, Lease, LeaseReturned, MAX_COST, MAX_LEASE,
-    RateLimit, ReturnLease, VALIDATE_PATH, ValidateRequest, ValidateResponse,
+    RateLimit, ReturnLease, USAGE_PATH, VALIDATE_PATH, ValidateRequest, ValidateResponse,
 };
 use auth_core::{
     CacheConfig, Cached, Credential, CredentialSources, Guard, HashedKeyStore, KeyFile, Principal,
@@ -37,6 +40,8 @@ use crate::metrics::{Action, Handled, Outcome, Resource, ServerMetrics};
 
 /// The header services send their credential in.
 pub const SERVICE_HEADER: &str = auth_core::protocol::SERVICE_TOKEN_HEADER;
+/// How often usage counts are written (one statement per flush).
+pub const USAGE_FLUSH_EVERY: Duration = Duration::from_secs(10);
 /// Largest admin request body accepted.
 const BODY_LIMIT: usize = 16 * 1024;
 /// The largest `requests` of a rate limit.
@@ -245,6 +250,7 @@ pub async fn build(store: SqlKeyStore, data_dir: &Path, options: Options) -> Res
         .cache("services", services.stats());
     store.listen().await?;
     store.spawn_last_used_flush(Duration::from_secs(30));
+    store.spawn_usage_flush(USAGE_FLUSH_EVERY);
 
     let admin_key = KeyFile::builder()
         .path(admin_key_path(data_dir))
@@ -269,6 +275,8 @@ pub async fn build(store: SqlKeyStore, data_dir: &Path, options: Options) -> Res
         )
         .route("/api/v1/keys/{id}/disable", post(disable))
         .route("/api/v1/keys/{id}/rotate", post(rotate))
+        .route("/api/v1/keys/{id}/usage", get(usage::key_usage))
+        .route("/api/v1/usage", get(usage::usage))
         .route("/api/v1/services", get(list_services).post(create_service))
         .route(
             "/api/v1/services/{id}",
@@ -281,6 +289,9 @@ pub async fn build(store: SqlKeyStore, data_dir: &Path, options: Options) -> Res
     let mut validate_route = Router::new().route(VALIDATE_PATH, post(validate));
     let mut events_route = Router::new().route(EVENTS_PATH, get(events));
     let mut lease_route = Router::new().route(LEASE_RETURN_PATH, post(return_lease));
+    let mut usage_route = Router::new()
+        .route(USAGE_PATH, post(usage::report))
+        .layer(DefaultBodyLimit::max(usage::REPORT_BODY_LIMIT));
     match options.validate_auth {
         ValidateAuth::ServiceToken => {
             let guard = Guard::builder(services)
@@ -296,7 +307,8 @@ pub async fn build(store: SqlKeyStore, data_dir: &Path, options: Options) -> Res
             validate_route = validate_route.route_layer(auth.clone());
             events_route = events_route.route_layer(auth.clone());
             // Returns are the holder's: the guard's principal says who.
-            lease_route = lease_route.route_layer(auth);
+            lease_route = lease_route.route_layer(auth.clone());
+            usage_route = usage_route.route_layer(auth);
         }
         ValidateAuth::None => {
             tracing::warn!(
@@ -324,6 +336,7 @@ pub async fn build(store: SqlKeyStore, data_dir: &Path, options: Options) -> Res
         .merge(validate_route)
         .merge(events_route)
         .merge(lease_route)
+        .merge(usage_route)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state);
     let metrics = Router::new()
@@ -381,7 +394,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> 
             Err(rejection) => {
                 let message = match &rejection {
                     JsonRejection::BytesRejection(_) => {
-                        format!("the body could not be read (at most {BODY_LIMIT} bytes)")
+                        "the body could not be read (too large, or cut short)".to_owned()
                     }
                     other => other.body_text(),
                 };
@@ -1077,7 +1090,19 @@ async fn validate(
 ) -> Response {
     let service = caller.as_ref().and_then(|c| c.key_id());
     let (outcome, mut response) = match body {
-        Ok(Body(b)) => validate_answer(&s, b, service).await,
+        Ok(Body(b)) => {
+            let credential = Credential::new(b.api_key.as_bytes());
+            let answer = validate_answer(&s, &b, &credential, service).await;
+            // A decision about a known key (an unknown one is not counted).
+            if let Outcome::Answered(code) = answer.0 {
+                if code != Code::Invalid {
+                    let counted = s.store.count_usage(credential.digest(), SystemTime::now(), code);
+                    s.metrics
+                        .usage(if counted { "counted" } else { "dropped" }, 1);
+                }
+            }
+            answer
+        }
         Err(rejection) => (Outcome::BadRequest, rejection),
     };
     // For the metrics' count: the answer, typed.
@@ -1090,7 +1115,8 @@ async fn validate(
 /// holder of any lease granted.
 async fn validate_answer(
     s: &AppState,
-    b: ValidateRequest,
+    b: &ValidateRequest,
+    credential: &Credential,
     service: Option<&str>,
 ) -> (Outcome, Response) {
     let cost = b.cost.unwrap_or(1);
@@ -1106,9 +1132,8 @@ async fn validate_answer(
     // Read before the answer is made: every change up to it has already
     // reached the caches the answer comes from.
     let seq = Some(s.store.applied_seq());
-    let credential = Credential::new(b.api_key.into_bytes());
     let principal: Arc<Principal> =
-        match s.keys.verify(&credential, &VerifyContext::default()).await {
+        match s.keys.verify(credential, &VerifyContext::default()).await {
             Ok(p) => p,
             Err(VerifyError::Unavailable) => {
                 s.metrics.store_error();
@@ -1435,8 +1460,8 @@ async fn events_answer(s: AppState, headers: axum::http::HeaderMap) -> Response 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "auth-server", description = "The central API key service."),
-    paths(health_doc, ready, validate, return_lease, events, list, create, get_key, update, delete,
-        disable, rotate, list_services, create_service, get_service, delete_service, disable_service,
+    paths(health_doc, ready, validate, return_lease, usage::report, events, list, create, get_key,
+        update, delete, disable, rotate, usage::key_usage, usage::usage, list_services, create_service, get_service, delete_service, disable_service,
         rotate_service),
     components(schemas(Code, RateLimit)),
     modifiers(&SecuritySchemes)
@@ -1480,7 +1505,7 @@ pub fn openapi_for(validate_auth: ValidateAuth) -> Value {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     if validate_auth == ValidateAuth::None {
-        for path in [VALIDATE_PATH, LEASE_RETURN_PATH] {
+        for path in [VALIDATE_PATH, LEASE_RETURN_PATH, USAGE_PATH] {
             if let Some(op) = doc
                 .paths
                 .paths

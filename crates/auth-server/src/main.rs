@@ -8,6 +8,7 @@
 //! auth-server keys list [--json]
 //! auth-server keys disable ID
 //! auth-server keys rotate ID --overlap 24h
+//! auth-server keys usage ID [--since 24h] [--json]
 //! auth-server services create --name stt [--json]
 //! auth-server services list | disable ID | rotate ID --overlap 1h
 //! auth-server backup FILE            # SQLite: a consistent copy, while serving
@@ -192,6 +193,18 @@ enum KeysCommand {
         /// How long the old key stays valid, e.g. 24h.
         #[arg(long, value_parser = parse_duration, default_value = "24h")]
         overlap: Duration,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prints a key's decisions by hour and code (what the servers have
+    /// written: each writes its counts every 10 s).
+    Usage {
+        /// The key's id.
+        id: String,
+        /// How far back, e.g. 24h, 7d.
+        #[arg(long, value_parser = parse_duration, default_value = "24h")]
+        since: Duration,
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -442,6 +455,47 @@ fn print_table(keys: &[auth_sqlx::KeyInfo]) {
     }
 }
 
+/// `2026-12-01 21:00` (UTC) for Unix seconds.
+fn utc_hour(unix: u64) -> String {
+    // Days to a civil date (H. Hinnant's algorithm), for years 1970–9999.
+    let days = i64::try_from(unix / 86_400).unwrap_or(0) + 719_468;
+    let era = days / 146_097;
+    let doe = days - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let hour = (unix % 86_400) / 3600;
+    format!("{year:04}-{month:02}-{day:02} {hour:02}:00")
+}
+
+fn print_usage(usage: &auth_sqlx::KeyUsage) {
+    println!("{} ({})", usage.id, shown(&usage.owner));
+    println!(
+        "{:<17} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "HOUR (UTC)", "VALID", "DISABLED", "EXPIRED", "SCOPE", "RATE", "CREDITS", "TOTAL"
+    );
+    for b in &usage.buckets {
+        let c = &b.counts;
+        println!(
+            "{:<17} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            utc_hour(b.hour),
+            c.valid,
+            c.disabled,
+            c.expired,
+            c.insufficient_scope,
+            c.rate_limited,
+            c.usage_exceeded,
+            b.total()
+        );
+    }
+    if usage.buckets.is_empty() {
+        println!("(no decisions in this time)");
+    }
+}
+
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     if let Command::Backup { to } = &cli.command {
         return backup(&cli, to).await;
@@ -466,7 +520,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     ValidateAuthArg::None => auth_server::ValidateAuth::None,
                 },
             };
-            let app = auth_server::build(store, &cli.data_dir, options).await?;
+            let app = auth_server::build(store.clone(), &cli.data_dir, options).await?;
             let tls = match (tls_cert, tls_key) {
                 (Some(cert), Some(key)) => Some(auth_server::Tls { cert, key }),
                 _ => None,
@@ -506,6 +560,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 }
                 None => api.await?,
             }
+            // What was counted since the last flush is not lost.
+            if let Err(e) = store.flush_usage().await {
+                tracing::warn!(error = %e, "could not write the last usage counts");
+            }
             tracing::info!("auth-server stopped");
         }
         Command::Keys { command } => match command {
@@ -542,6 +600,20 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             KeysCommand::Rotate { id, overlap, json } => {
                 let created = store.rotate(&id, overlap).await?;
                 KEYS.rotated(created, &id, overlap, json)?;
+            }
+            KeysCommand::Usage { id, since, json } => {
+                let from = SystemTime::now()
+                    .checked_sub(since)
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                let usage = store
+                    .key_usage(&id, from)
+                    .await?
+                    .ok_or_else(|| KEYS.missing(&id))?;
+                if json {
+                    println!("{}", auth_server::usage_json(&usage, from));
+                } else {
+                    print_usage(&usage);
+                }
             }
         },
         Command::Services { command } => services(&store.services(), command).await?,
@@ -628,6 +700,14 @@ async fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hours_are_shown_in_utc() {
+        assert_eq!(utc_hour(0), "1970-01-01 00:00");
+        assert_eq!(utc_hour(951_782_400 + 3 * 3600), "2000-02-29 03:00");
+        assert_eq!(utc_hour(1_796_083_200), "2026-12-01 00:00");
+        assert_eq!(utc_hour(253_402_297_200), "9999-12-31 23:00");
+    }
 
     #[test]
     fn control_characters_never_reach_the_terminal() {

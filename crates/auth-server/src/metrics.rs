@@ -129,6 +129,7 @@ pub(crate) struct ServerMetrics {
     stream_events: Family<Label, Counter>,
     admin_writes: Family<Labels2, Counter>,
     credit_leases: Family<Label, Counter>,
+    usage: Family<Label, Counter>,
 }
 
 /// Every `code` of `auth_server_validate_requests_total` but `other`.
@@ -158,6 +159,7 @@ impl ServerMetrics {
         let stream_events = Family::<Label, Counter>::default();
         let admin_writes = Family::<Labels2, Counter>::default();
         let credit_leases = Family::<Label, Counter>::default();
+        let usage = Family::<Label, Counter>::default();
         // Every known series from the start, at 0: a rate over a series
         // that appears only on its first event misses that event.
         for code in VALIDATE_CODES {
@@ -168,6 +170,9 @@ impl ServerMetrics {
         }
         for event in ["granted", "returned"] {
             let _ = credit_leases.get_or_create(&[("event", event)]);
+        }
+        for event in ["counted", "reported", "dropped"] {
+            let _ = usage.get_or_create(&[("event", event)]);
         }
         for resource in [Resource::Key, Resource::Service] {
             for action in resource.actions() {
@@ -216,6 +221,13 @@ impl ServerMetrics {
              back to keys by the services' returns",
             credit_leases.clone(),
         );
+        registry.register(
+            "auth_server_usage_decisions",
+            "Decisions about keys for the usage counts, by event: counted, answered here; \
+             reported, by services in their usage reports; dropped, not counted (too many \
+             waiting to be written)",
+            usage.clone(),
+        );
         let sources = Metrics::register(&mut registry);
         sources.add(StoreSource(store.clone()));
         Self {
@@ -228,6 +240,7 @@ impl ServerMetrics {
             stream_events,
             admin_writes,
             credit_leases,
+            usage,
         }
     }
 
@@ -260,6 +273,14 @@ impl ServerMetrics {
         self.credit_leases
             .get_or_create(&[("event", "returned")])
             .inc_by(credits);
+    }
+
+    /// Decisions for the usage counts: `counted` here, `reported` by
+    /// services, or `dropped`.
+    pub(crate) fn usage(&self, event: &'static str, decisions: u64) {
+        if decisions > 0 {
+            self.usage.get_or_create(&[("event", event)]).inc_by(decisions);
+        }
     }
 
     /// A changes-stream event sent (`ready`, `key`, `reset`).

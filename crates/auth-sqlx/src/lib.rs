@@ -22,6 +22,9 @@ use tokio::task::JoinHandle;
 
 #[cfg(feature = "testing")]
 pub mod testing;
+mod usage;
+
+pub use usage::{KeyUsage, MAX_PENDING_USAGE, USAGE_KEEPS, UsageBucket, hour_of};
 
 /// The PostgreSQL channel writes are announced on (a wake-up: what changed
 /// is read from the change log).
@@ -405,6 +408,8 @@ struct Inner {
     epoch: std::time::Instant,
     /// Ids looked up since the last flush of `last_used_at`.
     used: Mutex<HashSet<String>>,
+    /// Usage counts not yet written (see `usage`).
+    usage: Mutex<usage::Pending>,
     format: ApiKeyFormat,
     service_format: ApiKeyFormat,
 }
@@ -839,6 +844,7 @@ impl SqlKeyStore {
                 followed_at: AtomicU64::new(0),
                 epoch: std::time::Instant::now(),
                 used: Mutex::new(HashSet::new()),
+                usage: Mutex::new(usage::Pending::new()),
                 format: ApiKeyFormat::default(),
                 service_format: ApiKeyFormat::new("sk_svc", 256)?,
             }),
@@ -1041,6 +1047,9 @@ impl SqlKeyStore {
                     }
                     if let Err(e) = store.prune_leases(SystemTime::now()).await {
                         tracing::warn!(target: "auth_sqlx", error = %e, "could not prune old leases");
+                    }
+                    if let Err(e) = store.prune_usage(SystemTime::now()).await {
+                        tracing::warn!(target: "auth_sqlx", error = %e, "could not prune old usage counts");
                     }
                 }
             }
