@@ -203,6 +203,7 @@ pub struct App {
     /// | `auth_server_changes_stream_events_total` | counter | `event`: `ready`, `key`, `reset` |
     /// | `auth_server_admin_writes_total` | counter | `resource`: `key`, `service`; `action`: `create`, `update`, `disable`, `delete`, `rotate` |
     /// | `auth_server_credit_leases_total` | counter | `event`: `granted` (credits leased to services), `returned` (credits their returns gave back) — credits, not leases |
+    /// | `auth_server_usage_decisions_total` | counter | `event`: `counted` (answered here), `reported` (in services' usage reports), `dropped` (too many waiting to be written) |
     /// | `auth_server_db_pool_connections` | gauge | `state`: `in_use`, `idle` |
     /// | `auth_server_changes_following` | gauge | |
     /// | `auth_server_changes_applied_seq` | gauge | |
