@@ -290,8 +290,9 @@ pub struct UsageReport {
     pub entries: Vec<UsageEntry>,
 }
 
-/// One key's decisions in one hour.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One key's decisions in one hour. Its `Debug` shows the digest's first
+/// 8 hex digits only (as `Digest`'s does).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UsageEntry {
@@ -301,6 +302,17 @@ pub struct UsageEntry {
     pub hour: u64,
     /// Decisions by code.
     pub counts: UsageCounts,
+}
+
+impl fmt::Debug for UsageEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = self.digest.get(..8).unwrap_or("");
+        f.debug_struct("UsageEntry")
+            .field("digest", &format_args!("{shown}…"))
+            .field("hour", &self.hour)
+            .field("counts", &self.counts)
+            .finish()
+    }
 }
 
 /// Decisions by code; codes with none are left out on the wire.
@@ -724,6 +736,8 @@ mod tests {
         // Unknown codes or fields are no report.
         let odd = r#"{"entries":[{"digest":"x","hour":0,"counts":{"invalid":1}}]}"#;
         assert!(serde_json::from_str::<UsageReport>(odd).is_err());
+        let shown = format!("{:?}", entry("0f".repeat(32), 0, 1));
+        assert!(shown.contains("0f0f0f0f…") && !shown.contains(&"0f".repeat(5)), "{shown}");
         let mut c = UsageCounts::default();
         c.add(Code::Invalid, 3);
         assert!(c.is_empty(), "unknown keys are not counted");

@@ -203,7 +203,9 @@ pub struct App {
     /// | `auth_server_changes_stream_events_total` | counter | `event`: `ready`, `key`, `reset` |
     /// | `auth_server_admin_writes_total` | counter | `resource`: `key`, `service`; `action`: `create`, `update`, `disable`, `delete`, `rotate` |
     /// | `auth_server_credit_leases_total` | counter | `event`: `granted` (credits leased to services), `returned` (credits their returns gave back) — credits, not leases |
-    /// | `auth_server_usage_decisions_total` | counter | `event`: `counted` (answered here), `reported` (in services' usage reports), `dropped` (too many waiting to be written) |
+    /// | `auth_server_usage_decisions_total` | counter | `event`: `counted` (answered here), `reported` (in services' usage reports) |
+    /// | `auth_server_usage_dropped_total` | counter | decisions not counted: too many waiting to be written |
+    /// | `auth_server_usage_pending` | gauge | key-hours waiting to be written |
     /// | `auth_server_db_pool_connections` | gauge | `state`: `in_use`, `idle` |
     /// | `auth_server_changes_following` | gauge | |
     /// | `auth_server_changes_applied_seq` | gauge | |
@@ -1091,16 +1093,17 @@ async fn validate(
 ) -> Response {
     let service = caller.as_ref().and_then(|c| c.key_id());
     let (outcome, mut response) = match body {
-        Ok(Body(b)) => {
-            let credential = Credential::new(b.api_key.as_bytes());
+        Ok(Body(mut b)) => {
+            // Moved, not copied: the credential wipes it when dropped.
+            let credential = Credential::new(std::mem::take(&mut b.api_key).into_bytes());
             let answer = validate_answer(&s, &b, &credential, service).await;
             // A decision about a known key (an unknown one is not counted).
-            if let Outcome::Answered(code) = answer.0 {
-                if code != Code::Invalid {
-                    let counted = s.store.count_usage(credential.digest(), SystemTime::now(), code);
-                    s.metrics
-                        .usage(if counted { "counted" } else { "dropped" }, 1);
-                }
+            if let Outcome::Answered(code) = answer.0
+                && code != Code::Invalid
+                && s.store
+                    .count_usage(credential.digest(), SystemTime::now(), code)
+            {
+                s.metrics.usage("counted", 1);
             }
             answer
         }
@@ -1133,25 +1136,25 @@ async fn validate_answer(
     // Read before the answer is made: every change up to it has already
     // reached the caches the answer comes from.
     let seq = Some(s.store.applied_seq());
-    let principal: Arc<Principal> =
-        match s.keys.verify(credential, &VerifyContext::default()).await {
-            Ok(p) => p,
-            Err(VerifyError::Unavailable) => {
-                s.metrics.store_error();
-                let response = error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the key store is unavailable",
-                );
-                return (Outcome::Unavailable, response);
-            }
-            Err(e) => {
-                let code = code_of(e);
-                let mut answer = ValidateResponse::refusal(code);
-                answer.seq = seq;
-                return (Outcome::Answered(code), Json(answer).into_response());
-            }
-        };
+    let principal: Arc<Principal> = match s.keys.verify(credential, &VerifyContext::default()).await
+    {
+        Ok(p) => p,
+        Err(VerifyError::Unavailable) => {
+            s.metrics.store_error();
+            let response = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the key store is unavailable",
+            );
+            return (Outcome::Unavailable, response);
+        }
+        Err(e) => {
+            let code = code_of(e);
+            let mut answer = ValidateResponse::refusal(code);
+            answer.seq = seq;
+            return (Outcome::Answered(code), Json(answer).into_response());
+        }
+    };
     if let Some(scope) = b.scope.as_deref().filter(|s| !s.is_empty()) {
         if !principal.has_scope(scope) {
             let mut answer = ValidateResponse::refusal(Code::InsufficientScope);

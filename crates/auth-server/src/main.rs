@@ -550,20 +550,22 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 }
             };
             let api = auth_server::serve(listener, app.api, tls.as_ref(), until_stopped());
-            match metrics_listener {
+            let served = match metrics_listener {
                 Some(metrics_listener) => {
                     tracing::info!(address = %metrics_listener.local_addr()?,
                         "metrics listening (GET /metrics)");
                     let metrics =
                         auth_server::serve(metrics_listener, app.metrics, None, until_stopped());
-                    tokio::try_join!(api, metrics)?;
+                    tokio::try_join!(api, metrics).map(|_| ())
                 }
-                None => api.await?,
-            }
-            // What was counted since the last flush is not lost.
+                None => api.await,
+            };
+            // What was counted since the last flush is not lost, however
+            // serving ended.
             if let Err(e) = store.flush_usage().await {
                 tracing::warn!(error = %e, "could not write the last usage counts");
             }
+            served?;
             tracing::info!("auth-server stopped");
         }
         Command::Keys { command } => match command {

@@ -171,7 +171,7 @@ impl ServerMetrics {
         for event in ["granted", "returned"] {
             let _ = credit_leases.get_or_create(&[("event", event)]);
         }
-        for event in ["counted", "reported", "dropped"] {
+        for event in ["counted", "reported"] {
             let _ = usage.get_or_create(&[("event", event)]);
         }
         for resource in [Resource::Key, Resource::Service] {
@@ -224,8 +224,7 @@ impl ServerMetrics {
         registry.register(
             "auth_server_usage_decisions",
             "Decisions about keys for the usage counts, by event: counted, answered here; \
-             reported, by services in their usage reports; dropped, not counted (too many \
-             waiting to be written)",
+             reported, by services in their usage reports",
             usage.clone(),
         );
         let sources = Metrics::register(&mut registry);
@@ -276,10 +275,12 @@ impl ServerMetrics {
     }
 
     /// Decisions for the usage counts: `counted` here, `reported` by
-    /// services, or `dropped`.
+    /// services.
     pub(crate) fn usage(&self, event: &'static str, decisions: u64) {
         if decisions > 0 {
-            self.usage.get_or_create(&[("event", event)]).inc_by(decisions);
+            self.usage
+                .get_or_create(&[("event", event)])
+                .inc_by(decisions);
         }
     }
 
@@ -329,6 +330,18 @@ impl MetricSource for StoreSource {
                 n as f64,
             );
         }
+        samples.counter(
+            "auth_server_usage_dropped",
+            "Decisions not counted in the usage counts: too many waiting to be written.",
+            Vec::new(),
+            self.0.usage_dropped(),
+        );
+        samples.gauge(
+            "auth_server_usage_pending",
+            "Key-hours of usage counts waiting to be written.",
+            Vec::new(),
+            self.0.pending_usage() as f64,
+        );
         samples.gauge(
             "auth_server_changes_following",
             "1 while this instance follows the change log (its changes streams are live).",

@@ -17,8 +17,16 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::{AppState, Body, ErrorBody, MAX_UNIX, bad, error, interval_secs, not_found};
 
-/// Largest usage report body: 5,000 entries of about 150 bytes.
-pub(crate) const REPORT_BODY_LIMIT: usize = 1024 * 1024;
+/// Largest usage report body: 5,000 entries of up to ~260 bytes (every
+/// code at its largest count).
+pub(crate) const REPORT_BODY_LIMIT: usize = 2 * 1024 * 1024;
+
+/// How old a reported hour may be (older entries are skipped).
+pub(crate) const REPORT_PAST: Duration = Duration::from_secs(7 * 86_400);
+
+/// How far back a read of every key's usage may look (one key's: as far
+/// as counts are kept).
+pub(crate) const ALL_KEYS_PAST: Duration = Duration::from_secs(31 * 86_400);
 
 /// How far back a read may look without `since`.
 const DEFAULT_SINCE: Duration = Duration::from_secs(24 * 3600);
@@ -43,6 +51,7 @@ pub(crate) async fn report(
     if let Err(e) = report.check() {
         return bad(&e.to_string());
     }
+    let now = crate::unix(SystemTime::now());
     let mut decisions = 0u64;
     let mut entries = Vec::with_capacity(report.entries.len());
     for entry in &report.entries {
@@ -51,17 +60,25 @@ pub(crate) async fn report(
         else {
             return bad("a usage entry is out of range");
         };
-        decisions += entry
-            .counts
-            .by_code()
-            .iter()
-            .map(|(_, n)| n.unsigned_abs())
-            .sum::<u64>();
+        // Only hours a read can show and pruning will end: a service
+        // whose clock is off, or that kept counts through a long outage,
+        // loses those entries, never the report.
+        if entry.hour.saturating_add(REPORT_PAST.as_secs()) < now
+            || entry.hour > now.saturating_add(3600)
+        {
+            continue;
+        }
+        decisions = decisions.saturating_add(
+            entry
+                .counts
+                .by_code()
+                .iter()
+                .fold(0u64, |sum, (_, n)| sum.saturating_add(n.unsigned_abs())),
+        );
         entries.push((digest, hour, entry.counts));
     }
     // All or nothing: a refused report is sent again whole.
-    if !s.store.add_usage_all(&entries) {
-        s.metrics.usage("dropped", decisions);
+    if !s.store.add_usage(&entries) {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
@@ -70,13 +87,14 @@ pub(crate) async fn report(
     }
     s.metrics.usage("reported", decisions);
     Json(UsageAccepted {
-        accepted: report.entries.len() as u64,
+        accepted: entries.len() as u64,
     })
     .into_response()
 }
 
 /// `since`: Unix seconds, or a time back from now (`90m`, `24h`, `7d`).
 #[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct KeyUsageQuery {
     /// From this hour on: Unix seconds or a time back from now (`24h`,
@@ -86,12 +104,13 @@ pub(crate) struct KeyUsageQuery {
 
 /// `owner` and `since`.
 #[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct UsageQuery {
     /// Only this owner's keys (default: every key).
     owner: Option<String>,
     /// From this hour on: Unix seconds or a time back from now (`24h`,
-    /// `7d`); default 24 hours ago.
+    /// `7d`), at most 31 days back; default 24 hours ago.
     since: Option<String>,
 }
 
@@ -244,6 +263,14 @@ pub(crate) async fn usage(
         Ok(t) => t,
         Err(message) => return bad(message),
     };
+    if SystemTime::now()
+        .duration_since(from)
+        .is_ok_and(|back| back > ALL_KEYS_PAST + Duration::from_secs(3600))
+    {
+        return bad(
+            "every key's usage goes back at most 31 days (one key's: GET /api/v1/keys/{id}/usage)",
+        );
+    }
     let owner = query.owner.filter(|o| !o.is_empty());
     match s.store.usage(owner.as_deref(), from).await {
         Ok(keys) => Json(UsageList {

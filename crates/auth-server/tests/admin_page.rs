@@ -735,6 +735,33 @@ async fn a_person_runs_keys_and_credentials_from_the_admin_page() {
     assert_eq!(saved["credits"]["remaining"], 119);
     assert_eq!(saved["scopes"], json!(["stt", "tts"]));
 
+    // A new refill alone keeps what remains now — not the 119 the dialog
+    // read before one more credit was spent.
+    page.click(&format!(
+        "#keys tr[data-id=\"{a}\"] button[data-action=edit]"
+    ))
+    .await;
+    page.wait_for(
+        "the edit dialog",
+        "document.getElementById('edit-dialog').open",
+    )
+    .await;
+    assert_eq!(validate(&server, &token, &key_a).await, "valid");
+    page.fill("#edit-refill-every", "12h").await;
+    page.click("#edit-save").await;
+    page.wait_for(
+        "the new refill",
+        &format!(
+            "!document.getElementById('edit-dialog').open &&
+            document.querySelector('#keys tr[data-id=\"{a}\"] td.c-credits')?.textContent
+                === '118 / refill 1000 every 12h'"
+        ),
+    )
+    .await;
+    let (_, saved) = server.call("GET", &format!("/api/v1/keys/{a}"), None).await;
+    assert_eq!(saved["credits"]["remaining"], 118, "{saved}");
+    assert_eq!(saved["credits"]["refill"]["every"], 43_200);
+
     // Rotated: the new key shown once, and until when the old one works.
     page.click(&format!(
         "#keys tr[data-id=\"{a}\"] button[data-action=rotate]"

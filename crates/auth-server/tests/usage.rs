@@ -279,10 +279,26 @@ async fn reports_add_up_whole_or_not_at_all() {
         "nothing counted"
     );
 
-    // The largest report (5,000 entries, ~0.5 MB) is taken.
-    let full: Vec<Value> = (1..=5_000u64)
-        .map(|i| entry(&digest, hour - 3600 * i, json!({"valid": 1, "disabled": 1})))
+    // The largest report (5,000 entries, every code at its largest count:
+    // ~1.3 MB) is taken; entries of hours older than 7 days or ahead of
+    // the next are skipped, not refused.
+    let big = json!({"valid": 1_000_000_000, "disabled": 1_000_000_000, "expired": 1_000_000_000,
+        "insufficient_scope": 1_000_000_000, "rate_limited": 1_000_000_000,
+        "usage_exceeded": 1_000_000_000});
+    let full: Vec<Value> = (0..5_000u64)
+        .map(|i| match i {
+            // The known key: the previous 7 days' hours.
+            1..=167 => entry(&digest, hour - 3600 * i, json!({"valid": 1, "disabled": 1})),
+            168 => entry(&digest, hour - 3600 * 24 * 8, json!({"valid": 1})),
+            169 => entry(&digest, hour + 7200, json!({"valid": 1})),
+            // Keys of no one, alike in their first 56 digits (a sender
+            // picks its digests: they must not pile into one hash
+            // bucket): dropped when written.
+            _ => entry(&format!("{i:064x}"), hour, big.clone()),
+        })
         .collect();
+    let body = serde_json::to_vec(&json!({"entries": full})).unwrap();
+    assert!(body.len() > 1_200_000, "{} bytes", body.len());
     let (status, answer) = inst
         .post(
             auth_core::protocol::USAGE_PATH,
@@ -290,16 +306,25 @@ async fn reports_add_up_whole_or_not_at_all() {
             json!({"entries": full}),
         )
         .await;
-    assert_eq!((status, answer), (200, json!({"accepted": 5000})));
+    assert_eq!((status, answer), (200, json!({"accepted": 4998})));
     let (_, usage) = inst
         .call("GET", &format!("/api/v1/keys/{id}/usage?since=0"), None)
         .await;
-    assert_eq!(usage["buckets"].as_array().unwrap().len(), 5_001);
+    let buckets = usage["buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), 168, "{usage}");
+    assert!(buckets.iter().all(|b| b["hour"].as_u64().unwrap() <= hour));
     assert_eq!(
         inst.metric("auth_server_usage_decisions_total{event=\"reported\"}")
             .await,
-        9.0 + 2.0 + 5.0 + 2.0 + 10_000.0
+        9.0 + 2.0 + 5.0 + 2.0 + 167.0 * 2.0 + 4_831.0 * 6e9
     );
+    // Every key's usage: at most 31 days back.
+    let (status, _) = inst.call("GET", "/api/v1/usage?since=32d", None).await;
+    assert_eq!(status, 400);
+    let (status, _) = inst.call("GET", "/api/v1/usage?since=31d", None).await;
+    assert_eq!(status, 200);
+    let (status, _) = inst.call("GET", "/api/v1/usage?sinc=7d", None).await;
+    assert_eq!(status, 400, "unknown parameters are refused");
 }
 
 /// Counts of two instances on PostgreSQL add up; each writes its own

@@ -409,7 +409,9 @@ struct Inner {
     /// Ids looked up since the last flush of `last_used_at`.
     used: Mutex<HashSet<String>>,
     /// Usage counts not yet written (see `usage`).
-    usage: Mutex<usage::Pending>,
+    usage: Mutex<usage::PendingUsage>,
+    /// One usage flush at a time (see `flush_usage`).
+    usage_flush: tokio::sync::Mutex<()>,
     format: ApiKeyFormat,
     service_format: ApiKeyFormat,
 }
@@ -844,7 +846,8 @@ impl SqlKeyStore {
                 followed_at: AtomicU64::new(0),
                 epoch: std::time::Instant::now(),
                 used: Mutex::new(HashSet::new()),
-                usage: Mutex::new(usage::Pending::new()),
+                usage: Mutex::new(usage::PendingUsage::default()),
+                usage_flush: tokio::sync::Mutex::new(()),
                 format: ApiKeyFormat::default(),
                 service_format: ApiKeyFormat::new("sk_svc", 256)?,
             }),

@@ -27,8 +27,12 @@ pub const USAGE_KEEPS: Duration = Duration::from_secs(400 * 86_400);
 /// Rows per statement: 4 parameters each, well under SQLite's limit.
 const ROWS_PER_STATEMENT: usize = 1_000;
 
-/// Counts waiting to be written, by key digest and hour.
-pub(crate) type Pending = HashMap<(Digest, i64), UsageCounts>;
+/// Counts waiting to be written, by key digest and hour. Keyed by the
+/// digest's bytes, all of them hashed: reported digests are the sender's
+/// choice, and `Digest`'s own hash (its first 8 bytes, made for digests
+/// this process computed) would let a report pile thousands into one
+/// bucket.
+pub(crate) type Pending = HashMap<([u8; 32], i64), UsageCounts>;
 
 /// The start of the hour `at` is in, Unix seconds.
 pub fn hour_of(at: SystemTime) -> i64 {
@@ -48,11 +52,9 @@ pub struct UsageBucket {
 impl UsageBucket {
     /// All decisions in the hour.
     pub fn total(&self) -> u64 {
-        self.counts
-            .by_code()
-            .iter()
-            .map(|(_, n)| n.max(&0).unsigned_abs())
-            .sum()
+        self.counts.by_code().iter().fold(0u64, |sum, (_, n)| {
+            sum.saturating_add(n.max(&0).unsigned_abs())
+        })
     }
 }
 
@@ -81,7 +83,7 @@ fn code_of(text: &str) -> Option<Code> {
 
 /// Adds `counts` to `pending` at `(digest, hour)`; false when that needs a
 /// new entry and `pending` is full.
-fn merge(pending: &mut Pending, digest: Digest, hour: i64, counts: &UsageCounts) -> bool {
+fn merge(pending: &mut Pending, digest: [u8; 32], hour: i64, counts: &UsageCounts) -> bool {
     if !pending.contains_key(&(digest, hour)) && pending.len() >= MAX_PENDING_USAGE {
         return false;
     }
@@ -90,6 +92,28 @@ fn merge(pending: &mut Pending, digest: Digest, hour: i64, counts: &UsageCounts)
         entry.add(code, n);
     }
     true
+}
+
+/// Counts waiting to be written: the service's own decisions and what
+/// services reported, each bounded on its own (reports, however many,
+/// never crowd out the service's own counts), and the decisions dropped.
+#[derive(Default)]
+pub(crate) struct PendingUsage {
+    own: Pending,
+    reported: Pending,
+    dropped: u64,
+}
+
+/// A stored count never goes past this (a sum that would is left as it
+/// is); one flush adds at most `MAX_DELTA` to it.
+const MAX_STORED: i64 = 1_000_000_000_000_000_000;
+const MAX_DELTA: i64 = 1_000_000_000_000_000;
+
+fn decisions(counts: &UsageCounts) -> u64 {
+    counts
+        .by_code()
+        .iter()
+        .fold(0u64, |sum, (_, n)| sum.saturating_add(n.unsigned_abs()))
 }
 
 impl SqlKeyStore {
@@ -102,115 +126,144 @@ impl SqlKeyStore {
         }
         let mut counts = UsageCounts::default();
         counts.add(code, 1);
-        self.add_usage(digest, hour_of(at), &counts)
-    }
-
-    /// Adds counts reported for the key with this digest in the hour
-    /// starting at `hour` (Unix seconds; the caller checked the ranges).
-    /// False when the pending counts are full and they were dropped.
-    pub fn add_usage(&self, digest: &Digest, hour: i64, counts: &UsageCounts) -> bool {
-        if counts.is_empty() {
-            return true;
-        }
-        merge(&mut self.inner.usage.lock(), *digest, hour, counts)
-    }
-
-    /// Adds a whole report's counts, or none of them when the pending
-    /// counts have no room for all (so that a report refused for want of
-    /// room can be sent again without counting twice): whether added.
-    pub fn add_usage_all(&self, entries: &[(Digest, i64, UsageCounts)]) -> bool {
         let mut pending = self.inner.usage.lock();
-        let new = entries
-            .iter()
-            .filter(|(digest, hour, _)| !pending.contains_key(&(*digest, *hour)))
-            .count();
-        if pending.len().saturating_add(new) > MAX_PENDING_USAGE {
+        let added = merge(&mut pending.own, *digest.as_bytes(), hour_of(at), &counts);
+        if !added {
+            pending.dropped += 1;
+        }
+        added
+    }
+
+    /// Adds a service's report — entries of (digest, hour start in Unix
+    /// seconds, counts), ranges checked by the caller — whole, or none of
+    /// it when the reports' pending counts have no room for all (so that a
+    /// report refused for want of room can be sent again without counting
+    /// twice): whether added. Entries without counts take no room.
+    pub fn add_usage(&self, entries: &[(Digest, i64, UsageCounts)]) -> bool {
+        let mut pending = self.inner.usage.lock();
+        let pending = &mut *pending;
+        let mut new = std::collections::HashSet::new();
+        for (digest, hour, counts) in entries {
+            let key = (*digest.as_bytes(), *hour);
+            if !counts.is_empty() && !pending.reported.contains_key(&key) {
+                new.insert(key);
+            }
+        }
+        if pending.reported.len().saturating_add(new.len()) > MAX_PENDING_USAGE {
+            let lost = entries.iter().map(|(_, _, c)| decisions(c));
+            pending.dropped = pending.dropped.saturating_add(lost.sum());
             return false;
         }
-        for (digest, hour, counts) in entries {
-            merge(&mut pending, *digest, *hour, counts);
+        for (digest, hour, counts) in entries.iter().filter(|(_, _, c)| !c.is_empty()) {
+            merge(&mut pending.reported, *digest.as_bytes(), *hour, counts);
         }
         true
     }
 
-    /// Key-hours waiting to be written.
+    /// Key-hours waiting to be written (the service's own and reported).
     pub fn pending_usage(&self) -> usize {
-        self.inner.usage.lock().len()
+        let pending = self.inner.usage.lock();
+        pending.own.len() + pending.reported.len()
+    }
+
+    /// Decisions not counted since the start: too many waiting to be
+    /// written (when counted or reported, or put back after a failed
+    /// write).
+    pub fn usage_dropped(&self) -> u64 {
+        self.inner.usage.lock().dropped
     }
 
     /// Writes the pending counts: one statement per 1,000 key-hour-codes,
     /// adding to what is stored (digests resolved to ids in the
-    /// statement; those of no key dropped). On a failure what was not
-    /// written goes back to the pending counts (as room allows) for the
-    /// next flush. The number of key-hours written.
+    /// statement; those of no key dropped), in one transaction. The number
+    /// of key-hours written.
+    ///
+    /// The write runs in a task of its own, one at a time per process: a
+    /// caller that goes away (an HTTP client hanging up on a read that
+    /// flushes first) cannot cut it short, and a flush waits for the one
+    /// under way — so a read after it sees everything counted before it.
+    /// On a failure the counts go back to be written by the next flush
+    /// (as room allows; what does not fit is dropped and counted). A
+    /// commit whose answer is lost (the connection cut after PostgreSQL
+    /// committed) counts that batch twice: the one case.
     pub async fn flush_usage(&self) -> Result<usize, Error> {
-        let pending = std::mem::take(&mut *self.inner.usage.lock());
-        if pending.is_empty() {
-            return Ok(0);
-        }
-        let rows: Vec<(String, i64, &'static str, i64)> = pending
-            .iter()
-            .flat_map(|((digest, hour), counts)| {
-                let hex = digest.to_hex();
-                counts
-                    .by_code()
-                    .into_iter()
-                    .filter(|(_, n)| *n != 0)
-                    .map(move |(code, n)| (hex.clone(), *hour, code.as_str(), n))
-            })
-            .collect();
-        let mut tx = match self.inner.pool.begin().await {
-            Ok(tx) => tx,
-            Err(e) => {
-                self.restore_usage(pending);
-                return Err(e.into());
-            }
-        };
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let p = 4 * i + 2;
-                    format!("(${p}, ${}, ${}, ${})", p + 1, p + 2, p + 3)
-                })
-                .collect();
-            // `WHERE true`: SQLite reads an `ON` after a join as the
-            // join's otherwise.
-            let sql = format!(
-                "INSERT INTO auth_key_usage (key_id, hour, code, count) \
-                 SELECT k.id, v.column2, v.column3, v.column4 \
-                 FROM (VALUES {}) AS v JOIN auth_keys k ON k.digest = v.column1 AND k.kind = $1 \
-                 WHERE true \
-                 ON CONFLICT (key_id, hour, code) \
-                 DO UPDATE SET count = auth_key_usage.count + excluded.count",
-                values.join(", ")
-            );
-            let mut q = sqlx::query(&sql).bind(KeyKind::Client.as_str());
-            for (digest, hour, code, n) in chunk {
-                q = q.bind(digest).bind(*hour).bind(*code).bind(*n);
-            }
-            if let Err(e) = q.execute(&mut *tx).await {
-                drop(tx);
-                self.restore_usage(pending);
-                return Err(e.into());
-            }
-        }
-        if let Err(e) = tx.commit().await {
-            self.restore_usage(pending);
-            return Err(e.into());
-        }
-        Ok(pending.len())
+        let store = self.clone();
+        tokio::spawn(async move { store.write_usage().await })
+            .await
+            .unwrap_or_else(|_| Err(Error::Invalid("the usage flush stopped".into())))
     }
 
-    /// Puts counts that could not be written back with the pending ones.
+    async fn write_usage(&self) -> Result<usize, Error> {
+        let _one_at_a_time = self.inner.usage_flush.lock().await;
+        let mut batch = {
+            let mut pending = self.inner.usage.lock();
+            let mut batch = std::mem::take(&mut pending.own);
+            for ((digest, hour), counts) in std::mem::take(&mut pending.reported) {
+                let entry = batch.entry((digest, hour)).or_default();
+                for (code, n) in counts.by_code() {
+                    entry.add(code, n);
+                }
+            }
+            batch
+        };
+        batch.retain(|_, counts| !counts.is_empty());
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        match self.write_batch(&batch).await {
+            Ok(()) => Ok(batch.len()),
+            Err(e) => {
+                self.restore_usage(batch);
+                Err(e)
+            }
+        }
+    }
+
+    /// One transaction; rows in (digest, hour, code) order, so that
+    /// instances flushing the same key-hours lock them in the same order
+    /// (never a deadlock). Rows are made a statement's worth at a time.
+    async fn write_batch(&self, batch: &Pending) -> Result<(), Error> {
+        let mut keys: Vec<([u8; 32], i64)> = batch.keys().copied().collect();
+        keys.sort_unstable();
+        let mut tx = self.inner.pool.begin().await?;
+        let mut rows: Vec<NewRow> = Vec::with_capacity(ROWS_PER_STATEMENT);
+        for key in &keys {
+            let hex = Digest::from_bytes(key.0).to_hex();
+            for (code, n) in batch[key].by_code() {
+                if n != 0 {
+                    rows.push((
+                        hex.clone(),
+                        key.1,
+                        code.as_str(),
+                        n.clamp(-MAX_DELTA, MAX_DELTA),
+                    ));
+                }
+            }
+            // Room for one more key-hour's six codes.
+            if rows.len() + 6 > ROWS_PER_STATEMENT {
+                write_rows(&mut tx, &rows).await?;
+                rows.clear();
+            }
+        }
+        if !rows.is_empty() {
+            write_rows(&mut tx, &rows).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Puts counts that could not be written back with the service's own
+    /// pending ones; what does not fit is dropped, and counted.
     fn restore_usage(&self, unwritten: Pending) {
         let mut pending = self.inner.usage.lock();
-        let mut dropped = 0usize;
+        let mut dropped = 0u64;
         for ((digest, hour), counts) in unwritten {
-            if !merge(&mut pending, digest, hour, &counts) {
-                dropped += 1;
+            if !merge(&mut pending.own, digest, hour, &counts) {
+                dropped = dropped.saturating_add(decisions(&counts));
             }
         }
         if dropped > 0 {
+            pending.dropped = pending.dropped.saturating_add(dropped);
             tracing::warn!(target: "auth_sqlx", dropped, "usage counts dropped: too many waiting");
         }
     }
@@ -308,6 +361,40 @@ impl SqlKeyStore {
             .await?;
         Ok(done.rows_affected())
     }
+}
+
+/// A row to add: digest (hex), hour, code, count.
+type NewRow = (String, i64, &'static str, i64);
+
+/// One statement adding `rows` (ordered) to what is stored.
+async fn write_rows(tx: &mut sqlx::AnyConnection, rows: &[NewRow]) -> Result<(), Error> {
+    let values: Vec<String> = (0..rows.len())
+        .map(|i| {
+            let p = 4 * i + 3;
+            format!("(${p}, ${}, ${}, ${})", p + 1, p + 2, p + 3)
+        })
+        .collect();
+    // `WHERE true`: SQLite reads an `ON` after a join as the join's
+    // otherwise. A sum past `MAX_STORED` stays as it is (never an overflow
+    // that would fail every later flush).
+    let sql = format!(
+        "INSERT INTO auth_key_usage (key_id, hour, code, count) \
+         SELECT k.id, v.column2, v.column3, v.column4 \
+         FROM (VALUES {}) AS v JOIN auth_keys k ON k.digest = v.column1 AND k.kind = $1 \
+         WHERE true ORDER BY v.column1, v.column2, v.column3 \
+         ON CONFLICT (key_id, hour, code) DO UPDATE SET count = CASE \
+         WHEN auth_key_usage.count > $2 THEN auth_key_usage.count \
+         ELSE auth_key_usage.count + excluded.count END",
+        values.join(", ")
+    );
+    let mut q = sqlx::query(&sql)
+        .bind(KeyKind::Client.as_str())
+        .bind(MAX_STORED);
+    for (digest, hour, code, n) in rows {
+        q = q.bind(digest).bind(*hour).bind(*code).bind(*n);
+    }
+    q.execute(tx).await?;
+    Ok(())
 }
 
 /// Adds one stored row (ordered by hour) to `buckets`; a count below 0

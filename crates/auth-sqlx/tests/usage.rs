@@ -70,14 +70,10 @@ async fn counts_add_up(store: SqlKeyStore) {
     store.count_usage(&da, now, Code::Invalid);
     store.count_usage(&db, earlier, Code::Expired);
     // A service's report: one of A's grants refused by its guard.
-    store.add_usage(
-        &da,
-        h,
-        &counts(&[(Code::Valid, -1), (Code::RateLimited, 1)]),
-    );
+    store.add_usage(&[(da, h, counts(&[(Code::Valid, -1), (Code::RateLimited, 1)]))]);
     // No key has this digest: dropped when written.
-    store.add_usage(&Digest::of(b"nobody"), h, &counts(&[(Code::Valid, 9)]));
-    assert_eq!(store.pending_usage(), 3);
+    store.add_usage(&[(Digest::of(b"nobody"), h, counts(&[(Code::Valid, 9)]))]);
+    assert_eq!(store.pending_usage(), 4, "own 2, reported 2");
 
     // Read at once: the read writes what is pending first.
     let since = now - Duration::from_secs(2 * 3600);
@@ -99,11 +95,11 @@ async fn counts_add_up(store: SqlKeyStore) {
     assert_eq!(store.pending_usage(), 0);
 
     // A move that arrives before the grant it moves: 0, then exact.
-    store.add_usage(
-        &db,
+    store.add_usage(&[(
+        db,
         h,
-        &counts(&[(Code::Valid, -1), (Code::InsufficientScope, 1)]),
-    );
+        counts(&[(Code::Valid, -1), (Code::InsufficientScope, 1)]),
+    )]);
     store.flush_usage().await.unwrap();
     let b_usage = store.key_usage(&b, since).await.unwrap().unwrap();
     assert_eq!(
@@ -173,12 +169,12 @@ async fn instances_add_up(a: SqlKeyStore, b: SqlKeyStore) {
     let now = hour_of(SystemTime::now());
     // 1,200 hours: two statements' worth.
     for i in 0..1_200 {
-        a.add_usage(&d, now - 3600 * i, &counts(&[(Code::Valid, 2)]));
-        b.add_usage(
-            &d,
+        a.add_usage(&[(d, now - 3600 * i, counts(&[(Code::Valid, 2)]))]);
+        b.add_usage(&[(
+            d,
             now - 3600 * i,
-            &counts(&[(Code::Valid, 1), (Code::Expired, 1)]),
-        );
+            counts(&[(Code::Valid, 1), (Code::Expired, 1)]),
+        )]);
     }
     assert_eq!(a.flush_usage().await.unwrap(), 1_200);
     assert_eq!(b.flush_usage().await.unwrap(), 1_200);
@@ -210,7 +206,9 @@ async fn instances_add_up_on_sqlite() {
 }
 
 /// Counts that could not be written wait for the next flush; the pending
-/// counts are bounded, and say so when full.
+/// counts are bounded, and say so when full; reports, however many, never
+/// crowd out the service's own counts; a report is taken whole or not at
+/// all.
 #[tokio::test]
 async fn unwritten_counts_wait_and_pending_counts_are_bounded() {
     let (store, _dir) = sqlite().await;
@@ -222,14 +220,38 @@ async fn unwritten_counts_wait_and_pending_counts_are_bounded() {
 
     let (store, _dir) = sqlite().await;
     let one = counts(&[(Code::Valid, 1)]);
-    for i in 0..MAX_PENDING_USAGE {
-        let hour = i64::try_from(i).unwrap() * 3600;
-        assert!(store.add_usage(&d, hour, &one));
-    }
-    assert!(!store.add_usage(&Digest::of(b"other"), 0, &one), "full");
+    let report: Vec<_> = (0..MAX_PENDING_USAGE)
+        .map(|i| (d, i64::try_from(i).unwrap() * 3600, one))
+        .collect();
+    assert!(store.add_usage(&report));
+    let other = Digest::of(b"other");
     assert!(
-        store.add_usage(&d, 0, &one),
-        "an entry it has still adds up"
+        !store.add_usage(&[(d, 0, one), (other, 0, one)]),
+        "full: not even the entry it has is taken"
     );
-    assert_eq!(store.pending_usage(), MAX_PENDING_USAGE);
+    assert_eq!(store.usage_dropped(), 2);
+    assert!(store.add_usage(&[(d, 0, one), (other, 0, UsageCounts::default())]));
+    // The service's own decisions have room of their own.
+    assert!(store.count_usage(&other, SystemTime::now(), Code::Valid));
+    assert_eq!(store.pending_usage(), MAX_PENDING_USAGE + 1);
 }
+
+/// A read's flush waits for one under way, and a flush whose caller goes
+/// away still writes: nothing counted is lost to a client hanging up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_cut_short_by_its_caller_still_writes() {
+    let (store, _dir) = sqlite().await;
+    let (id, d) = key(&store, "owner").await;
+    let now = SystemTime::now();
+    for round in 1..=20u64 {
+        for _ in 0..10 {
+            store.count_usage(&d, now, Code::Valid);
+        }
+        // The caller gives up at once: the write goes on.
+        let flush = store.flush_usage();
+        drop(tokio::time::timeout(std::time::Duration::ZERO, flush).await);
+        let usage = store.key_usage(&id, now).await.unwrap().unwrap();
+        assert_eq!(usage.buckets[0].total(), 10 * round, "round {round}");
+    }
+}
+
