@@ -1,6 +1,7 @@
 //! auth-remote: a cache hit against a local `KeySet` verify (the target:
-//! ≤ 1.5 ×), a cache hit on a key with credits (one leased credit taken per
-//! request), and a coalesced miss — 64 callers asking for one uncached key
+//! ≤ 1.5 ×) with usage counting on (the default) and off, a cache hit on a
+//! key with credits (one leased credit taken per request), the two ways to
+//! find a decision's UTC hour, and a coalesced miss — 64 callers asking for one uncached key
 //! at once, one upstream call — against a minimal key service on
 //! 127.0.0.1; auth-redis limiter checks on the local Redis; auth-sqlx
 //! cached hits and misses on SQLite and PostgreSQL. Results:
@@ -9,10 +10,11 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use auth_benches::key;
+use auth_core::clock::{Clock, CoarseClock};
 use auth_core::{Credential, KeySet, Principal, Verifier, VerifyContext};
 use auth_remote::RemoteVerifier;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
@@ -27,7 +29,13 @@ fn credited() -> String {
 /// real service leases at most what was asked, 100 by default): the bench
 /// measures spending it, not asking again.
 async fn serve(calls: Arc<AtomicUsize>) -> std::net::SocketAddr {
-    let app = axum::Router::new().route(
+    // Usage reports (every 10 s) are taken and dropped.
+    let app = axum::Router::new()
+        .route(
+            "/api/v1/api-keys/usage",
+            axum::routing::post(|| async { axum::Json(serde_json::json!({"accepted": 0})) }),
+        )
+        .route(
         "/api/v1/api-keys/validate",
         axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
             calls.fetch_add(1, Ordering::Relaxed);
@@ -61,9 +69,16 @@ fn remote(c: &mut Criterion) {
         .upstream_budget(0)
         .build()
         .unwrap();
+    // The same without usage counting: the hit as it was before it.
+    let uncounted = RemoteVerifier::builder(&format!("http://{addr}"))
+        .usage_reports(None)
+        .build()
+        .unwrap();
     let ctx = VerifyContext::default();
     let hot = key(1);
     rt.block_on(v.verify(&Credential::new(hot.clone()), &ctx))
+        .unwrap();
+    rt.block_on(uncounted.verify(&Credential::new(hot.clone()), &ctx))
         .unwrap();
     let set = KeySet::new().with_key(&hot, Principal::new("u")).unwrap();
     // The key with credits: its grant cached with a lease.
@@ -74,9 +89,14 @@ fn remote(c: &mut Criterion) {
 
     // The same measure as `--bench core`'s verify rows: the credential made
     // from the presented bytes, verified, dropped.
-    let verifiers: [(&str, &dyn Verifier, &str); 3] = [
+    let verifiers: [(&str, &dyn Verifier, &str); 4] = [
         ("remote/KeySet verify (reference)", &set, &hot),
         ("remote/RemoteVerifier cache hit", &v, &hot),
+        (
+            "remote/RemoteVerifier cache hit, usage counting off",
+            &uncounted,
+            &hot,
+        ),
         (
             "remote/RemoteVerifier cache hit, credit lease",
             &v,
@@ -102,6 +122,35 @@ fn remote(c: &mut Criterion) {
         before,
         "a cache hit made a call"
     );
+
+    // A counted decision's hour: the wall clock read per decision, against
+    // the monotonic reading a hit makes anyway plus an offset to UTC (what
+    // auth-remote does; the reading itself is on the hit path already).
+    c.bench_function("usage/hour from SystemTime::now()", |b| {
+        b.iter(|| {
+            let secs = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            black_box(secs - secs % 3600)
+        })
+    });
+    let offset = AtomicU64::new(
+        u64::try_from(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos(),
+        )
+        .unwrap()
+        .wrapping_sub(u64::try_from(CoarseClock.now().as_nanos()).unwrap()),
+    );
+    c.bench_function("usage/hour from CoarseClock + offset", |b| {
+        b.iter(|| {
+            let now = u64::try_from(CoarseClock.now().as_nanos()).unwrap_or(u64::MAX);
+            let secs = now.wrapping_add(offset.load(Ordering::Relaxed)) / 1_000_000_000;
+            black_box(secs - secs % 3600)
+        })
+    });
 
     // 64 callers at once for a key nobody asked for yet.
     let mut fresh = 1_000u64;

@@ -141,8 +141,10 @@ pub async fn run(
     axum::serve(listener, app(guard, verifier.clone()))
         .with_graceful_shutdown(shutdown)
         .await?;
-    // Credits leased and not spent go back before the process ends.
+    // Credits leased and not spent go back, and the decisions counted since
+    // the last usage report go out, before the process ends.
     verifier.return_leases().await;
+    verifier.report_usage().await;
     Ok(())
 }
 

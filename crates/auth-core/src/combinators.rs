@@ -9,8 +9,8 @@ use std::time::SystemTime;
 
 use crate::cache::{Cache, CacheEntry, CacheStats, Denial, FillTicket, TtlCache};
 use crate::{
-    Answer, ApiKeyFormat, CacheConfig, Credential, Digest, Principal, Recheck, Verifier,
-    VerifyContext, VerifyError, VerifyResult,
+    Answer, ApiKeyFormat, CacheConfig, Credential, Digest, Principal, Recheck, RefusedAfter,
+    Verifier, VerifyContext, VerifyError, VerifyResult,
 };
 
 /// A TTL cache in front of any verifier, keyed by the credential's digest.
@@ -217,6 +217,12 @@ impl<V: Verifier, C: Cache<Arc<Principal>> + 'static> Verifier for Cached<V, C> 
     fn is_ready(&self) -> bool {
         self.inner.is_ready()
     }
+
+    /// Forwarded to the wrapped verifier: the grant was its answer, or one
+    /// this cache kept of it.
+    fn refused_after(&self, digest: &Digest, principal: &Arc<Principal>, why: RefusedAfter) {
+        self.inner.refused_after(digest, principal, why);
+    }
 }
 
 /// Asks `B` only when `A` could not decide ([`VerifyError::Unavailable`]) —
@@ -392,6 +398,15 @@ impl<A: Verifier + 'static, B: Verifier + 'static> Verifier for Fallback<A, B> {
     fn is_ready(&self) -> bool {
         self.shared.primary.is_ready() || self.shared.fallback.is_ready()
     }
+
+    /// Forwarded to both: which of the two granted is not kept per
+    /// request (it would cost every request a write), and a verifier that
+    /// counts its decisions tells its own grants by the principal (a
+    /// local key's principal is not a key service's).
+    fn refused_after(&self, digest: &Digest, principal: &Arc<Principal>, why: RefusedAfter) {
+        self.shared.primary.refused_after(digest, principal, why);
+        self.shared.fallback.refused_after(digest, principal, why);
+    }
 }
 
 /// Refuses credentials that are not well-formed [`ApiKeyFormat`] keys
@@ -428,6 +443,10 @@ impl<V: Verifier> Verifier for FormatChecked<V> {
 
     fn is_ready(&self) -> bool {
         self.inner.is_ready()
+    }
+
+    fn refused_after(&self, digest: &Digest, principal: &Arc<Principal>, why: RefusedAfter) {
+        self.inner.refused_after(digest, principal, why);
     }
 }
 
@@ -497,5 +516,11 @@ impl<V: Verifier> Verifier for Deferred<V> {
 
     fn is_ready(&self) -> bool {
         self.slot.get().is_some_and(Verifier::is_ready)
+    }
+
+    fn refused_after(&self, digest: &Digest, principal: &Arc<Principal>, why: RefusedAfter) {
+        if let Some(v) = self.slot.get() {
+            v.refused_after(digest, principal, why);
+        }
     }
 }

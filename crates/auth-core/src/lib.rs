@@ -60,7 +60,8 @@ pub use store::{
     FindById, HashedKeyStore, KeyRecord, KeyStore, Lookup, MemoryKeyStore, StoreError,
 };
 pub use verifier::{
-    FnVerifier, Principal, Recheck, Verifier, VerifyContext, VerifyError, VerifyResult, verifier_fn,
+    FnVerifier, Principal, Recheck, RefusedAfter, Verifier, VerifyContext, VerifyError,
+    VerifyResult, verifier_fn,
 };
 
 /// Defaults that configurations name.

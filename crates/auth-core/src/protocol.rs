@@ -724,8 +724,14 @@ mod tests {
         assert_eq!(ok(entry("0F".repeat(32), 3600, 1)), Err(BadUsage::Digest));
         assert_eq!(ok(entry("0f".repeat(31), 3600, 1)), Err(BadUsage::Digest));
         assert_eq!(ok(entry(d.clone(), 3601, 1)), Err(BadUsage::Hour));
-        assert_eq!(ok(entry(d.clone(), 253_402_304_400, 1)), Err(BadUsage::Hour));
-        assert_eq!(ok(entry(d.clone(), 0, -1_000_000_001)), Err(BadUsage::Count));
+        assert_eq!(
+            ok(entry(d.clone(), 253_402_304_400, 1)),
+            Err(BadUsage::Hour)
+        );
+        assert_eq!(
+            ok(entry(d.clone(), 0, -1_000_000_001)),
+            Err(BadUsage::Count)
+        );
         let mut big = entry(d.clone(), 0, 0);
         big.counts.disabled = MAX_USAGE_COUNT + 1;
         assert_eq!(ok(big), Err(BadUsage::Count));
@@ -737,7 +743,10 @@ mod tests {
         let odd = r#"{"entries":[{"digest":"x","hour":0,"counts":{"invalid":1}}]}"#;
         assert!(serde_json::from_str::<UsageReport>(odd).is_err());
         let shown = format!("{:?}", entry("0f".repeat(32), 0, 1));
-        assert!(shown.contains("0f0f0f0f…") && !shown.contains(&"0f".repeat(5)), "{shown}");
+        assert!(
+            shown.contains("0f0f0f0f…") && !shown.contains(&"0f".repeat(5)),
+            "{shown}"
+        );
         let mut c = UsageCounts::default();
         c.add(Code::Invalid, 3);
         assert!(c.is_empty(), "unknown keys are not counted");

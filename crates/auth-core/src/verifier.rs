@@ -171,6 +171,17 @@ impl VerifyError {
 /// The result of a verification.
 pub type VerifyResult = Result<Arc<Principal>, VerifyError>;
 
+/// Why a guard refused a principal its verifier had granted: see
+/// [`Verifier::refused_after`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RefusedAfter {
+    /// Over the principal's rate limit (→ 429).
+    RateLimited,
+    /// Lacking the scope the guard or the route requires (→ 403).
+    InsufficientScope,
+}
+
 /// Decides who a credential belongs to: one method, [`verify`](Verifier::verify).
 ///
 /// It answers [`Answer::Ready`] when it holds the answer in memory (keys
@@ -231,6 +242,21 @@ pub trait Verifier: Send + Sync {
     /// [`Mode::Uninitialised`](crate::Mode) answers 503 until it is.
     fn is_ready(&self) -> bool {
         true
+    }
+
+    /// A grant of this verifier that its guard then refused: over the rate
+    /// limit, or lacking the scope the guard or a [`RouteScope`](crate::RouteScope)
+    /// requires — only where the request is refused (not in report-only
+    /// mode). A verifier that counts its decisions moves the grant's count
+    /// to `why` (auth-remote's does); the others ignore it (the default).
+    ///
+    /// `digest` is the credential's, `principal` the one granted. A
+    /// combinator forwards it to what it wraps ([`Fallback`](crate::Fallback)
+    /// to both of its verifiers), so a verifier that counts tells its own
+    /// grants by the principal. Called on the request's path, once per
+    /// refused request: keep it cheap, never block.
+    fn refused_after(&self, digest: &Digest, principal: &Arc<Principal>, why: RefusedAfter) {
+        let _ = (digest, principal, why);
     }
 }
 
@@ -304,5 +330,9 @@ impl<V: Verifier + ?Sized> Verifier for Arc<V> {
 
     fn is_ready(&self) -> bool {
         (**self).is_ready()
+    }
+
+    fn refused_after(&self, digest: &Digest, principal: &Arc<Principal>, why: RefusedAfter) {
+        (**self).refused_after(digest, principal, why);
     }
 }

@@ -12,6 +12,7 @@ mod inflight;
 mod lease;
 mod metrics;
 mod stream;
+mod usage;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -25,8 +26,8 @@ use auth_core::protocol::{
     Code, Lease, MAX_LEASE, RateLimit, ValidateRequest, ValidateResponse, Verdict,
 };
 use auth_core::{
-    Answer, CacheConfig, Credential, Digest, Principal, RateLimitPolicy, Verifier, VerifyContext,
-    VerifyError, VerifyResult,
+    Answer, CacheConfig, Credential, Digest, Principal, RateLimitPolicy, RefusedAfter, Verifier,
+    VerifyContext, VerifyError, VerifyResult,
 };
 use breaker::Breaker;
 use budget::Budget;
@@ -35,6 +36,7 @@ use lease::{LocalLease, Returns};
 use metrics::{Call, CallCounts, LeaseCounts};
 use parking_lot::Mutex;
 use stream::{StreamConfig, StreamState};
+use usage::Usage;
 
 /// The path of the validate endpoint on central key services
 /// ([`auth_core::protocol::VALIDATE_PATH`]).
@@ -63,7 +65,7 @@ pub enum Error {
 /// probing 1 s later, then after doubling waits up to 30 s, at most 100
 /// upstream calls a second, no serve-stale, the changes stream on (grants
 /// used at most 5 s while it is down, a stream silent for 3 s reconnected),
-/// credit leases of up to 100 credits.
+/// credit leases of up to 100 credits, usage reported every 10 s.
 pub struct RemoteVerifierBuilder {
     base_url: String,
     path: String,
@@ -83,6 +85,7 @@ pub struct RemoteVerifierBuilder {
     stream_down_ttl: Duration,
     stream_idle_timeout: Duration,
     credit_leases: u32,
+    usage_every: Option<Duration>,
 }
 
 impl fmt::Debug for RemoteVerifierBuilder {
@@ -95,6 +98,7 @@ impl fmt::Debug for RemoteVerifierBuilder {
             )
             .field("changes_stream", &self.changes_stream)
             .field("credit_leases", &self.credit_leases)
+            .field("usage_every", &self.usage_every)
             .finish_non_exhaustive()
     }
 }
@@ -236,6 +240,16 @@ impl RemoteVerifierBuilder {
         self
     }
 
+    /// How often the decisions this verifier makes without a call — cache
+    /// hits, leased credits, callers served by another's call, stale
+    /// grants — are reported to the key service, counted per key and hour
+    /// ([`auth_core::protocol::USAGE_PATH`]; default every 10 s). `None`
+    /// switches counting and reporting off. See the crate docs.
+    pub fn usage_reports(mut self, every: Option<Duration>) -> Self {
+        self.usage_every = every;
+        self
+    }
+
     /// Another clock for the cache's TTLs, the breaker, the budget, the
     /// stream-down bound and the leases' deadlines (tests).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
@@ -307,6 +321,11 @@ impl RemoteVerifierBuilder {
         } else {
             None
         };
+        if self.usage_every.is_some_and(|every| every.is_zero()) {
+            return Err(Error::Config(
+                "usage reports need an interval above 0 (or None: off)".into(),
+            ));
+        }
         let clock: Arc<dyn Clock> = self.clock.unwrap_or_else(|| Arc::new(CoarseClock));
         // Entries live for the TTL plus the serve-stale grace; freshness is
         // decided from the time each answer came in.
@@ -326,6 +345,19 @@ impl RemoteVerifierBuilder {
             clock: Arc::clone(&clock),
             counts: LeaseCounts::default(),
             warned: AtomicU64::new(0),
+        });
+        let usage = self.usage_every.map(|every| {
+            Arc::new(Usage::new(
+                every,
+                usage::MAX_PENDING,
+                Arc::clone(&clock),
+                usage::Endpoint {
+                    client: client.clone(),
+                    url: usage::url(&self.base_url),
+                    credential: credential.clone(),
+                    timeout: self.timeout,
+                },
+            ))
         });
         let inner = Arc::new(Inner {
             shown_url: redacted(&url),
@@ -357,9 +389,13 @@ impl RemoteVerifierBuilder {
             lease_want: self.credit_leases,
             leases: Mutex::new(HashMap::new()),
             returns,
+            usage,
+            reporter: Mutex::new(None),
         });
-        // Within a runtime, subscribe now; else on the first cache miss.
+        // Within a runtime, subscribe now; else on the first cache miss
+        // (likewise the usage reporter).
         inner.subscribe();
+        inner.start_reporter();
         Ok(RemoteVerifier { inner })
     }
 }
@@ -524,6 +560,11 @@ struct Inner {
     leases: Mutex<HashMap<Digest, Arc<LocalLease>>>,
     /// Gives leases back (shared with the return tasks).
     returns: Arc<Returns>,
+    /// Decisions made here, counted and reported; `None`: off.
+    usage: Option<Arc<Usage>>,
+    /// The usage reporter's task and its runtime (for a last report when
+    /// the verifier goes).
+    reporter: Mutex<Option<(tokio::task::AbortHandle, tokio::runtime::Handle)>>,
 }
 
 impl Inner {
@@ -553,12 +594,83 @@ impl Inner {
         let handle = runtime.spawn(stream::run(Arc::downgrade(self), config.clone()));
         *task = Some(handle.abort_handle());
     }
+
+    /// Starts the usage reporter unless it runs, counting is off, or there
+    /// is no runtime to run it on (as the stream's subscriber).
+    fn start_reporter(&self) {
+        let Some(usage) = &self.usage else {
+            return;
+        };
+        let mut task = self.reporter.lock();
+        if task.as_ref().is_some_and(|(t, _)| !t.is_finished()) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        // Weak: the task must not keep the counts alive past the verifier.
+        let handle = runtime.spawn(usage::run(Arc::downgrade(usage), usage.every));
+        *task = Some((handle.abort_handle(), runtime));
+    }
+
+    /// Counts a decision made here about `digest` (nothing while counting
+    /// is off).
+    #[inline]
+    fn count(&self, digest: &Digest, now: Duration, code: Code) {
+        if let Some(usage) = &self.usage {
+            usage.count(digest, now, code);
+        }
+    }
+
+    /// Counts `outcome`, taken here from another caller's call, if it is a
+    /// decision about the key.
+    fn count_taken(&self, digest: &Digest, outcome: &Outcome) {
+        let code = match outcome {
+            Outcome::Valid(_) | Outcome::Leased(..) => Code::Valid,
+            Outcome::Denied(Denial::Disabled) => Code::Disabled,
+            Outcome::Denied(Denial::Expired) => Code::Expired,
+            Outcome::LacksScope(_) => Code::InsufficientScope,
+            Outcome::KeyLimited => Code::RateLimited,
+            Outcome::OutOfCredits(_) => Code::UsageExceeded,
+            // An unknown key is no key to count; the rest decide nothing
+            // about the key (a charged grant is asked again).
+            Outcome::Denied(_)
+            | Outcome::Charged(_)
+            | Outcome::Unavailable
+            | Outcome::Throttled
+            | Outcome::Shed => return,
+        };
+        self.count(digest, self.clock.now(), code);
+    }
+
+    /// Counts a cached denial answered here (an unknown key is not
+    /// counted: there is no key).
+    #[inline]
+    fn count_denial(&self, digest: &Digest, denial: Denial) {
+        let code = match denial {
+            Denial::Disabled => Code::Disabled,
+            Denial::Expired => Code::Expired,
+            _ => return,
+        };
+        self.count(digest, self.clock.now(), code);
+    }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         if let Some(task) = self.subscriber.get_mut().take() {
             task.abort();
+        }
+        // What is counted and not yet reported goes in a last report, on
+        // the runtime the reporter ran on (a report under way is cut short
+        // and counted lost).
+        if let (Some((task, runtime)), Some(usage)) =
+            (self.reporter.get_mut().take(), self.usage.take())
+        {
+            task.abort();
+            if usage.pending() {
+                drop(runtime.spawn(async move { usage.report().await }));
+            }
         }
         // What is left of our leases goes back; their timers end.
         for (_, lease) in self.leases.get_mut().drain() {
@@ -743,6 +855,7 @@ impl RemoteVerifier {
             stream_down_ttl: Duration::from_secs(5),
             stream_idle_timeout: Duration::from_secs(3),
             credit_leases: 100,
+            usage_every: Some(Duration::from_secs(10)),
         }
     }
 
@@ -754,7 +867,10 @@ impl RemoteVerifier {
     /// set but blank is an error), `AUTH_REMOTE_CACHE_TTL` and
     /// `AUTH_REMOTE_TIMEOUT` (seconds), `AUTH_REMOTE_CREDIT_LEASE` (credits
     /// to lease, 0 – 10,000; 0 switches leases off — see
-    /// [`credit_leases`](RemoteVerifierBuilder::credit_leases)). Errors name
+    /// [`credit_leases`](RemoteVerifierBuilder::credit_leases)),
+    /// `AUTH_REMOTE_USAGE_EVERY` (seconds between usage reports, 1 – 3600;
+    /// `off` or 0 switches counting off — see
+    /// [`usage_reports`](RemoteVerifierBuilder::usage_reports)). Errors name
     /// the variable, never a token's value.
     pub fn from_env() -> Result<Option<RemoteVerifierBuilder>, Error> {
         Self::from_lookup(|name| std::env::var(name).ok())
@@ -779,6 +895,7 @@ impl RemoteVerifier {
     ///     ("AUTH_REMOTE_SERVICE_TOKEN", " "),
     ///     ("AUTH_REMOTE_TIMEOUT", "soon"),
     ///     ("AUTH_REMOTE_CREDIT_LEASE", "10001"),
+    ///     ("AUTH_REMOTE_USAGE_EVERY", "0.5"),
     /// ] {
     ///     let env = |n: &str| match n {
     ///         "AUTH_REMOTE_ENABLED" => Some("true".to_owned()),
@@ -864,6 +981,26 @@ impl RemoteVerifier {
                 })?;
             builder = builder.credit_leases(credits);
         }
+        if let Some(raw) = lookup("AUTH_REMOTE_USAGE_EVERY") {
+            let every = match raw.trim() {
+                "0" => None,
+                off if off.eq_ignore_ascii_case("off") => None,
+                seconds => Some(
+                    seconds
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|s| (1.0..=3600.0).contains(s))
+                        .map(Duration::from_secs_f64)
+                        .ok_or_else(|| {
+                            Error::Config(format!(
+                                "AUTH_REMOTE_USAGE_EVERY must be seconds between usage reports, \
+                                 from 1 to 3600, or off (got `{raw}`)"
+                            ))
+                        })?,
+                ),
+            };
+            builder = builder.usage_reports(every);
+        }
         Ok(Some(builder))
     }
 
@@ -937,6 +1074,20 @@ impl RemoteVerifier {
             .collect();
         for task in returns {
             let _ = task.await;
+        }
+    }
+
+    /// Reports the decisions counted so far and not yet reported (see
+    /// [`RemoteVerifierBuilder::usage_reports`]), and waits for the key
+    /// service's answers (after a report under way, if any; each request
+    /// within the call timeout). Call it before a graceful shutdown, with
+    /// [`return_leases`](Self::return_leases): a process that stops
+    /// without it loses what was counted since the last report (at most
+    /// one interval). A report the service did not take stays pending.
+    /// Nothing happens while counting is off.
+    pub async fn report_usage(&self) {
+        if let Some(usage) = &self.inner.usage {
+            usage.report().await;
         }
     }
 
@@ -1054,8 +1205,7 @@ fn read(
     verdict: Verdict,
     digest: &Digest,
 ) -> (Outcome, Option<Duration>) {
-    // A per-key limit bucket: 64 bits of the digest, not the key.
-    let key_id = format!("remote:{}", &digest.to_hex()[..16]);
+    let key_id = key_id(digest);
     let principal = |user: Option<String>| {
         Principal::new(user.unwrap_or_else(|| key_id.clone())).with_key_id(key_id.clone())
     };
@@ -1108,6 +1258,30 @@ fn read(
         Code::Valid => Outcome::Unavailable,
     };
     (outcome, None)
+}
+
+/// The key id of this verifier's principals: a per-key limit bucket, 64
+/// bits of the digest, not the key (and how `refused_after` tells its own
+/// grants).
+fn key_id(digest: &Digest) -> String {
+    format!("remote:{}", &digest.to_hex()[..16])
+}
+
+/// Whether `id` is [`key_id`]`(digest)`, without allocating (on the
+/// refusal path).
+fn is_key_id(id: Option<&str>, digest: &Digest) -> bool {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let Some(hex) = id.and_then(|id| id.strip_prefix("remote:")) else {
+        return false;
+    };
+    hex.len() == 16
+        && hex
+            .as_bytes()
+            .chunks_exact(2)
+            .zip(&digest.as_bytes()[..8])
+            .all(|(pair, byte)| {
+                pair[0] == HEX[usize::from(byte >> 4)] && pair[1] == HEX[usize::from(byte & 15)]
+            })
 }
 
 /// Time until `expires_at` (Unix seconds), `None` when it has passed.
@@ -1222,6 +1396,11 @@ impl Inner {
                 Duration::ZERO,
                 tokio::runtime::Handle::current(),
             ));
+        }
+        // Its grant is counted as refused already (by the service; here for
+        // callers joined on the call): a guard refusing it moves nothing.
+        if let (Outcome::LacksScope(p), Some(usage)) = (&outcome, &self.usage) {
+            usage.lacks_scope(p);
         }
         tracing::debug!(target: "auth_remote", fingerprint = %digest.fingerprint(),
             outcome = outcome_name(&outcome), "key service answered");
@@ -1395,6 +1574,8 @@ impl Verifier for RemoteVerifier {
                     tracing::trace!(target: "auth_remote", "cache hit");
                     #[cfg(feature = "prometheus")]
                     self.inner.stats.hit();
+                    // Decided here: counted, at the clock reading above.
+                    self.inner.count(credential.digest(), now, Code::Valid);
                     return Answer::Ready(Ok(fresh.principal));
                 }
                 // Stale (or the changes stream is down): used only while
@@ -1403,6 +1584,7 @@ impl Verifier for RemoteVerifier {
             Some(CacheEntry::Denied(denial)) => {
                 #[cfg(feature = "prometheus")]
                 self.inner.stats.hit();
+                self.inner.count_denial(credential.digest(), denial);
                 return Answer::Ready(Err(denial.into()));
             }
             None => {}
@@ -1416,6 +1598,33 @@ impl Verifier for RemoteVerifier {
         let required_scope = ctx.required_scope.map(str::to_owned);
         Answer::pending(async move { this.missed(&credential, required_scope).await })
     }
+
+    /// Moves the grant's count (see
+    /// [`RemoteVerifierBuilder::usage_reports`]): in the current hour's
+    /// pending counts for `digest`, `valid` − 1 and `why` + 1 — so `valid`
+    /// may be negative in a report when the grant was the key service's
+    /// answer, counted there. Not for a principal this verifier did not
+    /// grant (a [`Fallback`](auth_core::Fallback)'s other verifier's), nor
+    /// for one the service answered `insufficient_scope` for (counted as
+    /// that already).
+    fn refused_after(&self, digest: &Digest, principal: &Arc<Principal>, why: RefusedAfter) {
+        let Some(usage) = &self.inner.usage else {
+            return;
+        };
+        let code = match why {
+            RefusedAfter::RateLimited => Code::RateLimited,
+            RefusedAfter::InsufficientScope => Code::InsufficientScope,
+            _ => return,
+        };
+        // A principal the service granted without the scope asked has no
+        // scopes: only those are looked up.
+        if !is_key_id(principal.key_id(), digest)
+            || (principal.scopes().is_empty() && usage.lacked_scope(principal))
+        {
+            return;
+        }
+        usage.moved(digest, self.now(), code);
+    }
 }
 
 impl RemoteVerifier {
@@ -1426,11 +1635,15 @@ impl RemoteVerifier {
         required_scope: Option<String>,
     ) -> VerifyResult {
         self.inner.subscribe();
+        self.inner.start_reporter();
         let inner = &*self.inner;
         let digest = *credential.digest();
         tracing::trace!(target: "auth_remote", fingerprint = %digest.fingerprint(), "cache miss");
         let scope = required_scope.or_else(|| inner.scope.clone());
-        let outcome = loop {
+        // With whether the outcome was decided here (taken from another
+        // caller's call): counted here. A caller's own call was counted by
+        // the service (or, answered from the cache, by `ask`).
+        let (outcome, here) = loop {
             // One call per key (and scope) at a time; the others wait for
             // it. The guard leaves the map clean however this future ends.
             let joined = inner.inflight.join((digest, scope.clone()));
@@ -1449,18 +1662,25 @@ impl RemoteVerifier {
                 // One request's credits were spent: the grant is the
                 // caller's who made the call; the others are charged with
                 // calls of their own.
-                Outcome::Charged(_) if !own => break self.ask(credential, joined.scope()).await,
+                Outcome::Charged(_) if !own => {
+                    break (self.ask(credential, joined.scope()).await, false);
+                }
                 // The call's owner is paid for; the others take a leased
                 // credit each, or join the next call (one call a round, so
                 // every round lets its owner through: this ends).
                 Outcome::Leased(p, lease) if !own => {
                     if lease.take(self.now()) {
-                        break Outcome::Valid(p);
+                        break (Outcome::Valid(p), true);
                     }
                 }
-                outcome => break outcome,
+                outcome => break (outcome, !own),
             }
         };
+        // Counted once the answer is in: a future dropped while it waits
+        // counts nothing.
+        if here {
+            inner.count_taken(&digest, &outcome);
+        }
         match outcome {
             Outcome::Valid(p)
             | Outcome::Charged(p)
@@ -1482,20 +1702,28 @@ impl RemoteVerifier {
         // A caller that missed the cache just before another's call filled
         // it and left: the answer is there now (with a lease: if a credit
         // is left for this caller).
+        // Decided here, so counted here.
         match self.cached(digest) {
             Some(CacheEntry::Granted(fresh)) => {
                 let now = self.now();
                 if now < self.inner.served_until(&fresh) {
                     match fresh.lease {
-                        None => return Outcome::Valid(fresh.principal),
+                        None => {
+                            self.inner.count(digest, now, Code::Valid);
+                            return Outcome::Valid(fresh.principal);
+                        }
                         Some(lease) if lease.take(now) => {
+                            self.inner.count(digest, now, Code::Valid);
                             return Outcome::Leased(fresh.principal, lease);
                         }
                         Some(_) => {}
                     }
                 }
             }
-            Some(CacheEntry::Denied(denial)) => return Outcome::Denied(denial),
+            Some(CacheEntry::Denied(denial)) => {
+                self.inner.count_denial(digest, denial);
+                return Outcome::Denied(denial);
+            }
             None => {}
         }
         let Ok(key) = std::str::from_utf8(credential.expose()) else {
@@ -1536,6 +1764,7 @@ impl RemoteVerifier {
             {
                 tracing::debug!(target: "auth_remote", fingerprint = %digest.fingerprint(),
                     "key service unavailable: serving a stale valid answer");
+                self.inner.count(digest, now, Code::Valid);
                 return Ok(fresh.principal);
             }
         }
@@ -1592,5 +1821,15 @@ mod tests {
         ] {
             assert_eq!(redacted(url), shown);
         }
+    }
+
+    #[test]
+    fn key_ids_are_told_without_allocating() {
+        let d = Digest::of(b"k");
+        assert!(is_key_id(Some(&key_id(&d)), &d));
+        assert!(!is_key_id(Some(&key_id(&Digest::of(b"j"))), &d));
+        assert!(!is_key_id(Some(&key_id(&d)[1..]), &d));
+        assert!(!is_key_id(Some(&format!("{}0", key_id(&d))), &d));
+        assert!(!is_key_id(None, &d));
     }
 }

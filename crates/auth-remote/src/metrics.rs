@@ -1,6 +1,6 @@
 //! What a verifier counts for dashboards: calls to the key service by how
-//! they ended, calls not made, credits of leases, and (with the
-//! `prometheus` feature) its cache's hits and misses.
+//! they ended, calls not made, credits of leases, usage reports, and (with
+//! the `prometheus` feature) its cache's hits and misses.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -111,6 +111,26 @@ impl LeaseCounts {
     }
 }
 
+/// Usage counts (see `usage`): decisions reported, and lost by why.
+#[derive(Debug, Default)]
+pub(crate) struct UsageTally {
+    /// Decisions in reports the key service accepted.
+    pub(crate) reported: AtomicU64,
+    /// Decisions that found the pending counts full.
+    pub(crate) lost_full: AtomicU64,
+    /// Decisions in reports that failed after they may have arrived.
+    pub(crate) lost_failed: AtomicU64,
+}
+
+impl UsageTally {
+    /// Reported, lost because full, lost because a report failed.
+    #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
+    pub(crate) fn all(&self) -> [u64; 3] {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [n(&self.reported), n(&self.lost_full), n(&self.lost_failed)]
+    }
+}
+
 #[cfg(feature = "prometheus")]
 impl auth_core::prometheus::MetricSource for crate::RemoteVerifier {
     fn identity(&self) -> Option<usize> {
@@ -186,6 +206,22 @@ impl auth_core::prometheus::MetricSource for crate::RemoteVerifier {
             Vec::new(),
             inner.leases.lock().len() as f64,
         );
+        // Zero while counting is off.
+        let [reported, full, failed] = inner.usage.as_ref().map_or([0; 3], |u| u.tally.all());
+        samples.counter(
+            "auth_remote_usage_reported",
+            "Decisions made here without a call (cache hits, leased credits, joined callers, stale grants; a grant refused afterwards counts as its refusal) that the key service accepted in usage reports.",
+            Vec::new(),
+            reported,
+        );
+        for (reason, n) in [("full", full), ("failed", failed)] {
+            samples.counter(
+                "auth_remote_usage_lost",
+                "Decisions never reported: the pending counts were full, or a report failed after it may have arrived (never sent twice).",
+                vec![("reason", reason.to_owned())],
+                n,
+            );
+        }
         samples.cache("remote", &inner.stats);
     }
 }

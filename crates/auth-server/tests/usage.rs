@@ -397,3 +397,73 @@ async fn two_instances_add_up_and_the_cli_prints_them() {
         .unwrap();
     assert!(!missing.status.success());
 }
+
+/// Issue 16's promise, end to end: the requests a service answered from
+/// its own cache show up in the key service's counts — through a real
+/// RemoteVerifier and Guard: one call, the rest cache hits, the ones over
+/// the key's rate limit moved from `valid` to `rate_limited`, cached
+/// refusals too — each decision counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_answered_from_a_services_cache_are_counted_once() {
+    use auth_core::{Decision, Guard, PlainRequest};
+
+    let dir = tempfile::tempdir().unwrap();
+    let inst = instance(dir.path(), None, auth_server::Options::default()).await;
+    let token = inst.service_token().await;
+    let (id, key) = inst
+        .new_key(json!({"owner": "cached", "rateLimit": {"requests": 5, "window": 3600}}))
+        .await;
+    let (off_id, off) = inst.new_key(json!({"owner": "cached-off"})).await;
+    assert_eq!(
+        inst.call("POST", &format!("/api/v1/keys/{off_id}/disable"), None)
+            .await
+            .0,
+        200
+    );
+    let verifier = auth_remote::RemoteVerifier::builder(&format!("http://{}", inst.api))
+        .service_credential(auth_server::SERVICE_HEADER, &token)
+        // Sent when asked to (below), not on a timer.
+        .usage_reports(Some(std::time::Duration::from_secs(3600)))
+        .build()
+        .unwrap();
+    let guard = Guard::builder(verifier.clone()).build().unwrap();
+    let (mut allowed, mut limited, mut refused) = (0, 0, 0);
+    for _ in 0..8 {
+        let req = PlainRequest::get("/items").header("x-api-key", &key);
+        match guard.check(&req).await {
+            Decision::Allow(_) => allowed += 1,
+            Decision::Reject(r) if r.status() == 429 => limited += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    for _ in 0..3 {
+        let req = PlainRequest::get("/items").header("x-api-key", &off);
+        match guard.check(&req).await {
+            Decision::Reject(r) if r.status() == 401 => refused += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((allowed, limited, refused), (5, 3, 3));
+
+    // Before the report, the key service knows only the calls it answered.
+    assert_eq!(
+        now_bucket(&inst.buckets(&id).await),
+        (json!({"valid": 1}), 1)
+    );
+    assert_eq!(
+        now_bucket(&inst.buckets(&off_id).await),
+        (json!({"disabled": 1}), 1)
+    );
+    verifier.report_usage().await;
+    assert_eq!(
+        now_bucket(&inst.buckets(&id).await),
+        (json!({"valid": 5, "rate_limited": 3}), 8)
+    );
+    assert_eq!(
+        now_bucket(&inst.buckets(&off_id).await),
+        (json!({"disabled": 3}), 3)
+    );
+    // Reported once: a second report has nothing to add.
+    verifier.report_usage().await;
+    assert_eq!(now_bucket(&inst.buckets(&id).await).1, 8);
+}

@@ -254,4 +254,3 @@ async fn a_flush_cut_short_by_its_caller_still_writes() {
         assert_eq!(usage.buckets[0].total(), 10 * round, "round {round}");
     }
 }
-

@@ -7,14 +7,15 @@ use std::time::Duration;
 use super::{Decision, Grant, Guard, PassReason};
 use crate::metrics::Outcome;
 use crate::{
-    Digest, ExtractError, Mode, Principal, RateStatus, Rejection, RejectionKind, VerifyError,
+    Digest, ExtractError, Mode, Principal, RateStatus, RefusedAfter, Rejection, RejectionKind,
+    Verifier, VerifyError,
 };
 
 /// What a step of the decision concluded, before the mode is applied.
 pub(super) enum Verdict {
-    /// Authenticated (and within the rate limit), with the credential's
-    /// digest for the log.
-    Allowed(Grant, Digest),
+    /// Authenticated (and within the rate limit); the grant holds the
+    /// credential's digest.
+    Allowed(Grant),
     /// Let through without authentication.
     Passed(PassReason),
     /// Refused, unless the mode lets it through.
@@ -36,6 +37,9 @@ pub(super) struct Refusal {
     /// request: counted apart, so that each request is counted once
     /// among the guard's decisions.
     at_route: bool,
+    /// A grant of the verifier refused afterwards: the verifier is told
+    /// (with the digest and principal above) when the refusal stands.
+    after: Option<RefusedAfter>,
 }
 
 impl Refusal {
@@ -49,6 +53,7 @@ impl Refusal {
             retry_after: None,
             rate: None,
             at_route: false,
+            after: None,
         }
     }
 
@@ -91,6 +96,7 @@ impl Refusal {
         self.says = "denied: missing scope";
         self.principal = Some(Arc::clone(principal));
         self.scope = Some(scope);
+        self.after = Some(RefusedAfter::InsufficientScope);
         self
     }
 
@@ -107,6 +113,7 @@ impl Refusal {
         refusal.principal = Some(principal);
         refusal.fingerprint = Some(fingerprint);
         refusal.rate = Some(status);
+        refusal.after = Some(RefusedAfter::RateLimited);
         refusal
     }
 
@@ -128,6 +135,16 @@ impl Refusal {
     fn retry_after(mut self, after: Duration) -> Self {
         self.retry_after = Some(after);
         self
+    }
+
+    /// Tells `verifier` that its grant was refused, if this refuses one.
+    #[inline]
+    fn tell(&self, verifier: &dyn Verifier) {
+        if let (Some(why), Some(digest), Some(principal)) =
+            (self.after, &self.fingerprint, &self.principal)
+        {
+            verifier.refused_after(digest, principal, why);
+        }
     }
 }
 
@@ -151,10 +168,10 @@ impl Guard {
     pub(super) fn conclude(&self, mode: Mode, verdict: Verdict, path: &str) -> Decision {
         let s = &*self.shared;
         match verdict {
-            Verdict::Allowed(grant, digest) => {
+            Verdict::Allowed(grant) => {
                 s.counters.count(Outcome::Allowed);
                 tracing::debug!(target: "auth_core", keyring = %s.keyring,
-                    principal = grant.principal().id(), fingerprint = %digest.fingerprint(), "allowed");
+                    principal = grant.principal().id(), fingerprint = %grant.digest.fingerprint(), "allowed");
                 Decision::Allow(grant)
             }
             Verdict::Passed(reason) => {
@@ -167,6 +184,10 @@ impl Guard {
                 Decision::Pass(reason)
             }
             Verdict::Refused(refusal) => {
+                // Only a refusal that stands moves the verifier's count.
+                if mode != Mode::ReportOnly {
+                    refusal.tell(&*s.verifier);
+                }
                 let rejection = self.refuse(refusal);
                 if mode == Mode::ReportOnly && rejection.kind() != RejectionKind::NotReady {
                     s.counters.count(Outcome::ReportOnly);

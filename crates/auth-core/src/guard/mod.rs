@@ -75,6 +75,9 @@ impl Mode {
 pub struct Grant {
     principal: Arc<Principal>,
     rate: Option<RateStatus>,
+    /// The credential's, for the verifier should a route refuse the grant
+    /// ([`Verifier::refused_after`]); shown in `Debug` as its fingerprint.
+    digest: Digest,
 }
 
 impl Grant {
@@ -150,6 +153,9 @@ pub struct Admission {
     guard: Guard,
     admitted: Admitted,
     rate: Option<RateStatus>,
+    /// The credential's, of an authenticated caller: for the verifier
+    /// when a route's scope refuses the grant.
+    digest: Option<Digest>,
 }
 
 impl Admission {
@@ -191,6 +197,11 @@ impl Admission {
     /// The guard that decided.
     pub fn guard(&self) -> &Guard {
         &self.guard
+    }
+
+    /// The credential's digest, of an authenticated caller.
+    pub(super) fn digest(&self) -> Option<&Digest> {
+        self.digest.as_ref()
     }
 
     /// The authenticated caller of a request, for the handlers' extractors:
@@ -332,15 +343,20 @@ impl Guard {
     /// What an adapter stores for a decision: the [`Admission`] of an
     /// allowed or passed request, or the rejection to answer with.
     pub fn admit(&self, decision: Decision) -> Result<Admission, Rejection> {
-        let (admitted, rate) = match decision {
-            Decision::Allow(grant) => (Admitted::Authenticated(grant.principal), grant.rate),
-            Decision::Pass(reason) => (Admitted::Passed(reason), None),
+        let (admitted, rate, digest) = match decision {
+            Decision::Allow(grant) => (
+                Admitted::Authenticated(grant.principal),
+                grant.rate,
+                Some(grant.digest),
+            ),
+            Decision::Pass(reason) => (Admitted::Passed(reason), None, None),
             Decision::Reject(rejection) => return Err(rejection),
         };
         Ok(Admission {
             guard: self.clone(),
             admitted,
             rate,
+            digest,
         })
     }
 
@@ -449,8 +465,9 @@ impl Guard {
             let grant = Grant {
                 principal,
                 rate: None,
+                digest: fingerprint,
             };
-            return Answer::Ready(self.conclude(mode, Verdict::Allowed(grant, fingerprint), path));
+            return Answer::Ready(self.conclude(mode, Verdict::Allowed(grant), path));
         };
         let key = principal.key_id().unwrap_or(principal.id());
         match self.shared.limiter.check(key, &policy) {
@@ -478,13 +495,11 @@ impl Guard {
         path: &str,
     ) -> Decision {
         let verdict = match rate {
-            RateDecision::Allowed(status) => Verdict::Allowed(
-                Grant {
-                    principal,
-                    rate: Some(status),
-                },
-                fingerprint,
-            ),
+            RateDecision::Allowed(status) => Verdict::Allowed(Grant {
+                principal,
+                rate: Some(status),
+                digest: fingerprint,
+            }),
             RateDecision::Limited {
                 status,
                 retry_after,
@@ -512,3 +527,6 @@ impl fmt::Debug for Guard {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -63,9 +63,16 @@ impl RouteScope {
         let mode = guard.mode();
         let refusal = match admission.admitted() {
             Admitted::Authenticated(p) if p.has_scope(&self.scope) => return Ok(()),
-            Admitted::Authenticated(p) => Refusal::new(RejectionKind::InsufficientScope)
-                .forbidden(p, self.scope.clone())
-                .at_route(),
+            Admitted::Authenticated(p) => {
+                let refusal = Refusal::new(RejectionKind::InsufficientScope)
+                    .forbidden(p, self.scope.clone())
+                    .at_route();
+                // The digest lets the verifier move its grant's count.
+                match admission.digest() {
+                    Some(digest) => refusal.with_fingerprint(*digest),
+                    None => refusal,
+                }
+            }
             // The preflight pass skipped authentication, not the mode: decide
             // it as the request without a credential it is.
             Admitted::Passed(PassReason::Preflight) if mode == Mode::Open => return Ok(()),

@@ -1,0 +1,733 @@
+//! Usage counts (issue 16): `RemoteVerifier` counts the decisions it makes
+//! without a call of its own and reports them to a test double of the key
+//! service, served by axum on 127.0.0.1 (a free port), over real HTTP.
+#![allow(unused_crate_dependencies)]
+
+mod common;
+use common::Captured;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use auth_core::prometheus::{Metrics, prometheus_client};
+use auth_core::protocol::{
+    Code, Lease, RateLimit, UsageAccepted, UsageCounts, UsageReport, ValidateRequest,
+    ValidateResponse,
+};
+use auth_core::{
+    Credential, Decision, Digest, Guard, Mode, PlainRequest, Verifier, VerifyContext, VerifyError,
+};
+use auth_remote::RemoteVerifier;
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use parking_lot::Mutex;
+
+const GOOD: &str = "sk_live_good_key_0123456789abcdef";
+/// Valid, two requests an hour (enforced by the guard).
+const LIMITED: &str = "sk_live_limited_key_0123456789ab";
+const DISABLED: &str = "sk_live_disabled_key_0123456789a";
+const EXPIRED: &str = "sk_live_expired_key_0123456789ab";
+/// Over a limit the service enforces: `rate_limited`.
+const THROTTLED: &str = "sk_live_throttled_key_0123456789";
+/// A key with credits, leased on request.
+const CREDITED: &str = "sk_live_credited_key_0123456789a";
+const UNKNOWN: &str = "sk_live_unknown_key_0123456789ab";
+const SERVICE_HEADER: &str = auth_core::protocol::SERVICE_TOKEN_HEADER;
+const SERVICE_TOKEN: &str = "our-service-credential";
+
+/// How the double answers usage reports.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Reports {
+    Accept,
+    /// This status, the report not taken.
+    Status(u16),
+    /// Taken, then answered after 1 s (past the verifiers' timeout).
+    Slow,
+}
+
+struct Double {
+    /// Validate calls.
+    calls: AtomicUsize,
+    /// Validate answers wait 150 ms (callers pile up on one call).
+    sluggish: Mutex<bool>,
+    reports: Mutex<Reports>,
+    /// Usage requests received, whatever the answer.
+    attempts: AtomicUsize,
+    /// Reports taken.
+    taken: Mutex<Vec<UsageReport>>,
+}
+
+impl Double {
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn attempts(&self) -> usize {
+        self.attempts.load(Ordering::SeqCst)
+    }
+
+    fn set(&self, reports: Reports) {
+        *self.reports.lock() = reports;
+    }
+
+    /// Everything reported for `key`, over all hours (a test may cross
+    /// one); every entry checked as the key service checks it.
+    fn totals(&self, key: &str) -> UsageCounts {
+        let hex = Digest::of(key.as_bytes()).to_hex();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let mut sum = UsageCounts::default();
+        for report in self.taken.lock().iter() {
+            assert_eq!(report.check(), Ok(()));
+            for entry in &report.entries {
+                assert_eq!(entry.hour % 3600, 0);
+                assert!(now - entry.hour < 2 * 3600, "{} at {now}", entry.hour);
+                if entry.digest == hex {
+                    for (code, n) in entry.counts.by_code() {
+                        sum.add(code, n);
+                    }
+                }
+            }
+        }
+        sum
+    }
+
+    /// Entries taken, in all reports.
+    fn entries(&self) -> usize {
+        self.taken.lock().iter().map(|r| r.entries.len()).sum()
+    }
+}
+
+fn counts(valid: i64) -> UsageCounts {
+    UsageCounts {
+        valid,
+        ..UsageCounts::default()
+    }
+}
+
+async fn validate(
+    State(double): State<Arc<Double>>,
+    headers: HeaderMap,
+    Json(body): Json<ValidateRequest>,
+) -> Response {
+    double.calls.fetch_add(1, Ordering::SeqCst);
+    if *double.sluggish.lock() {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    if headers.get(SERVICE_HEADER).and_then(|v| v.to_str().ok()) != Some(SERVICE_TOKEN) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let refusal = |code| Json(ValidateResponse::refusal(code)).into_response();
+    let key = body.api_key.as_str();
+    match key {
+        DISABLED => return refusal(Code::Disabled),
+        EXPIRED => return refusal(Code::Expired),
+        THROTTLED => return refusal(Code::RateLimited),
+        GOOD | LIMITED | CREDITED => {}
+        _ => return refusal(Code::Invalid),
+    }
+    if body.scope.as_deref().is_some_and(|s| s != "read") {
+        let mut answer = ValidateResponse::refusal(Code::InsufficientScope);
+        answer.user_id = Some("user".into());
+        return Json(answer).into_response();
+    }
+    let mut answer = ValidateResponse::valid("user", vec!["read".to_owned()]);
+    if key == LIMITED {
+        answer.rate_limit = Some(RateLimit {
+            requests: 2,
+            window: 3600,
+        });
+    }
+    if key == CREDITED {
+        answer.credits_remaining = Some(1_000);
+        if let Some(want) = body.lease {
+            answer.lease = Some(Lease {
+                id: format!("lease-{}", double.calls()),
+                credits: u64::from(want),
+                ttl_ms: 60_000,
+            });
+        }
+    }
+    Json(answer).into_response()
+}
+
+/// `POST /api/v1/api-keys/usage`, as the key service answers it.
+async fn usage(
+    State(double): State<Arc<Double>>,
+    headers: HeaderMap,
+    Json(report): Json<UsageReport>,
+) -> Response {
+    double.attempts.fetch_add(1, Ordering::SeqCst);
+    if headers.get(SERVICE_HEADER).and_then(|v| v.to_str().ok()) != Some(SERVICE_TOKEN) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    if report.check().is_err() {
+        return StatusCode::BAD_REQUEST.into_response();
+    }
+    let mode = *double.reports.lock();
+    if let Reports::Status(status) = mode {
+        return StatusCode::from_u16(status).unwrap().into_response();
+    }
+    let accepted = report.entries.len() as u64;
+    double.taken.lock().push(report);
+    if mode == Reports::Slow {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Json(UsageAccepted { accepted }).into_response()
+}
+
+async fn lease_return() -> Response {
+    Json(serde_json::json!({"returned": 0})).into_response()
+}
+
+async fn started() -> (Arc<Double>, SocketAddr) {
+    let double = Arc::new(Double {
+        calls: AtomicUsize::new(0),
+        sluggish: Mutex::new(false),
+        reports: Mutex::new(Reports::Accept),
+        attempts: AtomicUsize::new(0),
+        taken: Mutex::new(Vec::new()),
+    });
+    let app = axum::Router::new()
+        .route(auth_core::protocol::VALIDATE_PATH, post(validate))
+        .route(auth_core::protocol::USAGE_PATH, post(usage))
+        .route(auth_core::protocol::LEASE_RETURN_PATH, post(lease_return))
+        .with_state(double.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (double, addr)
+}
+
+/// A verifier reporting only when told (an hour between reports).
+fn remote(addr: SocketAddr) -> auth_remote::RemoteVerifierBuilder {
+    RemoteVerifier::builder(&format!("http://{addr}"))
+        .service_credential(SERVICE_HEADER, SERVICE_TOKEN)
+        .timeout(Duration::from_millis(300))
+        .changes_stream(false)
+        .usage_reports(Some(Duration::from_secs(3600)))
+}
+
+async fn verify(v: &RemoteVerifier, key: &str) -> Result<Arc<auth_core::Principal>, VerifyError> {
+    v.verify(&Credential::new(key), &VerifyContext::default())
+        .await
+}
+
+async fn through(guard: &Guard, key: &str) -> Decision {
+    guard
+        .check(&PlainRequest::get("/items").header("x-api-key", key))
+        .await
+}
+
+/// The verifier's exported metrics.
+fn scrape(v: &RemoteVerifier) -> String {
+    let mut registry = prometheus_client::registry::Registry::default();
+    Metrics::register(&mut registry).add(v.clone());
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    text
+}
+
+fn assert_metrics(v: &RemoteVerifier, reported: u64, full: u64, failed: u64) {
+    let text = scrape(v);
+    for line in [
+        format!("auth_remote_usage_reported_total {reported}"),
+        format!(r#"auth_remote_usage_lost_total{{reason="full"}} {full}"#),
+        format!(r#"auth_remote_usage_lost_total{{reason="failed"}} {failed}"#),
+    ] {
+        assert!(text.contains(&line), "missing {line} in\n{text}");
+    }
+}
+
+/// Waits (5 s at most) until `done`.
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(5), "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Polls a future once.
+async fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *f).poll(cx))).await
+}
+
+/// One call, nine cache hits: the service counted the call, the report
+/// says valid 9. Cached denials are counted by kind; an unknown key is not
+/// counted at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_counts_exactly_the_decisions_made_here() {
+    let (double, addr) = started().await;
+    let v = remote(addr).build().unwrap();
+    for _ in 0..10 {
+        verify(&v, GOOD).await.unwrap();
+    }
+    for (key, error) in [
+        (DISABLED, VerifyError::Disabled),
+        (EXPIRED, VerifyError::Expired),
+        (UNKNOWN, VerifyError::Invalid),
+    ] {
+        for _ in 0..5 {
+            assert_eq!(verify(&v, key).await.unwrap_err(), error);
+        }
+    }
+    assert_eq!(double.calls(), 4, "one call per key");
+    assert_eq!(double.attempts(), 0, "nothing reported before the interval");
+    v.report_usage().await;
+    assert_eq!(double.attempts(), 1, "one request for the batch");
+    assert_eq!(double.totals(GOOD), counts(9));
+    assert_eq!(
+        double.totals(DISABLED),
+        UsageCounts {
+            disabled: 4,
+            ..UsageCounts::default()
+        }
+    );
+    assert_eq!(
+        double.totals(EXPIRED),
+        UsageCounts {
+            expired: 4,
+            ..UsageCounts::default()
+        }
+    );
+    assert!(
+        double.totals(UNKNOWN).is_empty(),
+        "unknown keys are not counted"
+    );
+    assert_eq!(double.entries(), 3);
+    assert_metrics(&v, 17, 0, 0);
+    // Nothing pending: no request.
+    v.report_usage().await;
+    assert_eq!(double.attempts(), 1);
+}
+
+/// Leased credits are spent here: each is a decision made here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credits_spent_from_a_lease_are_counted_as_valid() {
+    let (double, addr) = started().await;
+    let v = remote(addr).credit_leases(50).build().unwrap();
+    for _ in 0..10 {
+        verify(&v, CREDITED).await.unwrap();
+    }
+    assert_eq!(double.calls(), 1, "nine credits spent from the lease");
+    v.report_usage().await;
+    assert_eq!(double.totals(CREDITED), counts(9));
+}
+
+/// The guard refusing a grant afterwards moves its count: a rate-limited
+/// request and a route's missing scope. A grant the service itself
+/// answered `insufficient_scope` for moves nothing (counted there).
+/// Report-only mode refuses nothing, so moves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_after_a_grant_move_one_from_valid() {
+    let (double, addr) = started().await;
+    let v = remote(addr).build().unwrap();
+    let guard = Guard::builder(v.clone()).build().unwrap();
+    // Two a hour: a call, a hit, then a hit the limit refuses.
+    assert!(matches!(through(&guard, LIMITED).await, Decision::Allow(_)));
+    assert!(matches!(through(&guard, LIMITED).await, Decision::Allow(_)));
+    let refused = through(&guard, LIMITED).await;
+    assert_eq!(refused.rejection().unwrap().status(), 429);
+    // A route whose scope the key lacks: a hit, refused there.
+    verify(&v, GOOD).await.unwrap();
+    let admin = guard.route_scope("admin").unwrap();
+    let admission = guard.admit(through(&guard, GOOD).await).unwrap();
+    assert_eq!(admin.check(Some(&admission)).unwrap_err().status(), 403);
+    v.report_usage().await;
+    assert_eq!(
+        double.totals(LIMITED),
+        UsageCounts {
+            valid: 1,
+            rate_limited: 1,
+            ..UsageCounts::default()
+        }
+    );
+    assert_eq!(
+        double.totals(GOOD),
+        UsageCounts {
+            insufficient_scope: 1,
+            ..UsageCounts::default()
+        },
+        "the route's refusal moved the hit"
+    );
+
+    // The guard's own scope, not in the cache: the service answers
+    // insufficient_scope and counts it; the guard's refusal moves nothing.
+    let scoped_v = remote(addr).build().unwrap();
+    let scoped = Guard::builder(scoped_v.clone())
+        .require_scope("admin")
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            through(&scoped, GOOD).await.rejection().unwrap().status(),
+            403
+        );
+    }
+    let attempts = double.attempts();
+    scoped_v.report_usage().await;
+    assert_eq!(double.attempts(), attempts, "nothing decided here");
+    // Cached, the grant is this verifier's answer: refused, it moves.
+    verify(&scoped_v, GOOD).await.unwrap();
+    assert_eq!(
+        through(&scoped, GOOD).await.rejection().unwrap().status(),
+        403
+    );
+    double.taken.lock().clear();
+    scoped_v.report_usage().await;
+    assert_eq!(
+        double.totals(GOOD),
+        UsageCounts {
+            insufficient_scope: 1,
+            ..UsageCounts::default()
+        }
+    );
+
+    // A grant of the service's, refused: valid may go negative.
+    let fresh = remote(addr).build().unwrap();
+    let fresh_guard = Guard::builder(fresh.clone()).build().unwrap();
+    let admission = fresh_guard
+        .admit(through(&fresh_guard, GOOD).await)
+        .unwrap();
+    assert_eq!(
+        fresh_guard
+            .route_scope("admin")
+            .unwrap()
+            .check(Some(&admission))
+            .unwrap_err()
+            .status(),
+        403
+    );
+    double.taken.lock().clear();
+    fresh.report_usage().await;
+    assert_eq!(
+        double.totals(GOOD),
+        UsageCounts {
+            valid: -1,
+            insufficient_scope: 1,
+            ..UsageCounts::default()
+        }
+    );
+
+    // Report-only: let through, nothing moved.
+    double.taken.lock().clear();
+    guard.set_mode(Mode::ReportOnly);
+    assert!(matches!(through(&guard, LIMITED).await, Decision::Pass(_)));
+    let admission = guard.admit(through(&guard, GOOD).await).unwrap();
+    assert!(admin.check(Some(&admission)).is_ok());
+    v.report_usage().await;
+    assert_eq!(double.totals(LIMITED), counts(1));
+    assert_eq!(double.totals(GOOD), counts(1));
+}
+
+/// Callers joined on another caller's call take its answer: each is a
+/// decision made here. The caller whose call it was is counted by the
+/// service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joined_callers_are_counted_here_and_the_call_there() {
+    let (double, addr) = started().await;
+    *double.sluggish.lock() = true;
+    let v = remote(addr).build().unwrap();
+    let guard = Guard::builder(v.clone())
+        .require_scope("admin")
+        .build()
+        .unwrap();
+    let at_once = |key: &'static str, scoped: bool| {
+        let (v, guard) = (v.clone(), guard.clone());
+        async move {
+            let tasks: Vec<_> = (0..5)
+                .map(|_| {
+                    let (v, guard) = (v.clone(), guard.clone());
+                    tokio::spawn(async move {
+                        if scoped {
+                            through(&guard, key).await.rejection().unwrap().status()
+                        } else {
+                            match verify(&v, key).await {
+                                Ok(_) => 200,
+                                Err(_) => 401,
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let mut statuses = Vec::new();
+            for t in tasks {
+                statuses.push(t.await.unwrap());
+            }
+            statuses
+        }
+    };
+    // Calls made for one key's five callers (late arrivals find a cached
+    // answer, or, for answers never cached, call again: counted there).
+    let calls = |before: usize| (double.calls() - before) as u64;
+    let before = double.calls();
+    assert_eq!(at_once(GOOD, false).await, [200; 5]);
+    assert_eq!(at_once(DISABLED, false).await, [401; 5]);
+    assert_eq!(calls(before), 2, "one call for each key");
+    let before = double.calls();
+    assert_eq!(at_once(THROTTLED, false).await, [401; 5]);
+    let throttled_calls = calls(before);
+    let before = double.calls();
+    assert_eq!(at_once(UNKNOWN, true).await, [401; 5]);
+    assert_eq!(calls(before), 1);
+    // Refused for the guard's scope, which the service checked.
+    let before = double.calls();
+    assert_eq!(at_once(LIMITED, true).await, [403; 5]);
+    let scope_calls = calls(before);
+    v.report_usage().await;
+    assert_eq!(double.totals(GOOD), counts(4));
+    assert_eq!(double.totals(DISABLED).disabled, 4);
+    assert_eq!(double.totals(THROTTLED).rate_limited, 5 - throttled_calls);
+    assert!(double.totals(UNKNOWN).is_empty());
+    let limited = double.totals(LIMITED);
+    assert_eq!(
+        (limited.valid, limited.insufficient_scope),
+        (0, 5 - scope_calls),
+        "{limited:?}, {scope_calls} calls"
+    );
+    assert!(scope_calls < 5 && throttled_calls < 5, "nobody joined");
+}
+
+/// A report the service did not take (503, 429) goes with the next one,
+/// merged: counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_not_taken_goes_with_the_next_one() {
+    let (double, addr) = started().await;
+    let v = remote(addr).build().unwrap();
+    verify(&v, GOOD).await.unwrap();
+    let mut expected = 0;
+    for status in [503, 429] {
+        double.set(Reports::Status(status));
+        for _ in 0..3 {
+            verify(&v, GOOD).await.unwrap();
+        }
+        expected += 3;
+        v.report_usage().await;
+        assert!(double.taken.lock().is_empty());
+        assert_metrics(&v, 0, 0, 0);
+    }
+    assert_eq!(double.attempts(), 2);
+    double.set(Reports::Accept);
+    verify(&v, GOOD).await.unwrap();
+    expected += 1;
+    v.report_usage().await;
+    assert_eq!(double.attempts(), 3);
+    assert_eq!(double.entries(), 1, "merged into one entry");
+    assert_eq!(double.totals(GOOD), counts(expected));
+    assert_metrics(&v, 7, 0, 0);
+}
+
+/// A report that may have arrived — a timeout, any other answer — is
+/// dropped and counted lost: never sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_that_may_have_arrived_is_never_sent_again() {
+    let (double, addr) = started().await;
+    let v = remote(addr).build().unwrap();
+    verify(&v, GOOD).await.unwrap();
+    for _ in 0..3 {
+        verify(&v, GOOD).await.unwrap();
+    }
+    // Taken, answered after the timeout.
+    double.set(Reports::Slow);
+    v.report_usage().await;
+    assert_eq!(double.totals(GOOD), counts(3), "it did arrive");
+    assert_metrics(&v, 0, 0, 3);
+    // Refused outright: dropped too.
+    let mut lost = 3;
+    for status in [400, 401, 500] {
+        double.set(Reports::Status(status));
+        verify(&v, GOOD).await.unwrap();
+        v.report_usage().await;
+        lost += 1;
+        assert_metrics(&v, 0, 0, lost);
+    }
+    double.set(Reports::Accept);
+    verify(&v, GOOD).await.unwrap();
+    v.report_usage().await;
+    assert_eq!(
+        double.totals(GOOD),
+        counts(4),
+        "3 once, then 1: nothing resent"
+    );
+    assert_eq!(double.attempts(), 5);
+    assert_metrics(&v, 1, 0, 6);
+}
+
+/// Reports go out on their own every interval; a verifier that goes
+/// sends what is left in a last report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_go_out_every_interval_and_when_the_verifier_goes() {
+    let (double, addr) = started().await;
+    let v = remote(addr)
+        .usage_reports(Some(Duration::from_millis(100)))
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        verify(&v, GOOD).await.unwrap();
+    }
+    eventually("reported", || double.totals(GOOD) == counts(2)).await;
+    verify(&v, GOOD).await.unwrap();
+    eventually("reported again", || double.totals(GOOD) == counts(3)).await;
+
+    let (double, addr) = started().await;
+    let v = remote(addr).build().unwrap();
+    for _ in 0..3 {
+        verify(&v, GOOD).await.unwrap();
+    }
+    drop(v);
+    eventually("the last report", || double.totals(GOOD) == counts(2)).await;
+}
+
+/// `None`: nothing counted, nothing sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counting_off_sends_nothing() {
+    let (double, addr) = started().await;
+    let v = remote(addr).usage_reports(None).build().unwrap();
+    let guard = Guard::builder(v.clone()).build().unwrap();
+    for _ in 0..3 {
+        verify(&v, GOOD).await.unwrap();
+        through(&guard, LIMITED).await;
+    }
+    v.report_usage().await;
+    assert_metrics(&v, 0, 0, 0);
+    drop((v, guard));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(double.attempts(), 0);
+    assert!(
+        RemoteVerifier::builder("http://127.0.0.1:1")
+            .usage_reports(Some(Duration::ZERO))
+            .build()
+            .is_err()
+    );
+}
+
+/// A `verify` future dropped while it waits counts nothing: neither a
+/// caller joined on another's call, nor the caller whose call it was
+/// (the service counts the call, which runs on; the caller it was handed
+/// to is counted once, here or there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_verify_counts_nothing() {
+    let (double, addr) = started().await;
+    *double.sluggish.lock() = true;
+    let v = remote(addr).build().unwrap();
+    let ctx = VerifyContext::default();
+    let cred = Credential::new(GOOD);
+    let mut owner = v.verify(&cred, &ctx);
+    let mut joined = v.verify(&cred, &ctx);
+    assert!(poll_once(&mut owner).await.is_pending());
+    assert!(poll_once(&mut joined).await.is_pending());
+    drop(joined);
+    owner.await.unwrap();
+    v.report_usage().await;
+    assert_eq!(double.attempts(), 0, "nothing decided here");
+
+    // The owner goes: the call is handed to the one left.
+    let v = remote(addr).build().unwrap();
+    let before = double.calls();
+    let mut owner = v.verify(&cred, &ctx);
+    let mut joined = v.verify(&cred, &ctx);
+    assert!(poll_once(&mut owner).await.is_pending());
+    assert!(poll_once(&mut joined).await.is_pending());
+    drop(owner);
+    joined.await.unwrap();
+    v.report_usage().await;
+    let calls = double.calls() - before;
+    let here = double.totals(GOOD).valid;
+    assert_eq!(
+        calls as i64 + here,
+        2,
+        "the dropped call counted there, the one left once ({calls} calls, {here} here)"
+    );
+    assert_metrics(&v, here as u64, 0, 0);
+}
+
+/// No key, digest or service credential in logs or `Debug` — failed
+/// reports included (the report's body carries digests, by design; the
+/// log lines about it do not).
+#[tokio::test(flavor = "current_thread")]
+async fn no_key_or_digest_in_logs_or_debug() {
+    let logs = Captured::start();
+    let mut seen = String::new();
+    let (double, addr) = started().await;
+    let builder = remote(addr);
+    seen.push_str(&format!("{builder:?}"));
+    let v = builder.build().unwrap();
+    let guard = Guard::builder(v.clone()).build().unwrap();
+    for key in [GOOD, GOOD, LIMITED, LIMITED, LIMITED, UNKNOWN] {
+        let decision = through(&guard, key).await;
+        seen.push_str(&format!("{decision:?}"));
+    }
+    for reports in [
+        Reports::Status(400),
+        Reports::Status(503),
+        Reports::Slow,
+        Reports::Accept,
+    ] {
+        double.set(reports);
+        through(&guard, GOOD).await;
+        v.report_usage().await;
+    }
+    assert_eq!(double.attempts(), 4);
+    let text = logs.text();
+    assert!(logs.count("WARN", "usage report failed") == 1, "{text}");
+    assert!(text.contains("denied: rate limited"), "{text}");
+    seen.push_str(&format!("{v:?}{}", scrape(&v)));
+    for secret in [GOOD, LIMITED, UNKNOWN, SERVICE_TOKEN] {
+        let digest = Digest::of(secret.as_bytes()).to_hex();
+        for (what, text) in [("logs", &text), ("Debug or metrics", &seen)] {
+            assert!(!text.contains(secret), "a secret in the {what}");
+            assert!(!text.contains(&digest), "a digest in the {what}");
+        }
+    }
+    // The reports carried the digests, and only them.
+    assert!(double.totals(GOOD).valid > 0);
+}
+
+#[test]
+fn the_usage_interval_from_env_is_range_checked() {
+    for (raw, ok) in [
+        ("10", true),
+        ("1", true),
+        ("3600", true),
+        ("2.5", true),
+        ("off", true),
+        ("OFF", true),
+        ("0", true),
+        ("0.5", false),
+        ("3601", false),
+        ("-1", false),
+        ("soon", false),
+        ("NaN", false),
+        ("", false),
+    ] {
+        let env = |name: &str| match name {
+            "AUTH_REMOTE_ENABLED" => Some("true".to_owned()),
+            "AUTH_REMOTE_URL" => Some("http://127.0.0.1:1".to_owned()),
+            "AUTH_REMOTE_USAGE_EVERY" => Some(raw.to_owned()),
+            _ => None,
+        };
+        match RemoteVerifier::from_lookup(env) {
+            Ok(builder) => {
+                assert!(ok, "{raw} accepted");
+                let shown = format!("{:?}", builder.unwrap());
+                let off = matches!(raw, "off" | "OFF" | "0");
+                assert_eq!(shown.contains("usage_every: None"), off, "{raw}: {shown}");
+            }
+            Err(e) => {
+                assert!(!ok, "{raw}: {e}");
+                assert!(e.to_string().contains("AUTH_REMOTE_USAGE_EVERY"), "{e}");
+            }
+        }
+    }
+}
