@@ -218,9 +218,19 @@ impl<V: Verifier, C: Cache<Arc<Principal>> + 'static> Verifier for Cached<V, C> 
         self.inner.is_ready()
     }
 
-    /// Forwarded to the wrapped verifier: the grant was its answer, or one
-    /// this cache kept of it.
+    /// Forwarded to the wrapped verifier only for a grant this cache does
+    /// not hold: one it holds answers requests the wrapped verifier never
+    /// sees, and which request had the wrapped verifier's own answer is not
+    /// kept (it would cost every hit a write). So a verifier that counts its
+    /// decisions (auth-remote's) never moves a count it did not make: the
+    /// price is that the refusal of the one request its answer went to
+    /// stays counted as that answer.
     fn refused_after(&self, digest: &Digest, principal: &Arc<Principal>, why: RefusedAfter) {
+        if let Some(CacheEntry::Granted(held)) = self.cache.get(digest) {
+            if Arc::ptr_eq(&held, principal) || *held == **principal {
+                return;
+            }
+        }
         self.inner.refused_after(digest, principal, why);
     }
 }

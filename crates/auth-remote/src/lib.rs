@@ -45,6 +45,20 @@ pub const DEFAULT_PATH: &str = auth_core::protocol::VALIDATE_PATH;
 /// The largest answer read from the key service.
 const MAX_ANSWER: usize = 64 * 1024;
 
+/// The label on every principal a verifier builds from the key service's
+/// answers: its instance id (16 random hex digits made at `build()`), by
+/// which `refused_after` tells its own grants from another verifier's.
+const VERIFIER_LABEL: &str = "auth_remote.verifier";
+
+/// The label on a principal the key service answered other than `valid`
+/// for: `insufficient_scope` (granted without the scope asked, counted as
+/// refused there already).
+const ANSWER_LABEL: &str = "auth_remote.answer";
+
+/// The shortest and longest interval between usage reports.
+const USAGE_EVERY: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(3600);
+
 /// What can go wrong building a [`RemoteVerifier`] (requests never fail:
 /// their failures are answers — unavailable — see [`RemoteVerifier`]).
 #[derive(Debug, thiserror::Error)]
@@ -243,8 +257,9 @@ impl RemoteVerifierBuilder {
     /// How often the decisions this verifier makes without a call — cache
     /// hits, leased credits, callers served by another's call, stale
     /// grants — are reported to the key service, counted per key and hour
-    /// ([`auth_core::protocol::USAGE_PATH`]; default every 10 s). `None`
-    /// switches counting and reporting off. See the crate docs.
+    /// ([`auth_core::protocol::USAGE_PATH`]; default every 10 s; from 1 s
+    /// to 1 h, else [`build`](Self::build) fails). `None` switches counting
+    /// and reporting off. See the crate docs.
     pub fn usage_reports(mut self, every: Option<Duration>) -> Self {
         self.usage_every = every;
         self
@@ -321,10 +336,13 @@ impl RemoteVerifierBuilder {
         } else {
             None
         };
-        if self.usage_every.is_some_and(|every| every.is_zero()) {
-            return Err(Error::Config(
-                "usage reports need an interval above 0 (or None: off)".into(),
-            ));
+        if let Some(every) = self
+            .usage_every
+            .filter(|every| !USAGE_EVERY.contains(every))
+        {
+            return Err(Error::Config(format!(
+                "usage reports need an interval from 1 s to 1 h, or None: off (got {every:?})"
+            )));
         }
         let clock: Arc<dyn Clock> = self.clock.unwrap_or_else(|| Arc::new(CoarseClock));
         // Entries live for the TTL plus the serve-stale grace; freshness is
@@ -360,6 +378,7 @@ impl RemoteVerifierBuilder {
             ))
         });
         let inner = Arc::new(Inner {
+            instance: instance_id(),
             shown_url: redacted(&url),
             url,
             credential,
@@ -398,6 +417,17 @@ impl RemoteVerifierBuilder {
         inner.start_reporter();
         Ok(RemoteVerifier { inner })
     }
+}
+
+/// A verifier's instance id: 16 random hex digits (should the system's
+/// random source fail, a number no other verifier of the process has).
+fn instance_id() -> String {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        bytes = NEXT.fetch_add(1, Ordering::Relaxed).to_le_bytes();
+    }
+    format!("{:016x}", u64::from_le_bytes(bytes))
 }
 
 /// The URL for `Debug` and errors: userinfo and query hidden
@@ -520,6 +550,9 @@ impl Clone for Fresh {
 }
 
 struct Inner {
+    /// This verifier's id, a label on the principals it builds
+    /// ([`VERIFIER_LABEL`]).
+    instance: String,
     url: String,
     /// `url` without userinfo and query, for `Debug`.
     shown_url: String,
@@ -662,15 +695,16 @@ impl Drop for Inner {
             task.abort();
         }
         // What is counted and not yet reported goes in a last report, on
-        // the runtime the reporter ran on (a report under way is cut short
-        // and counted lost).
+        // the runtime the reporter ran on. A report under way is cut short:
+        // its request under way counted lost, the rest of its batch put
+        // back — after this, as the task ends — so the last report always
+        // goes (it waits for the one cut short, and sends nothing if
+        // nothing is left).
         if let (Some((task, runtime)), Some(usage)) =
             (self.reporter.get_mut().take(), self.usage.take())
         {
             task.abort();
-            if usage.pending() {
-                drop(runtime.spawn(async move { usage.report().await }));
-            }
+            drop(runtime.spawn(async move { usage.report().await }));
         }
         // What is left of our leases goes back; their timers end.
         for (_, lease) in self.leases.get_mut().drain() {
@@ -1082,9 +1116,11 @@ impl RemoteVerifier {
     /// service's answers (after a report under way, if any; each request
     /// within the call timeout). Call it before a graceful shutdown, with
     /// [`return_leases`](Self::return_leases): a process that stops
-    /// without it loses what was counted since the last report (at most
-    /// one interval). A report the service did not take stays pending.
-    /// Nothing happens while counting is off.
+    /// without it loses what was counted since the last report the service
+    /// accepted. A report the service certainly did not take stays
+    /// pending. Cut short (a timeout around it, its caller gone), the
+    /// request under way is counted lost and what was not sent yet stays
+    /// pending. Nothing happens while counting is off.
     pub async fn report_usage(&self) {
         if let Some(usage) = &self.inner.usage {
             usage.report().await;
@@ -1199,15 +1235,19 @@ async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, &'stat
 }
 
 /// What a well-formed answer means, and for a valid one how long the key
-/// has left (its `expiresAt`).
+/// has left (its `expiresAt`). The principals are labelled with the verifier's `instance` id
+/// ([`VERIFIER_LABEL`]) — once per answer, never per cache hit.
 fn read(
     answer: ValidateResponse,
     verdict: Verdict,
     digest: &Digest,
+    instance: &str,
 ) -> (Outcome, Option<Duration>) {
     let key_id = key_id(digest);
     let principal = |user: Option<String>| {
-        Principal::new(user.unwrap_or_else(|| key_id.clone())).with_key_id(key_id.clone())
+        Principal::new(user.unwrap_or_else(|| key_id.clone()))
+            .with_key_id(key_id.clone())
+            .with_label(VERIFIER_LABEL, instance)
     };
     // A key with credits: this answer spent one request's worth.
     let charged = answer.credits_remaining.is_some();
@@ -1246,7 +1286,11 @@ fn read(
         Code::Invalid => Outcome::Denied(Denial::Invalid),
         Code::Expired => Outcome::Denied(Denial::Expired),
         Code::Disabled => Outcome::Denied(Denial::Disabled),
-        Code::InsufficientScope => Outcome::LacksScope(Arc::new(principal(answer.user_id))),
+        // Counted as refused by the service (or here, for callers joined on
+        // the call): a guard refusing it moves nothing.
+        Code::InsufficientScope => Outcome::LacksScope(Arc::new(
+            principal(answer.user_id).with_label(ANSWER_LABEL, "insufficient_scope"),
+        )),
         Code::RateLimited => Outcome::KeyLimited,
         // Until the next refill, as the service says (bounded: a year).
         Code::UsageExceeded => Outcome::OutOfCredits(
@@ -1261,27 +1305,9 @@ fn read(
 }
 
 /// The key id of this verifier's principals: a per-key limit bucket, 64
-/// bits of the digest, not the key (and how `refused_after` tells its own
-/// grants).
+/// bits of the digest, not the key.
 fn key_id(digest: &Digest) -> String {
     format!("remote:{}", &digest.to_hex()[..16])
-}
-
-/// Whether `id` is [`key_id`]`(digest)`, without allocating (on the
-/// refusal path).
-fn is_key_id(id: Option<&str>, digest: &Digest) -> bool {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let Some(hex) = id.and_then(|id| id.strip_prefix("remote:")) else {
-        return false;
-    };
-    hex.len() == 16
-        && hex
-            .as_bytes()
-            .chunks_exact(2)
-            .zip(&digest.as_bytes()[..8])
-            .all(|(pair, byte)| {
-                pair[0] == HEX[usize::from(byte >> 4)] && pair[1] == HEX[usize::from(byte & 15)]
-            })
 }
 
 /// Time until `expires_at` (Unix seconds), `None` when it has passed.
@@ -1334,7 +1360,7 @@ impl Inner {
                     keep = false;
                 }
                 lease = answer.lease.take();
-                read(answer, verdict, digest)
+                read(answer, verdict, digest, &self.instance)
             }
             Reply::TooManyRequests => {
                 // Busy, not down: this request only.
@@ -1396,11 +1422,6 @@ impl Inner {
                 Duration::ZERO,
                 tokio::runtime::Handle::current(),
             ));
-        }
-        // Its grant is counted as refused already (by the service; here for
-        // callers joined on the call): a guard refusing it moves nothing.
-        if let (Outcome::LacksScope(p), Some(usage)) = (&outcome, &self.usage) {
-            usage.lacks_scope(p);
         }
         tracing::debug!(target: "auth_remote", fingerprint = %digest.fingerprint(),
             outcome = outcome_name(&outcome), "key service answered");
@@ -1603,10 +1624,11 @@ impl Verifier for RemoteVerifier {
     /// [`RemoteVerifierBuilder::usage_reports`]): in the current hour's
     /// pending counts for `digest`, `valid` − 1 and `why` + 1 — so `valid`
     /// may be negative in a report when the grant was the key service's
-    /// answer, counted there. Not for a principal this verifier did not
-    /// grant (a [`Fallback`](auth_core::Fallback)'s other verifier's), nor
-    /// for one the service answered `insufficient_scope` for (counted as
-    /// that already).
+    /// answer, counted there. Only for a principal this verifier built
+    /// (labelled with its instance id: not another verifier's, such as a
+    /// [`Fallback`](auth_core::Fallback)'s other one, another
+    /// `RemoteVerifier` included), and not for one the service answered
+    /// `insufficient_scope` for (counted as that already).
     fn refused_after(&self, digest: &Digest, principal: &Arc<Principal>, why: RefusedAfter) {
         let Some(usage) = &self.inner.usage else {
             return;
@@ -1616,10 +1638,8 @@ impl Verifier for RemoteVerifier {
             RefusedAfter::InsufficientScope => Code::InsufficientScope,
             _ => return,
         };
-        // A principal the service granted without the scope asked has no
-        // scopes: only those are looked up.
-        if !is_key_id(principal.key_id(), digest)
-            || (principal.scopes().is_empty() && usage.lacked_scope(principal))
+        if principal.label(VERIFIER_LABEL) != Some(self.inner.instance.as_str())
+            || principal.label(ANSWER_LABEL).is_some()
         {
             return;
         }
@@ -1823,13 +1843,122 @@ mod tests {
         }
     }
 
-    #[test]
-    fn key_ids_are_told_without_allocating() {
-        let d = Digest::of(b"k");
-        assert!(is_key_id(Some(&key_id(&d)), &d));
-        assert!(!is_key_id(Some(&key_id(&Digest::of(b"j"))), &d));
-        assert!(!is_key_id(Some(&key_id(&d)[1..]), &d));
-        assert!(!is_key_id(Some(&format!("{}0", key_id(&d))), &d));
-        assert!(!is_key_id(None, &d));
+    /// A key service's usage endpoint that takes its first request (the
+    /// body read) and never answers it, and accepts the others; the digests
+    /// of every request.
+    struct Stub {
+        got: Mutex<Vec<Vec<String>>>,
+    }
+
+    impl Stub {
+        async fn start() -> (Arc<Self>, String) {
+            use auth_core::protocol::{USAGE_PATH, UsageAccepted, UsageReport};
+            use axum::Json;
+            use axum::extract::State;
+
+            async fn usage(
+                State(stub): State<Arc<Stub>>,
+                Json(report): Json<UsageReport>,
+            ) -> Json<UsageAccepted> {
+                let first = {
+                    let mut got = stub.got.lock();
+                    got.push(report.entries.iter().map(|e| e.digest.clone()).collect());
+                    got.len() == 1
+                };
+                if first {
+                    std::future::pending::<()>().await;
+                }
+                Json(UsageAccepted {
+                    accepted: report.entries.len() as u64,
+                })
+            }
+            let stub = Arc::new(Self {
+                got: Mutex::new(Vec::new()),
+            });
+            let app = axum::Router::new()
+                .route(USAGE_PATH, axum::routing::post(usage))
+                .with_state(Arc::clone(&stub));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            (stub, format!("http://{addr}"))
+        }
+
+        fn requests(&self) -> usize {
+            self.got.lock().len()
+        }
+
+        /// Every one of `n` digests arrived, none twice.
+        fn each_once(&self, n: usize) {
+            let got = self.got.lock();
+            let all: Vec<&String> = got.iter().flatten().collect();
+            let unique: std::collections::HashSet<&&String> = all.iter().collect();
+            assert_eq!((all.len(), unique.len()), (n, n));
+        }
+    }
+
+    /// A verifier reporting to `base`, its counts, and `n` keys counted
+    /// once each: three requests' worth.
+    fn counted(base: &str, every: Duration, n: usize) -> (RemoteVerifier, Arc<Usage>) {
+        let v = RemoteVerifier::builder(base)
+            .changes_stream(false)
+            .timeout(Duration::from_secs(30))
+            .usage_reports(Some(every))
+            .build()
+            .unwrap();
+        let usage = Arc::clone(v.inner.usage.as_ref().unwrap());
+        let now = v.now();
+        for i in 0..n {
+            usage.count(&Digest::of(&i.to_le_bytes()), now, Code::Valid);
+        }
+        (v, usage)
+    }
+
+    async fn eventually(what: &str, done: impl Fn() -> bool) {
+        let start = std::time::Instant::now();
+        while !done() {
+            assert!(start.elapsed() < Duration::from_secs(10), "never: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    const CHUNK: usize = auth_core::protocol::MAX_USAGE_ENTRIES;
+
+    /// `report_usage` cut short by a timeout while its first request
+    /// stalls: that request is counted lost (it arrived), the two it never
+    /// sent go with the next report — nothing twice, nothing lost besides.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_report_cut_short_puts_back_what_it_never_sent() {
+        let (stub, base) = Stub::start().await;
+        let n = 2 * CHUNK + 1;
+        let (v, usage) = counted(&base, Duration::from_secs(3600), n);
+        let cut = tokio::time::timeout(Duration::from_secs(1), v.report_usage()).await;
+        assert!(cut.is_err(), "the first request stalls");
+        assert_eq!(stub.requests(), 1);
+        assert_eq!(usage.tally.all(), [0, 0, CHUNK as u64, 0]);
+        assert!(usage.pending(), "the rest was put back");
+        v.report_usage().await;
+        assert_eq!(stub.requests(), 3);
+        stub.each_once(n);
+        assert_eq!(usage.tally.all(), [(n - CHUNK) as u64, 0, CHUNK as u64, 0]);
+        assert!(!usage.pending());
+    }
+
+    /// A verifier dropped while its reporter's report stalls: the last
+    /// report sends what that one never did.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_verifier_dropped_mid_report_sends_the_rest() {
+        let (stub, base) = Stub::start().await;
+        let n = 2 * CHUNK + 1;
+        let (v, usage) = counted(&base, Duration::from_secs(1), n);
+        eventually("the reporter's first request", || stub.requests() == 1).await;
+        drop(v);
+        eventually("the last report", || stub.requests() == 3).await;
+        eventually("its answers", || {
+            usage.tally.all() == [(n - CHUNK) as u64, 0, CHUNK as u64, 0]
+        })
+        .await;
+        stub.each_once(n);
+        assert!(!usage.pending());
     }
 }

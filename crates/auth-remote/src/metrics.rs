@@ -118,16 +118,26 @@ pub(crate) struct UsageTally {
     pub(crate) reported: AtomicU64,
     /// Decisions that found the pending counts full.
     pub(crate) lost_full: AtomicU64,
-    /// Decisions in reports that failed after they may have arrived.
+    /// Decisions in reports that failed after they may have arrived (or
+    /// were cut short while under way).
     pub(crate) lost_failed: AtomicU64,
+    /// Decisions in entries the key service skipped (hours outside its
+    /// window), or that were too old to send.
+    pub(crate) lost_skipped: AtomicU64,
 }
 
 impl UsageTally {
-    /// Reported, lost because full, lost because a report failed.
+    /// Reported, lost because full, because a report failed, because the
+    /// service skipped them.
     #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
-    pub(crate) fn all(&self) -> [u64; 3] {
+    pub(crate) fn all(&self) -> [u64; 4] {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        [n(&self.reported), n(&self.lost_full), n(&self.lost_failed)]
+        [
+            n(&self.reported),
+            n(&self.lost_full),
+            n(&self.lost_failed),
+            n(&self.lost_skipped),
+        ]
     }
 }
 
@@ -207,17 +217,18 @@ impl auth_core::prometheus::MetricSource for crate::RemoteVerifier {
             inner.leases.lock().len() as f64,
         );
         // Zero while counting is off.
-        let [reported, full, failed] = inner.usage.as_ref().map_or([0; 3], |u| u.tally.all());
+        let [reported, full, failed, skipped] =
+            inner.usage.as_ref().map_or([0; 4], |u| u.tally.all());
         samples.counter(
             "auth_remote_usage_reported",
             "Decisions made here without a call (cache hits, leased credits, joined callers, stale grants; a grant refused afterwards counts as its refusal) that the key service accepted in usage reports.",
             Vec::new(),
             reported,
         );
-        for (reason, n) in [("full", full), ("failed", failed)] {
+        for (reason, n) in [("full", full), ("failed", failed), ("skipped", skipped)] {
             samples.counter(
                 "auth_remote_usage_lost",
-                "Decisions never reported: the pending counts were full, or a report failed after it may have arrived (never sent twice).",
+                "Decisions never reported: the pending counts were full (full), a report failed or was cut short after it may have arrived (failed; never sent twice), or the key service skipped their hours — older than 7 days or after its next hour (skipped).",
                 vec![("reason", reason.to_owned())],
                 n,
             );

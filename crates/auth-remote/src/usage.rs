@@ -13,30 +13,47 @@
 //! hashing and no clock arithmetic; another key files it into the stripe's
 //! map (one lookup with the digest hasher). The hour comes from the clock
 //! reading the hit makes anyway. The map entries are bounded ([`MAX_PENDING`]
-//! in all, one key apart per stripe besides): a decision that finds them
-//! full is dropped and counted.
+//! in all, one key apart per stripe besides): when the key counted last
+//! cannot be filed for want of room, it stays apart and the new decision is
+//! dropped and counted (`lost{full}`) — unless its key and hour have an
+//! entry already, which takes it. Besides the maps, the batch a report is
+//! sending is held (at most as much again) until its answers are in.
 //!
-//! A report swaps the stripes out and sends them, one request per
-//! [`MAX_USAGE_ENTRIES`]. A report that certainly did not reach the service
-//! (a connect error) or that it turned away unread (503, 429) goes back
-//! into the pending entries for the next one; one that may have arrived (a
-//! timeout, any other answer) is dropped and counted lost — never sent
-//! twice. So a failed report loses at most its own batch, at most one
-//! interval's decisions.
+//! A report swaps the stripes out (maps of last time's size, allocated
+//! before the lock) and sends them, one request per [`MAX_USAGE_ENTRIES`];
+//! entries of hours the key service no longer takes (older than 7 days)
+//! are dropped first and counted (`lost{skipped}`). A request that
+//! certainly was not counted — a connect error, a 429 (the key service
+//! answers none to a report: a proxy's, refused before forwarding), or the
+//! key service's own 503 `{"error":"unavailable"}` (its pending counts are
+//! full) — goes back into the pending entries, with the rest of the batch,
+//! for the next report. One that may have been counted — a timeout, a 503
+//! from anything else (a proxy may answer it after forwarding), any other
+//! answer — is dropped and counted lost (`lost{failed}`): never sent twice.
+//! Entries the key service skipped (its `accepted` is less than the
+//! request's entries: hours outside its window, by its clock) are counted
+//! `lost{skipped}`, not reported. A report cut short (its caller gone, the
+//! verifier dropped) counts the request under way lost and puts the rest
+//! back.
+//!
+//! So a failed request loses its own chunk — which may hold everything
+//! counted since the last report the service accepted, as counts merged
+//! back accumulate — never more.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::sync::Arc;
+use std::sync::Weak;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use auth_core::Digest;
 use auth_core::clock::Clock;
 use auth_core::digest::DigestHasher;
 use auth_core::protocol::{
     Code, MAX_USAGE_COUNT, MAX_USAGE_ENTRIES, USAGE_PATH, UsageAccepted, UsageCounts, UsageEntry,
     UsageReport,
 };
-use auth_core::{Digest, Principal};
 use parking_lot::Mutex;
 use reqwest::header::{HeaderName, HeaderValue};
 
@@ -48,18 +65,28 @@ const STRIPES: usize = 16;
 /// The most pending entries (a key in an hour, per stripe that counted it).
 pub(crate) const MAX_PENDING: usize = 100_000;
 
-/// The most grants answered `insufficient_scope` tracked at once (they
-/// live as long as their request).
-const MAX_LACKING: usize = 1_024;
+/// How old a reported hour may be: the key service skips older ones.
+const PAST: u64 = 7 * 86_400;
+
+/// How far past the service's clock a reported hour may start: it skips
+/// later ones.
+const AHEAD: u64 = 3_600;
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 
 /// Pending counts, by key digest and hour.
 type Counts = HashMap<(Digest, u64), UsageCounts, DigestHasher>;
 
+/// Counts taken out of the stripes: digest, hour, counts.
+type Taken = Vec<(Digest, u64, UsageCounts)>;
+
 /// One stripe, on cache lines of its own.
 #[repr(align(128))]
-struct Stripe(Mutex<Pending>);
+struct Stripe {
+    pending: Mutex<Pending>,
+    /// Entries its map held when last taken: the next map's capacity.
+    taken: AtomicUsize,
+}
 
 /// A stripe's pending counts.
 struct Pending {
@@ -97,11 +124,25 @@ fn decisions(counts: &UsageCounts) -> u64 {
     })
 }
 
+/// Decisions in all of `entries`.
+fn all_decisions(entries: &[(Digest, u64, UsageCounts)]) -> u64 {
+    entries
+        .iter()
+        .fold(0u64, |sum, (_, _, c)| sum.saturating_add(decisions(c)))
+}
+
 /// Adds `from` into `to`.
 fn merge(to: &mut UsageCounts, from: &UsageCounts) {
     for (code, n) in from.by_code() {
         to.add(code, n);
     }
+}
+
+/// Wall-clock Unix seconds.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// How to reach the service's usage endpoint.
@@ -117,7 +158,7 @@ pub(crate) struct Endpoint {
 /// reporter task (which holds it weakly).
 pub(crate) struct Usage {
     stripes: Box<[Stripe; STRIPES]>,
-    /// Entries held in all stripes, never more than `limit`.
+    /// Entries held in all stripes' maps, never more than `limit`.
     entries: AtomicUsize,
     limit: usize,
     hasher: DigestHasher,
@@ -134,10 +175,6 @@ pub(crate) struct Usage {
     pub(crate) tally: UsageTally,
     /// When a failed report was last logged at WARN (see `Health::due`).
     warned: AtomicU64,
-    /// Grants the key service answered `insufficient_scope` for (the scope
-    /// asked lacking): counted as that by the service, or here for callers
-    /// joined on its call, so a guard refusing them moves nothing.
-    lacking: Mutex<Vec<Weak<Principal>>>,
 }
 
 impl Usage {
@@ -149,11 +186,12 @@ impl Usage {
     ) -> Self {
         let hasher = DigestHasher::new();
         let usage = Self {
-            stripes: Box::new(std::array::from_fn(|_| {
-                Stripe(Mutex::new(Pending {
+            stripes: Box::new(std::array::from_fn(|_| Stripe {
+                pending: Mutex::new(Pending {
                     last: None,
                     map: HashMap::with_hasher(hasher),
-                }))
+                }),
+                taken: AtomicUsize::new(0),
             })),
             entries: AtomicUsize::new(0),
             limit,
@@ -165,7 +203,6 @@ impl Usage {
             sending: tokio::sync::Mutex::new(()),
             tally: UsageTally::default(),
             warned: AtomicU64::new(0),
-            lacking: Mutex::new(Vec::new()),
         };
         usage.set_offset();
         usage
@@ -206,7 +243,7 @@ impl Usage {
 
     #[inline]
     fn add(&self, digest: &Digest, now: Duration, change: impl FnOnce(&mut UsageCounts)) {
-        let mut pending = self.stripes[stripe()].0.lock();
+        let mut pending = self.stripes[stripe()].pending.lock();
         // The clock is monotonic: the hour lasts while `now` is before its end.
         if let Some(last) = &mut pending.last {
             if now < last.until && last.digest == *digest {
@@ -223,25 +260,41 @@ impl Usage {
             until,
             counts,
         };
-        if let Some(before) = pending.last.replace(new) {
-            if let Some(lost) = self.file(&mut pending.map, before) {
+        let Pending { last, map } = &mut *pending;
+        let Some(before) = last.take() else {
+            *last = Some(new);
+            return;
+        };
+        match self.file(map, before) {
+            Ok(()) => *last = Some(new),
+            Err(before) => {
+                // No room for the key counted last: its run stays apart,
+                // and the new decision goes where its key and hour have an
+                // entry already, or is dropped.
+                *last = Some(before);
+                if let Some(held) = map.get_mut(&(new.digest, new.hour)) {
+                    merge(held, &new.counts);
+                    return;
+                }
                 drop(pending);
-                self.tally.lost_full.fetch_add(lost, Ordering::Relaxed);
+                self.tally
+                    .lost_full
+                    .fetch_add(decisions(&new.counts), Ordering::Relaxed);
             }
         }
     }
 
-    /// Files `last` into `map`, within the bound; the decisions that did
-    /// not fit, if any.
-    fn file(&self, map: &mut Counts, last: Last) -> Option<u64> {
+    /// Files `last` into `map`, within the bound; given back when there
+    /// is no room for it.
+    fn file(&self, map: &mut Counts, last: Last) -> Result<(), Last> {
         match map.entry((last.digest, last.hour)) {
             Entry::Occupied(entry) => merge(entry.into_mut(), &last.counts),
             Entry::Vacant(entry) if self.reserve() => {
                 entry.insert(last.counts);
             }
-            Entry::Vacant(_) => return Some(decisions(&last.counts)),
+            Entry::Vacant(_) => return Err(last),
         }
-        None
+        Ok(())
     }
 
     /// Takes room for one more entry, if there is any.
@@ -255,14 +308,23 @@ impl Usage {
 
     /// Everything pending, the stripes left empty; entries of one key and
     /// hour counted by several threads merged.
-    fn take(&self) -> Vec<(Digest, u64, UsageCounts)> {
+    fn take(&self) -> Taken {
         let mut all = Counts::with_hasher(self.hasher);
         for stripe in self.stripes.iter() {
-            let mut pending = stripe.0.lock();
+            // Sized as the map it replaces was last time, and allocated
+            // before the lock: the hits that fill it again neither wait for
+            // an allocation nor rehash under the lock as it grows.
+            let fresh = HashMap::with_capacity_and_hasher(
+                stripe.taken.load(Ordering::Relaxed),
+                self.hasher,
+            );
+            let mut pending = stripe.pending.lock();
             let last = pending.last.take();
-            let taken = std::mem::replace(&mut pending.map, HashMap::with_hasher(self.hasher));
-            drop(pending);
+            let taken = std::mem::replace(&mut pending.map, fresh);
+            // Under the lock: a decision filed right after sees the room.
             self.entries.fetch_sub(taken.len(), Ordering::Relaxed);
+            drop(pending);
+            stripe.taken.store(taken.len(), Ordering::Relaxed);
             for (key, counts) in taken {
                 merge(all.entry(key).or_default(), &counts);
             }
@@ -281,11 +343,11 @@ impl Usage {
 
     /// Puts counts that were not sent back, within the bound; what does not
     /// fit is lost.
-    fn restore(&self, batch: Vec<(Digest, u64, UsageCounts)>) {
+    fn restore(&self, batch: Taken) {
         for (digest, hour, counts) in batch {
             // Any stripe will do: a report merges them.
             let mut pending = self.stripes[usize::from(digest.as_bytes()[0]) % STRIPES]
-                .0
+                .pending
                 .lock();
             match pending.map.entry((digest, hour)) {
                 Entry::Occupied(entry) => merge(entry.into_mut(), &counts),
@@ -303,10 +365,11 @@ impl Usage {
         }
     }
 
-    /// Whether anything is pending (the final report).
+    /// Whether anything is pending (tests).
+    #[cfg(test)]
     pub(crate) fn pending(&self) -> bool {
         self.entries.load(Ordering::Relaxed) > 0
-            || self.stripes.iter().any(|s| s.0.lock().last.is_some())
+            || self.stripes.iter().any(|s| s.pending.lock().last.is_some())
     }
 
     /// Entries in the stripes' maps (tests).
@@ -315,22 +378,24 @@ impl Usage {
         self.entries.load(Ordering::Relaxed)
     }
 
-    /// Remembers a grant the service answered `insufficient_scope` for.
-    pub(crate) fn lacks_scope(&self, principal: &Arc<Principal>) {
-        let mut lacking = self.lacking.lock();
-        lacking.retain(|p| p.strong_count() > 0);
-        if lacking.len() < MAX_LACKING {
-            lacking.push(Arc::downgrade(principal));
+    /// Drops the entries of hours the key service would skip as too old,
+    /// counted.
+    fn drop_too_old(&self, batch: &mut Taken, now: u64) {
+        let mut skipped = 0u64;
+        batch.retain(|(_, hour, counts)| {
+            let keep = hour.saturating_add(PAST) >= now;
+            if !keep {
+                skipped = skipped.saturating_add(decisions(counts));
+            }
+            keep
+        });
+        if skipped > 0 {
+            self.tally
+                .lost_skipped
+                .fetch_add(skipped, Ordering::Relaxed);
+            tracing::debug!(target: "auth_remote", decisions = skipped,
+                "usage counts older than 7 days dropped: the key service takes none");
         }
-    }
-
-    /// Whether `principal` is one the service answered
-    /// `insufficient_scope` for.
-    pub(crate) fn lacked_scope(&self, principal: &Arc<Principal>) -> bool {
-        self.lacking
-            .lock()
-            .iter()
-            .any(|p| std::ptr::eq(p.as_ptr(), Arc::as_ptr(principal)))
     }
 
     /// Sends everything pending, one request per [`MAX_USAGE_ENTRIES`],
@@ -338,10 +403,14 @@ impl Usage {
     pub(crate) async fn report(&self) {
         let _one = self.sending.lock().await;
         self.set_offset();
+        // Dropped before `_one`: what it puts back is there for the next
+        // report, which waits for the lock.
         let mut batch = Batch {
             usage: self,
             left: self.take(),
+            sending: 0,
         };
+        self.drop_too_old(&mut batch.left, unix_now());
         while !batch.left.is_empty() {
             let at = batch.left.len().saturating_sub(MAX_USAGE_ENTRIES);
             let chunk = batch.left.split_off(at);
@@ -355,12 +424,23 @@ impl Usage {
                     })
                     .collect(),
             };
-            let made: u64 = chunk.iter().map(|(_, _, c)| decisions(c)).sum();
-            match self.send(&report).await {
-                Sent::Accepted(entries) => {
-                    self.tally.reported.fetch_add(made, Ordering::Relaxed);
-                    tracing::debug!(target: "auth_remote", entries, decisions = made,
-                        "usage reported");
+            let made = all_decisions(&chunk);
+            // Cut short while it is under way, it may have been counted.
+            batch.sending = made;
+            let sent = self.send(&report).await;
+            batch.sending = 0;
+            match sent {
+                Sent::Accepted(accepted) => {
+                    let skipped = skipped(&chunk, accepted, unix_now());
+                    let taken = made.saturating_sub(skipped);
+                    self.tally.reported.fetch_add(taken, Ordering::Relaxed);
+                    if skipped > 0 {
+                        self.tally
+                            .lost_skipped
+                            .fetch_add(skipped, Ordering::Relaxed);
+                    }
+                    tracing::debug!(target: "auth_remote", entries = chunk.len(), accepted,
+                        decisions = taken, skipped, "usage reported");
                 }
                 Sent::NotTaken(why, status) => {
                     // Not counted there: with the next report.
@@ -377,8 +457,6 @@ impl Usage {
                 }
             }
         }
-        // Grants refused long ago are gone by now.
-        self.lacking.lock().retain(|p| p.strong_count() > 0);
     }
 
     async fn send(&self, report: &UsageReport) -> Sent {
@@ -396,7 +474,18 @@ impl Usage {
         };
         let status = response.status();
         match status.as_u16() {
-            429 | 503 => return Sent::NotTaken("busy", Some(status.as_u16())),
+            // The key service never answers a report 429: a proxy's (or
+            // gateway's) rate limit, refused before it was forwarded.
+            429 => return Sent::NotTaken("throttled", Some(429)),
+            // The key service's own: its pending counts are full, the
+            // report refused whole. A 503 of anything else (a proxy) may
+            // come after it forwarded the report.
+            503 => {
+                return match crate::read_limited(response).await {
+                    Ok(body) if is_the_services_busy(&body) => Sent::NotTaken("busy", Some(503)),
+                    _ => Sent::Lost("unavailable (not the key service's own answer)", Some(503)),
+                };
+            }
             400 => return Sent::Lost("refused as malformed (a bug)", Some(400)),
             401 | 403 => {
                 return Sent::Lost(
@@ -429,6 +518,49 @@ impl Usage {
     }
 }
 
+/// Whether a 503's body is the key service's own JSON error
+/// `{"error":"unavailable",…}`.
+fn is_the_services_busy(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .is_some_and(|v| v.get("error").and_then(serde_json::Value::as_str) == Some("unavailable"))
+}
+
+/// The decisions in the entries of `chunk` the key service skipped, when it
+/// `accepted` fewer than it was sent. It takes the hours of a window (the
+/// last 7 days to the next hour, by its clock) and skips the others: the
+/// oldest entries or the newest. Which: the side whose edge our clock
+/// (`now`, Unix seconds) puts nearer — the smaller clock difference
+/// explains the skips. Entries of one hour are skipped together, so the
+/// side's entries are exactly the skipped ones.
+fn skipped(chunk: &[(Digest, u64, UsageCounts)], accepted: u64, now: u64) -> u64 {
+    let sent = chunk.len();
+    let accepted = usize::try_from(accepted).unwrap_or(usize::MAX);
+    if accepted >= sent {
+        return 0;
+    }
+    if accepted == 0 {
+        return all_decisions(chunk);
+    }
+    let mut hours: Vec<(u64, u64)> = chunk
+        .iter()
+        .map(|(_, hour, counts)| (*hour, decisions(counts)))
+        .collect();
+    hours.sort_unstable_by_key(|(hour, _)| *hour);
+    let (oldest, newest) = (hours[0].0, hours[sent - 1].0);
+    // How far ahead the service's clock must be to skip the oldest, and
+    // how far behind to skip the newest.
+    let ahead = oldest.saturating_add(PAST).saturating_sub(now);
+    let behind = now.saturating_add(AHEAD).saturating_sub(newest);
+    let k = sent - accepted;
+    let side = if ahead <= behind {
+        &hours[..k]
+    } else {
+        &hours[sent - k..]
+    };
+    side.iter().fold(0u64, |sum, (_, n)| sum.saturating_add(*n))
+}
+
 /// Counts within the protocol's range (only reachable after a very long
 /// outage with every report kept): the excess is dropped.
 fn clamped(mut counts: UsageCounts) -> UsageCounts {
@@ -456,22 +588,28 @@ enum Sent {
     Lost(&'static str, Option<u16>),
 }
 
-/// What a report has yet to send. Dropped before it is sent (the reporter
-/// aborted with its verifier, a caller of `report_usage` gone), it is
-/// counted as lost: a request under way may have arrived.
+/// What a report has yet to send, and the decisions of the request under
+/// way. Dropped before it is done (the reporter aborted with its verifier,
+/// a caller of `report_usage` gone), the request under way is counted
+/// lost — it may have arrived — and what was never sent goes back into the
+/// pending counts (within the bound) for the next report.
 struct Batch<'a> {
     usage: &'a Usage,
-    left: Vec<(Digest, u64, UsageCounts)>,
+    left: Taken,
+    /// Decisions in the request under way (0: none).
+    sending: u64,
 }
 
 impl Drop for Batch<'_> {
     fn drop(&mut self) {
-        let lost: u64 = self.left.iter().map(|(_, _, c)| decisions(c)).sum();
-        if lost > 0 {
+        if self.sending > 0 {
             self.usage
                 .tally
                 .lost_failed
-                .fetch_add(lost, Ordering::Relaxed);
+                .fetch_add(self.sending, Ordering::Relaxed);
+        }
+        if !self.left.is_empty() {
+            self.usage.restore(std::mem::take(&mut self.left));
         }
     }
 }
@@ -504,11 +642,11 @@ mod tests {
     use super::*;
     use auth_core::clock::ManualClock;
 
-    fn usage(limit: usize) -> Usage {
+    fn usage_on(limit: usize, clock: Arc<dyn Clock>) -> Usage {
         Usage::new(
             Duration::from_secs(10),
             limit,
-            Arc::new(ManualClock::new()),
+            clock,
             Endpoint {
                 client: reqwest::Client::new(),
                 url: "http://127.0.0.1:1/usage".into(),
@@ -516,6 +654,10 @@ mod tests {
                 timeout: Duration::from_secs(1),
             },
         )
+    }
+
+    fn usage(limit: usize) -> Usage {
+        usage_on(limit, Arc::new(ManualClock::new()))
     }
 
     #[test]
@@ -590,29 +732,84 @@ mod tests {
         let now = Duration::ZERO;
         let d = |n: u8| Digest::of(&[n]);
         // One thread, one stripe: each key files the one before it into
-        // the map, which holds two; the third and fourth do not fit.
+        // the map, which holds two; the third stays apart, the fourth is
+        // dropped.
         for n in 0u8..4 {
             u.count(&d(n), now, Code::Valid);
         }
-        // The two entries held keep counting.
+        // The two entries held keep counting, and so does the one apart.
         u.count(&d(0), now, Code::Valid);
+        u.count(&d(2), now, Code::Valid);
         assert_eq!(u.entries(), 2);
-        assert_eq!(u.tally.lost_full.load(Ordering::Relaxed), 2);
+        assert_eq!(u.tally.lost_full.load(Ordering::Relaxed), 1);
         let taken = u.take();
+        assert_eq!(u.entries(), 0);
         let mut kept: Vec<_> = taken.iter().map(|(k, _, c)| (*k, c.valid)).collect();
-        kept.sort_by_key(|(_, valid)| *valid);
-        assert_eq!(kept, [(d(1), 1), (d(0), 2)]);
+        kept.sort_by_key(|(k, _)| *k.as_bytes());
+        let mut expected = [(d(1), 1), (d(0), 2), (d(2), 2)];
+        expected.sort_by_key(|(k, _)| *k.as_bytes());
+        assert_eq!(kept, expected);
         // Two new decisions meanwhile (one filed); then the batch comes
-        // back: one entry fits in the room left, the other does not.
+        // back: one entry fits in the room left, the other two do not.
         u.count(&d(9), now, Code::Valid);
         u.count(&d(8), now, Code::Valid);
         u.restore(taken);
         assert_eq!(u.entries(), 2);
-        let lost = u.tally.lost_full.load(Ordering::Relaxed);
+        let lost = u.tally.lost_full.load(Ordering::Relaxed) - 1;
         assert!(lost == 3 || lost == 4, "{lost}");
         let kept = u.take();
         assert_eq!(kept.len(), 3);
         assert!(kept.iter().any(|(k, ..)| *k == d(9)) && kept.iter().any(|(k, ..)| *k == d(8)));
+    }
+
+    /// The key counted last, which cannot be filed, keeps its whole run;
+    /// the new decision is the one dropped.
+    #[test]
+    fn a_full_map_keeps_the_run_counted_last_and_drops_the_new_decision() {
+        let u = usage(1);
+        let now = Duration::ZERO;
+        let (a, b, c) = (Digest::of(b"a"), Digest::of(b"b"), Digest::of(b"c"));
+        // `a` filed (the map is full), then a run of five on `b`.
+        u.count(&a, now, Code::Valid);
+        for _ in 0..5 {
+            u.count(&b, now, Code::Valid);
+        }
+        // `c` finds no room for `b`: `c` is dropped, `b` kept apart.
+        u.count(&c, now, Code::Disabled);
+        assert_eq!(u.tally.lost_full.load(Ordering::Relaxed), 1);
+        // `a` has its entry: counted there, `b` still apart.
+        u.count(&a, now, Code::Valid);
+        u.count(&b, now, Code::Valid);
+        assert_eq!(u.tally.lost_full.load(Ordering::Relaxed), 1);
+        let mut taken: Vec<_> = u.take().into_iter().map(|(k, _, c)| (k, c)).collect();
+        taken.sort_by_key(|(k, _)| *k != a);
+        assert_eq!(taken, [(a, counts(2)), (b, counts(6))]);
+    }
+
+    /// A report swaps in maps sized as the last ones taken: the hits that
+    /// fill them again do not rehash under the stripe's lock.
+    #[test]
+    fn a_report_swaps_in_maps_sized_as_the_last_ones_taken() {
+        let u = usage(1_000);
+        let capacity = || u.stripes[stripe()].pending.lock().map.capacity();
+        let fill = || {
+            for n in 0u16..300 {
+                u.count(&Digest::of(&n.to_le_bytes()), Duration::ZERO, Code::Valid);
+            }
+        };
+        fill();
+        assert_eq!(u.take().len(), 300);
+        fill();
+        assert_eq!(u.take().len(), 300);
+        assert!(capacity() >= 299, "{}", capacity());
+        assert_eq!(u.entries(), 0);
+    }
+
+    fn counts(valid: i64) -> UsageCounts {
+        UsageCounts {
+            valid,
+            ..UsageCounts::default()
+        }
     }
 
     #[test]
@@ -627,8 +824,80 @@ mod tests {
         rt.block_on(u.report());
         rt.block_on(u.report());
         assert!(u.pending());
-        assert_eq!(u.tally.all(), [0, 0, 0]);
+        assert_eq!(u.tally.all(), [0, 0, 0, 0]);
         assert_eq!(u.take()[0].2.valid, 1, "kept once, not doubled");
+    }
+
+    /// Hours the key service would skip as older than 7 days are not sent:
+    /// dropped and counted.
+    #[test]
+    fn entries_older_than_seven_days_are_dropped_before_sending() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let clock = Arc::new(ManualClock::new());
+        // The verifier's clock at 0 is 8 days ago on the wall clock.
+        clock.advance(Duration::from_secs(8 * 86_400));
+        let u = usage_on(10, clock.clone());
+        let (old, new) = (Digest::of(b"old"), Digest::of(b"new"));
+        u.count(&old, Duration::ZERO, Code::Valid);
+        u.count(&old, Duration::ZERO, Code::Expired);
+        u.count(&new, clock.now(), Code::Valid);
+        // Nothing listens: what is sent comes back.
+        rt.block_on(u.report());
+        assert_eq!(u.tally.all(), [0, 0, 0, 2]);
+        let kept = u.take();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].0, new);
+    }
+
+    /// The entries the service skipped are the oldest or the newest: the
+    /// side a smaller clock difference explains.
+    #[test]
+    fn skipped_entries_are_told_from_the_side_the_clocks_explain() {
+        let now = 1_800_000_000u64;
+        let hour = now - now % 3600;
+        let d = |n: u8| Digest::of(&[n]);
+        let entry = |n: u8, hour: u64, valid: i64| (d(n), hour, counts(valid));
+        // Two entries of an hour near the 7-day edge, three of this hour.
+        let old = hour - PAST + 3600;
+        let chunk = [
+            entry(0, hour, 1),
+            entry(1, old, 10),
+            entry(2, hour, 2),
+            entry(3, old, 20),
+            entry(4, hour, 4),
+        ];
+        assert_eq!(skipped(&chunk, 5, now), 0);
+        assert_eq!(skipped(&chunk, 9, now), 0);
+        assert_eq!(skipped(&chunk, 0, now), 37);
+        // The service's clock an hour ahead: the old hour skipped.
+        assert_eq!(skipped(&chunk, 3, now), 30);
+        // Only this hour's and recent ones: the newest would be skipped by
+        // a clock over an hour behind.
+        let recent = [
+            entry(0, hour, 1),
+            entry(1, hour - 3 * 3600, 10),
+            entry(2, hour, 2),
+        ];
+        assert_eq!(skipped(&recent, 1, now), 3);
+    }
+
+    #[test]
+    fn only_the_key_services_own_503_is_busy() {
+        assert!(is_the_services_busy(
+            br#"{"error":"unavailable","message":"too many usage counts are waiting"}"#
+        ));
+        for body in [
+            &b""[..],
+            b"upstream connect error or disconnect/reset before headers",
+            br#"{"error":"not_found"}"#,
+            br#"{"message":"unavailable"}"#,
+            br#"["unavailable"]"#,
+        ] {
+            assert!(!is_the_services_busy(body));
+        }
     }
 
     #[test]

@@ -20,7 +20,8 @@ use auth_core::protocol::{
     ValidateResponse,
 };
 use auth_core::{
-    Credential, Decision, Digest, Guard, Mode, PlainRequest, Verifier, VerifyContext, VerifyError,
+    CacheConfig, Cached, Credential, Decision, Digest, Fallback, Guard, Mode, PlainRequest,
+    Verifier, VerifyContext, VerifyError,
 };
 use auth_remote::RemoteVerifier;
 use axum::Json;
@@ -47,8 +48,13 @@ const SERVICE_TOKEN: &str = "our-service-credential";
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Reports {
     Accept,
-    /// This status, the report not taken.
+    /// This status (without a body), the report not taken.
     Status(u16),
+    /// 503 `{"error":"unavailable",…}`: the key service's own "too many
+    /// counts waiting", the report not taken.
+    Busy,
+    /// Taken, this many entries fewer accepted (skipped).
+    Skip(u64),
     /// Taken, then answered after 1 s (past the verifiers' timeout).
     Slow,
 }
@@ -175,10 +181,22 @@ async fn usage(
         return StatusCode::BAD_REQUEST.into_response();
     }
     let mode = *double.reports.lock();
-    if let Reports::Status(status) = mode {
-        return StatusCode::from_u16(status).unwrap().into_response();
+    match mode {
+        Reports::Status(status) => return StatusCode::from_u16(status).unwrap().into_response(),
+        Reports::Busy => {
+            let body = serde_json::json!({
+                "error": "unavailable",
+                "message": "too many usage counts are waiting to be written; send the report again later",
+            });
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+        }
+        _ => {}
     }
-    let accepted = report.entries.len() as u64;
+    let skipped = match mode {
+        Reports::Skip(n) => n,
+        _ => 0,
+    };
+    let accepted = (report.entries.len() as u64).saturating_sub(skipped);
     double.taken.lock().push(report);
     if mode == Reports::Slow {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -239,11 +257,16 @@ fn scrape(v: &RemoteVerifier) -> String {
 }
 
 fn assert_metrics(v: &RemoteVerifier, reported: u64, full: u64, failed: u64) {
+    assert_all_metrics(v, reported, full, failed, 0);
+}
+
+fn assert_all_metrics(v: &RemoteVerifier, reported: u64, full: u64, failed: u64, skipped: u64) {
     let text = scrape(v);
     for line in [
         format!("auth_remote_usage_reported_total {reported}"),
         format!(r#"auth_remote_usage_lost_total{{reason="full"}} {full}"#),
         format!(r#"auth_remote_usage_lost_total{{reason="failed"}} {failed}"#),
+        format!(r#"auth_remote_usage_lost_total{{reason="skipped"}} {skipped}"#),
     ] {
         assert!(text.contains(&line), "missing {line} in\n{text}");
     }
@@ -499,16 +522,18 @@ async fn joined_callers_are_counted_here_and_the_call_there() {
     assert!(scope_calls < 5 && throttled_calls < 5, "nobody joined");
 }
 
-/// A report the service did not take (503, 429) goes with the next one,
-/// merged: counted once.
+/// A report the service did not take — its own 503 (`{"error":
+/// "unavailable"}`: its pending counts are full), a 429 (which it never
+/// answers to a report: a proxy's, before forwarding) — goes with the next
+/// one, merged: counted once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_not_taken_goes_with_the_next_one() {
     let (double, addr) = started().await;
     let v = remote(addr).build().unwrap();
     verify(&v, GOOD).await.unwrap();
     let mut expected = 0;
-    for status in [503, 429] {
-        double.set(Reports::Status(status));
+    for reports in [Reports::Busy, Reports::Status(429)] {
+        double.set(reports);
         for _ in 0..3 {
             verify(&v, GOOD).await.unwrap();
         }
@@ -528,8 +553,9 @@ async fn a_report_not_taken_goes_with_the_next_one() {
     assert_metrics(&v, 7, 0, 0);
 }
 
-/// A report that may have arrived — a timeout, any other answer — is
-/// dropped and counted lost: never sent twice.
+/// A report that may have arrived — a timeout, any other answer, a 503
+/// that is not the key service's own (a proxy may answer it after
+/// forwarding) — is dropped and counted lost: never sent twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_that_may_have_arrived_is_never_sent_again() {
     let (double, addr) = started().await;
@@ -545,7 +571,7 @@ async fn a_report_that_may_have_arrived_is_never_sent_again() {
     assert_metrics(&v, 0, 0, 3);
     // Refused outright: dropped too.
     let mut lost = 3;
-    for status in [400, 401, 500] {
+    for status in [400, 401, 500, 503] {
         double.set(Reports::Status(status));
         verify(&v, GOOD).await.unwrap();
         v.report_usage().await;
@@ -560,8 +586,8 @@ async fn a_report_that_may_have_arrived_is_never_sent_again() {
         counts(4),
         "3 once, then 1: nothing resent"
     );
-    assert_eq!(double.attempts(), 5);
-    assert_metrics(&v, 1, 0, 6);
+    assert_eq!(double.attempts(), 6);
+    assert_metrics(&v, 1, 0, 7);
 }
 
 /// Reports go out on their own every interval; a verifier that goes
@@ -569,8 +595,9 @@ async fn a_report_that_may_have_arrived_is_never_sent_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_go_out_every_interval_and_when_the_verifier_goes() {
     let (double, addr) = started().await;
+    // The shortest interval there is.
     let v = remote(addr)
-        .usage_reports(Some(Duration::from_millis(100)))
+        .usage_reports(Some(Duration::from_secs(1)))
         .build()
         .unwrap();
     for _ in 0..3 {
@@ -604,12 +631,137 @@ async fn counting_off_sends_nothing() {
     drop((v, guard));
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(double.attempts(), 0);
-    assert!(
-        RemoteVerifier::builder("http://127.0.0.1:1")
-            .usage_reports(Some(Duration::ZERO))
-            .build()
-            .is_err()
+}
+
+/// An interval outside 1 s – 1 h is a configuration error (as in
+/// `AUTH_REMOTE_USAGE_EVERY`): a nanosecond would send a report at every
+/// turn of the runtime.
+#[test]
+fn usage_intervals_outside_a_second_to_an_hour_are_refused() {
+    let hour = Duration::from_secs(3600);
+    for (every, ok) in [
+        (Duration::ZERO, false),
+        (Duration::from_nanos(1), false),
+        (Duration::from_millis(999), false),
+        (Duration::from_secs(1), true),
+        (Duration::from_secs(10), true),
+        (hour, true),
+        (hour + Duration::from_nanos(1), false),
+        (Duration::MAX, false),
+    ] {
+        let built = RemoteVerifier::builder("http://127.0.0.1:1")
+            .changes_stream(false)
+            .usage_reports(Some(every))
+            .build();
+        match built {
+            Ok(_) => assert!(ok, "{every:?} accepted"),
+            Err(e) => {
+                assert!(!ok, "{every:?}: {e}");
+                assert!(e.to_string().contains("usage reports"), "{e}");
+            }
+        }
+    }
+}
+
+/// Entries the key service skipped (hours outside its window, by its
+/// clock: its `accepted` is less than the entries sent) are counted lost,
+/// not reported, and never sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_the_service_skipped_are_counted_lost_not_reported() {
+    let (double, addr) = started().await;
+    let v = remote(addr).build().unwrap();
+    for _ in 0..4 {
+        verify(&v, GOOD).await.unwrap();
+    }
+    double.set(Reports::Skip(1));
+    v.report_usage().await;
+    assert_eq!(double.entries(), 1, "it arrived");
+    assert_all_metrics(&v, 0, 0, 0, 3);
+    double.set(Reports::Accept);
+    verify(&v, GOOD).await.unwrap();
+    v.report_usage().await;
+    assert_eq!(double.attempts(), 2);
+    assert_eq!(
+        double.totals(GOOD),
+        counts(4),
+        "3 taken (and skipped), then 1"
     );
+    assert_all_metrics(&v, 1, 0, 0, 3);
+}
+
+/// Each `RemoteVerifier` moves the counts of its own grants only: behind a
+/// `Fallback` of two, the refusal of one's grant is told to both, and only
+/// the one that granted moves it. Behind a `Cached`, whose hits the
+/// verifier never sees, nothing is moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_verifier_that_granted_moves_the_count() {
+    let (double, addr) = started().await;
+    let (a, b) = (remote(addr).build().unwrap(), remote(addr).build().unwrap());
+    // Both hold a grant for the key.
+    verify(&a, GOOD).await.unwrap();
+    verify(&b, GOOD).await.unwrap();
+    let guard = Guard::builder(Fallback::new(a.clone(), b.clone()))
+        .build()
+        .unwrap();
+    let admin = guard.route_scope("admin").unwrap();
+    // `a` answers (a hit), the route refuses.
+    let admission = guard.admit(through(&guard, GOOD).await).unwrap();
+    assert_eq!(admin.check(Some(&admission)).unwrap_err().status(), 403);
+    b.report_usage().await;
+    assert_eq!(double.attempts(), 0, "nothing decided at b");
+    a.report_usage().await;
+    assert_eq!(
+        double.totals(GOOD),
+        UsageCounts {
+            insufficient_scope: 1,
+            ..UsageCounts::default()
+        }
+    );
+
+    // Behind a cache of its own: the first request is the verifier's call
+    // (counted by the service), the rest the outer cache's hits (counted
+    // nowhere); refusals move nothing.
+    let c = remote(addr).build().unwrap();
+    let guard = Guard::builder(Cached::new(c.clone(), CacheConfig::default()))
+        .build()
+        .unwrap();
+    let admin = guard.route_scope("admin").unwrap();
+    for _ in 0..3 {
+        let admission = guard.admit(through(&guard, GOOD).await).unwrap();
+        assert_eq!(admin.check(Some(&admission)).unwrap_err().status(), 403);
+    }
+    let attempts = double.attempts();
+    c.report_usage().await;
+    assert_eq!(double.attempts(), attempts, "nothing moved");
+}
+
+/// However many grants answered `insufficient_scope` are alive at once,
+/// the guard refusing one moves nothing (the service counted it so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_answered_insufficient_scope_never_move() {
+    let (double, addr) = started().await;
+    let v = remote(addr).upstream_budget(0).build().unwrap();
+    let ctx = VerifyContext {
+        path: "/items",
+        required_scope: Some("admin"),
+    };
+    let cred = Credential::new(GOOD);
+    let mut held = Vec::new();
+    for _ in 0..1_100 {
+        held.push(v.verify(&cred, &ctx).await.unwrap());
+    }
+    assert_eq!(double.calls(), 1_100, "never cached");
+    let guard = Guard::builder(v.clone())
+        .require_scope("admin")
+        .build()
+        .unwrap();
+    assert_eq!(
+        through(&guard, GOOD).await.rejection().unwrap().status(),
+        403
+    );
+    v.report_usage().await;
+    assert_eq!(double.attempts(), 0, "nothing decided here");
+    assert!(held.iter().all(|p| p.scopes().is_empty()));
 }
 
 /// A `verify` future dropped while it waits counts nothing: neither a

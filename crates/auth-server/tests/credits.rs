@@ -15,15 +15,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 
 impl Instance {
-    /// A new service credential.
-    async fn service(&self) -> String {
-        let (status, made) = self
-            .call("POST", "/api/v1/services", Some(json!({"name": "svc"})))
-            .await;
-        assert_eq!(status, 201, "{made}");
-        made["key"].as_str().unwrap().to_owned()
-    }
-
     /// A new key with `body`'s settings: its JSON view, with the key.
     async fn key(&self, body: Value) -> Value {
         let (status, made) = self.call("POST", "/api/v1/keys", Some(body)).await;
@@ -130,7 +121,7 @@ async fn two_instances_on_postgres_never_overspend() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = instance(dir_a.path(), Some(&url), auth_server::Options::default()).await;
     let b = instance(dir_b.path(), Some(&url), auth_server::Options::default()).await;
-    let token = a.service().await;
+    let token = a.service("svc").await;
     let key = a
         .key(json!({"owner": "user-1", "credits": {"remaining": 1000}}))
         .await;
@@ -180,7 +171,7 @@ async fn credits_given_through_one_instance_bind_the_other_within_a_second() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = instance(dir_a.path(), Some(&url), auth_server::Options::default()).await;
     let b = instance(dir_b.path(), Some(&url), auth_server::Options::default()).await;
-    let token = a.service().await;
+    let token = a.service("svc").await;
     let key = a.key(json!({"owner": "user-1"})).await;
     let plaintext = key["key"].as_str().unwrap();
     let id = key["id"].as_str().unwrap();
@@ -291,7 +282,7 @@ fn unix_now() -> u64 {
 async fn two_processes_on_sqlite_never_overspend_a_key_made_by_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let a = instance(dir.path(), None, auth_server::Options::default()).await;
-    let token = a.service().await;
+    let token = a.service("svc").await;
     let made = cli(
         dir.path(),
         &[
@@ -371,7 +362,7 @@ async fn two_processes_on_sqlite_never_overspend_a_key_made_by_the_cli() {
 async fn cost_is_what_a_validation_spends() {
     let dir = tempfile::tempdir().unwrap();
     let s = instance(dir.path(), None, auth_server::Options::default()).await;
-    let token = s.service().await;
+    let token = s.service("svc").await;
     let http = reqwest::Client::new();
     let key = s
         .key(json!({"owner": "user-1", "scopes": ["stt"], "credits": {"remaining": 10}}))
@@ -483,7 +474,7 @@ async fn cost_is_what_a_validation_spends() {
 async fn only_keys_with_credits_spend_and_a_failed_spend_is_503() {
     let dir = tempfile::tempdir().unwrap();
     let s = instance(dir.path(), None, auth_server::Options::default()).await;
-    let token = s.service().await;
+    let token = s.service("svc").await;
     let http = reqwest::Client::new();
     let plain = s.key(json!({"owner": "user-1"})).await;
     let limited = s

@@ -14,15 +14,6 @@ use auth_server::{Options, ValidateAuth};
 use serde_json::{Value, json};
 
 impl Instance {
-    /// A new service credential.
-    async fn service(&self, name: &str) -> String {
-        let (status, made) = self
-            .call("POST", "/api/v1/services", Some(json!({"name": name})))
-            .await;
-        assert_eq!(status, 201, "{made}");
-        made["key"].as_str().unwrap().to_owned()
-    }
-
     /// A new key with `credits` (none: no credit limit): the key and its id.
     async fn key(&self, credits: Option<u64>) -> (String, String) {
         let mut body = json!({"owner": "user-1"});

@@ -174,6 +174,31 @@ fn combinators_forward_it_to_what_they_wrap() {
         verifier.refused_after(&Digest::of(b"plain"), &principal, RefusedAfter::RateLimited);
         assert_eq!(rec.told().len(), times, "{name}");
     }
+    // A grant the cache holds answers requests the wrapped verifier never
+    // saw: not forwarded (its replicas and copies neither).
+    let cached = Arc::new(Cached::new(rec.clone(), CacheConfig::default()));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let granted = rt
+        .block_on(cached.verify(&Credential::new("plain"), &VerifyContext::default()))
+        .unwrap();
+    for p in [granted.clone(), Arc::new(Principal::clone(&granted))] {
+        cached.refused_after(&Digest::of(b"plain"), &p, RefusedAfter::RateLimited);
+    }
+    // Through the guard's hits too.
+    let guard = Guard::builder(cached.clone())
+        .require_scope("write")
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(decide(&guard, "plain").rejection().unwrap().status(), 403);
+    }
+    assert!(rec.told().is_empty());
+    // Another principal for the digest (not the one held) is forwarded.
+    cached.refused_after(&Digest::of(b"plain"), &principal, RefusedAfter::RateLimited);
+    assert_eq!(rec.told().len(), 1);
+
     // Through a guard: the guard's verifier is an `Arc<dyn Verifier>`.
     let guard = Guard::builder(Fallback::new(rec.clone(), rec.clone()))
         .require_scope("write")

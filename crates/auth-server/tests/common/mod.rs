@@ -52,6 +52,19 @@ pub(crate) async fn serve(router: axum::Router) -> SocketAddr {
 }
 
 impl Instance {
+    /// A new service credential named `name`.
+    pub(crate) async fn service(&self, name: &str) -> String {
+        let (status, made) = self
+            .call(
+                "POST",
+                "/api/v1/services",
+                Some(serde_json::json!({ "name": name })),
+            )
+            .await;
+        assert_eq!(status, 201, "{made}");
+        made["key"].as_str().unwrap().to_owned()
+    }
+
     /// An admin call: the status and the JSON answer.
     pub(crate) async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut request = reqwest::Client::new()
