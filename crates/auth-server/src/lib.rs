@@ -6,9 +6,13 @@
 // (clap, the log formats) and the other way round.
 #![allow(unused_crate_dependencies)]
 
+mod audit;
 mod metrics;
+mod scanning;
 mod usage;
 
+pub use audit::audit_json;
+pub use scanning::{GITHUB_PATH, REPORT_BODY_LIMIT, ScanningKeys, ScanningKeysError, check_key};
 pub use usage::usage_json;
 
 use std::path::{Path, PathBuf};
@@ -24,7 +28,7 @@ use auth_core::{
     CacheConfig, Cached, Credential, CredentialSources, Guard, HashedKeyStore, KeyFile, Principal,
     RateLimitPolicy, Verifier, VerifyContext, VerifyError,
 };
-use auth_sqlx::{CreatedKey, Credits, KeyInfo, LeaseGrant, NewKey, Refill, SqlKeyStore};
+use auth_sqlx::{Actor, CreatedKey, Credits, KeyInfo, LeaseGrant, NewKey, Refill, SqlKeyStore};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path as UrlPath, Request, State};
 use axum::http::StatusCode;
@@ -70,6 +74,9 @@ pub enum ValidateAuth {
 pub struct Options {
     /// Who may call the validate endpoint.
     pub validate_auth: ValidateAuth,
+    /// GitHub's secret scanning public keys: with them, reports of leaked
+    /// keys are taken at [`GITHUB_PATH`]; without, that path answers 404.
+    pub secret_scanning: Option<Arc<ScanningKeys>>,
 }
 
 /// What can go wrong starting the service.
@@ -161,10 +168,15 @@ pub fn admin_key_path(data_dir: &Path) -> PathBuf {
 #[derive(Clone)]
 pub struct AppState {
     store: SqlKeyStore,
+    /// The same store acting as the admin key's holder: every admin write
+    /// goes through it, so that its audit record names them.
+    as_admin: SqlKeyStore,
     /// Validation reads through this cache, kept in step with the store by
     /// the change log (`invalidate_on_change`), synchronously.
     keys: Arc<Cached<HashedKeyStore<SqlKeyStore>>>,
     metrics: Arc<ServerMetrics>,
+    /// GitHub's secret scanning keys, if configured.
+    scanning: Option<Arc<ScanningKeys>>,
 }
 
 impl AppState {
@@ -262,13 +274,18 @@ pub async fn build(store: SqlKeyStore, data_dir: &Path, options: Options) -> Res
     if admin_key.was_created() {
         tracing::info!(path = %admin_key.path().display(), "admin key created (mode 0600)");
     }
+    // The key file is read once per start: its fingerprint names the
+    // admin in the audit trail (never the key, never its whole digest).
+    let as_admin = store.acting(Actor::admin(&admin_key.digest()));
     let admin = Guard::builder(admin_key).keyring("admin").build()?;
     metrics.sources().guard(&admin);
 
     let state = AppState {
         store,
+        as_admin,
         keys,
         metrics: metrics.clone(),
+        scanning: options.secret_scanning.clone(),
     };
     let admin_routes = Router::new()
         .route("/api/v1/keys", get(list).post(create))
@@ -280,6 +297,7 @@ pub async fn build(store: SqlKeyStore, data_dir: &Path, options: Options) -> Res
         .route("/api/v1/keys/{id}/rotate", post(rotate))
         .route("/api/v1/keys/{id}/usage", get(usage::key_usage))
         .route("/api/v1/usage", get(usage::usage))
+        .route("/api/v1/audit", get(audit::audit))
         .route("/api/v1/services", get(list_services).post(create_service))
         .route(
             "/api/v1/services/{id}",
@@ -340,6 +358,12 @@ pub async fn build(store: SqlKeyStore, data_dir: &Path, options: Options) -> Res
         .merge(events_route)
         .merge(lease_route)
         .merge(usage_route)
+        // Outside the admin guard: GitHub signs its reports.
+        .merge(
+            Router::new()
+                .route(GITHUB_PATH, post(scanning::github))
+                .layer(DefaultBodyLimit::max(REPORT_BODY_LIMIT)),
+        )
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state);
     let metrics = Router::new()
@@ -727,7 +751,7 @@ async fn create(State(s): State<AppState>, Body(b): Body<CreateBody>) -> Respons
         expires_at,
         credits,
     };
-    match s.store.create(new).await {
+    match s.as_admin.create(new).await {
         Ok(created) => {
             s.wrote(Resource::Key, Action::Create);
             (StatusCode::CREATED, Json(created_json(&created))).into_response()
@@ -776,7 +800,7 @@ async fn get_key(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Res
     responses((status = 200, body = KeyView), (status = 401), (status = 404, body = ErrorBody),
         (status = 503, body = ErrorBody)))]
 async fn disable(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Response {
-    match s.store.disable(&id).await {
+    match s.as_admin.disable(&id).await {
         Ok(true) => {
             s.wrote(Resource::Key, Action::Disable);
             get_key(State(s), UrlPath(id)).await
@@ -791,7 +815,7 @@ async fn disable(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Res
     responses((status = 204, description = "deleted"), (status = 401),
         (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn delete(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Response {
-    match s.store.delete(&id).await {
+    match s.as_admin.delete(&id).await {
         Ok(true) => {
             s.wrote(Resource::Key, Action::Delete);
             StatusCode::NO_CONTENT.into_response()
@@ -824,7 +848,7 @@ async fn rotate(
         Ok(o) => o,
         Err(m) => return bad(m),
     };
-    match s.store.rotate(&id, overlap).await {
+    match s.as_admin.rotate(&id, overlap).await {
         Ok(Some(created)) => {
             s.wrote(Resource::Key, Action::Rotate);
             (StatusCode::CREATED, Json(created_json(&created))).into_response()
@@ -889,7 +913,7 @@ async fn update(
         credits,
     };
     // One statement: all of the change, or none of it.
-    match s.store.update(&id, change).await {
+    match s.as_admin.update(&id, change).await {
         Ok(true) => {
             s.wrote(Resource::Key, Action::Update);
             get_key(State(s), UrlPath(id)).await
@@ -926,7 +950,7 @@ fn no_service() -> Response {
     responses((status = 201, description = "the credential, shown once", body = ServiceView),
         (status = 400, body = ErrorBody), (status = 401), (status = 503, body = ErrorBody)))]
 async fn create_service(State(s): State<AppState>, Body(b): Body<CreateServiceBody>) -> Response {
-    match s.store.services().create(&b.name).await {
+    match s.as_admin.services().create(&b.name).await {
         Ok(created) => {
             s.wrote(Resource::Service, Action::Create);
             (StatusCode::CREATED, Json(created_service_json(&created))).into_response()
@@ -965,7 +989,7 @@ async fn get_service(State(s): State<AppState>, UrlPath(id): UrlPath<String>) ->
     responses((status = 200, body = ServiceView), (status = 401),
         (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn disable_service(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Response {
-    match s.store.services().disable(&id).await {
+    match s.as_admin.services().disable(&id).await {
         Ok(true) => {
             s.wrote(Resource::Service, Action::Disable);
             get_service(State(s), UrlPath(id)).await
@@ -980,7 +1004,7 @@ async fn disable_service(State(s): State<AppState>, UrlPath(id): UrlPath<String>
     responses((status = 204, description = "deleted"), (status = 401),
         (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn delete_service(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Response {
-    match s.store.services().delete(&id).await {
+    match s.as_admin.services().delete(&id).await {
         Ok(true) => {
             s.wrote(Resource::Service, Action::Delete);
             StatusCode::NO_CONTENT.into_response()
@@ -1005,7 +1029,7 @@ async fn rotate_service(
         Ok(o) => o,
         Err(m) => return bad(m),
     };
-    match s.store.services().rotate(&id, overlap).await {
+    match s.as_admin.services().rotate(&id, overlap).await {
         Ok(Some(created)) => {
             s.wrote(Resource::Service, Action::Rotate);
             (StatusCode::CREATED, Json(created_service_json(&created))).into_response()
@@ -1465,8 +1489,8 @@ async fn events_answer(s: AppState, headers: axum::http::HeaderMap) -> Response 
 #[openapi(
     info(title = "auth-server", description = "The central API key service."),
     paths(health_doc, ready, validate, return_lease, usage::report, events, list, create, get_key,
-        update, delete, disable, rotate, usage::key_usage, usage::usage, list_services, create_service, get_service, delete_service, disable_service,
-        rotate_service),
+        update, delete, disable, rotate, usage::key_usage, usage::usage, audit::audit, list_services, create_service, get_service, delete_service, disable_service,
+        rotate_service, scanning::github),
     components(schemas(Code, RateLimit)),
     modifiers(&SecuritySchemes)
 )]

@@ -9,10 +9,15 @@
 //! auth-server keys disable ID
 //! auth-server keys rotate ID --overlap 24h
 //! auth-server keys usage ID [--since 24h] [--json]
+//! auth-server keys check KEY          # offline: our format and checksum? (exit 0 / 1)
 //! auth-server services create --name stt [--json]
 //! auth-server services list | disable ID | rotate ID --overlap 1h
 //! auth-server backup FILE            # SQLite: a consistent copy, while serving
+//! auth-server audit [--key ID] [--since 7d] [--limit 100] [--json]
 //! ```
+//!
+//! Every write made here is recorded in the audit trail as `cli:<user>`
+//! (the OS user from `USER` or `LOGNAME`).
 //!
 //! `DATABASE_URL` (PostgreSQL or SQLite) replaces the SQLite file in the
 //! data directory.
@@ -78,6 +83,12 @@ enum Command {
         /// interface, never a public one.
         #[arg(long, env = "AUTH_SERVER_METRICS_BIND")]
         metrics_bind: Option<SocketAddr>,
+        /// GitHub's secret scanning public keys (the JSON of
+        /// https://api.github.com/meta/public_keys/secret_scanning, saved to
+        /// a file): enables POST /api/v1/secret-scanning/github. Re-read on
+        /// SIGHUP.
+        #[arg(long, env = "AUTH_SERVER_SECRET_SCANNING_KEYS")]
+        secret_scanning_keys: Option<PathBuf>,
     },
     /// Manages API clients' keys in the same database.
     Keys {
@@ -94,6 +105,24 @@ enum Command {
     Backup {
         /// The file to write.
         to: PathBuf,
+    },
+    /// Prints the audit trail, newest first: every write to a key or a
+    /// service credential (admin API, admin page, CLI), who made it and
+    /// the fields before and after.
+    Audit {
+        /// Only the records of this key or service credential id.
+        #[arg(long)]
+        key: Option<String>,
+        /// How far back, e.g. 24h, 7d (default: from the first record).
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<Duration>,
+        /// At most this many records (1 to 1000).
+        #[arg(long, default_value_t = 100,
+            value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+        /// JSON (as `GET /api/v1/audit` answers) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -196,6 +225,13 @@ enum KeysCommand {
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Says whether KEY has our format and a valid checksum, offline (no
+    /// database): exit status 0 if so, 1 if not. Prints its prefix only.
+    /// `-` reads the key from stdin (keeps it out of shell history).
+    Check {
+        /// The key, or `-` for stdin.
+        key: String,
     },
     /// Prints a key's decisions by hour and code (what the servers have
     /// written: each writes its counts every 10 s).
@@ -457,6 +493,11 @@ fn print_table(keys: &[auth_sqlx::KeyInfo]) {
 
 /// `2026-12-01 21:00` (UTC) for Unix seconds.
 fn utc_hour(unix: u64) -> String {
+    format!("{}:00", &utc_time(unix)[..13])
+}
+
+/// `2026-12-01 21:07:05` (UTC) for Unix seconds.
+fn utc_time(unix: u64) -> String {
     // Days to a civil date (H. Hinnant's algorithm), for years 1970–9999.
     let days = i64::try_from(unix / 86_400).unwrap_or(0) + 719_468;
     let era = days / 146_097;
@@ -467,8 +508,48 @@ fn utc_hour(unix: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    let hour = (unix % 86_400) / 3600;
-    format!("{year:04}-{month:02}-{day:02} {hour:02}:00")
+    let (hour, minute, second) = ((unix % 86_400) / 3600, (unix % 3600) / 60, unix % 60);
+    format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02}")
+}
+
+/// A record's changes on one line: `field: from → to; …`, values as JSON.
+fn changes_text(record: &auth_sqlx::AuditRecord) -> String {
+    let text = record
+        .changes
+        .iter()
+        .map(|(field, c)| format!("{field}: {} → {}", c.from, c.to))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if text.is_empty() {
+        "-".to_owned()
+    } else {
+        text
+    }
+}
+
+fn print_audit(records: &[auth_sqlx::AuditRecord]) {
+    println!(
+        "{:<19} {:<20} {:<8} {:<8} {:<22} CHANGES",
+        "TIME (UTC)", "ACTOR", "ACTION", "RESOURCE", "ID"
+    );
+    for r in records {
+        let unix =
+            r.at.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+        // Everything from the database escaped: it reaches a terminal.
+        println!(
+            "{:<19} {:<20} {:<8} {:<8} {:<22} {}",
+            utc_time(unix),
+            shown(&r.actor),
+            shown(&r.action),
+            shown(&r.resource),
+            shown(&r.key_id),
+            shown(&changes_text(r))
+        );
+    }
+    if records.is_empty() {
+        println!("(no records)");
+    }
 }
 
 fn print_usage(usage: &auth_sqlx::KeyUsage) {
@@ -500,7 +581,15 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     if let Command::Backup { to } = &cli.command {
         return backup(&cli, to).await;
     }
+    if let Command::Keys {
+        command: KeysCommand::Check { key },
+    } = &cli.command
+    {
+        return check_key(key);
+    }
     let store = auth_server::open_store(&cli.data_dir, cli.database_url.as_deref()).await?;
+    // What the operator writes here is recorded as theirs.
+    let as_cli = store.acting(auth_sqlx::Actor::cli());
     match cli.command {
         Command::Serve {
             bind,
@@ -509,6 +598,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             tls_cert,
             tls_key,
             metrics_bind,
+            secret_scanning_keys,
         } => {
             match log_format {
                 LogFormat::Text => tracing_subscriber::fmt().with_target(false).init(),
@@ -519,7 +609,18 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     ValidateAuthArg::ServiceToken => auth_server::ValidateAuth::ServiceToken,
                     ValidateAuthArg::None => auth_server::ValidateAuth::None,
                 },
+                secret_scanning: match secret_scanning_keys {
+                    Some(path) => {
+                        Some(std::sync::Arc::new(auth_server::ScanningKeys::load(&path)?))
+                    }
+                    None => None,
+                },
             };
+            if let Some(keys) = options.secret_scanning.clone() {
+                tracing::info!(path = %keys.path().display(), keys = keys.key_ids().len(),
+                    "secret scanning reports taken at {}", auth_server::GITHUB_PATH);
+                tokio::spawn(reload_on_sighup(keys));
+            }
             let app = auth_server::build(store.clone(), &cli.data_dir, options).await?;
             let tls = match (tls_cert, tls_key) {
                 (Some(cert), Some(key)) => Some(auth_server::Tls { cert, key }),
@@ -586,7 +687,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     ),
                     None => None,
                 };
-                let created = store
+                let created = as_cli
                     .create(NewKey {
                         owner,
                         scopes,
@@ -598,11 +699,12 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 KEYS.created(&created, json, "key (shown once)");
             }
             KeysCommand::List { json } => KEYS.list(&store.list().await?, json),
-            KeysCommand::Disable { id } => KEYS.disabled(store.disable(&id).await?, &id)?,
+            KeysCommand::Disable { id } => KEYS.disabled(as_cli.disable(&id).await?, &id)?,
             KeysCommand::Rotate { id, overlap, json } => {
-                let created = store.rotate(&id, overlap).await?;
+                let created = as_cli.rotate(&id, overlap).await?;
                 KEYS.rotated(created, &id, overlap, json)?;
             }
+            KeysCommand::Check { .. } => unreachable!("handled before the store is opened"),
             KeysCommand::Usage { id, since, json } => {
                 let from = SystemTime::now()
                     .checked_sub(since)
@@ -618,7 +720,31 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
         },
-        Command::Services { command } => services(&store.services(), command).await?,
+        Command::Services { command } => services(&as_cli.services(), command).await?,
+        Command::Audit {
+            key,
+            since,
+            limit,
+            json,
+        } => {
+            let since = since.map(|back| {
+                SystemTime::now()
+                    .checked_sub(back)
+                    .unwrap_or(SystemTime::UNIX_EPOCH)
+            });
+            let records = store
+                .audit(auth_sqlx::AuditFilter {
+                    key_id: key.as_deref().filter(|k| !k.is_empty()),
+                    since,
+                    limit,
+                })
+                .await?;
+            if json {
+                println!("{}", auth_server::audit_json(&records));
+            } else {
+                print_audit(&records);
+            }
+        }
         Command::Backup { .. } => unreachable!("handled before the store is opened"),
     }
     Ok(())
@@ -669,6 +795,36 @@ async fn services(
     Ok(())
 }
 
+/// `keys check`: offline, the key never printed back in full.
+fn check_key(key: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let key = if key == "-" {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        line
+    } else {
+        key.to_owned()
+    };
+    let verdict = auth_server::check_key(&key)?;
+    println!("{verdict}");
+    Ok(())
+}
+
+/// Re-reads GitHub's secret scanning keys on each SIGHUP (a file that no
+/// longer parses leaves the keys in use as they were).
+async fn reload_on_sighup(keys: std::sync::Arc<auth_server::ScanningKeys>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("no SIGHUP handler: restart to refresh the secret scanning keys");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match keys.reload() {
+            Ok(n) => tracing::info!(keys = n, "secret scanning keys re-read"),
+            Err(e) => tracing::warn!(error = %e, "secret scanning keys kept as they were"),
+        }
+    }
+}
+
 /// SIGTERM or ctrl-c.
 async fn shutdown() {
     let ctrl_c = async {
@@ -709,6 +865,10 @@ mod tests {
         assert_eq!(utc_hour(951_782_400 + 3 * 3600), "2000-02-29 03:00");
         assert_eq!(utc_hour(1_796_083_200), "2026-12-01 00:00");
         assert_eq!(utc_hour(253_402_297_200), "9999-12-31 23:00");
+        assert_eq!(
+            utc_time(951_782_400 + 3 * 3600 + 7 * 60 + 5),
+            "2000-02-29 03:07:05"
+        );
     }
 
     #[test]

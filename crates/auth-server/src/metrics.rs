@@ -65,27 +65,8 @@ pub(crate) enum Resource {
     Service,
 }
 
-/// What an admin write did.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Action {
-    Create,
-    Update,
-    Disable,
-    Delete,
-    Rotate,
-}
-
-impl Action {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Create => "create",
-            Self::Update => "update",
-            Self::Disable => "disable",
-            Self::Delete => "delete",
-            Self::Rotate => "rotate",
-        }
-    }
-}
+/// What an admin write did (as the audit trail records it).
+pub(crate) use auth_sqlx::Action;
 
 impl Resource {
     fn as_str(self) -> &'static str {

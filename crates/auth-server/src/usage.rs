@@ -116,7 +116,7 @@ pub(crate) struct UsageQuery {
 
 /// Reads `since`: Unix seconds (up to the year 9999) or a time back from
 /// now; default 24 hours ago.
-fn since(text: Option<&str>, now: SystemTime) -> Result<SystemTime, &'static str> {
+pub(crate) fn since(text: Option<&str>, now: SystemTime) -> Result<SystemTime, &'static str> {
     const WHAT: &str = "since must be Unix seconds or a time back from now such as 24h or 7d";
     let Some(text) = text.map(str::trim) else {
         return Ok(now

@@ -762,6 +762,81 @@ async fn a_person_runs_keys_and_credentials_from_the_admin_page() {
     assert_eq!(saved["credits"]["remaining"], 118, "{saved}");
     assert_eq!(saved["credits"]["refill"]["every"], 43_200);
 
+    // The audit trail: a key's History fills the filter, and the page's
+    // own writes are there, each once, by this admin key (the refused
+    // edit left none).
+    let actor = format!(
+        "admin:{}",
+        auth_core::Digest::of(admin.as_bytes()).fingerprint()
+    );
+    for (id, expected) in [
+        (&a, json!(["update", "update", "update", "create"])),
+        (&b, json!(["disable", "create"])),
+    ] {
+        page.click(&format!(
+            "#keys tr[data-id=\"{id}\"] button[data-action=history]"
+        ))
+        .await;
+        let actions = page
+            .wait_for(
+                &format!("{id}'s history"),
+                &format!(
+                    "(() => {{ const rows = [...document.querySelectorAll('#audit tbody tr')];
+                    if (!rows.length || rows.some((r) => r.dataset.key !== {id})) return null;
+                    if (rows.some((r) => r.dataset.actor !== {actor})) return 'another actor';
+                    return rows.map((r) => r.dataset.action); }})()",
+                    id = json!(id),
+                    actor = json!(actor)
+                ),
+            )
+            .await;
+        assert_eq!(actions, expected, "{id}");
+        assert_eq!(
+            page.eval("document.getElementById('audit-key').value")
+                .await,
+            json!(id)
+        );
+    }
+    let disabled = page
+        .eval(
+            "document.querySelectorAll('#audit tbody tr').length === 2 &&
+            document.querySelector('#audit tbody tr:first-child td.c-changes').textContent",
+        )
+        .await;
+    assert!(
+        disabled
+            .as_str()
+            .unwrap()
+            .starts_with("disabledAt: none → "),
+        "{disabled}"
+    );
+    page.click(&format!(
+        "#keys tr[data-id=\"{a}\"] button[data-action=history]"
+    ))
+    .await;
+    let changes = page
+        .wait_for(
+            "the first edit's changes",
+            &format!(
+                "(() => {{ const rows = [...document.querySelectorAll('#audit tbody tr')];
+                return rows.length === 4 && rows[0].dataset.key === {a}
+                    ? rows[2].querySelector('td.c-changes').textContent : null; }})()",
+                a = json!(a)
+            ),
+        )
+        .await;
+    assert!(
+        changes
+            .as_str()
+            .unwrap()
+            .contains(r#"scopes: ["stt"] → ["stt","tts"]"#),
+        "{changes}"
+    );
+    page.screenshot(shots.path(), "3b-audit-trail").await;
+    let before = page.refreshes().await;
+    page.fill("#audit-key", "").await;
+    page.refreshed(before).await;
+
     // Rotated: the new key shown once, and until when the old one works.
     page.click(&format!(
         "#keys tr[data-id=\"{a}\"] button[data-action=rotate]"
@@ -842,6 +917,9 @@ async fn a_person_runs_keys_and_credentials_from_the_admin_page() {
         .await;
     let until: u64 = until.as_str().unwrap().parse().unwrap();
     assert!((rotated_at + 60..=now() + 60).contains(&until), "{until}");
+    // The new row is in (above the old one) before the old one's buttons
+    // are clicked: a row arriving mid-click would take the click.
+    wait_state(&mut page, "services", &reports2, "active").await;
     delete_row(
         &mut page,
         &server,

@@ -255,6 +255,7 @@ async fn with_validate_auth_none_leases_are_returned_without_a_credential() {
     let dir = tempfile::tempdir().unwrap();
     let options = Options {
         validate_auth: ValidateAuth::None,
+        ..Default::default()
     };
     let s = instance(dir.path(), None, options).await;
     let http = reqwest::Client::new();

@@ -440,6 +440,8 @@ async fn the_openapi_document_describes_every_route() {
         "/api/v1/services/{id}",
         "/api/v1/services/{id}/disable",
         "/api/v1/services/{id}/rotate",
+        "/api/v1/audit",
+        "/api/v1/secret-scanning/github",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is not documented");
     }
@@ -897,6 +899,7 @@ async fn validate_auth_none_answers_the_seeds_client() {
     let store = auth_server::open_store(dir.path(), None).await.unwrap();
     let options = auth_server::Options {
         validate_auth: auth_server::ValidateAuth::None,
+        ..Default::default()
     };
     let app = auth_server::app_with(store, dir.path(), options)
         .await

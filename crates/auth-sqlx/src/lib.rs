@@ -20,10 +20,14 @@ use sqlx::{AnyPool, Row};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
+mod audit;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod usage;
 
+pub use audit::{
+    Action, Actor, AuditFilter, AuditRecord, FieldChange, MAX_AUDIT_READ, MAX_SOURCE_CHARS,
+};
 pub use usage::{KeyUsage, MAX_PENDING_USAGE, USAGE_KEEPS, UsageBucket, hour_of};
 
 /// The PostgreSQL channel writes are announced on (a wake-up: what changed
@@ -387,9 +391,15 @@ pub struct CreatedKey {
 }
 
 /// A [`KeyStore`] on SQLite or PostgreSQL; see the crate docs.
+///
+/// Every admin write it makes is recorded in the audit trail as made by
+/// its [`Actor`] ([`Actor::Library`] unless [`acting`](Self::acting) says
+/// who).
 #[derive(Clone)]
 pub struct SqlKeyStore {
     inner: Arc<Inner>,
+    /// Who this handle's writes are recorded as made by.
+    actor: Arc<Actor>,
 }
 
 struct Inner {
@@ -437,6 +447,7 @@ impl fmt::Debug for SqlKeyStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SqlKeyStore")
             .field("backend", &self.inner.backend)
+            .field("actor", &self.actor.to_string())
             .finish_non_exhaustive()
     }
 }
@@ -678,6 +689,22 @@ fn info(row: &AnyRow) -> Result<KeyInfo, sqlx::Error> {
     })
 }
 
+/// The row of `kind` with this id as the write under way on `tx` sees it.
+async fn read_row(
+    tx: &mut sqlx::AnyConnection,
+    kind: KeyKind,
+    id: &str,
+) -> Result<Option<KeyInfo>, Error> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM auth_keys WHERE id = $1 AND kind = $2"
+    ))
+    .bind(id)
+    .bind(kind.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    row.as_ref().map(info).transpose().map_err(Error::from)
+}
+
 fn new_id(kind: KeyKind) -> Result<String, Error> {
     // The key's own digest would do as an id, but ids are shown; digests are not.
     let key = ApiKey::generate()?;
@@ -851,12 +878,30 @@ impl SqlKeyStore {
                 format: ApiKeyFormat::default(),
                 service_format: ApiKeyFormat::new("sk_svc", 256)?,
             }),
+            actor: Arc::new(Actor::Library),
         })
     }
 
-    /// Runs the embedded migrations (idempotent; safe from many instances).
+    /// The same store (the same pool, caches and change log), whose writes
+    /// are recorded in the audit trail as made by `actor`.
+    pub fn acting(&self, actor: Actor) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            actor: Arc::new(actor),
+        }
+    }
+
+    /// Who this handle's writes are recorded as made by.
+    pub fn actor(&self) -> &Actor {
+        &self.actor
+    }
+
+    /// Runs the embedded migrations, then makes the audit trail
+    /// append-only in the database (triggers; idempotent; safe from many
+    /// instances).
     pub async fn migrate(&self) -> Result<(), Error> {
         sqlx::migrate!("./migrations").run(&self.inner.pool).await?;
+        self.protect_audit().await?;
         Ok(())
     }
 
@@ -1257,18 +1302,24 @@ impl SqlKeyStore {
         .await
     }
 
-    /// The service credentials in the same database.
+    /// The service credentials in the same database (their writes recorded
+    /// as made by this store's actor).
     pub fn services(&self) -> ServiceCredentials {
         ServiceCredentials {
             store: self.clone(),
         }
     }
 
-    /// Inserts a row of `kind` (its input already checked).
+    /// Inserts a row of `kind` (its input already checked), with its
+    /// `create` record, in one transaction.
     async fn insert(&self, kind: KeyKind, row: NewRow<'_>) -> Result<CreatedKey, Error> {
-        let mut conn = self.inner.pool.acquire().await?;
-        let (key, id) = self.insert_row(&mut conn, kind, row).await?;
-        drop(conn);
+        let mut tx = self.begin_write().await?;
+        let (key, id) = self.insert_row(&mut tx, kind, row).await?;
+        let new = read_row(&mut tx, kind, &id).await?;
+        let changes = audit::diff(kind, None, new.as_ref(), SystemTime::now());
+        self.record(&mut tx, audit::Action::Create, kind, &id, &changes)
+            .await?;
+        tx.commit().await?;
         self.created(kind, key, &id).await
     }
 
@@ -1352,6 +1403,34 @@ impl SqlKeyStore {
         row.as_ref().map(info).transpose().map_err(Error::from)
     }
 
+    /// The format of the keys of `kind` this store makes (`sk_live_…` or
+    /// `sk_svc_…`): what a reported key is checked against, offline,
+    /// before any lookup.
+    pub fn format(&self, kind: KeyKind) -> &ApiKeyFormat {
+        match kind {
+            KeyKind::Client => &self.inner.format,
+            KeyKind::Service => &self.inner.service_format,
+        }
+    }
+
+    /// The key or credential of `kind` with this digest, as an operator
+    /// sees it. A read only: unlike a validation it is not counted as a use
+    /// (a secret scanner's report of a leaked key is not one).
+    pub async fn get_by_digest(
+        &self,
+        kind: KeyKind,
+        digest: &Digest,
+    ) -> Result<Option<KeyInfo>, Error> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM auth_keys WHERE digest = $1 AND kind = $2"
+        ))
+        .bind(digest.to_hex())
+        .bind(kind.as_str())
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        row.as_ref().map(info).transpose().map_err(Error::from)
+    }
+
     /// Disables a key now; whether it existed.
     pub async fn disable(&self, id: &str) -> Result<bool, Error> {
         self.disable_kind(KeyKind::Client, id).await
@@ -1361,7 +1440,11 @@ impl SqlKeyStore {
         let now = secs(SystemTime::now());
         self.write(
             kind,
-            "UPDATE auth_keys SET disabled_at = $3 WHERE id = $1 AND kind = $2 RETURNING digest",
+            audit::Action::Disable,
+            // The first disable's time stays (a second one — an admin and a
+            // scanner's report at once — changes nothing).
+            "UPDATE auth_keys SET disabled_at = COALESCE(disabled_at, $3) \
+             WHERE id = $1 AND kind = $2 RETURNING digest",
             id,
             false,
             |q| q.bind(now),
@@ -1377,6 +1460,7 @@ impl SqlKeyStore {
     async fn delete_kind(&self, kind: KeyKind, id: &str) -> Result<bool, Error> {
         self.write(
             kind,
+            audit::Action::Delete,
             "DELETE FROM auth_keys WHERE id = $1 AND kind = $2 RETURNING digest",
             id,
             false,
@@ -1432,7 +1516,8 @@ impl SqlKeyStore {
         // New credits (or none) void the key's open leases: a return must
         // not add the old period's credits to the new value.
         let voids = credits.is_some();
-        self.write(KeyKind::Client, &sql, id, voids, |mut q| {
+        let update = audit::Action::Update;
+        self.write(KeyKind::Client, update, &sql, id, voids, |mut q| {
             if let Some(text) = scopes {
                 q = q.bind(text);
             }
@@ -1588,6 +1673,19 @@ impl SqlKeyStore {
         .bind(period)
         .execute(&mut *tx)
         .await?;
+        // Two records, one write: `rotate` on the old key (its end, its
+        // credits moved, and which key replaced it) and `create` on the new
+        // one (its settings, and which key it replaces).
+        let old_after = read_row(&mut tx, kind, id).await?;
+        let mut changes = audit::diff(kind, Some(&old), old_after.as_ref(), now);
+        changes.insert("replacedBy".to_owned(), audit::set(&new_id));
+        self.record(&mut tx, audit::Action::Rotate, kind, id, &changes)
+            .await?;
+        let new = read_row(&mut tx, kind, &new_id).await?;
+        let mut changes = audit::diff(kind, None, new.as_ref(), now);
+        changes.insert("replaces".to_owned(), audit::set(id));
+        self.record(&mut tx, audit::Action::Create, kind, &new_id, &changes)
+            .await?;
         self.log_change(&mut tx, &old_digest).await?;
         tx.commit().await?;
         self.announce(&old_digest);
@@ -1595,12 +1693,15 @@ impl SqlKeyStore {
     }
 
     /// Runs a write (`$1` the id, `$2` the kind) that returns the affected
-    /// key's digest, then announces the change: locally at once, and to
-    /// other processes with `NOTIFY`. With `voids_leases`, the key's open
-    /// leases are settled with nothing returned, in the same transaction.
+    /// key's digest, with its audit record (the fields before and after),
+    /// then announces the change: locally at once, and to other processes
+    /// with `NOTIFY`. With `voids_leases`, the key's open leases are
+    /// settled with nothing returned, in the same transaction. No row, no
+    /// write and no record.
     async fn write<'q>(
         &self,
         kind: KeyKind,
+        action: audit::Action,
         sql: &'q str,
         id: &'q str,
         voids_leases: bool,
@@ -1609,6 +1710,18 @@ impl SqlKeyStore {
         ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
     ) -> Result<bool, Error> {
         let mut tx = self.begin_write().await?;
+        // The row locked first (PostgreSQL: its row lock; SQLite: a write
+        // first takes the write lock, which a read could not be upgraded
+        // to), then read: the record's "before" is what the write changed.
+        sqlx::query("UPDATE auth_keys SET id = id WHERE id = $1 AND kind = $2")
+            .bind(id)
+            .bind(kind.as_str())
+            .execute(&mut *tx)
+            .await?;
+        let Some(before) = read_row(&mut tx, kind, id).await? else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
         let row = bind(sqlx::query(sql).bind(id).bind(kind.as_str()))
             .fetch_optional(&mut *tx)
             .await?;
@@ -1620,6 +1733,15 @@ impl SqlKeyStore {
         if voids_leases {
             void_leases(&mut tx, &digest).await?;
         }
+        let after = read_row(&mut tx, kind, id).await?;
+        let now = SystemTime::now();
+        let mut changes = audit::diff(kind, Some(&before), after.as_ref(), now);
+        if voids_leases {
+            // Credits set, even to what they were: a new refill period
+            // starts and open leases are voided — a change to record.
+            audit::credits_set(&mut changes, kind, &before, after.as_ref(), now);
+        }
+        self.record(&mut tx, action, kind, id, &changes).await?;
         self.log_change(&mut tx, &digest).await?;
         tx.commit().await?;
         self.announce(&digest);
@@ -2085,6 +2207,14 @@ impl ServiceCredentials {
     /// The store these credentials live in.
     pub fn store(&self) -> &SqlKeyStore {
         &self.store
+    }
+
+    /// The same credentials, whose writes are recorded in the audit trail
+    /// as made by `actor` (see [`SqlKeyStore::acting`]).
+    pub fn acting(&self, actor: Actor) -> Self {
+        Self {
+            store: self.store.acting(actor),
+        }
     }
 }
 

@@ -3,6 +3,9 @@
 //! each test in a schema of its own).
 #![allow(unused_crate_dependencies)]
 
+mod common;
+use common::{postgres, sqlite};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -18,21 +21,6 @@ use auth_sqlx::{
 use auth_sqlx::testing::{
     database_url as pg_base, execute_raw, postgres_schema as pg_schema, schema_of,
 };
-
-/// A store on a fresh SQLite file.
-async fn sqlite() -> (SqlKeyStore, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("keys.db").display());
-    let store = SqlKeyStore::connect(&url).await.unwrap();
-    store.migrate().await.unwrap();
-    (store, dir)
-}
-
-async fn postgres(test: &str) -> SqlKeyStore {
-    let store = SqlKeyStore::connect(&pg_schema(test).await).await.unwrap();
-    store.migrate().await.unwrap();
-    store
-}
 
 async fn verify(v: &impl Verifier, key: &str) -> Result<Arc<auth_core::Principal>, VerifyError> {
     v.verify(&Credential::new(key), &VerifyContext::default())

@@ -3,28 +3,15 @@
 //! each test in a schema of its own).
 #![allow(unused_crate_dependencies)]
 
+mod common;
+use common::{postgres, sqlite};
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use auth_core::Digest;
 use auth_core::protocol::{Code, UsageCounts};
 use auth_sqlx::testing::postgres_schema;
 use auth_sqlx::{MAX_PENDING_USAGE, NewKey, SqlKeyStore, UsageBucket, hour_of};
-
-async fn sqlite() -> (SqlKeyStore, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("keys.db").display());
-    let store = SqlKeyStore::connect(&url).await.unwrap();
-    store.migrate().await.unwrap();
-    (store, dir)
-}
-
-async fn postgres(test: &str) -> SqlKeyStore {
-    let store = SqlKeyStore::connect(&postgres_schema(test).await)
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    store
-}
 
 /// A key for `owner`: its id and digest.
 async fn key(store: &SqlKeyStore, owner: &str) -> (String, Digest) {
