@@ -12,7 +12,9 @@ mod scanning;
 mod usage;
 
 pub use audit::audit_json;
-pub use scanning::{GITHUB_PATH, REPORT_BODY_LIMIT, ScanningKeys, ScanningKeysError, check_key};
+pub use scanning::{
+    GITHUB_PATH, MAX_REPORT_TOKENS, REPORT_BODY_LIMIT, ScanningKeys, ScanningKeysError, check_key,
+};
 pub use usage::usage_json;
 
 use std::path::{Path, PathBuf};
@@ -177,6 +179,8 @@ pub struct AppState {
     metrics: Arc<ServerMetrics>,
     /// GitHub's secret scanning keys, if configured.
     scanning: Option<Arc<ScanningKeys>>,
+    /// The secret scanning reports handled at once.
+    scanning_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -286,6 +290,7 @@ pub async fn build(store: SqlKeyStore, data_dir: &Path, options: Options) -> Res
         keys,
         metrics: metrics.clone(),
         scanning: options.secret_scanning.clone(),
+        scanning_permits: Arc::new(tokio::sync::Semaphore::new(scanning::CONCURRENT_REPORTS)),
     };
     let admin_routes = Router::new()
         .route("/api/v1/keys", get(list).post(create))

@@ -86,7 +86,7 @@ enum Command {
         /// GitHub's secret scanning public keys (the JSON of
         /// https://api.github.com/meta/public_keys/secret_scanning, saved to
         /// a file): enables POST /api/v1/secret-scanning/github. Re-read on
-        /// SIGHUP.
+        /// SIGHUP (which cannot turn the route on: that takes a restart).
         #[arg(long, env = "AUTH_SERVER_SECRET_SCANNING_KEYS")]
         secret_scanning_keys: Option<PathBuf>,
     },
@@ -616,10 +616,18 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     None => None,
                 },
             };
-            if let Some(keys) = options.secret_scanning.clone() {
+            if let Some(keys) = &options.secret_scanning {
                 tracing::info!(path = %keys.path().display(), keys = keys.key_ids().len(),
                     "secret scanning reports taken at {}", auth_server::GITHUB_PATH);
-                tokio::spawn(reload_on_sighup(keys));
+            }
+            // Always: SIGHUP's default would end the process. Installed
+            // here, before the server listens.
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(hup) => {
+                    tokio::spawn(reload_on_sighup(hup, options.secret_scanning.clone()));
+                }
+                Err(e) => tracing::warn!(error = %e,
+                    "no SIGHUP handler: restart to refresh the secret scanning keys"),
             }
             let app = auth_server::build(store.clone(), &cli.data_dir, options).await?;
             let tls = match (tls_cert, tls_key) {
@@ -810,16 +818,21 @@ fn check_key(key: &str) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Re-reads GitHub's secret scanning keys on each SIGHUP (a file that no
-/// longer parses leaves the keys in use as they were).
-async fn reload_on_sighup(keys: std::sync::Arc<auth_server::ScanningKeys>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("no SIGHUP handler: restart to refresh the secret scanning keys");
-        return;
-    };
+/// longer parses leaves the keys in use as they were), off the async
+/// threads. Without a keys file a SIGHUP is logged and ignored: it cannot
+/// turn the route on (that takes a restart with --secret-scanning-keys).
+async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    keys: Option<std::sync::Arc<auth_server::ScanningKeys>>,
+) {
     while hup.recv().await.is_some() {
-        match keys.reload() {
-            Ok(n) => tracing::info!(keys = n, "secret scanning keys re-read"),
+        let Some(keys) = keys.clone() else {
+            tracing::info!("SIGHUP: no secret scanning keys file configured, nothing to reload");
+            continue;
+        };
+        match tokio::task::spawn_blocking(move || keys.reload()).await {
+            Ok(Ok(n)) => tracing::info!(keys = n, "secret scanning keys re-read"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "secret scanning keys kept as they were"),
             Err(e) => tracing::warn!(error = %e, "secret scanning keys kept as they were"),
         }
     }

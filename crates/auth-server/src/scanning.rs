@@ -10,24 +10,27 @@
 //! does not fetch that list: operators save it to a file
 //! ([`ScanningKeys::load`]) and refresh it (SIGHUP re-reads it).
 //!
-//! Nothing is read from the body before its signature verifies. Each token
+//! Nothing is read of the body before the headers check (both there, a
+//! known key id, a signature of at most 80 bytes), at most
+//! [`CONCURRENT_REPORTS`] reports are read at once, each within 10 s, and
+//! nothing is taken from a body before its signature verifies. Each token
 //! is then checked offline (our format and its CRC32), looked up by digest
 //! — client keys and service credentials alike: a leaked credential is
 //! leaked — disabled if ours and not yet disabled (recorded in the audit
 //! trail as `scanner:github`, with the URL as its source), and labelled in
 //! the answer as the program expects (`true_positive` / `false_positive`).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use auth_core::Digest;
-use auth_sqlx::{Actor, KeyKind};
+use auth_sqlx::{Actor, KeyKind, MAX_SOURCE_CHARS};
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, ParsedPublicKey};
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -43,6 +46,16 @@ pub const GITHUB_PATH: &str = "/api/v1/secret-scanning/github";
 /// The largest report accepted (1 MiB); a larger one is refused (413)
 /// before anything is looked up.
 pub const REPORT_BODY_LIMIT: usize = 1024 * 1024;
+/// The most distinct well-formed tokens one report may carry; more is
+/// refused (413) before anything is looked up.
+pub const MAX_REPORT_TOKENS: usize = 1000;
+/// How many reports are handled at once; one more is answered 503 `busy`.
+pub(crate) const CONCURRENT_REPORTS: usize = 4;
+/// How long a report's body may take to arrive.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest decoded signature taken (a P-256 DER signature is at most
+/// 72 bytes).
+const MAX_SIGNATURE_BYTES: usize = 80;
 /// The largest keys file read.
 const KEYS_FILE_LIMIT: u64 = 1024 * 1024;
 /// The header naming GitHub's signing key (its `key_identifier`).
@@ -136,8 +149,10 @@ impl ScanningKeys {
         self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Whether `body` is signed by the key named in the headers; why not.
-    fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), &'static str> {
+    /// The key named in the headers and the decoded signature, checked
+    /// before the body is read: both headers there, a known key id, a
+    /// signature that is base64 of at most [`MAX_SIGNATURE_BYTES`].
+    fn signed_by(&self, headers: &HeaderMap) -> Result<Signed, &'static str> {
         let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
         let (Some(key_id), Some(signature)) = (header(KEY_ID_HEADER), header(SIGNATURE_HEADER))
         else {
@@ -146,14 +161,42 @@ impl ScanningKeys {
             );
         };
         let keys = self.current();
-        let Some(key) = keys.iter().find(|k| k.id == key_id.trim()) else {
+        let Some(index) = keys.iter().position(|k| k.id == key_id.trim()) else {
             return Err("unknown public key identifier (refresh the secret scanning keys file?)");
         };
+        let signature = signature.trim();
+        // Base64 of 80 bytes is 108 characters: no longer one is decoded.
+        if signature.len() > MAX_SIGNATURE_BYTES.div_ceil(3) * 4 {
+            return Err("the signature is too long");
+        }
         let signature = STANDARD
-            .decode(signature.trim())
+            .decode(signature)
             .map_err(|_| "the signature is not base64")?;
-        key.key
-            .verify_sig(body, &signature)
+        if signature.len() > MAX_SIGNATURE_BYTES {
+            return Err("the signature is too long");
+        }
+        Ok(Signed {
+            keys,
+            index,
+            signature,
+        })
+    }
+}
+
+/// The signing key a report names (from the keys in use when it came) and
+/// its signature.
+struct Signed {
+    keys: Arc<Vec<SigningKey>>,
+    index: usize,
+    signature: Vec<u8>,
+}
+
+impl Signed {
+    /// Whether `body` is what was signed.
+    fn verify(&self, body: &[u8]) -> Result<(), &'static str> {
+        self.keys[self.index]
+            .key
+            .verify_sig(body, &self.signature)
             .map_err(|_| "the signature does not verify")
     }
 }
@@ -214,16 +257,24 @@ fn pem_public_key(pem: &str) -> Option<Vec<u8>> {
 pub(crate) struct Reported {
     /// The token as found.
     pub(crate) token: String,
-    /// The secret type registered with GitHub (echoed as `token_type`).
-    #[serde(rename = "type", default)]
+    /// The secret type registered with GitHub (echoed as `token_type`;
+    /// `null` or missing: empty).
+    #[serde(rename = "type", default, deserialize_with = "null_as_empty")]
     pub(crate) kind: String,
-    /// The public URL where it was found (may be empty): the audit
-    /// record's `source`.
-    #[serde(default)]
+    /// The public URL where it was found (`null`, missing or empty: none):
+    /// the audit record's `source`, the token in it replaced by its
+    /// display prefix.
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub(crate) url: String,
     /// Where on GitHub: `content`, `commit`, `issue_comment`, `npm`, …
-    #[serde(default)]
+    /// (`null` or missing: empty).
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub(crate) source: String,
+}
+
+/// A string, or `null` as the empty string.
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
 }
 
 /// GitHub's feedback format: a label for each reported token.
@@ -240,24 +291,27 @@ pub(crate) struct Labelled {
 const TRUE_POSITIVE: &str = "true_positive";
 const FALSE_POSITIVE: &str = "false_positive";
 
+/// One element of a report: parsed, or what can be echoed of it.
+enum Element {
+    Parsed(Reported, Option<KeyKind>),
+    Unparsed { token: String, kind: String },
+}
+
 /// `POST /api/v1/secret-scanning/github`.
 #[utoipa::path(post, path = "/api/v1/secret-scanning/github", tag = "secret-scanning",
     params(
         ("Github-Public-Key-Identifier" = String, Header, description = "which of GitHub's secret scanning keys signed the body"),
         ("Github-Public-Key-Signature" = String, Header, description = "base64 of the ECDSA P-256 SHA-256 signature (ASN.1 DER) of the raw body")),
-    request_body(content = Vec<Reported>, description = "the tokens GitHub found (at most 1 MiB)"),
+    request_body(content = Vec<Reported>, description = "the tokens GitHub found (at most 1 MiB, at most 1,000 distinct tokens of our format)"),
     responses(
-        (status = 200, description = "each token labelled; ours are disabled", body = Vec<Labelled>),
-        (status = 400, description = "signed, but not a JSON array of reports", body = ErrorBody),
-        (status = 401, description = "no signature, an unknown key identifier, or a signature that does not verify: nothing changed", body = ErrorBody),
+        (status = 200, description = "each element labelled (one that does not parse: false_positive); ours are disabled", body = Vec<Labelled>),
+        (status = 400, description = "signed, but not a JSON array; or the body could not be read", body = ErrorBody),
+        (status = 401, description = "no signature, an unknown key identifier, or a signature that is not base64 of at most 80 bytes or does not verify: nothing changed", body = ErrorBody),
         (status = 404, description = "no secret scanning keys file configured on this server", body = ErrorBody),
-        (status = 413, description = "a body over 1 MiB: nothing changed", body = ErrorBody),
-        (status = 503, description = "the key store failed; send again (labels are stable, disables idempotent)", body = ErrorBody)))]
-pub(crate) async fn github(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+        (status = 408, description = "the body took over 10 s to arrive: nothing changed", body = ErrorBody),
+        (status = 413, description = "a body over 1 MiB, or over 1,000 distinct tokens of our format: nothing changed", body = ErrorBody),
+        (status = 503, description = "the key store failed, or 4 reports are being handled (`busy`); send again (labels are stable, disables idempotent)", body = ErrorBody)))]
+pub(crate) async fn github(State(state): State<AppState>, request: Request) -> Response {
     let Some(keys) = state.scanning.as_deref() else {
         return error(
             StatusCode::NOT_FOUND,
@@ -265,50 +319,138 @@ pub(crate) async fn github(
             "secret scanning is not configured on this server (serve --secret-scanning-keys FILE)",
         );
     };
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+    let (parts, body) = request.into_parts();
+    // Everything that needs no body first: nothing is read for a report
+    // that could not verify.
+    let signed = match keys.signed_by(&parts.headers) {
+        Ok(signed) => signed,
+        Err(why) => {
+            tracing::warn!(reason = why, "secret scanning report refused");
+            return error(StatusCode::UNAUTHORIZED, "unauthorized", why);
+        }
+    };
+    // Held until the answer: at most this many bodies in memory, and
+    // lookups, at once.
+    let Ok(_permit) = state.scanning_permits.try_acquire() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "too many secret scanning reports at once; send again",
+        );
+    };
+    let body = match tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        axum::body::to_bytes(body, REPORT_BODY_LIMIT),
+    )
+    .await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) if is_length_limit(&e) => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
                 "a report is at most 1 MiB",
             );
         }
-        Err(_) => {
+        Ok(Err(_)) => {
             return error(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 "the body could not be read",
             );
         }
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                "the body took over 10 s to arrive",
+            );
+        }
     };
-    if let Err(why) = keys.verify(&headers, &body) {
+    if let Err(why) = signed.verify(&body) {
         tracing::warn!(reason = why, "secret scanning report refused");
         return error(StatusCode::UNAUTHORIZED, "unauthorized", why);
     }
     // A fixed message: serde's would quote the body, tokens included.
-    let Ok(reports) = serde_json::from_slice::<Vec<Reported>>(&body) else {
+    let Ok(values) = serde_json::from_slice::<Vec<serde_json::Value>>(&body) else {
         return error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "a report is a JSON array of {\"token\", \"type\", \"url\", \"source\"}",
         );
     };
-    let mut answer = Vec::with_capacity(reports.len());
-    for report in reports {
-        let label = match judge(&state, &report).await {
-            Ok(true) => TRUE_POSITIVE,
-            Ok(false) => FALSE_POSITIVE,
+    drop(body);
+    // Each element on its own: one that does not parse is answered
+    // `false_positive`, the others handled. Tokens checked offline (our
+    // format and checksum) here, without a lookup.
+    let elements: Vec<Element> = values
+        .into_iter()
+        .map(|value| {
+            let echo = |field: &str| value[field].as_str().unwrap_or_default().to_owned();
+            let (token, kind) = (echo("token"), echo("type"));
+            match serde_json::from_value::<Reported>(value) {
+                Ok(report) => {
+                    let kind = [KeyKind::Client, KeyKind::Service]
+                        .into_iter()
+                        .find(|kind| {
+                            state
+                                .store
+                                .format(*kind)
+                                .is_well_formed(report.token.as_bytes())
+                        });
+                    Element::Parsed(report, kind)
+                }
+                Err(_) => Element::Unparsed { token, kind },
+            }
+        })
+        .collect();
+    // Each distinct token of our format once (its first element's URL and
+    // source), at most MAX_REPORT_TOKENS of them.
+    let mut distinct: Vec<(KeyKind, &Reported)> = Vec::new();
+    let mut labels: HashMap<&str, &'static str> = HashMap::new();
+    for element in &elements {
+        if let Element::Parsed(report, Some(kind)) = element {
+            if labels.insert(&report.token, FALSE_POSITIVE).is_none() {
+                distinct.push((*kind, report));
+            }
+        }
+    }
+    if distinct.len() > MAX_REPORT_TOKENS {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_tokens",
+            "a report has at most 1,000 distinct tokens of our format",
+        );
+    }
+    for (kind, report) in distinct {
+        match judge(&state, kind, report).await {
+            Ok(true) => {
+                labels.insert(&report.token, TRUE_POSITIVE);
+            }
+            Ok(false) => {}
             // GitHub sends again: the tokens disabled so far are then
             // found disabled, labelled the same, not written twice.
             Err(e) => return state.store_error(&e),
-        };
-        answer.push(Labelled {
-            token_raw: report.token,
-            token_type: report.kind,
-            label,
-        });
+        }
     }
+    let answer: Vec<Labelled> = elements
+        .iter()
+        .map(|element| match element {
+            Element::Parsed(report, _) => Labelled {
+                token_raw: report.token.clone(),
+                token_type: report.kind.clone(),
+                label: labels
+                    .get(report.token.as_str())
+                    .copied()
+                    .unwrap_or(FALSE_POSITIVE),
+            },
+            Element::Unparsed { token, kind } => Labelled {
+                token_raw: token.clone(),
+                token_type: kind.clone(),
+                label: FALSE_POSITIVE,
+            },
+        })
+        .collect();
     let ours = answer.iter().filter(|a| a.label == TRUE_POSITIVE).count();
     tracing::info!(
         reported = answer.len(),
@@ -318,32 +460,41 @@ pub(crate) async fn github(
     (StatusCode::OK, Json(answer)).into_response()
 }
 
-/// Whether the reported token is ours (a client key or a service
-/// credential); disables it if it is and is not disabled yet.
-async fn judge(state: &AppState, report: &Reported) -> Result<bool, auth_sqlx::Error> {
-    let token = report.token.as_bytes();
-    // Offline first: a token not in our format, or whose checksum fails,
-    // is no key of ours and costs no lookup.
-    let Some(kind) = [KeyKind::Client, KeyKind::Service]
-        .into_iter()
-        .find(|kind| state.store.format(*kind).is_well_formed(token))
-    else {
-        return Ok(false);
-    };
+/// Whether reading a body failed for its size.
+fn is_length_limit(e: &axum::Error) -> bool {
+    std::error::Error::source(e).is_some_and(|e| e.is::<http_body_util::LengthLimitError>())
+}
+
+/// Whether the reported token — of our format, a `kind` key — is ours;
+/// disables it if it is and is not disabled yet.
+async fn judge(
+    state: &AppState,
+    kind: KeyKind,
+    report: &Reported,
+) -> Result<bool, auth_sqlx::Error> {
+    let token = report.token.as_str();
     // A read that is not counted as a use of the key (its last-used time
     // stays what the key's holders made it).
-    let Some(info) = state.store.get_by_digest(kind, &Digest::of(token)).await? else {
+    let Some(info) = state
+        .store
+        .get_by_digest(kind, &Digest::of(token.as_bytes()))
+        .await?
+    else {
         return Ok(false);
     };
     if info.disabled_at.is_some() {
         // Already disabled: left as it is (its disable time, no record).
         return Ok(true);
     }
+    // The URL may hold the token (a file named after it): the token
+    // replaced by its display prefix before it is recorded or logged.
+    let shown = display_prefix(token);
+    let url = report.url.replace(token, &shown);
     // Disabled whatever its expiry: an expiry can be moved, a leak cannot
     // be undone.
     let scanner = state.store.acting(Actor::SecretScanner {
         name: SCANNER.to_owned(),
-        url: report.url.clone(),
+        url: url.clone(),
     });
     let (disabled, resource) = match kind {
         KeyKind::Client => (scanner.disable(&info.id).await?, Resource::Key),
@@ -354,17 +505,32 @@ async fn judge(state: &AppState, report: &Reported) -> Result<bool, auth_sqlx::E
     };
     if disabled {
         state.wrote(resource, Action::Disable);
+        let capped = |text: &str| -> String {
+            text.replace(token, &shown)
+                .chars()
+                .take(MAX_SOURCE_CHARS)
+                .collect()
+        };
         // Never the token: its id, and where it was found (public).
         tracing::warn!(
             key_id = %info.id,
             kind = kind.as_str(),
-            url = ?report.url,
-            source = ?report.source,
+            url = ?capped(&url),
+            source = ?capped(&report.source),
             "leaked key disabled: reported by GitHub secret scanning"
         );
         // key.leaked webhook: issue 17 item 2
     }
     Ok(true)
+}
+
+/// A key's display prefix as `keys check` shows it: the format prefix and
+/// the first 4 random characters, then `…`.
+fn display_prefix(key: &str) -> String {
+    // The last '_' ends the prefix (prefixes may contain '_', base62 never).
+    let cut = key.rfind('_').map_or(0, |i| i + 1);
+    let shown: String = key.chars().take(cut + 4).collect();
+    format!("{shown}…")
 }
 
 /// What `auth-server keys check` says of `key`, offline: `Ok` with a line
@@ -385,8 +551,8 @@ pub fn check_key(key: &str) -> Result<String, String> {
             continue;
         }
         if format.is_well_formed(key.as_bytes()) {
-            let shown: String = key.chars().take(prefix.len() + 4).collect();
-            return Ok(format!("{shown}… ({kind}): our format, checksum valid"));
+            let shown = display_prefix(key);
+            return Ok(format!("{shown} ({kind}): our format, checksum valid"));
         }
         let body = &key[prefix.len()..];
         let why = if key.len() != format.key_len() {

@@ -9,8 +9,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use auth_server::{GITHUB_PATH, Options, ScanningKeys};
+use auth_server::{GITHUB_PATH, MAX_REPORT_TOKENS, Options, ScanningKeys};
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
@@ -414,10 +415,11 @@ async fn oversized_or_malformed_reports_change_nothing() {
     ));
     let (status, answer) = report(&s, &github, big.as_bytes()).await;
     assert_eq!((status, &answer["error"]), (413, &json!("too_large")));
-    // Signed, but not an array of reports: a fixed message, never the body.
+    // Signed, but not an array: a fixed message, never the body. (An
+    // array with an element that does not parse is answered: below.)
     for body in [
         format!("{{\"token\": \"{key}\"}}"),
-        format!("[{{\"token\": 5, \"type\": \"{key}\"}}]"),
+        format!("{{\"a\": [{{\"token\": \"{key}\"}}]}}"),
         "not json".to_owned(),
     ] {
         let (status, answer) = report(&s, &github, body.as_bytes()).await;
@@ -565,4 +567,299 @@ async fn keys_check_says_whether_a_key_is_ours_offline() {
             assert!(!stderr.contains(garbage), "{stderr}");
         }
     }
+}
+
+/// The labels of an answer: (token_raw, token_type, label).
+fn labels(answer: &Value) -> Vec<(String, String, String)> {
+    answer
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {answer}"))
+        .iter()
+        .map(|a| {
+            let field = |name: &str| a[name].as_str().unwrap().to_owned();
+            (field("token_raw"), field("token_type"), field("label"))
+        })
+        .collect()
+}
+
+/// The records the scanner wrote.
+async fn by_scanner(s: &Instance) -> Vec<Value> {
+    trail(s)
+        .await
+        .into_iter()
+        .filter(|r| r["actor"] == "scanner:github")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_tokens_count_once_and_a_report_is_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let github = Signer::new("k1");
+    let (s, service) = scanning_instance(dir.path(), &github).await;
+    let (_, key) = client_key(&s, "user-1").await;
+    let element =
+        |token: &str| json!({"token": token, "type": "t", "url": "", "source": "content"});
+
+    // The same token three times: each element answered, one disable.
+    let body = json!([element(&key), element("nope"), element(&key), element(&key)]).to_string();
+    let (status, answer) = report(&s, &github, body.as_bytes()).await;
+    assert_eq!(status, 200, "{answer}");
+    let got: Vec<String> = labels(&answer).into_iter().map(|l| l.2).collect();
+    assert_eq!(
+        got,
+        [
+            "true_positive",
+            "false_positive",
+            "true_positive",
+            "true_positive"
+        ]
+    );
+    assert_eq!(by_scanner(&s).await.len(), 1);
+
+    // Over the cap of distinct tokens of our format: 413, nothing changed.
+    let (_, fresh) = client_key(&s, "user-2").await;
+    let format = auth_core::ApiKeyFormat::default();
+    let unknown: Vec<String> = (0..MAX_REPORT_TOKENS)
+        .map(|_| format.generate().unwrap().expose().to_owned())
+        .collect();
+    let mut over: Vec<Value> = unknown.iter().map(|t| element(t)).collect();
+    over.push(element(&fresh));
+    let records = trail(&s).await.len();
+    let (status, answer) = report(&s, &github, json!(over).to_string().as_bytes()).await;
+    assert_eq!((status, &answer["error"]), (413, &json!("too_many_tokens")));
+    assert!(!answer.to_string().contains(&fresh));
+    assert_eq!(validate(&s, &service, &fresh).await.1["valid"], true);
+    assert_eq!(trail(&s).await.len(), records, "nothing recorded");
+
+    // At the cap, duplicates and tokens not of our format not counted.
+    let mut at: Vec<Value> = unknown[1..].iter().map(|t| element(t)).collect();
+    at.push(element(&fresh));
+    at.push(element(&fresh));
+    at.push(element(&unknown[1]));
+    at.extend((0..50).map(|i| element(&format!("ghp_{i}"))));
+    let (status, answer) = report(&s, &github, json!(at).to_string().as_bytes()).await;
+    assert_eq!(status, 200, "{answer}");
+    let got = labels(&answer);
+    assert_eq!(got.len(), at.len());
+    let ours: Vec<&str> = got
+        .iter()
+        .filter(|l| l.2 == "true_positive")
+        .map(|l| l.0.as_str())
+        .collect();
+    assert_eq!(ours, [fresh.as_str(), fresh.as_str()]);
+    assert_eq!(validate(&s, &service, &fresh).await.1["code"], "disabled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_element_that_does_not_parse_does_not_refuse_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let github = Signer::new("k1");
+    let (s, service) = scanning_instance(dir.path(), &github).await;
+    let (_, one) = client_key(&s, "user-1").await;
+    let (_, two) = client_key(&s, "user-2").await;
+    let body = json!([
+        {"token": one, "type": null, "url": null, "source": null},
+        {"token": 5, "type": "t"},
+        {"type": "t", "url": "https://github.com/o/r"},
+        7,
+        "a string",
+        null,
+        {"token": two},
+    ])
+    .to_string();
+    let (status, answer) = report(&s, &github, body.as_bytes()).await;
+    assert_eq!(status, 200, "{answer}");
+    let f = |token: &str, kind: &str, label: &str| {
+        (token.to_owned(), kind.to_owned(), label.to_owned())
+    };
+    assert_eq!(
+        labels(&answer),
+        [
+            f(&one, "", "true_positive"),
+            f("", "t", "false_positive"),
+            f("", "t", "false_positive"),
+            f("", "", "false_positive"),
+            f("", "", "false_positive"),
+            f("", "", "false_positive"),
+            f(&two, "", "true_positive"),
+        ]
+    );
+    for key in [&one, &two] {
+        assert_eq!(validate(&s, &service, key).await.1["code"], "disabled");
+    }
+    // No URL: an empty source.
+    for record in by_scanner(&s).await {
+        assert_eq!(record["source"], "", "{record}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_in_the_url_is_not_recorded_or_logged() {
+    let logs = capture_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let github = Signer::new("k1");
+    let (s, _) = scanning_instance(dir.path(), &github).await;
+    let (id, key) = client_key(&s, "user-1").await;
+    let url = format!("https://github.com/o/r/blob/main/{key}.txt?k={key}");
+    let body = json!([{"token": key, "type": "t", "url": url, "source": "content"}]).to_string();
+    let (status, _) = report(&s, &github, body.as_bytes()).await;
+    assert_eq!(status, 200);
+    let records = by_scanner(&s).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["keyId"], id.as_str());
+    let shown = format!("{}…", &key[.."sk_live_".len() + 4]);
+    assert_eq!(
+        records[0]["source"],
+        format!("https://github.com/o/r/blob/main/{shown}.txt?k={shown}")
+    );
+    assert!(!trail(&s).await.iter().any(|r| r.to_string().contains(&key)));
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(text.contains("leaked key disabled"), "{text}");
+    assert!(!text.contains(&key), "the token in the logs");
+}
+
+/// Sends `head` (a request line and headers, then `body`) on a raw
+/// connection; the connection, to read the answer from later.
+async fn raw(s: &Instance, head: &[(&str, &str)], body: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut conn = tokio::net::TcpStream::connect(s.api).await.unwrap();
+    let mut text =
+        format!("POST {GITHUB_PATH} HTTP/1.1\r\nHost: test\r\ncontent-type: application/json\r\n");
+    for (name, value) in head {
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    text.push_str("\r\n");
+    text.push_str(body);
+    conn.write_all(text.as_bytes()).await.unwrap();
+    conn
+}
+
+/// The status of the answer on `conn`, waiting at most `within`.
+async fn status_of(conn: &mut tokio::net::TcpStream, within: Duration) -> u16 {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0; 1024];
+    let n = tokio::time::timeout(within, conn.read(&mut buf))
+        .await
+        .expect("no answer in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    text.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_are_checked_before_the_body_is_read_and_reads_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let github = Signer::new("k1");
+    let (s, _) = scanning_instance(dir.path(), &github).await;
+    let good = github.sign(b"[]");
+    let long = STANDARD.encode([7u8; 81]);
+    // A body announced and never sent: the header checks answer at once.
+    for head in [
+        vec![("content-length", "1000")],
+        vec![
+            ("content-length", "1000"),
+            ("Github-Public-Key-Identifier", "k1"),
+        ],
+        vec![
+            ("content-length", "1000"),
+            ("Github-Public-Key-Identifier", "k2"),
+            ("Github-Public-Key-Signature", good.as_str()),
+        ],
+        vec![
+            ("content-length", "1000"),
+            ("Github-Public-Key-Identifier", "k1"),
+            ("Github-Public-Key-Signature", long.as_str()),
+        ],
+    ] {
+        let mut conn = raw(&s, &head, "").await;
+        assert_eq!(
+            status_of(&mut conn, Duration::from_secs(3)).await,
+            401,
+            "{head:?}"
+        );
+    }
+
+    // Four reports whose bodies never finish hold the four places.
+    let head = [
+        ("content-length", "1000"),
+        ("Github-Public-Key-Identifier", "k1"),
+        ("Github-Public-Key-Signature", good.as_str()),
+    ];
+    let started = Instant::now();
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        slow.push(raw(&s, &head, "[").await);
+    }
+    // A fifth is turned away (once the four are in).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, answer) = report(&s, &github, b"[]").await;
+        if status == 503 {
+            assert_eq!(answer["error"], "busy");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never busy: {status} {answer}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Each slow body given up on after 10 s.
+    for conn in &mut slow {
+        assert_eq!(status_of(conn, Duration::from_secs(15)).await, 408);
+    }
+    assert!(started.elapsed() >= Duration::from_secs(9));
+    // The places are free again.
+    assert_eq!(report(&s, &github, b"[]").await, (200, json!([])));
+}
+
+#[test]
+fn sighup_without_a_keys_file_is_logged_not_fatal() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_auth-server"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .env_remove("DATABASE_URL")
+        .env_remove("AUTH_SERVER_SECRET_SCANNING_KEYS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            if line.contains(what) {
+                return true;
+            }
+        }
+        false
+    };
+    let found = wait_for("auth-server listening");
+    let hup = |child: &std::process::Child| {
+        let sent = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    if found {
+        hup(&child);
+        assert!(wait_for("nothing to reload"), "no log line for the SIGHUP");
+        hup(&child);
+        assert!(wait_for("nothing to reload"));
+    }
+    let alive = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(found, "the server never listened");
+    assert!(alive, "SIGHUP ended the server");
 }

@@ -1697,7 +1697,8 @@ impl SqlKeyStore {
     /// then announces the change: locally at once, and to other processes
     /// with `NOTIFY`. With `voids_leases`, the key's open leases are
     /// settled with nothing returned, in the same transaction. No row, no
-    /// write and no record.
+    /// write and no record; a disable of a key already disabled changes
+    /// nothing and leaves no record either (`Ok(true)`: it exists).
     async fn write<'q>(
         &self,
         kind: KeyKind,
@@ -1740,6 +1741,12 @@ impl SqlKeyStore {
             // Credits set, even to what they were: a new refill period
             // starts and open leases are voided — a change to record.
             audit::credits_set(&mut changes, kind, &before, after.as_ref(), now);
+        }
+        if action == audit::Action::Disable && changes.is_empty() {
+            // Already disabled: the key exists and nothing changed — no
+            // record, no change-log entry, no announce.
+            tx.rollback().await?;
+            return Ok(true);
         }
         self.record(&mut tx, action, kind, id, &changes).await?;
         self.log_change(&mut tx, &digest).await?;

@@ -513,3 +513,49 @@ async fn credits_set_to_the_same_values_are_recorded() {
     assert!(store.update(&id, scopes).await.unwrap());
     assert_eq!(changes(&trail(&store).await.remove(0)), json!({}));
 }
+
+/// Disabling a key already disabled changes nothing: it still exists
+/// (`true`), keeps its first disable time, and leaves no second record, no
+/// change-log entry — a client key and a service credential alike.
+async fn a_second_disable_leaves_no_record(store: SqlKeyStore) {
+    let id = store
+        .create(NewKey {
+            owner: "svc-a".into(),
+            ..NewKey::default()
+        })
+        .await
+        .unwrap()
+        .info
+        .id;
+    let svc = store.services().create("svc-b").await.unwrap().info.id;
+    let before = trail(&store).await.len();
+    assert!(store.disable(&id).await.unwrap());
+    assert!(store.services().disable(&svc).await.unwrap());
+    let first = store.get(&id).await.unwrap().unwrap().disabled_at;
+    let seq = store.latest_seq().await.unwrap();
+    assert!(store.disable(&id).await.unwrap());
+    assert!(store.services().disable(&svc).await.unwrap());
+    assert_eq!(store.get(&id).await.unwrap().unwrap().disabled_at, first);
+    assert_eq!(store.latest_seq().await.unwrap(), seq, "no change logged");
+    let new = new_records(&store, before).await;
+    let actions: Vec<_> = new
+        .iter()
+        .map(|r| (r.action.as_str(), r.key_id.as_str()))
+        .collect();
+    assert_eq!(
+        actions,
+        [("disable", id.as_str()), ("disable", svc.as_str())],
+        "{new:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_second_disable_leaves_no_record_on_sqlite() {
+    let (store, _dir) = sqlite().await;
+    a_second_disable_leaves_no_record(store).await;
+}
+
+#[tokio::test]
+async fn a_second_disable_leaves_no_record_on_postgres() {
+    a_second_disable_leaves_no_record(postgres("audit_second_disable").await).await;
+}
