@@ -362,10 +362,9 @@ async fn every_write_leaves_one_record_on_postgres() {
     every_write_leaves_one_record(postgres("audit_writes").await).await;
 }
 
-/// Neither an UPDATE nor a DELETE (nor, on PostgreSQL, a TRUNCATE) of the
-/// trail is possible, even as raw SQL; migrating again keeps it so.
-async fn the_trail_is_append_only(store: SqlKeyStore) {
-    let id = store
+/// A key for `svc-a` with no settings: its id.
+async fn plain_key(store: &SqlKeyStore) -> String {
+    store
         .create(NewKey {
             owner: "svc-a".into(),
             ..NewKey::default()
@@ -373,7 +372,13 @@ async fn the_trail_is_append_only(store: SqlKeyStore) {
         .await
         .unwrap()
         .info
-        .id;
+        .id
+}
+
+/// Neither an UPDATE nor a DELETE (nor, on PostgreSQL, a TRUNCATE) of the
+/// trail is possible, even as raw SQL; migrating again keeps it so.
+async fn the_trail_is_append_only(store: SqlKeyStore) {
+    let id = plain_key(&store).await;
     assert!(store.disable(&id).await.unwrap());
     let before = trail(&store).await;
     assert_eq!(before.len(), 2);
@@ -430,15 +435,7 @@ async fn the_trail_is_append_only_on_postgres() {
 #[tokio::test]
 async fn a_write_whose_record_fails_is_not_made() {
     let (store, _dir) = sqlite().await;
-    let id = store
-        .create(NewKey {
-            owner: "svc-a".into(),
-            ..NewKey::default()
-        })
-        .await
-        .unwrap()
-        .info
-        .id;
+    let id = plain_key(&store).await;
     execute_raw(
         &store,
         "CREATE TRIGGER no_records BEFORE INSERT ON auth_audit \
@@ -518,15 +515,7 @@ async fn credits_set_to_the_same_values_are_recorded() {
 /// (`true`), keeps its first disable time, and leaves no second record, no
 /// change-log entry — a client key and a service credential alike.
 async fn a_second_disable_leaves_no_record(store: SqlKeyStore) {
-    let id = store
-        .create(NewKey {
-            owner: "svc-a".into(),
-            ..NewKey::default()
-        })
-        .await
-        .unwrap()
-        .info
-        .id;
+    let id = plain_key(&store).await;
     let svc = store.services().create("svc-b").await.unwrap().info.id;
     let before = trail(&store).await.len();
     assert!(store.disable(&id).await.unwrap());
