@@ -1,66 +1,29 @@
-//! `RemoteVerifier` against a test double of the central key service,
-//! served by axum on 127.0.0.1 (a free port), over real HTTP.
+//! `RemoteVerifier` against the test double of the central key service
+//! (`common::double`), served by axum on 127.0.0.1 (a free port), over
+//! real HTTP.
 #![allow(unused_crate_dependencies)]
 
 mod common;
 use common::Captured;
+use common::double::{
+    CREDITED, DISABLED, EXPIRED, EXPIRING, GOOD, LAPSED, LIMITED, Mode, SERVICE_HEADER,
+    SERVICE_TOKEN, StreamMode, started,
+};
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use auth_core::clock::ManualClock;
-use auth_core::protocol::{
-    ChangeEvent, Code, Lease, LeaseReturned, RateLimit, ReturnLease, ValidateRequest,
-    ValidateResponse,
-};
 use auth_core::{
     Credential, Decision, Fallback, Guard, KeySet, PlainRequest, Principal, Verifier,
     VerifyContext, VerifyError,
 };
 use auth_remote::RemoteVerifier;
-use axum::Json;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use parking_lot::Mutex;
-use tokio::sync::mpsc;
-
-const GOOD: &str = "sk_live_good_key_0123456789abcdef";
-const LIMITED: &str = "sk_live_limited_key_0123456789ab";
-const EXPIRED: &str = "sk_live_expired_key_0123456789ab";
-const DISABLED: &str = "sk_live_disabled_key_0123456789a";
-/// Valid, expiring 2 s after each answer.
-const EXPIRING: &str = "sk_live_expiring_key_0123456789a";
-/// Valid, says the service, with an `expiresAt` already past.
-const LAPSED: &str = "sk_live_lapsed_key_0123456789abc";
-/// A key with credits: spent from `Double::credits`, leased on request.
-const CREDITED: &str = "sk_live_credited_key_0123456789a";
-const SERVICE_HEADER: &str = auth_core::protocol::SERVICE_TOKEN_HEADER;
-const SERVICE_TOKEN: &str = "our-service-credential";
-
-/// How the double answers.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Mode {
-    Normal,
-    Slow,
-    /// Answers normally, after 150 ms (within the verifiers' timeout).
-    Sluggish,
-    Status(u16),
-    Garbage,
-    /// This JSON body, whatever the key.
-    Raw(&'static str),
-    /// This JSON body, after 150 ms (callers pile up on one call).
-    SluggishRaw(&'static str),
-    /// 307 to `/other`, which would say valid.
-    Redirect,
-}
 
 /// A valid answer padded past the 64 KiB an answer may have.
 static HUGE_ANSWER: std::sync::LazyLock<&'static str> = std::sync::LazyLock::new(|| {
@@ -70,347 +33,6 @@ static HUGE_ANSWER: std::sync::LazyLock<&'static str> = std::sync::LazyLock::new
     );
     Box::leak(padded.into_boxed_str())
 });
-
-/// A key as the double knows it.
-struct KeyInfo {
-    user: &'static str,
-    scopes: Vec<&'static str>,
-    /// Requests, window in seconds.
-    limit: Option<(u32, u64)>,
-    /// Valid, or why not.
-    code: Code,
-    /// `expiresAt`, in seconds from the answer.
-    expires_in: Option<i64>,
-    /// Whether it has credits (`Double::credits`).
-    credited: bool,
-}
-
-impl KeyInfo {
-    fn valid(user: &'static str, scopes: Vec<&'static str>) -> Self {
-        Self {
-            user,
-            scopes,
-            limit: None,
-            code: Code::Valid,
-            expires_in: None,
-            credited: false,
-        }
-    }
-}
-
-/// The credits of [`CREDITED`], as a key service with leases keeps them.
-struct Credits {
-    /// What the key has left.
-    left: u64,
-    /// Credits spent by validate calls (their cost).
-    charged: u64,
-    /// Credits leased, by lease id, and what was given back of each.
-    leases: HashMap<String, (u64, Option<u64>)>,
-    /// Every return received: lease id, unused.
-    returns: Vec<(String, u64)>,
-    /// How long a lease lasts.
-    ttl_ms: u64,
-}
-
-struct Double {
-    calls: AtomicUsize,
-    /// Calls to `/other`, the redirect's target.
-    other_calls: AtomicUsize,
-    mode: Mutex<Mode>,
-    keys: HashMap<&'static str, KeyInfo>,
-    credits: Mutex<Credits>,
-    /// The `lease` asked for by every validate request.
-    asked: Mutex<Vec<Option<u32>>>,
-    /// Lease returns answer 500.
-    refuse_returns: AtomicBool,
-    /// Whether the changes stream is offered (else 404), and its current
-    /// connection.
-    stream_on: AtomicBool,
-    stream: Mutex<Option<mpsc::UnboundedSender<String>>>,
-}
-
-impl Double {
-    fn new() -> Arc<Self> {
-        Arc::new(Self {
-            calls: AtomicUsize::new(0),
-            other_calls: AtomicUsize::new(0),
-            mode: Mutex::new(Mode::Normal),
-            credits: Mutex::new(Credits {
-                left: 0,
-                charged: 0,
-                leases: HashMap::new(),
-                returns: Vec::new(),
-                ttl_ms: 30_000,
-            }),
-            asked: Mutex::new(Vec::new()),
-            refuse_returns: AtomicBool::new(false),
-            stream_on: AtomicBool::new(false),
-            stream: Mutex::new(None),
-            keys: HashMap::from([
-                (GOOD, KeyInfo::valid("user-1", vec!["stt", "tts"])),
-                (
-                    LIMITED,
-                    KeyInfo {
-                        limit: Some((2, 60)),
-                        ..KeyInfo::valid("user-2", vec!["stt"])
-                    },
-                ),
-                (
-                    EXPIRED,
-                    KeyInfo {
-                        code: Code::Expired,
-                        ..KeyInfo::valid("user-3", vec![])
-                    },
-                ),
-                (
-                    DISABLED,
-                    KeyInfo {
-                        code: Code::Disabled,
-                        ..KeyInfo::valid("user-4", vec![])
-                    },
-                ),
-                (
-                    EXPIRING,
-                    KeyInfo {
-                        expires_in: Some(2),
-                        ..KeyInfo::valid("user-5", vec![])
-                    },
-                ),
-                (
-                    LAPSED,
-                    KeyInfo {
-                        expires_in: Some(-10),
-                        ..KeyInfo::valid("user-6", vec![])
-                    },
-                ),
-                (
-                    CREDITED,
-                    KeyInfo {
-                        credited: true,
-                        ..KeyInfo::valid("user-7", vec!["stt"])
-                    },
-                ),
-            ]),
-        })
-    }
-
-    /// Gives [`CREDITED`] `left` credits and leases of `ttl_ms`.
-    fn credit(&self, left: u64, ttl_ms: u64) {
-        let mut c = self.credits.lock();
-        c.left = left;
-        c.ttl_ms = ttl_ms;
-    }
-
-    /// Credits charged by calls, leased, and returned so far.
-    fn ledger(&self) -> (u64, u64, u64) {
-        let c = self.credits.lock();
-        let leased = c.leases.values().map(|(n, _)| n).sum();
-        let returned = c.leases.values().filter_map(|(_, r)| *r).sum();
-        (c.charged, leased, returned)
-    }
-
-    /// The returns received so far.
-    fn returns(&self) -> Vec<(String, u64)> {
-        self.credits.lock().returns.clone()
-    }
-
-    /// Waits (5 s at most) until `n` returns came in; returns them.
-    async fn returned(&self, n: usize) -> Vec<(String, u64)> {
-        let start = Instant::now();
-        while self.returns().len() < n && start.elapsed() < Duration::from_secs(5) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        self.returns()
-    }
-
-    /// Sends a `key` event for `key` on the changes stream.
-    fn key_changed(&self, key: &str, seq: u64) {
-        let event = ChangeEvent::Key {
-            seq,
-            digest: auth_core::Digest::of(key.as_bytes()).to_hex(),
-        };
-        let sent = self
-            .stream
-            .lock()
-            .as_ref()
-            .is_some_and(|tx| tx.send(frame(&event)).is_ok());
-        assert!(sent, "no stream connected");
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-
-    fn set(&self, mode: Mode) {
-        *self.mode.lock() = mode;
-    }
-}
-
-fn frame(event: &ChangeEvent) -> String {
-    format!(
-        "id: {}\nevent: {}\ndata: {}\n\n",
-        event.seq(),
-        event.name(),
-        event.data()
-    )
-}
-
-fn unix_now() -> i64 {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    i64::try_from(now.as_secs()).unwrap()
-}
-
-async fn validate(
-    State(double): State<Arc<Double>>,
-    headers: HeaderMap,
-    Json(body): Json<ValidateRequest>,
-) -> Response {
-    double.calls.fetch_add(1, Ordering::SeqCst);
-    double.asked.lock().push(body.lease);
-    let mode = *double.mode.lock();
-    match mode {
-        Mode::Slow => tokio::time::sleep(Duration::from_secs(2)).await,
-        Mode::Sluggish => tokio::time::sleep(Duration::from_millis(150)).await,
-        Mode::Status(code) => return StatusCode::from_u16(code).unwrap().into_response(),
-        Mode::Garbage => return "<html>not json</html>".into_response(),
-        Mode::Raw(text) => {
-            return ([("content-type", "application/json")], text).into_response();
-        }
-        Mode::SluggishRaw(text) => {
-            tokio::time::sleep(Duration::from_millis(150)).await;
-            return ([("content-type", "application/json")], text).into_response();
-        }
-        Mode::Redirect => {
-            return (StatusCode::TEMPORARY_REDIRECT, [("location", "/other")]).into_response();
-        }
-        Mode::Normal => {}
-    }
-    if headers.get(SERVICE_HEADER).and_then(|v| v.to_str().ok()) != Some(SERVICE_TOKEN) {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
-    let Some(info) = double.keys.get(body.api_key.as_str()) else {
-        return Json(ValidateResponse::refusal(Code::Invalid)).into_response();
-    };
-    if info.code != Code::Valid {
-        return Json(ValidateResponse::refusal(info.code)).into_response();
-    }
-    if let Some(scope) = body.scope.as_deref() {
-        if !info.scopes.contains(&scope) {
-            let mut answer = ValidateResponse::refusal(Code::InsufficientScope);
-            answer.user_id = Some(info.user.to_owned());
-            return Json(answer).into_response();
-        }
-    }
-    let mut answer = ValidateResponse::valid(
-        info.user,
-        info.scopes.iter().map(|s| (*s).to_owned()).collect(),
-    );
-    answer.rate_limit = info
-        .limit
-        .map(|(requests, window)| RateLimit { requests, window });
-    answer.expires_at = info
-        .expires_in
-        .map(|s| u64::try_from(unix_now() + s).unwrap());
-    if info.credited {
-        // The request's cost first, then up to the lease asked for.
-        let mut c = double.credits.lock();
-        let cost = u64::from(body.cost.unwrap_or(1));
-        if c.left < cost {
-            let mut answer = ValidateResponse::refusal(Code::UsageExceeded);
-            answer.user_id = Some(info.user.to_owned());
-            return Json(answer).into_response();
-        }
-        c.left -= cost;
-        c.charged += cost;
-        if let Some(want) = body.lease {
-            let credits = c.left.min(u64::from(want));
-            if credits > 0 {
-                c.left -= credits;
-                let id = format!("lease-{}", c.leases.len() + 1);
-                c.leases.insert(id.clone(), (credits, None));
-                answer.lease = Some(Lease {
-                    id,
-                    credits,
-                    ttl_ms: c.ttl_ms,
-                });
-            }
-        }
-        answer.credits_remaining = Some(c.left);
-    }
-    Json(answer).into_response()
-}
-
-/// `POST /api/v1/api-keys/lease/return`: once per lease, at most what
-/// was leased; counted.
-async fn lease_return(
-    State(double): State<Arc<Double>>,
-    headers: HeaderMap,
-    Json(body): Json<ReturnLease>,
-) -> Response {
-    if headers.get(SERVICE_HEADER).and_then(|v| v.to_str().ok()) != Some(SERVICE_TOKEN) {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
-    let mut c = double.credits.lock();
-    c.returns.push((body.lease_id.clone(), body.unused));
-    if double.refuse_returns.load(Ordering::SeqCst) {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    }
-    let returned = match c.leases.get_mut(&body.lease_id) {
-        Some((leased, returned @ None)) if body.unused <= *leased => {
-            *returned = Some(body.unused);
-            body.unused
-        }
-        _ => 0,
-    };
-    c.left += returned;
-    Json(LeaseReturned { returned }).into_response()
-}
-
-/// The changes stream, when offered: `ready`, then what the test sends.
-async fn events(State(double): State<Arc<Double>>) -> Response {
-    if !double.stream_on.load(Ordering::SeqCst) {
-        return StatusCode::NOT_FOUND.into_response();
-    }
-    let (tx, rx) = mpsc::unbounded_channel::<String>();
-    tx.send(frame(&ChangeEvent::Ready { seq: 0 })).unwrap();
-    *double.stream.lock() = Some(tx);
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|text| (Ok::<_, std::convert::Infallible>(text), rx))
-    });
-    (
-        [("content-type", "text/event-stream")],
-        axum::body::Body::from_stream(body),
-    )
-        .into_response()
-}
-
-/// The redirect's target: would say valid to anything.
-async fn other(State(double): State<Arc<Double>>) -> Response {
-    double.other_calls.fetch_add(1, Ordering::SeqCst);
-    Json(ValidateResponse::valid("redirected", vec![])).into_response()
-}
-
-async fn serve(double: Arc<Double>) -> SocketAddr {
-    let app = axum::Router::new()
-        .route(auth_core::protocol::VALIDATE_PATH, post(validate))
-        .route("/other", post(other))
-        .route(auth_core::protocol::LEASE_RETURN_PATH, post(lease_return))
-        .route(auth_core::protocol::EVENTS_PATH, get(events))
-        .with_state(double);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
-}
-
-/// A double, served.
-async fn started() -> (Arc<Double>, SocketAddr) {
-    let double = Double::new();
-    let addr = serve(double.clone()).await;
-    (double, addr)
-}
 
 /// A verifier that never opens its circuit (for tests of single answers).
 fn patient(addr: SocketAddr) -> RemoteVerifier {
@@ -1708,7 +1330,7 @@ async fn an_idle_lease_is_returned_at_its_deadline() {
 async fn dropped_grants_give_their_leases_back() {
     let (double, addr) = started().await;
     double.credit(1_000, 30_000);
-    double.stream_on.store(true, Ordering::SeqCst);
+    double.set_stream(StreamMode::Serve);
     let v = patient_with(remote(addr).credit_leases(5));
     let start = Instant::now();
     while !v.stream_live() {
@@ -1726,7 +1348,7 @@ async fn dropped_grants_give_their_leases_back() {
         match how {
             "invalidate" => v.invalidate(&digest),
             "clear" => v.clear(),
-            _ => double.key_changed(CREDITED, 1),
+            _ => double.key_changed(CREDITED),
         }
         let returns = double.returned(n + 1).await;
         assert_eq!(

@@ -1,192 +1,21 @@
-//! The changes stream: `RemoteVerifier` against a test double of the key
-//! service whose events endpoint the test drives, served by axum on
-//! 127.0.0.1 over real HTTP.
+//! The changes stream: `RemoteVerifier` against the test double of the
+//! key service (`common::double`) whose events endpoint the test drives,
+//! served by axum on 127.0.0.1 over real HTTP.
 #![allow(unused_crate_dependencies)]
 
 mod common;
 use common::Captured;
+use common::double::{GOOD, SECOND, SERVICE_HEADER, SERVICE_TOKEN, StreamMode, started_with};
 
-use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use auth_core::clock::ManualClock;
-use auth_core::protocol::{ChangeEvent, Code, ValidateRequest, ValidateResponse};
+use auth_core::protocol::{ChangeEvent, Code};
 use auth_core::{Credential, Digest, Verifier, VerifyContext, VerifyError};
 use auth_remote::RemoteVerifier;
-use axum::Json;
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use parking_lot::Mutex;
-use tokio::sync::mpsc;
-
-const GOOD: &str = "sk_live_good_key_0123456789abcdef";
-const SECOND: &str = "sk_live_second_key_0123456789abc";
-const SERVICE_HEADER: &str = auth_core::protocol::SERVICE_TOKEN_HEADER;
-const SERVICE_TOKEN: &str = "our-service-credential";
-
-/// How the double answers the stream request.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum StreamMode {
-    /// An event stream, `ready` first.
-    Serve,
-    /// An event stream that sends nothing until told to.
-    Quiet,
-    Status(u16),
-}
-
-struct Double {
-    /// Validate calls.
-    calls: AtomicUsize,
-    /// Each key's answer; keys not here are invalid.
-    keys: Mutex<HashMap<&'static str, Code>>,
-    mode: Mutex<StreamMode>,
-    /// Stream requests, and the `Last-Event-ID` of each.
-    stream_requests: AtomicUsize,
-    last_event_ids: Mutex<Vec<Option<String>>>,
-    /// The current connection's body.
-    conn: Mutex<Option<mpsc::UnboundedSender<String>>>,
-    /// The last sequence number sent.
-    seq: AtomicU64,
-    /// The `seq` validate answers carry (an instance's applied position).
-    answer_seq: Mutex<Option<u64>>,
-}
-
-impl Double {
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-
-    fn stream_requests(&self) -> usize {
-        self.stream_requests.load(Ordering::SeqCst)
-    }
-
-    fn set_key(&self, key: &'static str, code: Code) {
-        self.keys.lock().insert(key, code);
-    }
-
-    fn set_stream(&self, mode: StreamMode) {
-        *self.mode.lock() = mode;
-    }
-
-    /// Writes raw text on the current connection; `false` when there is
-    /// none or it is gone.
-    fn send_raw(&self, text: &str) -> bool {
-        self.conn
-            .lock()
-            .as_ref()
-            .is_some_and(|tx| tx.send(text.to_owned()).is_ok())
-    }
-
-    /// Sends an event, numbered after the last one.
-    fn send(&self, make: impl FnOnce(u64) -> ChangeEvent) {
-        let event = make(self.seq.fetch_add(1, Ordering::SeqCst) + 1);
-        assert!(self.send_raw(&frame(&event)), "no stream connected");
-    }
-
-    /// A `key` event for `key`'s digest.
-    fn key_changed(&self, key: &str) {
-        self.send(|seq| ChangeEvent::Key {
-            seq,
-            digest: Digest::of(key.as_bytes()).to_hex(),
-        });
-    }
-
-    /// Ends the current connection.
-    fn close(&self) {
-        self.conn.lock().take();
-    }
-
-    /// A keep-alive; `false` once the client is gone.
-    fn ping(&self) -> bool {
-        self.send_raw(": ping\n\n")
-    }
-}
-
-fn frame(event: &ChangeEvent) -> String {
-    format!(
-        "id: {}\nevent: {}\ndata: {}\n\n",
-        event.seq(),
-        event.name(),
-        event.data()
-    )
-}
-
-async fn validate(
-    State(double): State<Arc<Double>>,
-    headers: HeaderMap,
-    Json(body): Json<ValidateRequest>,
-) -> Response {
-    double.calls.fetch_add(1, Ordering::SeqCst);
-    if headers.get(SERVICE_HEADER).and_then(|v| v.to_str().ok()) != Some(SERVICE_TOKEN) {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
-    let mut answer = match double.keys.lock().get(body.api_key.as_str()) {
-        Some(Code::Valid) => ValidateResponse::valid("user-1", vec!["stt".into()]),
-        Some(code) => ValidateResponse::refusal(*code),
-        None => ValidateResponse::refusal(Code::Invalid),
-    };
-    answer.seq = *double.answer_seq.lock();
-    Json(answer).into_response()
-}
-
-async fn events(State(double): State<Arc<Double>>, headers: HeaderMap) -> Response {
-    double.stream_requests.fetch_add(1, Ordering::SeqCst);
-    let last = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    double.last_event_ids.lock().push(last);
-    let mode = *double.mode.lock();
-    if let StreamMode::Status(code) = mode {
-        return StatusCode::from_u16(code).unwrap().into_response();
-    }
-    if headers.get(SERVICE_HEADER).and_then(|v| v.to_str().ok()) != Some(SERVICE_TOKEN) {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
-    let (tx, rx) = mpsc::unbounded_channel::<String>();
-    if mode == StreamMode::Serve {
-        let seq = double.seq.load(Ordering::SeqCst);
-        tx.send(frame(&ChangeEvent::Ready { seq })).unwrap();
-    }
-    // A new connection replaces the old one, which ends.
-    *double.conn.lock() = Some(tx);
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|text| (Ok::<_, Infallible>(text), rx))
-    });
-    (
-        [("content-type", "text/event-stream")],
-        Body::from_stream(body),
-    )
-        .into_response()
-}
-
-async fn started(mode: StreamMode) -> (Arc<Double>, SocketAddr) {
-    let double = Arc::new(Double {
-        calls: AtomicUsize::new(0),
-        keys: Mutex::new(HashMap::from([(GOOD, Code::Valid), (SECOND, Code::Valid)])),
-        mode: Mutex::new(mode),
-        stream_requests: AtomicUsize::new(0),
-        last_event_ids: Mutex::new(Vec::new()),
-        conn: Mutex::new(None),
-        seq: AtomicU64::new(5),
-        answer_seq: Mutex::new(None),
-    });
-    let app = axum::Router::new()
-        .route(auth_core::protocol::VALIDATE_PATH, post(validate))
-        .route(auth_core::protocol::EVENTS_PATH, get(events))
-        .with_state(double.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (double, addr)
-}
 
 fn remote(addr: SocketAddr) -> auth_remote::RemoteVerifierBuilder {
     RemoteVerifier::builder(&format!("http://{addr}"))
@@ -222,7 +51,7 @@ const SOON: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_event_evicts_that_grant_within_a_second_and_no_other() {
-    let (double, addr) = started(StreamMode::Serve).await;
+    let (double, addr) = started_with(StreamMode::Serve).await;
     let v = remote(addr).build().unwrap();
     eventually("live", SOON, || v.stream_live()).await;
     assert_eq!(double.stream_requests(), 1);
@@ -241,7 +70,7 @@ async fn a_key_event_evicts_that_grant_within_a_second_and_no_other() {
 
     // Revoked upstream, and its event: gone from the cache within a
     // second; the next request asks and sees it disabled.
-    double.set_key(GOOD, Code::Disabled);
+    double.set_code(GOOD, Code::Disabled);
     assert!(cached(&v, GOOD));
     double.key_changed(GOOD);
     let took = eventually("GOOD evicted", Duration::from_secs(1), || !cached(&v, GOOD)).await;
@@ -254,7 +83,7 @@ async fn a_key_event_evicts_that_grant_within_a_second_and_no_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_clears_every_cached_answer() {
-    let (double, addr) = started(StreamMode::Serve).await;
+    let (double, addr) = started_with(StreamMode::Serve).await;
     let v = remote(addr).build().unwrap();
     eventually("live", SOON, || v.stream_live()).await;
     verify(&v, GOOD).await.unwrap();
@@ -272,7 +101,7 @@ async fn a_reset_clears_every_cached_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_stream_is_down_grants_are_used_for_the_short_ttl_only() {
-    let (double, addr) = started(StreamMode::Serve).await;
+    let (double, addr) = started_with(StreamMode::Serve).await;
     let clock = Arc::new(ManualClock::new());
     let v = remote(addr)
         .clock(clock.clone())
@@ -331,7 +160,7 @@ async fn while_the_stream_is_down_grants_are_used_for_the_short_ttl_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_sends_the_last_seq_seen_and_keeps_the_cache() {
-    let (double, addr) = started(StreamMode::Serve).await;
+    let (double, addr) = started_with(StreamMode::Serve).await;
     let v = remote(addr).build().unwrap();
     eventually("live", SOON, || v.stream_live()).await;
     verify(&v, GOOD).await.unwrap();
@@ -358,7 +187,7 @@ async fn a_reconnect_sends_the_last_seq_seen_and_keeps_the_cache() {
 async fn the_first_ready_drops_what_was_cached_before_it() {
     // Answers cached before the stream's first `ready` may predate changes
     // nobody will replay: they are dropped.
-    let (double, addr) = started(StreamMode::Quiet).await;
+    let (double, addr) = started_with(StreamMode::Quiet).await;
     let v = remote(addr).build().unwrap();
     eventually("connected", SOON, || double.ping()).await;
     verify(&v, GOOD).await.unwrap();
@@ -373,7 +202,7 @@ async fn the_first_ready_drops_what_was_cached_before_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_events_are_ignored_and_unreadable_ones_break_the_stream() {
-    let (double, addr) = started(StreamMode::Serve).await;
+    let (double, addr) = started_with(StreamMode::Serve).await;
     let v = remote(addr).build().unwrap();
     eventually("live", SOON, || v.stream_live()).await;
     verify(&v, GOOD).await.unwrap();
@@ -404,7 +233,7 @@ async fn unknown_events_are_ignored_and_unreadable_ones_break_the_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_stream_is_reconnected_and_pings_keep_it_up() {
-    let (double, addr) = started(StreamMode::Serve).await;
+    let (double, addr) = started_with(StreamMode::Serve).await;
     let v = remote(addr)
         .stream_idle_timeout(Duration::from_secs(1))
         .build()
@@ -424,7 +253,7 @@ async fn a_silent_stream_is_reconnected_and_pings_keep_it_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_without_the_stream_works_as_before() {
     for status in [404, 405] {
-        let (double, addr) = started(StreamMode::Status(status)).await;
+        let (double, addr) = started_with(StreamMode::Status(status)).await;
         let clock = Arc::new(ManualClock::new());
         let v = remote(addr)
             .clock(clock.clone())
@@ -449,7 +278,7 @@ async fn a_service_without_the_stream_works_as_before() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_subscriber_ends_with_the_last_verifier_clone() {
-    let (double, addr) = started(StreamMode::Serve).await;
+    let (double, addr) = started_with(StreamMode::Serve).await;
     let v = remote(addr).build().unwrap();
     let clone = v.clone();
     eventually("live", SOON, || v.stream_live()).await;
@@ -462,7 +291,7 @@ async fn the_subscriber_ends_with_the_last_verifier_clone() {
     assert_eq!(double.stream_requests(), 1, "it reconnected");
 
     // Between reconnects (100 ms, then 200 ms, ... apart) too.
-    let (double, addr) = started(StreamMode::Status(503)).await;
+    let (double, addr) = started_with(StreamMode::Status(503)).await;
     let v = remote(addr).build().unwrap();
     eventually("retrying", SOON, || double.stream_requests() >= 2).await;
     drop(v);
@@ -474,7 +303,7 @@ async fn the_subscriber_ends_with_the_last_verifier_clone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_can_be_switched_off() {
-    let (double, addr) = started(StreamMode::Serve).await;
+    let (double, addr) = started_with(StreamMode::Serve).await;
     let v = remote(addr).changes_stream(false).build().unwrap();
     verify(&v, GOOD).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -487,7 +316,7 @@ async fn the_stream_can_be_switched_off() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_refused_credential_is_logged_once_and_bounds_grants() {
     let logs = Captured::start();
-    let (double, addr) = started(StreamMode::Status(403)).await;
+    let (double, addr) = started_with(StreamMode::Status(403)).await;
     let clock = Arc::new(ManualClock::new());
     let v = remote(addr)
         .clock(clock.clone())
@@ -514,7 +343,7 @@ async fn a_refused_credential_is_logged_once_and_bounds_grants() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn from_lookup_reads_the_service_token() {
-    let (double, addr) = started(StreamMode::Serve).await;
+    let (double, addr) = started_with(StreamMode::Serve).await;
     let url = format!("http://{addr}");
     let lookup = |token: Option<&'static str>| {
         let url = url.clone();
@@ -568,7 +397,7 @@ async fn from_lookup_reads_the_service_token() {
 /// stream is down) is no "no stream": grants stay bounded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_error_on_the_stream_bounds_grants() {
-    let (double, addr) = started(StreamMode::Status(502)).await;
+    let (double, addr) = started_with(StreamMode::Status(502)).await;
     let clock = Arc::new(ManualClock::new());
     let v = remote(addr)
         .clock(clock.clone())
@@ -597,7 +426,7 @@ async fn a_proxy_error_on_the_stream_bounds_grants() {
 /// is used for its request but not cached; an answer that is not behind is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_behind_the_stream_is_not_cached() {
-    let (double, addr) = started(StreamMode::Serve).await;
+    let (double, addr) = started_with(StreamMode::Serve).await;
     let v = remote(addr).build().unwrap();
     eventually("live", SOON, || v.stream_live()).await;
     assert_eq!(verify(&v, SECOND).await.unwrap(), "user-1");

@@ -1,230 +1,36 @@
 //! Usage counts (issue 16): `RemoteVerifier` counts the decisions it makes
-//! without a call of its own and reports them to a test double of the key
-//! service, served by axum on 127.0.0.1 (a free port), over real HTTP.
+//! without a call of its own and reports them to the test double of the
+//! key service (`common::double`), served by axum on 127.0.0.1 (a free
+//! port), over real HTTP.
 #![allow(unused_crate_dependencies)]
 
 mod common;
 use common::Captured;
+use common::double::{
+    CREDITED, DISABLED, EXPIRED, GOOD, LIMITED, Mode, Reports, SERVICE_HEADER, SERVICE_TOKEN,
+    THROTTLED, UNKNOWN, started,
+};
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use auth_core::prometheus::{Metrics, prometheus_client};
-use auth_core::protocol::{
-    Code, Lease, RateLimit, UsageAccepted, UsageCounts, UsageReport, ValidateRequest,
-    ValidateResponse,
-};
+use auth_core::protocol::UsageCounts;
 use auth_core::{
-    CacheConfig, Cached, Credential, Decision, Digest, Fallback, Guard, Mode, PlainRequest,
-    Verifier, VerifyContext, VerifyError,
+    CacheConfig, Cached, Credential, Decision, Digest, Fallback, Guard, PlainRequest, Verifier,
+    VerifyContext, VerifyError,
 };
 use auth_remote::RemoteVerifier;
-use axum::Json;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use parking_lot::Mutex;
-
-const GOOD: &str = "sk_live_good_key_0123456789abcdef";
-/// Valid, two requests an hour (enforced by the guard).
-const LIMITED: &str = "sk_live_limited_key_0123456789ab";
-const DISABLED: &str = "sk_live_disabled_key_0123456789a";
-const EXPIRED: &str = "sk_live_expired_key_0123456789ab";
-/// Over a limit the service enforces: `rate_limited`.
-const THROTTLED: &str = "sk_live_throttled_key_0123456789";
-/// A key with credits, leased on request.
-const CREDITED: &str = "sk_live_credited_key_0123456789a";
-const UNKNOWN: &str = "sk_live_unknown_key_0123456789ab";
-const SERVICE_HEADER: &str = auth_core::protocol::SERVICE_TOKEN_HEADER;
-const SERVICE_TOKEN: &str = "our-service-credential";
-
-/// How the double answers usage reports.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Reports {
-    Accept,
-    /// This status (without a body), the report not taken.
-    Status(u16),
-    /// 503 `{"error":"unavailable",…}`: the key service's own "too many
-    /// counts waiting", the report not taken.
-    Busy,
-    /// Taken, this many entries fewer accepted (skipped).
-    Skip(u64),
-    /// Taken, then answered after 1 s (past the verifiers' timeout).
-    Slow,
-}
-
-struct Double {
-    /// Validate calls.
-    calls: AtomicUsize,
-    /// Validate answers wait 150 ms (callers pile up on one call).
-    sluggish: Mutex<bool>,
-    reports: Mutex<Reports>,
-    /// Usage requests received, whatever the answer.
-    attempts: AtomicUsize,
-    /// Reports taken.
-    taken: Mutex<Vec<UsageReport>>,
-}
-
-impl Double {
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-
-    fn attempts(&self) -> usize {
-        self.attempts.load(Ordering::SeqCst)
-    }
-
-    fn set(&self, reports: Reports) {
-        *self.reports.lock() = reports;
-    }
-
-    /// Everything reported for `key`, over all hours (a test may cross
-    /// one); every entry checked as the key service checks it.
-    fn totals(&self, key: &str) -> UsageCounts {
-        let hex = Digest::of(key.as_bytes()).to_hex();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let mut sum = UsageCounts::default();
-        for report in self.taken.lock().iter() {
-            assert_eq!(report.check(), Ok(()));
-            for entry in &report.entries {
-                assert_eq!(entry.hour % 3600, 0);
-                assert!(now - entry.hour < 2 * 3600, "{} at {now}", entry.hour);
-                if entry.digest == hex {
-                    for (code, n) in entry.counts.by_code() {
-                        sum.add(code, n);
-                    }
-                }
-            }
-        }
-        sum
-    }
-
-    /// Entries taken, in all reports.
-    fn entries(&self) -> usize {
-        self.taken.lock().iter().map(|r| r.entries.len()).sum()
-    }
-}
 
 fn counts(valid: i64) -> UsageCounts {
     UsageCounts {
         valid,
         ..UsageCounts::default()
     }
-}
-
-async fn validate(
-    State(double): State<Arc<Double>>,
-    headers: HeaderMap,
-    Json(body): Json<ValidateRequest>,
-) -> Response {
-    double.calls.fetch_add(1, Ordering::SeqCst);
-    if *double.sluggish.lock() {
-        tokio::time::sleep(Duration::from_millis(150)).await;
-    }
-    if headers.get(SERVICE_HEADER).and_then(|v| v.to_str().ok()) != Some(SERVICE_TOKEN) {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
-    let refusal = |code| Json(ValidateResponse::refusal(code)).into_response();
-    let key = body.api_key.as_str();
-    match key {
-        DISABLED => return refusal(Code::Disabled),
-        EXPIRED => return refusal(Code::Expired),
-        THROTTLED => return refusal(Code::RateLimited),
-        GOOD | LIMITED | CREDITED => {}
-        _ => return refusal(Code::Invalid),
-    }
-    if body.scope.as_deref().is_some_and(|s| s != "read") {
-        let mut answer = ValidateResponse::refusal(Code::InsufficientScope);
-        answer.user_id = Some("user".into());
-        return Json(answer).into_response();
-    }
-    let mut answer = ValidateResponse::valid("user", vec!["read".to_owned()]);
-    if key == LIMITED {
-        answer.rate_limit = Some(RateLimit {
-            requests: 2,
-            window: 3600,
-        });
-    }
-    if key == CREDITED {
-        answer.credits_remaining = Some(1_000);
-        if let Some(want) = body.lease {
-            answer.lease = Some(Lease {
-                id: format!("lease-{}", double.calls()),
-                credits: u64::from(want),
-                ttl_ms: 60_000,
-            });
-        }
-    }
-    Json(answer).into_response()
-}
-
-/// `POST /api/v1/api-keys/usage`, as the key service answers it.
-async fn usage(
-    State(double): State<Arc<Double>>,
-    headers: HeaderMap,
-    Json(report): Json<UsageReport>,
-) -> Response {
-    double.attempts.fetch_add(1, Ordering::SeqCst);
-    if headers.get(SERVICE_HEADER).and_then(|v| v.to_str().ok()) != Some(SERVICE_TOKEN) {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
-    if report.check().is_err() {
-        return StatusCode::BAD_REQUEST.into_response();
-    }
-    let mode = *double.reports.lock();
-    match mode {
-        Reports::Status(status) => return StatusCode::from_u16(status).unwrap().into_response(),
-        Reports::Busy => {
-            let body = serde_json::json!({
-                "error": "unavailable",
-                "message": "too many usage counts are waiting to be written; send the report again later",
-            });
-            return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
-        }
-        _ => {}
-    }
-    let skipped = match mode {
-        Reports::Skip(n) => n,
-        _ => 0,
-    };
-    let accepted = (report.entries.len() as u64).saturating_sub(skipped);
-    double.taken.lock().push(report);
-    if mode == Reports::Slow {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    Json(UsageAccepted { accepted }).into_response()
-}
-
-async fn lease_return() -> Response {
-    Json(serde_json::json!({"returned": 0})).into_response()
-}
-
-async fn started() -> (Arc<Double>, SocketAddr) {
-    let double = Arc::new(Double {
-        calls: AtomicUsize::new(0),
-        sluggish: Mutex::new(false),
-        reports: Mutex::new(Reports::Accept),
-        attempts: AtomicUsize::new(0),
-        taken: Mutex::new(Vec::new()),
-    });
-    let app = axum::Router::new()
-        .route(auth_core::protocol::VALIDATE_PATH, post(validate))
-        .route(auth_core::protocol::USAGE_PATH, post(usage))
-        .route(auth_core::protocol::LEASE_RETURN_PATH, post(lease_return))
-        .with_state(double.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (double, addr)
 }
 
 /// A verifier reporting only when told (an hour between reports).
@@ -339,6 +145,8 @@ async fn the_report_counts_exactly_the_decisions_made_here() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credits_spent_from_a_lease_are_counted_as_valid() {
     let (double, addr) = started().await;
+    // CREDITED has no credits until given some.
+    double.credit(1_000, 60_000);
     let v = remote(addr).credit_leases(50).build().unwrap();
     for _ in 0..10 {
         verify(&v, CREDITED).await.unwrap();
@@ -445,7 +253,7 @@ async fn refusals_after_a_grant_move_one_from_valid() {
 
     // Report-only: let through, nothing moved.
     double.taken.lock().clear();
-    guard.set_mode(Mode::ReportOnly);
+    guard.set_mode(auth_core::Mode::ReportOnly);
     assert!(matches!(through(&guard, LIMITED).await, Decision::Pass(_)));
     let admission = guard.admit(through(&guard, GOOD).await).unwrap();
     assert!(admin.check(Some(&admission)).is_ok());
@@ -460,7 +268,7 @@ async fn refusals_after_a_grant_move_one_from_valid() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joined_callers_are_counted_here_and_the_call_there() {
     let (double, addr) = started().await;
-    *double.sluggish.lock() = true;
+    double.set(Mode::Sluggish);
     let v = remote(addr).build().unwrap();
     let guard = Guard::builder(v.clone())
         .require_scope("admin")
@@ -533,7 +341,7 @@ async fn a_report_not_taken_goes_with_the_next_one() {
     verify(&v, GOOD).await.unwrap();
     let mut expected = 0;
     for reports in [Reports::Busy, Reports::Status(429)] {
-        double.set(reports);
+        double.set_reports(reports);
         for _ in 0..3 {
             verify(&v, GOOD).await.unwrap();
         }
@@ -543,7 +351,7 @@ async fn a_report_not_taken_goes_with_the_next_one() {
         assert_metrics(&v, 0, 0, 0);
     }
     assert_eq!(double.attempts(), 2);
-    double.set(Reports::Accept);
+    double.set_reports(Reports::Accept);
     verify(&v, GOOD).await.unwrap();
     expected += 1;
     v.report_usage().await;
@@ -565,20 +373,20 @@ async fn a_report_that_may_have_arrived_is_never_sent_again() {
         verify(&v, GOOD).await.unwrap();
     }
     // Taken, answered after the timeout.
-    double.set(Reports::Slow);
+    double.set_reports(Reports::Slow);
     v.report_usage().await;
     assert_eq!(double.totals(GOOD), counts(3), "it did arrive");
     assert_metrics(&v, 0, 0, 3);
     // Refused outright: dropped too.
     let mut lost = 3;
     for status in [400, 401, 500, 503] {
-        double.set(Reports::Status(status));
+        double.set_reports(Reports::Status(status));
         verify(&v, GOOD).await.unwrap();
         v.report_usage().await;
         lost += 1;
         assert_metrics(&v, 0, 0, lost);
     }
-    double.set(Reports::Accept);
+    double.set_reports(Reports::Accept);
     verify(&v, GOOD).await.unwrap();
     v.report_usage().await;
     assert_eq!(
@@ -673,11 +481,11 @@ async fn entries_the_service_skipped_are_counted_lost_not_reported() {
     for _ in 0..4 {
         verify(&v, GOOD).await.unwrap();
     }
-    double.set(Reports::Skip(1));
+    double.set_reports(Reports::Skip(1));
     v.report_usage().await;
     assert_eq!(double.entries(), 1, "it arrived");
     assert_all_metrics(&v, 0, 0, 0, 3);
-    double.set(Reports::Accept);
+    double.set_reports(Reports::Accept);
     verify(&v, GOOD).await.unwrap();
     v.report_usage().await;
     assert_eq!(double.attempts(), 2);
@@ -771,7 +579,7 @@ async fn grants_answered_insufficient_scope_never_move() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_verify_counts_nothing() {
     let (double, addr) = started().await;
-    *double.sluggish.lock() = true;
+    double.set(Mode::Sluggish);
     let v = remote(addr).build().unwrap();
     let ctx = VerifyContext::default();
     let cred = Credential::new(GOOD);
@@ -826,7 +634,7 @@ async fn no_key_or_digest_in_logs_or_debug() {
         Reports::Slow,
         Reports::Accept,
     ] {
-        double.set(reports);
+        double.set_reports(reports);
         through(&guard, GOOD).await;
         v.report_usage().await;
     }

@@ -1,6 +1,9 @@
-//! What the test binaries share: a capture of this thread's logs.
+//! What the test binaries share: the key service's test double
+//! ([`double`]) and a capture of this thread's logs.
 // Each test binary uses part of it.
 #![allow(dead_code)]
+
+pub(crate) mod double;
 
 use std::sync::Arc;
 
