@@ -37,6 +37,8 @@ pub mod prometheus;
 pub mod protocol;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "webhooks")]
+pub mod webhook;
 
 // The names users write; plumbing (cache internals, clocks, hashers, header
 // helpers) stays in its module.

@@ -10,12 +10,16 @@ mod audit;
 mod metrics;
 mod scanning;
 mod usage;
+mod webhooks;
 
 pub use audit::audit_json;
 pub use scanning::{
     GITHUB_PATH, MAX_REPORT_TOKENS, REPORT_BODY_LIMIT, ScanningKeys, ScanningKeysError, check_key,
 };
 pub use usage::usage_json;
+pub use webhooks::{
+    WebhookOptions, created_webhook_json, deliveries_json, parse_events, webhooks_json,
+};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -79,6 +83,8 @@ pub struct Options {
     /// GitHub's secret scanning public keys: with them, reports of leaked
     /// keys are taken at [`GITHUB_PATH`]; without, that path answers 404.
     pub secret_scanning: Option<Arc<ScanningKeys>>,
+    /// How this instance delivers webhooks.
+    pub webhooks: WebhookOptions,
 }
 
 /// What can go wrong starting the service.
@@ -222,6 +228,7 @@ pub struct App {
     /// | `auth_server_usage_decisions_total` | counter | `event`: `counted` (answered here), `reported` (in services' usage reports) |
     /// | `auth_server_usage_dropped_total` | counter | decisions not counted: too many waiting to be written |
     /// | `auth_server_usage_pending` | gauge | key-hours waiting to be written |
+    /// | `auth_server_webhook_attempts_total` | counter | `outcome`: `delivered` (a 2xx), `retry` (failed, another attempt scheduled), `failed` (retries exhausted) |
     /// | `auth_server_db_pool_connections` | gauge | `state`: `in_use`, `idle` |
     /// | `auth_server_changes_following` | gauge | |
     /// | `auth_server_changes_applied_seq` | gauge | |
@@ -270,6 +277,7 @@ pub async fn build(store: SqlKeyStore, data_dir: &Path, options: Options) -> Res
     store.listen().await?;
     store.spawn_last_used_flush(Duration::from_secs(30));
     store.spawn_usage_flush(USAGE_FLUSH_EVERY);
+    webhooks::spawn(store.clone(), options.webhooks, metrics.clone());
 
     let admin_key = KeyFile::builder()
         .path(admin_key_path(data_dir))
@@ -303,6 +311,18 @@ pub async fn build(store: SqlKeyStore, data_dir: &Path, options: Options) -> Res
         .route("/api/v1/keys/{id}/usage", get(usage::key_usage))
         .route("/api/v1/usage", get(usage::usage))
         .route("/api/v1/audit", get(audit::audit))
+        .route(
+            "/api/v1/webhooks",
+            get(webhooks::list).post(webhooks::create),
+        )
+        .route(
+            "/api/v1/webhooks/{id}",
+            get(webhooks::get).delete(webhooks::delete),
+        )
+        .route(
+            "/api/v1/webhooks/{id}/deliveries",
+            get(webhooks::deliveries),
+        )
         .route("/api/v1/services", get(list_services).post(create_service))
         .route(
             "/api/v1/services/{id}",
@@ -1495,7 +1515,8 @@ async fn events_answer(s: AppState, headers: axum::http::HeaderMap) -> Response 
     info(title = "auth-server", description = "The central API key service."),
     paths(health_doc, ready, validate, return_lease, usage::report, events, list, create, get_key,
         update, delete, disable, rotate, usage::key_usage, usage::usage, audit::audit, list_services, create_service, get_service, delete_service, disable_service,
-        rotate_service, scanning::github),
+        rotate_service, scanning::github, webhooks::create, webhooks::list, webhooks::get,
+        webhooks::delete, webhooks::deliveries),
     components(schemas(Code, RateLimit)),
     modifiers(&SecuritySchemes)
 )]

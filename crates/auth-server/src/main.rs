@@ -89,6 +89,8 @@ enum Command {
         /// SIGHUP (which cannot turn the route on: that takes a restart).
         #[arg(long, env = "AUTH_SERVER_SECRET_SCANNING_KEYS")]
         secret_scanning_keys: Option<PathBuf>,
+        #[command(flatten)]
+        webhooks: WebhookArgs,
     },
     /// Manages API clients' keys in the same database.
     Keys {
@@ -105,6 +107,12 @@ enum Command {
     Backup {
         /// The file to write.
         to: PathBuf,
+    },
+    /// Manages webhook endpoints: key events (key.expiring, key.expired,
+    /// key.disabled, key.rotated, key.leaked, credits.low), signed.
+    Webhooks {
+        #[command(subcommand)]
+        command: WebhooksCommand,
     },
     /// Prints the audit trail, newest first: every write to a key or a
     /// service credential (admin API, admin page, CLI), who made it and
@@ -124,6 +132,60 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// How this instance delivers webhooks (every instance on one database
+/// may: each delivery is made by one).
+#[derive(clap::Args)]
+struct WebhookArgs {
+    /// Do not deliver webhooks from this instance (events still queue, for
+    /// the instances that do).
+    #[arg(long, env = "AUTH_SERVER_NO_WEBHOOK_DELIVERY")]
+    no_webhook_delivery: bool,
+    /// How often due deliveries are looked for: 100ms to 1h.
+    #[arg(long, env = "AUTH_SERVER_WEBHOOK_POLL", default_value = "1s",
+        value_parser = bounded::<100, 3_600_000>)]
+    webhook_poll: Duration,
+    /// How often key.expiring, key.expired and credits.low are looked for:
+    /// 1s to 1d.
+    #[arg(long, env = "AUTH_SERVER_WEBHOOK_SCAN_EVERY", default_value = "60s",
+        value_parser = bounded::<1000, 86_400_000>)]
+    webhook_scan_every: Duration,
+    /// One attempt's time limit: 1s to 5m.
+    #[arg(long, env = "AUTH_SERVER_WEBHOOK_TIMEOUT", default_value = "10s",
+        value_parser = bounded::<1000, 300_000>)]
+    webhook_timeout: Duration,
+    /// The wait after a first failed attempt (doubling after each): 100ms
+    /// to 1d.
+    #[arg(long, env = "AUTH_SERVER_WEBHOOK_RETRY_FIRST", default_value = "5s",
+        value_parser = bounded::<100, 86_400_000>)]
+    webhook_retry_first: Duration,
+    /// The longest wait between attempts: 100ms to 1d.
+    #[arg(long, env = "AUTH_SERVER_WEBHOOK_RETRY_MAX", default_value = "1h",
+        value_parser = bounded::<100, 86_400_000>)]
+    webhook_retry_max: Duration,
+    /// No attempt after this long from the event: the delivery is marked
+    /// failed. 1s to 30d.
+    #[arg(long, env = "AUTH_SERVER_WEBHOOK_GIVE_UP_AFTER", default_value = "24h",
+        value_parser = bounded::<1000, 2_592_000_000>)]
+    webhook_give_up_after: Duration,
+}
+
+impl WebhookArgs {
+    fn options(&self) -> auth_server::WebhookOptions {
+        auth_server::WebhookOptions {
+            deliver: !self.no_webhook_delivery,
+            poll: self.webhook_poll,
+            scan_every: self.webhook_scan_every,
+            timeout: self.webhook_timeout,
+            retry: auth_sqlx::RetryPolicy {
+                first: self.webhook_retry_first,
+                max_delay: self.webhook_retry_max.max(self.webhook_retry_first),
+                give_up_after: self.webhook_give_up_after,
+            },
+            ..auth_server::WebhookOptions::default()
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -162,6 +224,57 @@ enum ServicesCommand {
         /// How long the old credential stays valid, e.g. 1h.
         #[arg(long, value_parser = parse_duration, default_value = "1h")]
         overlap: Duration,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebhooksCommand {
+    /// Registers an endpoint and prints its signing secret (once).
+    Add {
+        /// Where deliveries are POSTed (https, or http on a trusted
+        /// network).
+        url: String,
+        /// An event to send (repeatable, or comma-separated): key.expiring,
+        /// key.expired, key.disabled, key.rotated, key.leaked, credits.low.
+        #[arg(long = "event", required = true, value_delimiter = ',')]
+        events: Vec<String>,
+        /// key.expiring: this many days before a key's expiry (1 to 365).
+        #[arg(long, default_value_t = auth_sqlx::DEFAULT_EXPIRING_DAYS,
+            value_parser = clap::value_parser!(u32).range(1..=365))]
+        expiring_days: u32,
+        /// credits.low: when a key's credits fall below this.
+        #[arg(long, default_value_t = auth_sqlx::DEFAULT_CREDITS_BELOW,
+            value_parser = clap::value_parser!(u64).range(1..=1_000_000_000_000))]
+        credits_below: u64,
+        /// A note for operators.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists endpoints (never their secrets).
+    List {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deletes an endpoint and its deliveries.
+    Remove {
+        /// The endpoint's id (wh_…).
+        id: String,
+    },
+    /// Prints an endpoint's deliveries, newest first, with their status.
+    Deliveries {
+        /// The endpoint's id (wh_…).
+        id: String,
+        /// At most this many (1 to 1000).
+        #[arg(long, default_value_t = 20,
+            value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -247,31 +360,42 @@ enum KeysCommand {
     },
 }
 
-/// `90d`, `12h`, `30m`, `45s`.
+/// `90d`, `12h`, `30m`, `45s`, `500ms`.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{text}`: add a unit (s, m, h or d), e.g. 90d"))?;
+        .ok_or_else(|| format!("`{text}`: add a unit (ms, s, m, h or d), e.g. 90d"))?;
     let (number, unit) = text.split_at(split);
     let n: u64 = number
         .parse()
         .map_err(|_| format!("`{text}`: expected a number then a unit, e.g. 24h"))?;
-    let seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("`{text}`: the unit must be s, m, h or d")),
+    let millis = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("`{text}`: the unit must be ms, s, m, h or d")),
     };
     if n == 0 {
         return Err(format!("`{text}`: must be more than zero"));
     }
     // Checked here, before anything is written: at most 100 years.
-    n.checked_mul(seconds)
-        .map(Duration::from_secs)
+    n.checked_mul(millis)
+        .map(Duration::from_millis)
         .filter(|d| *d <= auth_sqlx::MAX_LIFETIME)
         .ok_or_else(|| format!("`{text}`: at most 100 years"))
+}
+
+/// A duration from `LO` to `HI` milliseconds (the webhook settings').
+fn bounded<const LO: u64, const HI: u64>(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    let (lo, hi) = (Duration::from_millis(LO), Duration::from_millis(HI));
+    if d < lo || d > hi {
+        return Err(format!("`{text}`: must be {lo:?} to {hi:?}"));
+    }
+    Ok(d)
 }
 
 /// `60/60s`.
@@ -498,18 +622,8 @@ fn utc_hour(unix: u64) -> String {
 
 /// `2026-12-01 21:07:05` (UTC) for Unix seconds.
 fn utc_time(unix: u64) -> String {
-    // Days to a civil date (H. Hinnant's algorithm), for years 1970–9999.
-    let days = i64::try_from(unix / 86_400).unwrap_or(0) + 719_468;
-    let era = days / 146_097;
-    let doe = days - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let (hour, minute, second) = ((unix % 86_400) / 3600, (unix % 3600) / 60, unix % 60);
-    format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02}")
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(unix);
+    auth_core::webhook::rfc3339(at)[..19].replace('T', " ")
 }
 
 /// A record's changes on one line: `field: from → to; …`, values as JSON.
@@ -599,6 +713,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             tls_key,
             metrics_bind,
             secret_scanning_keys,
+            webhooks,
         } => {
             match log_format {
                 LogFormat::Text => tracing_subscriber::fmt().with_target(false).init(),
@@ -615,6 +730,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     }
                     None => None,
                 },
+                webhooks: webhooks.options(),
             };
             if let Some(keys) = &options.secret_scanning {
                 tracing::info!(path = %keys.path().display(), keys = keys.key_ids().len(),
@@ -753,9 +869,105 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 print_audit(&records);
             }
         }
+        Command::Webhooks { command } => webhooks(&store, command).await?,
         Command::Backup { .. } => unreachable!("handled before the store is opened"),
     }
     Ok(())
+}
+
+async fn webhooks(
+    store: &auth_sqlx::SqlKeyStore,
+    command: WebhooksCommand,
+) -> Result<(), Box<dyn std::error::Error>> {
+    match command {
+        WebhooksCommand::Add {
+            url,
+            events,
+            expiring_days,
+            credits_below,
+            description,
+            json,
+        } => {
+            let events = auth_server::parse_events(&events)?;
+            let created = store
+                .create_webhook(auth_sqlx::NewWebhook {
+                    url,
+                    events,
+                    expiring_days,
+                    credits_below,
+                    description,
+                })
+                .await?;
+            if json {
+                println!("{}", auth_server::created_webhook_json(&created));
+            } else {
+                print_webhooks(std::slice::from_ref(&created.webhook));
+                println!();
+                println!("secret (shown once; receivers verify deliveries with it):");
+                println!("{}", created.secret.reveal().as_str());
+            }
+        }
+        WebhooksCommand::List { json } => {
+            let list = store.webhooks().await?;
+            if json {
+                println!("{}", auth_server::webhooks_json(&list));
+            } else {
+                print_webhooks(&list);
+            }
+        }
+        WebhooksCommand::Remove { id } => {
+            if !store.delete_webhook(&id).await? {
+                return Err(format!("no webhook with id {}", shown(&id)).into());
+            }
+            println!("removed {}", shown(&id));
+        }
+        WebhooksCommand::Deliveries { id, limit, json } => {
+            if store.webhook(&id).await?.is_none() {
+                return Err(format!("no webhook with id {}", shown(&id)).into());
+            }
+            let list = store.deliveries(&id, limit).await?;
+            if json {
+                println!("{}", auth_server::deliveries_json(&list));
+            } else {
+                print_deliveries(&list);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_webhooks(list: &[auth_sqlx::Webhook]) {
+    println!("{:<20} {:<40} EVENTS", "ID", "URL");
+    for w in list {
+        let events: Vec<&str> = w.events.iter().map(|e| e.as_str()).collect();
+        println!("{:<20} {:<40} {}", w.id, shown(&w.url), events.join(","));
+    }
+}
+
+fn print_deliveries(list: &[auth_sqlx::Delivery]) {
+    println!(
+        "{:<19} {:<37} {:<13} {:<9} {:>8}  LAST",
+        "QUEUED (UTC)", "ID", "EVENT", "STATUS", "ATTEMPTS"
+    );
+    for d in list {
+        let queued = d
+            .created_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |t| t.as_secs());
+        println!(
+            "{:<19} {:<37} {:<13} {:<9} {:>8}  {}",
+            utc_time(queued),
+            d.id,
+            d.event,
+            d.status.as_str(),
+            d.attempts,
+            d.last_error
+                .as_deref()
+                .map(shown)
+                .or_else(|| d.last_status.map(|s| s.to_string()))
+                .unwrap_or_else(|| "-".to_owned())
+        );
+    }
 }
 
 /// A consistent copy of the SQLite database at `to`: the database is

@@ -111,6 +111,7 @@ pub(crate) struct ServerMetrics {
     admin_writes: Family<Labels2, Counter>,
     credit_leases: Family<Label, Counter>,
     usage: Family<Label, Counter>,
+    webhook_attempts: Family<Label, Counter>,
 }
 
 /// Every `code` of `auth_server_validate_requests_total` but `other`.
@@ -141,6 +142,7 @@ impl ServerMetrics {
         let admin_writes = Family::<Labels2, Counter>::default();
         let credit_leases = Family::<Label, Counter>::default();
         let usage = Family::<Label, Counter>::default();
+        let webhook_attempts = Family::<Label, Counter>::default();
         // Every known series from the start, at 0: a rate over a series
         // that appears only on its first event misses that event.
         for code in VALIDATE_CODES {
@@ -154,6 +156,9 @@ impl ServerMetrics {
         }
         for event in ["counted", "reported"] {
             let _ = usage.get_or_create(&[("event", event)]);
+        }
+        for outcome in ["delivered", "retry", "failed"] {
+            let _ = webhook_attempts.get_or_create(&[("outcome", outcome)]);
         }
         for resource in [Resource::Key, Resource::Service] {
             for action in resource.actions() {
@@ -208,6 +213,12 @@ impl ServerMetrics {
              reported, by services in their usage reports",
             usage.clone(),
         );
+        registry.register(
+            "auth_server_webhook_attempts",
+            "Webhook delivery attempts this instance made, by outcome: delivered (a 2xx), \
+             retry (failed, another attempt scheduled), failed (failed, retries exhausted)",
+            webhook_attempts.clone(),
+        );
         let sources = Metrics::register(&mut registry);
         sources.add(StoreSource(store.clone()));
         Self {
@@ -221,6 +232,7 @@ impl ServerMetrics {
             admin_writes,
             credit_leases,
             usage,
+            webhook_attempts,
         }
     }
 
@@ -263,6 +275,13 @@ impl ServerMetrics {
                 .get_or_create(&[("event", event)])
                 .inc_by(decisions);
         }
+    }
+
+    /// A webhook attempt made: `delivered`, `retry` or `failed`.
+    pub(crate) fn webhook_attempt(&self, outcome: &'static str) {
+        self.webhook_attempts
+            .get_or_create(&[("outcome", outcome)])
+            .inc();
     }
 
     /// A changes-stream event sent (`ready`, `key`, `reset`).

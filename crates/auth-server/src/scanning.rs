@@ -519,7 +519,8 @@ async fn judge(
             source = ?capped(&report.source),
             "leaked key disabled: reported by GitHub secret scanning"
         );
-        // key.leaked webhook: issue 17 item 2
+        // Its key.disabled and key.leaked webhooks were queued with the
+        // write, in its transaction.
     }
     Ok(true)
 }

@@ -9,125 +9,17 @@
 #![allow(unused_crate_dependencies)]
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use auth_remote::RemoteVerifier;
+
+mod common;
+use common::process::KeyService;
 use serde_json::{Value, json};
 
 const BOUND: Duration = Duration::from_secs(1);
-
-/// A child process killed when dropped.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A key service (the binary) on `port`, with its data directory and,
-/// for PostgreSQL, `database_url`.
-struct KeyService {
-    addr: SocketAddr,
-    admin: String,
-    dir: tempfile::TempDir,
-    database_url: Option<String>,
-    child: Option<Child>,
-}
-
-impl KeyService {
-    async fn start(database_url: Option<&str>) -> Self {
-        let mut ks = Self {
-            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            admin: String::new(),
-            dir: tempfile::tempdir().unwrap(),
-            database_url: database_url.map(str::to_owned),
-            child: None,
-        };
-        ks.restart().await;
-        ks.admin = std::fs::read_to_string(auth_server::admin_key_path(ks.dir.path()))
-            .unwrap()
-            .trim()
-            .to_owned();
-        ks
-    }
-
-    /// (Re)starts the process on the same address; returns once it answers.
-    async fn restart(&mut self) {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_auth-server"));
-        command
-            .arg("--data-dir")
-            .arg(self.dir.path())
-            .args(["serve", "--bind", &self.addr.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        match &self.database_url {
-            Some(url) => command.env("DATABASE_URL", url),
-            None => command.env_remove("DATABASE_URL"),
-        };
-        self.child = Some(Child(command.spawn().unwrap()));
-        for _ in 0..200 {
-            if let Ok(r) = reqwest::get(format!("http://{}/health", self.addr)).await {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("the key service did not come up");
-    }
-
-    fn kill(&mut self) {
-        self.child = None;
-    }
-
-    async fn call(&self, method: &str, path: &str, body: Value) -> Value {
-        let response = reqwest::Client::new()
-            .request(
-                method.parse().unwrap(),
-                format!("http://{}{path}", self.addr),
-            )
-            .header("x-api-key", &self.admin)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            response.status().is_success(),
-            "{method} {path}: {}",
-            response.status()
-        );
-        response.json().await.unwrap_or(Value::Null)
-    }
-
-    /// The CLI on this key service's database.
-    fn cli(&self, args: &[&str]) {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_auth-server"));
-        command.arg("--data-dir").arg(self.dir.path()).args(args);
-        match &self.database_url {
-            Some(url) => command.env("DATABASE_URL", url),
-            None => command.env_remove("DATABASE_URL"),
-        };
-        let out = command.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
 
 /// A service behind auth-remote: `/api/v1/items` (any key), `/api/v1/stt`
 /// (scope `stt`).

@@ -17,6 +17,7 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use common::receiver::{Attempt, Receiver};
 use common::{Instance, instance};
 use serde_json::{Value, json};
 
@@ -323,6 +324,60 @@ async fn a_signed_report_disables_our_leaked_keys_and_labels_each_token() {
     for token in [&active, &already, &unknown, &leaked_service_key, &mistyped] {
         assert!(!text.contains(token.as_str()), "a token in the logs");
     }
+}
+
+/// A leaked key's disable is announced: `key.leaked` (with where it was
+/// found, the token cut from the URL) and `key.disabled`, signed, to the
+/// endpoints that receive them; an unverified report and a report of a key
+/// already disabled announce nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaked_key_is_announced_by_webhooks() {
+    let dir = tempfile::tempdir().unwrap();
+    let github = Signer::new("a1b2c3");
+    let (s, _) = scanning_instance(dir.path(), &github).await;
+    let receiver = Receiver::start().await;
+    let (status, made) = s
+        .call(
+            "POST",
+            "/api/v1/webhooks",
+            Some(json!({"url": receiver.url(), "events": ["key.leaked", "key.disabled"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{made}");
+    receiver.trust(made["secret"].as_str().unwrap());
+    let (id, leaked) = client_key(&s, "user-leaky").await;
+    let url = format!("https://github.com/octocat/repo/blob/main/{leaked}.env");
+    let body = json!([{"token": leaked, "type": "auth_server_api_key", "url": url,
+        "source": "content"}])
+    .to_string();
+    // Signed by someone else: refused, nothing announced.
+    let (status, _) = report(&s, &Signer::new("a1b2c3"), body.as_bytes()).await;
+    assert_eq!(status, 401);
+    let (status, _) = report(&s, &github, body.as_bytes()).await;
+    assert_eq!(status, 200);
+    let accepted = receiver.accepted_within(2, Duration::from_secs(10)).await;
+    assert_eq!(accepted.len(), 2);
+    let mut events: Vec<Value> = accepted.iter().map(Attempt::payload).collect();
+    events.sort_by_key(|e| e["type"].as_str().unwrap().to_owned());
+    assert_eq!(events[0]["type"], "key.disabled");
+    assert_eq!(events[1]["type"], "key.leaked");
+    for e in &events {
+        assert_eq!(e["data"]["id"], id.as_str());
+        assert_eq!(e["data"]["owner"], "user-leaky");
+        assert_eq!(e["data"]["actor"], "scanner:github");
+    }
+    let shown = events[1]["data"]["url"].as_str().unwrap();
+    assert!(shown.starts_with("https://github.com/octocat/repo/blob/main/sk_live_"));
+    assert!(shown.ends_with("….env"), "{shown}");
+    for a in &accepted {
+        assert!(a.verified);
+        assert!(!a.body.contains(&leaked), "the token in a webhook");
+    }
+    // Reported again: already disabled, nothing more.
+    let (status, _) = report(&s, &github, body.as_bytes()).await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(receiver.attempts().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -385,7 +385,9 @@ impl SqlKeyStore {
         .bind(self.actor.source())
         .execute(&mut *tx)
         .await?;
-        Ok(())
+        // Its webhook events, in the same transaction.
+        self.queue_write_events(tx, action, kind, key_id, changes)
+            .await
     }
 
     /// The audit trail, newest first: the records `filter` selects. Records

@@ -24,11 +24,17 @@ mod audit;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod usage;
+mod webhooks;
 
 pub use audit::{
     Action, Actor, AuditFilter, AuditRecord, FieldChange, MAX_AUDIT_READ, MAX_SOURCE_CHARS,
 };
 pub use usage::{KeyUsage, MAX_PENDING_USAGE, USAGE_KEEPS, UsageBucket, hour_of};
+pub use webhooks::{
+    Claimed, CreatedWebhook, DEFAULT_CREDITS_BELOW, DEFAULT_EXPIRING_DAYS, DELIVERIES_KEEP,
+    Delivery, DeliveryStatus, EXPIRING_DAYS, Failure, MAX_DELIVERY_READ, MAX_URL_CHARS,
+    MAX_WEBHOOKS, NewWebhook, RetryPolicy, Webhook, check_webhook_url,
+};
 
 /// The PostgreSQL channel writes are announced on (a wake-up: what changed
 /// is read from the change log).
@@ -1098,6 +1104,9 @@ impl SqlKeyStore {
                     }
                     if let Err(e) = store.prune_usage(SystemTime::now()).await {
                         tracing::warn!(target: "auth_sqlx", error = %e, "could not prune old usage counts");
+                    }
+                    if let Err(e) = store.prune_deliveries(SystemTime::now()).await {
+                        tracing::warn!(target: "auth_sqlx", error = %e, "could not prune old webhook deliveries");
                     }
                 }
             }

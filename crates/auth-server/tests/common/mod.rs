@@ -4,6 +4,9 @@
 // Each test binary uses part of it.
 #![allow(dead_code)]
 
+pub(crate) mod process;
+pub(crate) mod receiver;
+
 use std::net::SocketAddr;
 use std::path::Path;
 
