@@ -286,7 +286,7 @@ pub struct WebhookPayload {
     /// The event's name (see [`EventType::as_str`]).
     #[serde(rename = "type")]
     pub event: String,
-    /// When the event happened, RFC 3339 in UTC (see [`rfc3339`]).
+    /// When the event was queued, RFC 3339 in UTC (see [`rfc3339`]).
     pub timestamp: String,
     /// What happened.
     pub data: serde_json::Value,

@@ -122,7 +122,9 @@ pub(crate) async fn audit(
     // An id (`key_…`, `svc_…`), never a key pasted into a URL that proxies
     // may log: refused before anything else reads it.
     if key.as_deref().is_some_and(|k| !is_record_id(k)) {
-        return bad("key must be a record id such as key_0123456789abcdef, never the key itself");
+        return bad(
+            "key must be a record id such as key_0123456789abcdef (or a webhook's wh_…), never the key itself",
+        );
     }
     let filter = AuditFilter {
         key_id: key.as_deref(),
@@ -135,12 +137,13 @@ pub(crate) async fn audit(
     }
 }
 
-/// `key_…` or `svc_…` and lowercase hex: what record ids look like.
+/// `key_…`, `svc_…` or `wh_…` and lowercase hex: what record ids look
+/// like.
 fn is_record_id(text: &str) -> bool {
     let Some((kind, hex)) = text.split_once('_') else {
         return false;
     };
-    matches!(kind, "key" | "svc")
+    matches!(kind, "key" | "svc" | "wh")
         && (1..=64).contains(&hex.len())
         && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }

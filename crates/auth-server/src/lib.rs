@@ -277,7 +277,6 @@ pub async fn build(store: SqlKeyStore, data_dir: &Path, options: Options) -> Res
     store.listen().await?;
     store.spawn_last_used_flush(Duration::from_secs(30));
     store.spawn_usage_flush(USAGE_FLUSH_EVERY);
-    webhooks::spawn(store.clone(), options.webhooks, metrics.clone());
 
     let admin_key = KeyFile::builder()
         .path(admin_key_path(data_dir))
@@ -292,6 +291,8 @@ pub async fn build(store: SqlKeyStore, data_dir: &Path, options: Options) -> Res
     let admin = Guard::builder(admin_key).keyring("admin").build()?;
     metrics.sources().guard(&admin);
 
+    // Last of what can fail: no deliverer left running by a failed build.
+    webhooks::spawn(store.clone(), options.webhooks, metrics.clone());
     let state = AppState {
         store,
         as_admin,
@@ -322,6 +323,10 @@ pub async fn build(store: SqlKeyStore, data_dir: &Path, options: Options) -> Res
         .route(
             "/api/v1/webhooks/{id}/deliveries",
             get(webhooks::deliveries),
+        )
+        .route(
+            "/api/v1/webhooks/{id}/secret",
+            post(webhooks::rotate_secret),
         )
         .route("/api/v1/services", get(list_services).post(create_service))
         .route(
@@ -1516,7 +1521,7 @@ async fn events_answer(s: AppState, headers: axum::http::HeaderMap) -> Response 
     paths(health_doc, ready, validate, return_lease, usage::report, events, list, create, get_key,
         update, delete, disable, rotate, usage::key_usage, usage::usage, audit::audit, list_services, create_service, get_service, delete_service, disable_service,
         rotate_service, scanning::github, webhooks::create, webhooks::list, webhooks::get,
-        webhooks::delete, webhooks::deliveries),
+        webhooks::delete, webhooks::deliveries, webhooks::rotate_secret),
     components(schemas(Code, RateLimit)),
     modifiers(&SecuritySchemes)
 )]

@@ -140,7 +140,8 @@ enum Command {
 struct WebhookArgs {
     /// Do not deliver webhooks from this instance (events still queue, for
     /// the instances that do).
-    #[arg(long, env = "AUTH_SERVER_NO_WEBHOOK_DELIVERY")]
+    #[arg(long, env = "AUTH_SERVER_NO_WEBHOOK_DELIVERY",
+        value_parser = clap::builder::BoolishValueParser::new())]
     no_webhook_delivery: bool,
     /// How often due deliveries are looked for: 100ms to 1h.
     #[arg(long, env = "AUTH_SERVER_WEBHOOK_POLL", default_value = "1s",
@@ -267,6 +268,15 @@ enum WebhooksCommand {
         /// The endpoint's id (wh_…).
         id: String,
     },
+    /// Gives an endpoint a new signing secret and prints it (once); the
+    /// old one still signs (a second signature) for the overlap.
+    RotateSecret {
+        /// The endpoint's id (wh_…).
+        id: String,
+        /// How long the old secret still signs, e.g. 24h (at most 7d).
+        #[arg(long, value_parser = parse_duration, default_value = "24h")]
+        overlap: Duration,
+    },
     /// Prints an endpoint's deliveries, newest first, with their status.
     Deliveries {
         /// The endpoint's id (wh_…).
@@ -360,8 +370,19 @@ enum KeysCommand {
     },
 }
 
-/// `90d`, `12h`, `30m`, `45s`, `500ms`.
+/// `90d`, `12h`, `30m`, `45s`.
 fn parse_duration(text: &str) -> Result<Duration, String> {
+    // Whole seconds: keys' times are (a `500ms` expiry would be born
+    // expired).
+    let d = parse_span(text)?;
+    if d.subsec_nanos() != 0 {
+        return Err(format!("`{}`: the unit must be s, m, h or d", text.trim()));
+    }
+    Ok(d)
+}
+
+/// A duration with any unit, `ms` too (the webhook settings').
+fn parse_span(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -390,7 +411,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// A duration from `LO` to `HI` milliseconds (the webhook settings').
 fn bounded<const LO: u64, const HI: u64>(text: &str) -> Result<Duration, String> {
-    let d = parse_duration(text)?;
+    let d = parse_span(text)?;
     let (lo, hi) = (Duration::from_millis(LO), Duration::from_millis(HI));
     if d < lo || d > hi {
         return Err(format!("`{text}`: must be {lo:?} to {hi:?}"));
@@ -869,7 +890,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 print_audit(&records);
             }
         }
-        Command::Webhooks { command } => webhooks(&store, command).await?,
+        Command::Webhooks { command } => webhooks(&as_cli, command).await?,
         Command::Backup { .. } => unreachable!("handled before the store is opened"),
     }
     Ok(())
@@ -921,6 +942,17 @@ async fn webhooks(
             }
             println!("removed {}", shown(&id));
         }
+        WebhooksCommand::RotateSecret { id, overlap } => {
+            let Some(secret) = store.rotate_webhook_secret(&id, overlap).await? else {
+                return Err(format!("no webhook with id {}", shown(&id)).into());
+            };
+            println!(
+                "new secret for {} (shown once; the old one still signs for {}):",
+                shown(&id),
+                humantime(overlap)
+            );
+            println!("{}", secret.reveal().as_str());
+        }
         WebhooksCommand::Deliveries { id, limit, json } => {
             if store.webhook(&id).await?.is_none() {
                 return Err(format!("no webhook with id {}", shown(&id)).into());
@@ -934,6 +966,18 @@ async fn webhooks(
         }
     }
     Ok(())
+}
+
+/// `90s`, `24h`: a whole duration in its largest exact unit.
+fn humantime(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => "0s".to_owned(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 fn print_webhooks(list: &[auth_sqlx::Webhook]) {
@@ -1117,6 +1161,25 @@ mod tests {
         assert!(parse_duration("36501d").is_err());
         assert!(parse_duration("0s").is_err());
         assert!(parse_rate("5/18446744073709551615s").is_err());
+        // Milliseconds for the webhook settings only: keys' times are
+        // whole seconds.
+        assert!(parse_duration("500ms").is_err());
+        assert!(parse_duration("1500ms").is_err());
+        assert_eq!(parse_duration("2000ms"), Ok(Duration::from_secs(2)));
+        assert!(parse_refill("1000/60500ms").is_err());
+    }
+
+    #[test]
+    fn webhook_settings_are_bounded() {
+        assert_eq!(
+            bounded::<100, 3_600_000>("100ms"),
+            Ok(Duration::from_millis(100))
+        );
+        for bad in ["99ms", "2h", "0s", "1x", "", "18446744073709551615d"] {
+            assert!(bounded::<100, 3_600_000>(bad).is_err(), "{bad}");
+        }
+        assert_eq!(humantime(Duration::from_secs(86_400)), "1d");
+        assert_eq!(humantime(Duration::from_secs(90)), "90s");
     }
 
     #[test]

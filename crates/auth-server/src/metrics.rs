@@ -63,6 +63,8 @@ pub(crate) enum Resource {
     Key,
     /// A service credential.
     Service,
+    /// A webhook endpoint.
+    Webhook,
 }
 
 /// What an admin write did (as the audit trail records it).
@@ -73,6 +75,7 @@ impl Resource {
         match self {
             Self::Key => "key",
             Self::Service => "service",
+            Self::Webhook => "webhook",
         }
     }
 
@@ -92,6 +95,7 @@ impl Resource {
                 Action::Delete,
                 Action::Rotate,
             ],
+            Self::Webhook => &[Action::Create, Action::Delete, Action::Rotate],
         }
     }
 }
@@ -160,7 +164,7 @@ impl ServerMetrics {
         for outcome in ["delivered", "retry", "failed"] {
             let _ = webhook_attempts.get_or_create(&[("outcome", outcome)]);
         }
-        for resource in [Resource::Key, Resource::Service] {
+        for resource in [Resource::Key, Resource::Service, Resource::Webhook] {
             for action in resource.actions() {
                 let _ = admin_writes
                     .get_or_create(&[("resource", resource.as_str()), ("action", action.as_str())]);

@@ -23,8 +23,12 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::metrics::ServerMetrics;
+use crate::metrics::{Action, Resource, ServerMetrics};
 use crate::{AppState, Body, ErrorBody, bad, error, unix};
+
+/// What a claim lasts past an attempt's time limit: for the outcome's
+/// write.
+const CLAIM_MARGIN: Duration = Duration::from_secs(5);
 
 /// How the deliverer runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,7 +71,7 @@ impl WebhookOptions {
     /// that a crash delays a delivery by seconds; long enough that no
     /// attempt still under way is taken over.
     fn claim(&self) -> Duration {
-        self.timeout + Duration::from_secs(5)
+        self.timeout.saturating_add(CLAIM_MARGIN)
     }
 }
 
@@ -106,6 +110,8 @@ pub(crate) fn spawn(
             return None;
         }
     };
+    let client = Arc::new(client);
+    let worker: Arc<str> = worker.into();
     Some(tokio::spawn(async move {
         let mut scanned: Option<std::time::Instant> = None;
         loop {
@@ -123,14 +129,31 @@ pub(crate) fn spawn(
                     SystemTime::now(),
                     options.claim(),
                     options.concurrency,
+                    options.retry,
                 )
                 .await;
             match claimed {
                 Ok(batch) if !batch.is_empty() => {
-                    let attempts = batch
-                        .iter()
-                        .map(|c| attempt(&client, &store, &worker, c, &options, &metrics));
-                    futures_util::future::join_all(attempts).await;
+                    // Each attempt a task of its own: one that panics is
+                    // that attempt lost (its claim lapses, it is retried),
+                    // never the deliverer.
+                    let mut attempts = tokio::task::JoinSet::new();
+                    for claimed in batch {
+                        let (client, store, worker, metrics) = (
+                            client.clone(),
+                            store.clone(),
+                            worker.clone(),
+                            metrics.clone(),
+                        );
+                        attempts.spawn(async move {
+                            attempt(&client, &store, &worker, &claimed, &options, &metrics).await;
+                        });
+                    }
+                    while let Some(done) = attempts.join_next().await {
+                        if let Err(e) = done {
+                            tracing::error!(error = %e, "a webhook attempt panicked");
+                        }
+                    }
                     // More may be due: no sleep.
                     continue;
                 }
@@ -152,12 +175,30 @@ async fn attempt(
     metrics: &ServerMetrics,
 ) {
     let now = SystemTime::now();
+    // Over 5 s before the claim lapses, or not at all (the claim lapses,
+    // and the delivery is attempted again): never two attempts at once.
+    let left = claimed
+        .claimed_until
+        .duration_since(now)
+        .unwrap_or_default()
+        .saturating_sub(CLAIM_MARGIN)
+        .min(options.timeout);
+    if left < Duration::from_millis(100) {
+        tracing::warn!(delivery = %claimed.id, webhook = %claimed.webhook_id,
+            "a webhook attempt not made: its claim was about to lapse");
+        return;
+    }
     let timestamp = unix(now);
+    // One signature per secret (two while a secret is being changed).
     let signature = claimed
-        .secret
-        .sign(&claimed.id, timestamp, claimed.payload.as_bytes());
+        .secrets
+        .iter()
+        .map(|s| s.sign(&claimed.id, timestamp, claimed.payload.as_bytes()))
+        .collect::<Vec<_>>()
+        .join(" ");
     let sent = client
         .post(&claimed.url)
+        .timeout(left)
         .header("content-type", "application/json")
         .header(ID_HEADER, &claimed.id)
         .header(TIMESTAMP_HEADER, timestamp.to_string())
@@ -176,8 +217,9 @@ async fn attempt(
                 Ok(true) => metrics.webhook_attempt("delivered"),
                 Ok(false) => {
                     metrics.webhook_attempt("delivered");
-                    tracing::warn!(delivery = %claimed.id,
-                        "a webhook delivered after its claim lapsed (another instance may have sent it too)");
+                    tracing::warn!(delivery = %claimed.id, webhook = %claimed.webhook_id,
+                        "a webhook delivered, but its record was no longer this instance's \
+                         (its claim lapsed, or its endpoint was deleted)");
                 }
                 Err(e) => tracing::warn!(error = %e, delivery = %claimed.id,
                     "a webhook delivered but not recorded: it will be sent again"),
@@ -205,10 +247,12 @@ async fn attempt(
     {
         Ok(Some(DeliveryStatus::Failed)) => {
             metrics.webhook_attempt("failed");
-            tracing::warn!(delivery = %claimed.id, url = %claimed.url, error = %failure.error,
+            tracing::warn!(delivery = %claimed.id, webhook = %claimed.webhook_id, error = %failure.error,
                 attempts = claimed.attempts + 1, "a webhook delivery failed: retries exhausted");
         }
-        Ok(_) => {
+        Ok(None) => tracing::warn!(delivery = %claimed.id, webhook = %claimed.webhook_id,
+            "a failed webhook attempt not recorded: its claim lapsed, or its endpoint was deleted"),
+        Ok(Some(_)) => {
             metrics.webhook_attempt("retry");
             tracing::info!(delivery = %claimed.id, error = %failure.error,
                 attempts = claimed.attempts + 1, "a webhook attempt failed; it will be retried");
@@ -385,8 +429,13 @@ pub(crate) async fn create(
         credits_below: b.credits_below.unwrap_or(DEFAULT_CREDITS_BELOW),
         description: b.description,
     };
-    match s.store.create_webhook(new).await {
-        Ok(created) => (StatusCode::CREATED, Json(created_webhook_json(&created))).into_response(),
+    match s.as_admin.create_webhook(new).await {
+        Ok(created) => {
+            s.wrote(Resource::Webhook, Action::Create);
+            tracing::info!(webhook = %created.webhook.id,
+                origin = %auth_sqlx::url_origin(&created.webhook.url), "webhook endpoint added");
+            (StatusCode::CREATED, Json(created_webhook_json(&created))).into_response()
+        }
         Err(e) => s.store_error(&e),
     }
 }
@@ -419,9 +468,57 @@ pub(crate) async fn get(State(s): State<AppState>, UrlPath(id): UrlPath<String>)
     responses((status = 204, description = "deleted, with its deliveries"), (status = 401),
         (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(crate) async fn delete(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Response {
-    match s.store.delete_webhook(&id).await {
-        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+    match s.as_admin.delete_webhook(&id).await {
+        Ok(true) => {
+            s.wrote(Resource::Webhook, Action::Delete);
+            tracing::info!(webhook = %id, "webhook endpoint removed");
+            StatusCode::NO_CONTENT.into_response()
+        }
         Ok(false) => no_webhook(),
+        Err(e) => s.store_error(&e),
+    }
+}
+
+/// A change of secret.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RotateSecretBody {
+    /// Seconds the old secret still signs (a second signature): 0 to
+    /// 604800 (7 days); default 86400.
+    overlap: Option<i64>,
+}
+
+#[utoipa::path(post, path = "/api/v1/webhooks/{id}/secret", tag = "webhooks",
+    params(("id" = String, Path)), request_body = RotateSecretBody,
+    security(("adminKey" = []), ("adminBearer" = [])),
+    responses((status = 200, description = "the new secret, shown once"),
+        (status = 400, body = ErrorBody), (status = 401), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub(crate) async fn rotate_secret(
+    State(s): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+    Body(b): Body<RotateSecretBody>,
+) -> Response {
+    let max = auth_sqlx::MAX_SECRET_OVERLAP.as_secs();
+    let overlap = match b.overlap {
+        None => Duration::from_secs(86_400),
+        Some(n) => match u64::try_from(n) {
+            Ok(n) if n <= max => Duration::from_secs(n),
+            _ => return bad("overlap is 0 to 604800 seconds"),
+        },
+    };
+    match s.as_admin.rotate_webhook_secret(&id, overlap).await {
+        Ok(Some(secret)) => {
+            s.wrote(Resource::Webhook, Action::Rotate);
+            tracing::info!(webhook = %id, "webhook secret changed");
+            Json(serde_json::json!({
+                "id": id,
+                "secret": secret.reveal().as_str(),
+                "previousSecretUntil": unix(SystemTime::now() + overlap),
+            }))
+            .into_response()
+        }
+        Ok(None) => no_webhook(),
         Err(e) => s.store_error(&e),
     }
 }

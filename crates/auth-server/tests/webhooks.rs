@@ -9,6 +9,7 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use auth_core::webhook::{WebhookHeaders, WebhookSecret};
 use auth_server::{Options, WebhookOptions};
 use auth_sqlx::RetryPolicy;
 use common::process::KeyService;
@@ -299,6 +300,116 @@ async fn events_of_time_are_sent_once_each() {
         .unwrap();
     assert_eq!(credits["data"]["remaining"], 5);
     assert_eq!(credits["data"]["threshold"], 10);
+}
+
+/// Whether `attempt` verifies with `secret`.
+fn verifies(attempt: &Attempt, secret: &str) -> bool {
+    let timestamp = attempt.timestamp.to_string();
+    let headers = WebhookHeaders {
+        id: &attempt.id,
+        timestamp: &timestamp,
+        signature: &attempt.signature,
+    };
+    WebhookSecret::parse(secret)
+        .unwrap()
+        .verify(&headers, attempt.body.as_bytes(), SystemTime::now())
+        .is_ok()
+}
+
+/// A secret changed with an overlap: deliveries carry two signatures, one
+/// per secret, so receivers switch at leisure; without overlap, only the
+/// new one signs. The change is recorded in the audit trail (never a
+/// secret) and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_secret_signs_beside_the_old_one_for_the_overlap() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = instance(dir.path(), None, quick(Duration::from_secs(60))).await;
+    let receiver = Receiver::start().await;
+    let made = register(&s, &receiver, &["key.disabled"], json!({})).await;
+    let webhook = made["id"].as_str().unwrap();
+    let old = made["secret"].as_str().unwrap().to_owned();
+    for bad in [
+        json!({"overlap": -1}),
+        json!({"overlap": 604_801}),
+        json!({"overlap": "1h"}),
+        json!({"other": 1}),
+    ] {
+        let (status, answer) = s
+            .call(
+                "POST",
+                &format!("/api/v1/webhooks/{webhook}/secret"),
+                Some(bad.clone()),
+            )
+            .await;
+        assert_eq!(status, 400, "{bad} → {answer}");
+    }
+    let (status, _) = s
+        .call(
+            "POST",
+            "/api/v1/webhooks/wh_0000000000000000/secret",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, changed) = s
+        .call(
+            "POST",
+            &format!("/api/v1/webhooks/{webhook}/secret"),
+            Some(json!({"overlap": 3600})),
+        )
+        .await;
+    assert_eq!(status, 200, "{changed}");
+    let new = changed["secret"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    let (id, _) = key(&s, json!({"owner": "acme"})).await;
+    s.call("POST", &format!("/api/v1/keys/{id}/disable"), None)
+        .await;
+    // The receiver still trusts the old secret: accepted.
+    let accepted = receiver.accepted_within(1, Duration::from_secs(10)).await;
+    assert_eq!(accepted.len(), 1);
+    assert_eq!(accepted[0].signature.split(' ').count(), 2);
+    assert!(verifies(&accepted[0], &old) && verifies(&accepted[0], &new));
+
+    // No overlap: the new secret alone.
+    let (_, changed) = s
+        .call(
+            "POST",
+            &format!("/api/v1/webhooks/{webhook}/secret"),
+            Some(json!({"overlap": 0})),
+        )
+        .await;
+    let newest = changed["secret"].as_str().unwrap().to_owned();
+    receiver.trust(&newest);
+    let (other, _) = key(&s, json!({"owner": "acme"})).await;
+    s.call("POST", &format!("/api/v1/keys/{other}/disable"), None)
+        .await;
+    let accepted = receiver.accepted_within(2, Duration::from_secs(10)).await;
+    assert_eq!(accepted.len(), 2);
+    assert_eq!(accepted[1].signature.split(' ').count(), 1);
+    assert!(verifies(&accepted[1], &newest) && !verifies(&accepted[1], &new));
+
+    // Recorded: made, changed twice; never a secret.
+    let (_, trail) = s
+        .call("GET", &format!("/api/v1/audit?key={webhook}"), None)
+        .await;
+    let records = trail["records"].as_array().unwrap();
+    let actions: Vec<&str> = records
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["rotate", "rotate", "create"]);
+    for r in records {
+        assert_eq!(r["resource"], "webhook");
+        assert!(r["actor"].as_str().unwrap().starts_with("admin:"));
+        for secret in [&old, &new, &newest] {
+            assert!(!r.to_string().contains(&secret[6..]), "{r}");
+        }
+    }
+    assert_eq!(
+        s.metric(r#"auth_server_admin_writes_total{resource="webhook",action="rotate"}"#)
+            .await,
+        2.0
+    );
 }
 
 /// Bad input is a 400 with a JSON body and makes nothing; an unknown

@@ -17,6 +17,10 @@ CREATE TABLE IF NOT EXISTS auth_webhooks (
     -- secret itself), shown once when the endpoint is made, never read
     -- back through the API.
     secret TEXT NOT NULL,
+    -- The secret before the last change, signed with too until
+    -- `previous_until` (Unix milliseconds): receivers switch meanwhile.
+    previous_secret TEXT,
+    previous_until BIGINT,
     description TEXT NOT NULL,
     -- Unix seconds.
     created_at BIGINT NOT NULL
@@ -37,6 +41,14 @@ CREATE TABLE IF NOT EXISTS auth_webhook_deliveries (
     dedupe TEXT NOT NULL,
     -- The body sent, JSON: never a key or a digest.
     payload TEXT NOT NULL,
+    -- The key the event is about (finished deliveries of a deleted key are
+    -- pruned without waiting for `keep_until`).
+    key_id TEXT,
+    -- Unix milliseconds until which the row is kept, finished or not: its
+    -- `dedupe` name must outlive the chance of the event recurring (a key
+    -- still expiring, a credit period still low), or a scan would queue it
+    -- again.
+    keep_until BIGINT NOT NULL,
     -- `pending`, `delivered` or `failed` (retries exhausted).
     status TEXT NOT NULL,
     -- Attempts made.

@@ -372,6 +372,23 @@ impl SqlKeyStore {
         key_id: &str,
         changes: &BTreeMap<String, FieldChange>,
     ) -> Result<(), Error> {
+        self.append(tx, action, resource(kind), key_id, changes)
+            .await?;
+        // Its webhook events, in the same transaction.
+        self.queue_write_events(tx, action, kind, key_id, changes)
+            .await
+    }
+
+    /// Appends a record of a write to `resource` (`key`, `service`,
+    /// `webhook`) on `tx`, as [`record`](Self::record) does.
+    pub(crate) async fn append(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        action: Action,
+        resource: &str,
+        key_id: &str,
+        changes: &BTreeMap<String, FieldChange>,
+    ) -> Result<(), Error> {
         sqlx::query(
             "INSERT INTO auth_audit (seq, at, actor, action, resource, key_id, changes, source) \
              SELECT COALESCE(MAX(seq), 0) + 1, $1, $2, $3, $4, $5, $6, $7 FROM auth_audit",
@@ -379,15 +396,13 @@ impl SqlKeyStore {
         .bind(millis(SystemTime::now()))
         .bind(self.actor.to_string())
         .bind(action.as_str())
-        .bind(resource(kind))
+        .bind(resource)
         .bind(key_id)
         .bind(changes_json(changes).to_string())
         .bind(self.actor.source())
         .execute(&mut *tx)
         .await?;
-        // Its webhook events, in the same transaction.
-        self.queue_write_events(tx, action, kind, key_id, changes)
-            .await
+        Ok(())
     }
 
     /// The audit trail, newest first: the records `filter` selects. Records

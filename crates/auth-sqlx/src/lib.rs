@@ -32,8 +32,8 @@ pub use audit::{
 pub use usage::{KeyUsage, MAX_PENDING_USAGE, USAGE_KEEPS, UsageBucket, hour_of};
 pub use webhooks::{
     Claimed, CreatedWebhook, DEFAULT_CREDITS_BELOW, DEFAULT_EXPIRING_DAYS, DELIVERIES_KEEP,
-    Delivery, DeliveryStatus, EXPIRING_DAYS, Failure, MAX_DELIVERY_READ, MAX_URL_CHARS,
-    MAX_WEBHOOKS, NewWebhook, RetryPolicy, Webhook, check_webhook_url,
+    Delivery, DeliveryStatus, EXPIRING_DAYS, Failure, MAX_DELIVERY_READ, MAX_SECRET_OVERLAP,
+    MAX_URL_CHARS, MAX_WEBHOOKS, NewWebhook, RetryPolicy, Webhook, check_webhook_url, url_origin,
 };
 
 /// The PostgreSQL channel writes are announced on (a wake-up: what changed

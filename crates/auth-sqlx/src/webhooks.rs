@@ -45,14 +45,26 @@ pub const DELIVERIES_KEEP: Duration = Duration::from_secs(30 * 86_400);
 /// How far back a scan looks for expiries (and never before the
 /// endpoint was made): a key that expired longer ago is old news.
 const EXPIRED_LOOKBACK: i64 = 7 * 86_400;
-/// Keys one scan queues per endpoint and event, at most (the next scan
-/// takes the rest).
+/// Keys read per page of a scan.
 const SCAN_BATCH: i64 = 1000;
+/// Pages one scan reads per endpoint and event, at most.
+const SCAN_PAGES: usize = 100;
+/// Deliveries queued per transaction by a scan (the writers' lock is held
+/// for each).
+const SCAN_CHUNK: usize = 100;
+/// What a key has left now, a due refill counted (as a spend counts it;
+/// `$4` is now, Unix seconds).
+const AVAILABLE: &str = "(CASE WHEN k.credits_refill_amount IS NOT NULL \
+     AND $4 >= k.credits_period_start + k.credits_refill_secs \
+     THEN k.credits_refill_amount ELSE k.credits_remaining END)";
+/// The longest a changed secret is still signed with.
+pub const MAX_SECRET_OVERLAP: Duration = Duration::from_secs(7 * 86_400);
 /// The longest error text a delivery keeps.
 const MAX_ERROR_CHARS: usize = 200;
 
-/// A new endpoint's settings.
-#[derive(Clone, Debug)]
+/// A new endpoint's settings (`Debug` shows the URL's origin only: a
+/// receiver's URL may carry a token).
+#[derive(Clone)]
 pub struct NewWebhook {
     /// Where to POST: `http` or `https`, a host, no user info, no fragment,
     /// at most [`MAX_URL_CHARS`].
@@ -82,8 +94,9 @@ impl NewWebhook {
     }
 }
 
-/// An endpoint as operators see it: everything but its secret.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// An endpoint as operators see it: everything but its secret (`Debug`
+/// shows the URL's origin only).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Webhook {
     /// `wh_…`.
     pub id: String,
@@ -99,6 +112,38 @@ pub struct Webhook {
     pub description: String,
     /// When it was made.
     pub created_at: SystemTime,
+}
+
+/// `scheme://host:port` of a URL, for logs and `Debug`: its path and query
+/// may carry a token (as chat services' incoming webhooks do).
+pub fn url_origin(url: &str) -> String {
+    url::Url::parse(url).map_or_else(
+        |_| "(not a URL)".to_owned(),
+        |u| u.origin().ascii_serialization(),
+    )
+}
+
+impl fmt::Debug for NewWebhook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewWebhook")
+            .field("url", &url_origin(&self.url))
+            .field("events", &self.events)
+            .field("expiring_days", &self.expiring_days)
+            .field("credits_below", &self.credits_below)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Webhook")
+            .field("id", &self.id)
+            .field("url", &url_origin(&self.url))
+            .field("events", &self.events)
+            .field("expiring_days", &self.expiring_days)
+            .field("credits_below", &self.credits_below)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An endpoint just made: its secret is here once.
@@ -171,10 +216,16 @@ pub struct Delivery {
 pub struct Claimed {
     /// `msg_…`.
     pub id: String,
+    /// The endpoint's id.
+    pub webhook_id: String,
     /// Where to POST.
     pub url: String,
-    /// What to sign with.
-    pub secret: WebhookSecret,
+    /// What to sign with: the endpoint's secret and, while a change of
+    /// secret is under way, the previous one (one signature each).
+    pub secrets: Vec<WebhookSecret>,
+    /// When the claim lapses: the attempt must be over by then, or another
+    /// instance may make it again.
+    pub claimed_until: SystemTime,
     /// The body.
     pub payload: String,
     /// Attempts made before this one.
@@ -187,7 +238,8 @@ impl fmt::Debug for Claimed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Claimed")
             .field("id", &self.id)
-            .field("url", &self.url)
+            .field("webhook_id", &self.webhook_id)
+            .field("url", &url_origin(&self.url))
             .field("attempts", &self.attempts)
             .finish_non_exhaustive()
     }
@@ -296,6 +348,13 @@ fn webhook_of(row: &AnyRow) -> Result<Webhook, sqlx::Error> {
     })
 }
 
+/// `t + d`, or the far future (a duration too large for the clock never
+/// panics).
+fn later(t: SystemTime, d: Duration) -> SystemTime {
+    t.checked_add(d)
+        .unwrap_or_else(|| SystemTime::UNIX_EPOCH + Duration::from_millis(i64::MAX.unsigned_abs()))
+}
+
 fn from_millis(ms: i64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
@@ -340,6 +399,18 @@ fn kind_name(kind: &str) -> &'static str {
     }
 }
 
+/// An endpoint's fields as the audit trail records them (never its
+/// secret).
+fn webhook_fields(w: &Webhook) -> Vec<(&'static str, Value)> {
+    vec![
+        ("url", json!(w.url)),
+        ("events", json!(events_text(&w.events))),
+        ("expiringDays", json!(w.expiring_days)),
+        ("creditsBelow", json!(w.credits_below)),
+        ("description", json!(w.description)),
+    ]
+}
+
 impl SqlKeyStore {
     /// Registers an endpoint; its secret is in the answer and nowhere
     /// else it can be read back.
@@ -371,39 +442,56 @@ impl SqlKeyStore {
             check_name("description", &new.description)?;
         }
         let secret = WebhookSecret::generate()
-            .map_err(|e| Error::Invalid(format!("no webhook secret: {e}")))?;
-        let id = random_id("wh", 16)?;
-        let now = SystemTime::now();
+            .map_err(|e| Error::Core(auth_core::Error::Random(e.to_string())))?;
+        let webhook = Webhook {
+            id: random_id("wh", 16)?,
+            url: new.url,
+            events: events_of(&events_text(&new.events)),
+            expiring_days: new.expiring_days,
+            credits_below: new.credits_below,
+            description: new.description,
+            created_at: time(secs(SystemTime::now())),
+        };
         let mut tx = self.begin_write().await?;
-        let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM auth_webhooks")
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("n")?;
-        if usize::try_from(count).unwrap_or(usize::MAX) >= MAX_WEBHOOKS {
+        // One statement, the count in its WHERE: no read to upgrade to a
+        // write (SQLite), and no two instances past the limit at once.
+        let made = sqlx::query(&format!(
+            "INSERT INTO auth_webhooks (id, url, events, expiring_days, credits_below, secret, \
+             description, created_at) SELECT $1, $2, $3, $4, $5, $6, $7, $8 \
+             WHERE (SELECT COUNT(*) FROM auth_webhooks) < {MAX_WEBHOOKS}"
+        ))
+        .bind(&webhook.id)
+        .bind(&webhook.url)
+        .bind(events_text(&webhook.events))
+        .bind(i64::from(webhook.expiring_days))
+        .bind(i64::try_from(webhook.credits_below).unwrap_or(i64::MAX))
+        .bind(secret.reveal().as_str())
+        .bind(&webhook.description)
+        .bind(secs(webhook.created_at))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if made == 0 {
             tx.rollback().await?;
             return Err(Error::Invalid(format!(
                 "at most {MAX_WEBHOOKS} webhooks; delete one first"
             )));
         }
-        sqlx::query(
-            "INSERT INTO auth_webhooks (id, url, events, expiring_days, credits_below, secret, \
-             description, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&id)
-        .bind(&new.url)
-        .bind(events_text(&new.events))
-        .bind(i64::from(new.expiring_days))
-        .bind(i64::try_from(new.credits_below).unwrap_or(i64::MAX))
-        .bind(secret.reveal().as_str())
-        .bind(&new.description)
-        .bind(secs(now))
-        .execute(&mut *tx)
-        .await?;
+        let changes = webhook_fields(&webhook)
+            .into_iter()
+            .map(|(name, to)| {
+                (
+                    name.to_owned(),
+                    FieldChange {
+                        from: Value::Null,
+                        to,
+                    },
+                )
+            })
+            .collect();
+        self.append(&mut tx, Action::Create, "webhook", &webhook.id, &changes)
+            .await?;
         tx.commit().await?;
-        let webhook = self
-            .webhook(&id)
-            .await?
-            .ok_or_else(|| Error::Invalid("the webhook just made is gone".into()))?;
         Ok(CreatedWebhook { webhook, secret })
     }
 
@@ -429,20 +517,98 @@ impl SqlKeyStore {
     }
 
     /// Deletes an endpoint and its deliveries (an attempt under way may
-    /// still arrive); whether it existed.
+    /// still arrive); whether it existed. Recorded in the audit trail.
     pub async fn delete_webhook(&self, id: &str) -> Result<bool, Error> {
         let mut tx = self.begin_write().await?;
+        // A write first (SQLite: the write lock, which a read could not be
+        // upgraded to once another writer committed), then the read.
+        sqlx::query("UPDATE auth_webhooks SET id = id WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM auth_webhooks WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(before) = row.as_ref().map(webhook_of).transpose()? else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
         sqlx::query("DELETE FROM auth_webhook_deliveries WHERE webhook_id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        let gone = sqlx::query("DELETE FROM auth_webhooks WHERE id = $1")
+        sqlx::query("DELETE FROM auth_webhooks WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            .await?;
+        let changes = webhook_fields(&before)
+            .into_iter()
+            .map(|(name, from)| {
+                (
+                    name.to_owned(),
+                    FieldChange {
+                        from,
+                        to: Value::Null,
+                    },
+                )
+            })
+            .collect();
+        self.append(&mut tx, Action::Delete, "webhook", id, &changes)
+            .await?;
         tx.commit().await?;
-        Ok(gone > 0)
+        Ok(true)
+    }
+
+    /// Gives an endpoint a new secret (returned: shown once); deliveries
+    /// are signed with the old one too, a second signature, for `overlap`
+    /// (at most [`MAX_SECRET_OVERLAP`]) — receivers switch meanwhile.
+    /// `None` when there is no such endpoint. Recorded in the audit trail
+    /// (never the secrets).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for an overlap over [`MAX_SECRET_OVERLAP`].
+    pub async fn rotate_webhook_secret(
+        &self,
+        id: &str,
+        overlap: Duration,
+    ) -> Result<Option<WebhookSecret>, Error> {
+        if overlap > MAX_SECRET_OVERLAP {
+            return Err(Error::Invalid(
+                "the old secret's overlap is 0 s to 7 days".into(),
+            ));
+        }
+        let secret = WebhookSecret::generate()
+            .map_err(|e| Error::Core(auth_core::Error::Random(e.to_string())))?;
+        let until = millis(later(SystemTime::now(), overlap));
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE auth_webhooks SET previous_secret = secret, previous_until = $2, \
+             secret = $3 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(until)
+        .bind(secret.reveal().as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if done == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let changes = BTreeMap::from([(
+            "previousSecretUntil".to_owned(),
+            FieldChange {
+                from: Value::Null,
+                to: json!(until / 1000),
+            },
+        )]);
+        self.append(&mut tx, Action::Rotate, "webhook", id, &changes)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(secret))
     }
 
     /// An endpoint's deliveries, newest first, at most `limit`.
@@ -555,7 +721,16 @@ impl SqlKeyStore {
             for (webhook_id, wants) in &endpoints {
                 if wants.contains(&event) {
                     let id = random_id("msg", 32)?;
-                    queue(&mut *tx, &id, webhook_id, event, &id, &body, now).await?;
+                    let row = Queued {
+                        id: &id,
+                        webhook_id,
+                        event,
+                        dedupe: &id,
+                        body: &body,
+                        key_id,
+                        keep_until: 0,
+                    };
+                    queue(&mut *tx, &row, now).await?;
                 }
             }
         }
@@ -565,89 +740,170 @@ impl SqlKeyStore {
     /// Queues the events of time due at `now` — `key.expiring` (within
     /// each endpoint's notice), `key.expired` (in the last 7 days, after
     /// the endpoint was made), `credits.low` (below each endpoint's
-    /// threshold) — each once per key and expiry or credit period, however
-    /// many instances scan. Keys disabled are left out. Returns how many
-    /// deliveries it queued.
+    /// threshold, a due refill counted; never for a key expired or
+    /// rotated away) — each once per key and expiry or credit period,
+    /// however many instances scan. Keys disabled are left out. Returns
+    /// how many deliveries it queued.
     pub async fn scan_webhook_events(&self, now: SystemTime) -> Result<usize, Error> {
         let mut queued = 0;
-        let at = secs(now);
         for webhook in self.webhooks().await? {
             for event in webhook.events.iter().copied() {
-                let (sql, lower, upper) = match event {
-                    EventType::KeyExpiring => (
-                        "k.expires_at > $2 AND k.expires_at <= $3",
-                        at,
-                        at.saturating_add(i64::from(webhook.expiring_days) * 86_400),
-                    ),
-                    EventType::KeyExpired => (
-                        "k.expires_at > $2 AND k.expires_at <= $3",
-                        (at - EXPIRED_LOOKBACK).max(secs(webhook.created_at)),
-                        at,
-                    ),
-                    EventType::CreditsLow => (
-                        // ($2 unused: 0.)
-                        "k.credits_remaining IS NOT NULL AND k.credits_remaining < $3 AND $2 = 0",
-                        0,
-                        i64::try_from(webhook.credits_below).unwrap_or(i64::MAX),
-                    ),
-                    _ => continue,
-                };
-                // The name that makes the event one, built in SQL so that
-                // keys already queued are left out before they are read.
-                let name = match event {
-                    EventType::CreditsLow => {
-                        "CAST(COALESCE(k.credits_period_start, k.created_at) AS TEXT)"
-                    }
-                    _ => "CAST(k.expires_at AS TEXT)",
-                };
-                let rows = sqlx::query(&format!(
-                    "SELECT {COLUMNS}, kind, '{event}:' || k.id || ':' || {name} AS dedupe \
-                     FROM auth_keys k WHERE k.disabled_at IS NULL AND {sql} \
-                     AND NOT EXISTS (SELECT 1 FROM auth_webhook_deliveries d \
-                       WHERE d.webhook_id = $1 AND d.dedupe = '{event}:' || k.id || ':' || {name}) \
-                     ORDER BY k.id LIMIT {SCAN_BATCH}",
-                    event = event.as_str(),
-                ))
-                .bind(&webhook.id)
-                .bind(lower)
-                .bind(upper)
-                .fetch_all(&self.inner.pool)
-                .await?;
-                if rows.is_empty() {
-                    continue;
+                if matches!(
+                    event,
+                    EventType::KeyExpiring | EventType::KeyExpired | EventType::CreditsLow
+                ) {
+                    queued += self.scan_one(&webhook, event, now).await?;
                 }
-                // Under the writers' lock, as `delete_webhook`: each insert
-                // only while its endpoint exists (no delivery outlives it).
-                let mut tx = self.begin_write().await?;
-                for row in rows {
-                    let Some(data) = scanned(event, &row, &webhook, now)? else {
-                        continue;
-                    };
-                    let dedupe: String = row.try_get("dedupe")?;
-                    let id = random_id("msg", 32)?;
-                    let body = payload(event, now, data);
-                    queued += queue(&mut tx, &id, &webhook.id, event, &dedupe, &body, now).await?;
-                }
-                tx.commit().await?;
             }
         }
         Ok(queued)
     }
 
-    /// Claims up to `limit` due deliveries for `worker` until `now +
-    /// claim`: each by a conditional `UPDATE` that one instance wins (a
-    /// claim that lapsed — its instance died mid-attempt — is taken over).
-    /// `claim` must outlast an attempt, or a slow attempt may be made
-    /// twice.
+    /// One endpoint's events of one kind: keys read in pages (in id
+    /// order, from after the last one read: a page the scan then leaves
+    /// out never hides the keys after it), at most [`SCAN_PAGES`] pages.
+    async fn scan_one(
+        &self,
+        webhook: &Webhook,
+        event: EventType,
+        now: SystemTime,
+    ) -> Result<usize, Error> {
+        let at = secs(now);
+        // $2 and $3 bound the keys; `$4` is now.
+        let (sql, lower, upper) = match event {
+            EventType::KeyExpiring => (
+                "k.expires_at > $2 AND k.expires_at <= $3".to_owned(),
+                at,
+                at.saturating_add(i64::from(webhook.expiring_days) * 86_400),
+            ),
+            EventType::KeyExpired => (
+                "k.expires_at > $2 AND k.expires_at <= $3".to_owned(),
+                (at - EXPIRED_LOOKBACK).max(secs(webhook.created_at)),
+                at,
+            ),
+            _ => (
+                // What is left now, a due refill counted (as a spend
+                // counts it); not a key past its expiry, nor one a
+                // rotation moved the credits away from.
+                format!(
+                    "k.credits_remaining IS NOT NULL AND $2 = 0 AND {AVAILABLE} < $3 \
+                     AND (k.expires_at IS NULL OR k.expires_at > $4) \
+                     AND NOT EXISTS (SELECT 1 FROM auth_audit a \
+                       WHERE a.key_id = k.id AND a.action = 'rotate')"
+                ),
+                0,
+                i64::try_from(webhook.credits_below).unwrap_or(i64::MAX),
+            ),
+        };
+        // The name that makes the event one, built in SQL so that keys
+        // already queued are left out before they are read.
+        let name = match event {
+            EventType::CreditsLow => "CAST(COALESCE(k.credits_period_start, k.created_at) AS TEXT)",
+            _ => "CAST(k.expires_at AS TEXT)",
+        };
+        let query = format!(
+            "SELECT {COLUMNS}, kind, '{event}:' || k.id || ':' || {name} AS dedupe \
+             FROM auth_keys k WHERE k.disabled_at IS NULL AND {sql} AND k.id > $5 \
+             AND NOT EXISTS (SELECT 1 FROM auth_webhook_deliveries d \
+               WHERE d.webhook_id = $1 AND d.dedupe = '{event}:' || k.id || ':' || {name}) \
+             ORDER BY k.id LIMIT {SCAN_BATCH}",
+            event = event.as_str(),
+        );
+        let mut queued = 0;
+        let mut after = String::new();
+        for _ in 0..SCAN_PAGES {
+            let rows = sqlx::query(&query)
+                .bind(&webhook.id)
+                .bind(lower)
+                .bind(upper)
+                .bind(at)
+                .bind(&after)
+                .fetch_all(&self.inner.pool)
+                .await?;
+            let full = rows.len() == usize::try_from(SCAN_BATCH).unwrap_or(usize::MAX);
+            let mut found = Vec::new();
+            for row in &rows {
+                let id: String = row.try_get("id")?;
+                after.clone_from(&id);
+                // A row that does not read is skipped, not the scan.
+                match scanned(event, row, webhook, now) {
+                    Ok(Some(one)) => found.push((one, row.try_get::<String, _>("dedupe")?)),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(target: "auth_sqlx", key_id = %id, error = %e,
+                        "a key's row could not be read for webhook events"),
+                }
+            }
+            // Under the writers' lock, as `delete_webhook`, in short
+            // transactions (admin writes wait for none long): each insert
+            // only while its endpoint exists, so no delivery outlives it.
+            for chunk in found.chunks(SCAN_CHUNK) {
+                let mut tx = self.begin_write().await?;
+                for (one, dedupe) in chunk {
+                    let id = random_id("msg", 32)?;
+                    let body = payload(event, now, one.data.clone());
+                    let row = Queued {
+                        id: &id,
+                        webhook_id: &webhook.id,
+                        event,
+                        dedupe,
+                        body: &body,
+                        key_id: &one.key_id,
+                        keep_until: millis(one.keep_until),
+                    };
+                    queued += queue(&mut tx, &row, now).await?;
+                }
+                tx.commit().await?;
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(queued)
+    }
+
+    /// Claims up to `limit` due deliveries for `worker`, each until `claim`
+    /// after its own claim is taken: each by a conditional `UPDATE` that
+    /// one instance wins (a claim that lapsed — its instance died
+    /// mid-attempt — is taken over). The attempt must be over by
+    /// [`Claimed::claimed_until`], or another instance may make it again.
+    /// First, deliveries past `policy`'s `give_up_after` that no claim
+    /// holds are marked failed (whether attempted or not: a deliverer that
+    /// was down for days sends no stale events).
     pub async fn claim_deliveries(
         &self,
         worker: &str,
         now: SystemTime,
         claim: Duration,
         limit: u32,
+        policy: RetryPolicy,
     ) -> Result<Vec<Claimed>, Error> {
+        // Times from `now`, moved on by what this call has waited (for
+        // connections, for statements) when each claim is taken.
+        let started = std::time::Instant::now();
         let at = millis(now);
-        let until = millis(now + claim);
+        let oldest = now.checked_sub(policy.give_up_after).map_or(0, millis);
+        // Read first: a write per poll (SQLite's one writer) only when
+        // there is something to give up.
+        const OVERDUE: &str = "status = 'pending' AND created_at < $2 \
+             AND (claimed_until IS NULL OR claimed_until <= $1)";
+        let overdue = sqlx::query(&format!(
+            "SELECT id FROM auth_webhook_deliveries WHERE {OVERDUE} LIMIT 1"
+        ))
+        .bind(at)
+        .bind(oldest)
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        if overdue.is_some() {
+            sqlx::query(&format!(
+                "UPDATE auth_webhook_deliveries SET status = 'failed', done_at = $1, \
+                 last_error = 'given up: not delivered in time', claimed_by = NULL, \
+                 claimed_until = NULL WHERE {OVERDUE}"
+            ))
+            .bind(at)
+            .bind(oldest)
+            .execute(&self.inner.pool)
+            .await?;
+        }
         let due = sqlx::query(
             "SELECT id FROM auth_webhook_deliveries WHERE status = 'pending' AND next_at <= $1 \
              AND (claimed_until IS NULL OR claimed_until <= $1) ORDER BY next_at, id LIMIT $2",
@@ -659,6 +915,10 @@ impl SqlKeyStore {
         let mut claimed = Vec::new();
         for row in due {
             let id: String = row.try_get("id")?;
+            // The claim's time from now, each (the statements before this
+            // one may have waited for a connection).
+            let taken = later(now, started.elapsed());
+            let until = later(taken, claim);
             let won = sqlx::query(
                 "UPDATE auth_webhook_deliveries SET claimed_by = $2, claimed_until = $3 \
                  WHERE id = $1 AND status = 'pending' AND next_at <= $4 \
@@ -666,8 +926,8 @@ impl SqlKeyStore {
             )
             .bind(&id)
             .bind(worker)
-            .bind(until)
-            .bind(at)
+            .bind(millis(until))
+            .bind(millis(taken))
             .execute(&self.inner.pool)
             .await?
             .rows_affected();
@@ -675,7 +935,8 @@ impl SqlKeyStore {
                 continue; // another instance's
             }
             let row = sqlx::query(
-                "SELECT d.id, d.payload, d.attempts, d.created_at, w.url, w.secret \
+                "SELECT d.id, d.webhook_id, d.payload, d.attempts, d.created_at, w.url, w.secret, \
+                 w.previous_secret, w.previous_until \
                  FROM auth_webhook_deliveries d JOIN auth_webhooks w ON w.id = d.webhook_id \
                  WHERE d.id = $1 AND d.claimed_by = $2",
             )
@@ -696,13 +957,34 @@ impl SqlKeyStore {
                 continue;
             };
             let Ok(secret) = WebhookSecret::parse(&row.try_get::<String, _>("secret")?) else {
-                tracing::error!(target: "auth_sqlx", webhook_delivery = %id, "a webhook's stored secret does not parse");
+                tracing::error!(target: "auth_sqlx", delivery = %id,
+                    "a webhook's stored secret does not parse: the delivery is failed");
+                sqlx::query(
+                    "UPDATE auth_webhook_deliveries SET status = 'failed', done_at = $3, \
+                     last_error = 'the endpoint''s secret does not parse', claimed_by = NULL, \
+                     claimed_until = NULL WHERE id = $1 AND claimed_by = $2",
+                )
+                .bind(&id)
+                .bind(worker)
+                .bind(millis(taken))
+                .execute(&self.inner.pool)
+                .await?;
                 continue;
             };
+            let mut secrets = vec![secret];
+            let previous: Option<String> = row.try_get("previous_secret")?;
+            let previous_until: Option<i64> = row.try_get("previous_until")?;
+            if let (Some(text), Some(until)) = (previous, previous_until) {
+                if until > millis(taken) {
+                    secrets.extend(WebhookSecret::parse(&text).ok());
+                }
+            }
             claimed.push(Claimed {
                 id: row.try_get("id")?,
+                webhook_id: row.try_get("webhook_id")?,
                 url: row.try_get("url")?,
-                secret,
+                secrets,
+                claimed_until: until,
                 payload: row.try_get("payload")?,
                 attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
                 created_at: from_millis(row.try_get("created_at")?),
@@ -713,7 +995,7 @@ impl SqlKeyStore {
 
     /// Records a delivery `worker` made, answered `status` (2xx); whether
     /// the claim was still its own (if not, it lapsed and another instance
-    /// may have delivered it too).
+    /// may have delivered it too, or the endpoint was deleted).
     pub async fn delivered(
         &self,
         id: &str,
@@ -748,8 +1030,8 @@ impl SqlKeyStore {
         policy: RetryPolicy,
     ) -> Result<Option<DeliveryStatus>, Error> {
         let failures = claimed.attempts.saturating_add(1);
-        let next = now + policy.delay(failures);
-        let give_up = claimed.created_at + policy.give_up_after;
+        let next = later(now, policy.delay(failures));
+        let give_up = later(claimed.created_at, policy.give_up_after);
         let status = if next > give_up {
             DeliveryStatus::Failed
         } else {
@@ -781,59 +1063,84 @@ impl SqlKeyStore {
     }
 
     /// Deletes deliveries finished more than [`DELIVERIES_KEEP`] before
-    /// `now`; how many.
+    /// `now` whose name no longer needs keeping (past `keep_until`, or
+    /// their key is gone); how many.
     pub async fn prune_deliveries(&self, now: SystemTime) -> Result<u64, Error> {
         let before = now.checked_sub(DELIVERIES_KEEP).map_or(0, millis);
         let done = sqlx::query(
-            "DELETE FROM auth_webhook_deliveries WHERE status <> 'pending' AND done_at < $1",
+            "DELETE FROM auth_webhook_deliveries WHERE status <> 'pending' AND done_at < $1 \
+             AND (keep_until < $2 OR auth_webhook_deliveries.key_id IS NULL \
+               OR NOT EXISTS (SELECT 1 FROM auth_keys k \
+                 WHERE k.id = auth_webhook_deliveries.key_id))",
         )
         .bind(before)
+        .bind(millis(now))
         .execute(&self.inner.pool)
         .await?;
         Ok(done.rows_affected())
     }
 }
 
+/// A delivery to queue.
+struct Queued<'a> {
+    id: &'a str,
+    webhook_id: &'a str,
+    event: EventType,
+    dedupe: &'a str,
+    body: &'a str,
+    key_id: &'a str,
+    /// Unix milliseconds.
+    keep_until: i64,
+}
+
 /// Inserts a delivery unless the endpoint has one of the same name, or
 /// is gone; whether it did. Callers hold the writers' lock.
 async fn queue(
     conn: &mut sqlx::AnyConnection,
-    id: &str,
-    webhook_id: &str,
-    event: EventType,
-    dedupe: &str,
-    body: &str,
+    q: &Queued<'_>,
     now: SystemTime,
 ) -> Result<usize, Error> {
     let done = sqlx::query(
-        "INSERT INTO auth_webhook_deliveries (id, webhook_id, event, dedupe, payload, status, \
-         attempts, created_at, next_at) SELECT $1, $2, $3, $4, $5, 'pending', 0, $6, $6 \
+        "INSERT INTO auth_webhook_deliveries (id, webhook_id, event, dedupe, payload, key_id, \
+         keep_until, status, attempts, created_at, next_at) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $8 \
          WHERE EXISTS (SELECT 1 FROM auth_webhooks WHERE id = $2) \
          ON CONFLICT (webhook_id, dedupe) DO NOTHING",
     )
-    .bind(id)
-    .bind(webhook_id)
-    .bind(event.as_str())
-    .bind(dedupe)
-    .bind(body)
+    .bind(q.id)
+    .bind(q.webhook_id)
+    .bind(q.event.as_str())
+    .bind(q.dedupe)
+    .bind(q.body)
+    .bind(q.key_id)
+    .bind(q.keep_until)
     .bind(millis(now))
     .execute(conn)
     .await?;
     Ok(usize::try_from(done.rows_affected()).unwrap_or(0))
 }
 
-/// The data of a scanned event, or `None` when the row does not qualify
-/// after all (credits a due refill restores).
+/// A scanned event: its data, its key, how long its name is kept.
+struct Scanned {
+    data: Value,
+    key_id: String,
+    keep_until: SystemTime,
+}
+
+/// The event a scanned row makes, or `None` when it does not qualify
+/// after all.
 fn scanned(
     event: EventType,
     row: &AnyRow,
     webhook: &Webhook,
     now: SystemTime,
-) -> Result<Option<Value>, Error> {
+) -> Result<Option<Scanned>, Error> {
     let info = crate::info(row)?;
     let kind: String = row.try_get("kind")?;
     let mut data = json!({"id": info.id, "kind": kind_name(&kind), "owner": info.owner});
-    match event {
+    // Past it, the event cannot come back: an expiry is out of both
+    // windows 7 days after it; credits are low until their next refill.
+    let keep_until = match event {
         EventType::KeyExpiring | EventType::KeyExpired => {
             let Some(expires) = info.expires_at else {
                 return Ok(None);
@@ -842,6 +1149,7 @@ fn scanned(
             if event == EventType::KeyExpiring {
                 data["noticeDays"] = json!(webhook.expiring_days);
             }
+            later(expires, Duration::from_secs(8 * 86_400))
         }
         EventType::CreditsLow => {
             let Some(credits) = info.credits else {
@@ -851,13 +1159,25 @@ fn scanned(
             if remaining >= webhook.credits_below {
                 return Ok(None);
             }
+            let next = credits.next_refill_at(now);
             data["remaining"] = json!(remaining);
             data["threshold"] = json!(webhook.credits_below);
-            data["nextRefillAt"] = credits
-                .next_refill_at(now)
-                .map_or(Value::Null, |t| json!(rfc3339(t)));
+            data["nextRefillAt"] = next.map_or(Value::Null, |t| json!(rfc3339(t)));
+            // A refill that lifts the key over the threshold ends the
+            // period's lowness: kept until it is due. Without one — or
+            // with one that leaves the key low, whose stored period only
+            // moves on at a spend — the same name could come back at any
+            // time: kept while the key is (a deleted key's rows go).
+            match (credits.refill, next) {
+                (Some(r), Some(at)) if r.amount >= webhook.credits_below => at,
+                _ => later(now, Duration::MAX),
+            }
         }
         _ => return Ok(None),
-    }
-    Ok(Some(data))
+    };
+    Ok(Some(Scanned {
+        data,
+        key_id: info.id,
+        keep_until,
+    }))
 }

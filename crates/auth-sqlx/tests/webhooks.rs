@@ -6,7 +6,7 @@
 #![allow(unused_crate_dependencies)]
 
 mod common;
-use common::{postgres, sqlite};
+use common::{on_both_backends, postgres, sqlite};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -17,9 +17,10 @@ use auth_core::Digest;
 use auth_core::webhook::{EventType, WebhookSecret, rfc3339};
 use auth_sqlx::testing::{execute_raw, postgres_schema};
 use auth_sqlx::{
-    Actor, AuditFilter, CreatedKey, CreatedWebhook, Credits, DELIVERIES_KEEP, Delivery,
-    DeliveryStatus, Error, Failure, MAX_CREDITS, MAX_DELIVERY_READ, MAX_URL_CHARS, MAX_WEBHOOKS,
-    NewKey, NewWebhook, Refill, RetryPolicy, SqlKeyStore, check_webhook_url,
+    Actor, AuditFilter, AuditRecord, Claimed, CreatedKey, CreatedWebhook, Credits, DELIVERIES_KEEP,
+    Delivery, DeliveryStatus, Error, Failure, MAX_CREDITS, MAX_DELIVERY_READ, MAX_SECRET_OVERLAP,
+    MAX_URL_CHARS, MAX_WEBHOOKS, NewKey, NewWebhook, Refill, RetryPolicy, SqlKeyStore,
+    check_webhook_url, url_origin,
 };
 use serde_json::{Value, json};
 use tokio::sync::Barrier;
@@ -27,6 +28,14 @@ use tokio::sync::Barrier;
 const SCANNER_URL: &str = "https://github.com/o/r/blob/x";
 
 /// `t` to the millisecond (deliveries' times are kept in milliseconds).
+/// Retries for a year: no delivery in these tests is given up on by a
+/// claim.
+const KEEP_TRYING: RetryPolicy = RetryPolicy {
+    first: Duration::from_secs(5),
+    max_delay: Duration::from_secs(3600),
+    give_up_after: Duration::from_secs(365 * 86_400),
+};
+
 fn ms(t: SystemTime) -> SystemTime {
     UNIX_EPOCH
         + Duration::from_millis(
@@ -86,6 +95,44 @@ async fn queued(store: &SqlKeyStore, id: &str) -> Vec<Delivery> {
     let mut all = store.deliveries(id, MAX_DELIVERY_READ).await.unwrap();
     all.reverse();
     all
+}
+
+/// `store.claim_deliveries(…)`, unwrapped: a sweep of due deliveries.
+async fn claims(
+    store: &SqlKeyStore,
+    worker: &str,
+    now: SystemTime,
+    claim: Duration,
+    limit: u32,
+    policy: RetryPolicy,
+) -> Vec<Claimed> {
+    store
+        .claim_deliveries(worker, now, claim, limit, policy)
+        .await
+        .unwrap()
+}
+
+/// Up to `limit` deliveries due now, claimed by worker `w` for 30 s.
+async fn sweep(store: &SqlKeyStore, limit: u32) -> Vec<Claimed> {
+    let soon = SystemTime::now() + Duration::from_secs(1);
+    claims(
+        store,
+        "w",
+        soon,
+        Duration::from_secs(30),
+        limit,
+        KEEP_TRYING,
+    )
+    .await
+}
+
+/// The delivery `id` of endpoint `webhook`, as recorded.
+async fn delivery(store: &SqlKeyStore, webhook: &str, id: &str) -> Delivery {
+    queued(store, webhook)
+        .await
+        .into_iter()
+        .find(|x| x.id == id)
+        .unwrap_or_else(|| panic!("no delivery {id}"))
 }
 
 /// A delivery's body, parsed.
@@ -272,16 +319,7 @@ async fn a_disable_queues_one_event_per_endpoint(store: SqlKeyStore) {
     assert!(queued(&store, &deaf.id).await.is_empty());
 }
 
-#[tokio::test]
-async fn a_disable_queues_one_event_per_endpoint_on_sqlite() {
-    let (store, _dir) = sqlite().await;
-    a_disable_queues_one_event_per_endpoint(store).await;
-}
-
-#[tokio::test]
-async fn a_disable_queues_one_event_per_endpoint_on_postgres() {
-    a_disable_queues_one_event_per_endpoint(postgres("webhooks_disable").await).await;
-}
+on_both_backends!(a_disable_queues_one_event_per_endpoint, "webhooks_disable");
 
 /// A secret scanner's disable queues `key.disabled` and `key.leaked` (with
 /// where the key was found); a rotation queues `key.rotated` on the old
@@ -395,16 +433,10 @@ async fn a_leak_and_a_rotation_queue_their_events(store: SqlKeyStore) {
     );
 }
 
-#[tokio::test]
-async fn a_leak_and_a_rotation_queue_their_events_on_sqlite() {
-    let (store, _dir) = sqlite().await;
-    a_leak_and_a_rotation_queue_their_events(store).await;
-}
-
-#[tokio::test]
-async fn a_leak_and_a_rotation_queue_their_events_on_postgres() {
-    a_leak_and_a_rotation_queue_their_events(postgres("webhooks_leak_rotate").await).await;
-}
+on_both_backends!(
+    a_leak_and_a_rotation_queue_their_events,
+    "webhooks_leak_rotate"
+);
 
 /// A rotation's `key.rotated` says when the old key ends, also when that
 /// is its own expiry (sooner than the overlap) rather than the overlap's
@@ -431,16 +463,10 @@ async fn a_rotation_event_says_when_the_old_key_ends(store: SqlKeyStore) {
     );
 }
 
-#[tokio::test]
-async fn a_rotation_event_says_when_the_old_key_ends_on_sqlite() {
-    let (store, _dir) = sqlite().await;
-    a_rotation_event_says_when_the_old_key_ends(store).await;
-}
-
-#[tokio::test]
-async fn a_rotation_event_says_when_the_old_key_ends_on_postgres() {
-    a_rotation_event_says_when_the_old_key_ends(postgres("webhooks_rotate_ends").await).await;
-}
+on_both_backends!(
+    a_rotation_event_says_when_the_old_key_ends,
+    "webhooks_rotate_ends"
+);
 
 /// The events are part of the write: when they cannot be queued, the write
 /// is not made (nor its audit record).
@@ -653,16 +679,7 @@ async fn scans_queue_each_event_of_time_once(store: SqlKeyStore) {
     );
 }
 
-#[tokio::test]
-async fn scans_queue_each_event_of_time_once_on_sqlite() {
-    let (store, _dir) = sqlite().await;
-    scans_queue_each_event_of_time_once(store).await;
-}
-
-#[tokio::test]
-async fn scans_queue_each_event_of_time_once_on_postgres() {
-    scans_queue_each_event_of_time_once(postgres("webhooks_scans").await).await;
-}
+on_both_backends!(scans_queue_each_event_of_time_once, "webhooks_scans");
 
 /// Instances scanning at once queue each event once in total: the scans'
 /// counts add up to the events, and every endpoint has one delivery per
@@ -762,11 +779,16 @@ async fn a_scan_racing_a_delete_leaves_no_deliveries_behind(store: SqlKeyStore) 
     // Nothing of it is claimed or pruned.
     let later = now + Duration::from_secs(3600);
     assert!(
-        store
-            .claim_deliveries("w", later, Duration::from_secs(30), 1000)
-            .await
-            .unwrap()
-            .is_empty()
+        claims(
+            &store,
+            "w",
+            later,
+            Duration::from_secs(30),
+            1000,
+            KEEP_TRYING
+        )
+        .await
+        .is_empty()
     );
     assert_eq!(
         store
@@ -777,17 +799,11 @@ async fn a_scan_racing_a_delete_leaves_no_deliveries_behind(store: SqlKeyStore) 
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scan_racing_a_delete_leaves_no_deliveries_behind_on_sqlite() {
-    let (store, _dir) = sqlite().await;
-    a_scan_racing_a_delete_leaves_no_deliveries_behind(store).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scan_racing_a_delete_leaves_no_deliveries_behind_on_postgres() {
-    a_scan_racing_a_delete_leaves_no_deliveries_behind(postgres("webhooks_scan_delete").await)
-        .await;
-}
+on_both_backends!(
+    a_scan_racing_a_delete_leaves_no_deliveries_behind,
+    "webhooks_scan_delete",
+    multi_thread
+);
 
 /// Claims due deliveries for `worker` until all `total` are delivered (by
 /// it or the other worker), each attempt taking a moment, recording each
@@ -806,10 +822,7 @@ async fn drain(
     while done.load(Ordering::SeqCst) < total {
         assert!(SystemTime::now() < deadline, "{worker}: stuck at {ids:?}");
         let now = SystemTime::now();
-        let claimed = store
-            .claim_deliveries(worker, now, Duration::from_secs(60), 3)
-            .await
-            .unwrap();
+        let claimed = claims(&store, worker, now, Duration::from_secs(60), 3, KEEP_TRYING).await;
         if claimed.is_empty() {
             // The other's, or lost to it: look again.
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -923,16 +936,14 @@ async fn claims_lapse_and_failures_back_off(store: SqlKeyStore) {
     // Not yet due: nothing.
     let before = all.iter().map(|d| d.created_at).min().unwrap() - Duration::from_millis(1);
     assert!(
-        store
-            .claim_deliveries("a", before, claim, 10)
+        claims(&store, "a", before, claim, 10, KEEP_TRYING)
             .await
-            .unwrap()
             .is_empty()
     );
 
     // "a" claims one; it is what the attempt needs.
     let t0 = ms(latest) + Duration::from_secs(1);
-    let mine = store.claim_deliveries("a", t0, claim, 1).await.unwrap();
+    let mine = claims(&store, "a", t0, claim, 1, KEEP_TRYING).await;
     assert_eq!(mine.len(), 1);
     let c = &mine[0];
     let d = all.iter().find(|d| d.id == c.id).unwrap().clone();
@@ -945,17 +956,22 @@ async fn claims_lapse_and_failures_back_off(store: SqlKeyStore) {
             d.created_at
         )
     );
-    assert_eq!(c.secret.reveal(), created.secret.reveal());
+    assert_eq!(c.secrets[0].reveal(), created.secret.reveal());
     assert!(
         !format!("{c:?}").contains(&created.secret.reveal()[6..]),
         "{c:?}"
     );
 
     // Held while valid: "b" gets the other two, not this one.
-    let other = store
-        .claim_deliveries("b", t0 + claim - Duration::from_millis(1), claim, 10)
-        .await
-        .unwrap();
+    let other = claims(
+        &store,
+        "b",
+        t0 + claim - Duration::from_millis(1),
+        claim,
+        10,
+        KEEP_TRYING,
+    )
+    .await;
     let mut others: Vec<_> = other.iter().map(|c| c.id.clone()).collect();
     others.sort();
     let mut rest: Vec<_> = all
@@ -965,9 +981,10 @@ async fn claims_lapse_and_failures_back_off(store: SqlKeyStore) {
         .collect();
     rest.sort();
     assert_eq!(others, rest);
-    // Lapsed: "b" takes it over.
-    let t1 = t0 + claim;
-    let taken = store.claim_deliveries("b", t1, claim, 10).await.unwrap();
+    // Lapsed (a claim runs from when it was taken, a little after `t0`):
+    // "b" takes it over.
+    let t1 = t0 + claim + Duration::from_secs(1);
+    let taken = claims(&store, "b", t1, claim, 10, KEEP_TRYING).await;
     assert_eq!(
         taken.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
         [c.id.as_str()]
@@ -1011,11 +1028,7 @@ async fn claims_lapse_and_failures_back_off(store: SqlKeyStore) {
             .unwrap(),
         Some(DeliveryStatus::Pending)
     );
-    let now = queued(&store, &wh)
-        .await
-        .into_iter()
-        .find(|x| x.id == c.id)
-        .unwrap();
+    let now = delivery(&store, &wh, &c.id).await;
     assert_eq!(now.status, DeliveryStatus::Pending);
     assert_eq!(now.attempts, 1);
     assert_eq!(now.next_at, Some(t1 + policy.delay(1)));
@@ -1030,14 +1043,19 @@ async fn claims_lapse_and_failures_back_off(store: SqlKeyStore) {
     // Not before it is due; then anyone's.
     let t2 = t1 + policy.delay(1);
     assert!(
-        store
-            .claim_deliveries("c", t2 - Duration::from_millis(1), claim, 10)
-            .await
-            .unwrap()
-            .iter()
-            .all(|x| x.id != c.id)
+        claims(
+            &store,
+            "c",
+            t2 - Duration::from_millis(1),
+            claim,
+            10,
+            KEEP_TRYING
+        )
+        .await
+        .iter()
+        .all(|x| x.id != c.id)
     );
-    let again = store.claim_deliveries("c", t2, claim, 10).await.unwrap();
+    let again = claims(&store, "c", t2, claim, 10, KEEP_TRYING).await;
     let again = again.into_iter().find(|x| x.id == c.id).unwrap();
     assert_eq!(again.attempts, 1);
     let noisy = Failure {
@@ -1051,11 +1069,7 @@ async fn claims_lapse_and_failures_back_off(store: SqlKeyStore) {
             .unwrap(),
         Some(DeliveryStatus::Pending)
     );
-    let now = queued(&store, &wh)
-        .await
-        .into_iter()
-        .find(|x| x.id == c.id)
-        .unwrap();
+    let now = delivery(&store, &wh, &c.id).await;
     assert_eq!((now.attempts, now.last_status), (2, None));
     assert_eq!(now.next_at, Some(t2 + policy.delay(2)));
     let error = now.last_error.unwrap();
@@ -1065,7 +1079,7 @@ async fn claims_lapse_and_failures_back_off(store: SqlKeyStore) {
     // The third failure: the next attempt would be past 75 s from when it
     // was queued (t3 ≈ created + 61 s, and 20 s more).
     let t3 = t2 + policy.delay(2);
-    let third = store.claim_deliveries("c", t3, claim, 10).await.unwrap();
+    let third = claims(&store, "c", t3, claim, 10, KEEP_TRYING).await;
     let third = third.into_iter().find(|x| x.id == c.id).unwrap();
     assert!(t3 + policy.delay(3) > d.created_at + policy.give_up_after);
     assert_eq!(
@@ -1075,11 +1089,7 @@ async fn claims_lapse_and_failures_back_off(store: SqlKeyStore) {
             .unwrap(),
         Some(DeliveryStatus::Failed)
     );
-    let failed = queued(&store, &wh)
-        .await
-        .into_iter()
-        .find(|x| x.id == c.id)
-        .unwrap();
+    let failed = delivery(&store, &wh, &c.id).await;
     assert_eq!(failed.status, DeliveryStatus::Failed);
     assert_eq!(
         (failed.attempts, failed.next_at, failed.done_at),
@@ -1088,10 +1098,8 @@ async fn claims_lapse_and_failures_back_off(store: SqlKeyStore) {
     assert_eq!(failed.last_status, Some(503));
     let much_later = t3 + Duration::from_secs(86_400);
     assert!(
-        store
-            .claim_deliveries("d", much_later, claim, 10)
+        claims(&store, "d", much_later, claim, 10, KEEP_TRYING)
             .await
-            .unwrap()
             .iter()
             .all(|x| x.id != c.id),
         "failed: never claimed again"
@@ -1099,17 +1107,13 @@ async fn claims_lapse_and_failures_back_off(store: SqlKeyStore) {
 
     // One of the others delivered: done, once ("d"'s claims lapsed).
     let delivered_id = &rest[0];
-    let t4 = much_later + claim;
-    let mut mine = store.claim_deliveries("e", t4, claim, 10).await.unwrap();
+    let t4 = much_later + claim + Duration::from_secs(1);
+    let mut mine = claims(&store, "e", t4, claim, 10, KEEP_TRYING).await;
     mine.retain(|x| x.id == *delivered_id);
     assert_eq!(mine.len(), 1);
     assert!(store.delivered(delivered_id, "e", 204, t4).await.unwrap());
     assert!(!store.delivered(delivered_id, "e", 204, t4).await.unwrap());
-    let done = queued(&store, &wh)
-        .await
-        .into_iter()
-        .find(|x| x.id == *delivered_id)
-        .unwrap();
+    let done = delivery(&store, &wh, &delivered_id).await;
     assert_eq!(
         (
             done.status,
@@ -1142,16 +1146,7 @@ async fn claims_lapse_and_failures_back_off(store: SqlKeyStore) {
     );
 }
 
-#[tokio::test]
-async fn claims_lapse_and_failures_back_off_on_sqlite() {
-    let (store, _dir) = sqlite().await;
-    claims_lapse_and_failures_back_off(store).await;
-}
-
-#[tokio::test]
-async fn claims_lapse_and_failures_back_off_on_postgres() {
-    claims_lapse_and_failures_back_off(postgres("webhooks_claims").await).await;
-}
+on_both_backends!(claims_lapse_and_failures_back_off, "webhooks_claims");
 
 /// The backoff doubles from `first` and stops at `max_delay`, without
 /// overflowing however many failures.
@@ -1353,15 +1348,7 @@ async fn endpoints_are_checked_and_deleted_with_their_deliveries(store: SqlKeySt
     assert!(!store.delete_webhook(&first.webhook.id).await.unwrap());
     assert!(queued(&store, &first.webhook.id).await.is_empty());
     assert_eq!(store.webhook(&first.webhook.id).await.unwrap(), None);
-    let claimed = store
-        .claim_deliveries(
-            "w",
-            SystemTime::now() + Duration::from_secs(1),
-            Duration::from_secs(30),
-            1000,
-        )
-        .await
-        .unwrap();
+    let claimed = sweep(&store, 1000).await;
     assert_eq!(claimed.len(), MAX_WEBHOOKS - 1, "one per endpoint left");
     assert!(
         claimed.iter().all(|c| c.url != long_ok),
@@ -1383,13 +1370,669 @@ async fn endpoints_are_checked_and_deleted_with_their_deliveries(store: SqlKeySt
     }
 }
 
+on_both_backends!(
+    endpoints_are_checked_and_deleted_with_their_deliveries,
+    "webhooks_input"
+);
+
+/// A finished event of time is kept past `DELIVERIES_KEEP` while it could
+/// come back (its key exists and its `keep_until`, the expiry and 8 days,
+/// is ahead): pruned, the next scan would queue it again. A deleted key's
+/// finished rows go, and so do those past `keep_until`; a write's events
+/// are pruned after `DELIVERIES_KEEP` as before.
+async fn pruning_never_lets_an_event_of_time_come_back(store: SqlKeyStore) {
+    let now = SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    let wh = store
+        .create_webhook(NewWebhook {
+            expiring_days: 90,
+            ..NewWebhook::new(
+                "https://hooks.example.com/keys",
+                vec![EventType::KeyExpiring, EventType::KeyDisabled],
+            )
+        })
+        .await
+        .unwrap()
+        .webhook;
+    let expiry = now + 60 * day;
+    let kept = key_with(&store, "svc-kept", Some(expiry), None).await;
+    let gone = key_with(&store, "svc-gone", Some(expiry), None).await;
+    let off = key(&store, "svc-off").await;
+    assert!(store.disable(&off.info.id).await.unwrap());
+    assert_eq!(store.scan_webhook_events(now).await.unwrap(), 2);
+    assert_eq!(queued(&store, &wh.id).await.len(), 3);
+
+    // All three delivered at `t`.
+    let t = ms(SystemTime::now()) + Duration::from_secs(1);
+    let claimed = claims(&store, "w", t, Duration::from_secs(30), 10, KEEP_TRYING).await;
+    assert_eq!(claimed.len(), 3, "{claimed:?}");
+    for c in &claimed {
+        assert!(store.delivered(&c.id, "w", 200, t).await.unwrap());
+    }
+    assert_eq!(
+        store
+            .prune_deliveries(t + DELIVERIES_KEEP - Duration::from_secs(1))
+            .await
+            .unwrap(),
+        0,
+        "nothing before DELIVERIES_KEEP"
+    );
+
+    // A month on: the write's event goes; the expiries, still ahead (and
+    // within the notice), stay, so the scan queues neither again.
+    let month_on = t + DELIVERIES_KEEP + day;
+    assert_eq!(store.prune_deliveries(month_on).await.unwrap(), 1);
+    let left = queued(&store, &wh.id).await;
+    assert_eq!(
+        seen(&left),
+        BTreeSet::from([
+            (
+                "key.expiring".to_owned(),
+                kept.info.id.clone(),
+                rfc3339(whole_secs(expiry))
+            ),
+            (
+                "key.expiring".to_owned(),
+                gone.info.id.clone(),
+                rfc3339(whole_secs(expiry))
+            ),
+        ])
+    );
+    assert!(
+        left.iter().all(|d| d.status == DeliveryStatus::Delivered),
+        "{left:?}"
+    );
+    assert_eq!(store.scan_webhook_events(month_on).await.unwrap(), 0);
+    assert_eq!(queued(&store, &wh.id).await.len(), 2);
+
+    // A deleted key's finished row goes (its event cannot come back).
+    assert!(store.delete(&gone.info.id).await.unwrap());
+    assert_eq!(store.prune_deliveries(month_on).await.unwrap(), 1);
+    let left = queued(&store, &wh.id).await;
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(body(&left[0])["data"]["id"], json!(kept.info.id));
+    assert_eq!(store.scan_webhook_events(month_on).await.unwrap(), 0);
+
+    // Past its expiry and 8 days, the other one goes too.
+    let past = whole_secs(expiry) + 8 * day;
+    assert_eq!(store.prune_deliveries(past).await.unwrap(), 0, "not yet");
+    assert_eq!(
+        store
+            .prune_deliveries(past + Duration::from_secs(1))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(queued(&store, &wh.id).await.is_empty());
+    assert_eq!(store.scan_webhook_events(past).await.unwrap(), 0);
+}
+
+on_both_backends!(
+    pruning_never_lets_an_event_of_time_come_back,
+    "webhooks_prune_keep"
+);
+
+/// A key with a refill of 1000 every minute, none left now.
+fn refilling() -> Option<Credits> {
+    Some(Credits {
+        remaining: 0,
+        refill: Some(Refill {
+            amount: 1000,
+            every: Duration::from_secs(60),
+        }),
+    })
+}
+
+/// The key ids of `credits.low` deliveries.
+fn low_ids(all: &[Delivery]) -> BTreeSet<String> {
+    all.iter()
+        .map(|d| {
+            let (event, data) = event_data(d);
+            assert_eq!(event, "credits.low");
+            data["id"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+/// `credits.low` is not sent for a key past its expiry, for the old key of
+/// a rotation (its credits moved to the new one, which may get it), nor
+/// for a key whose refill is due (what it has is the refill's amount); a
+/// key with few credits and no refill gets it once.
+async fn credits_low_skips_keys_that_are_not_low(store: SqlKeyStore) {
+    let low = endpoint(&store, &[EventType::CreditsLow]).await.webhook;
+    let now = SystemTime::now();
+    let brief = key_with(
+        &store,
+        "svc-brief",
+        Some(now + Duration::from_secs(3)),
+        credits(5),
+    )
+    .await;
+    let old = key_with(&store, "svc-rotated", None, credits(5)).await;
+    let new = store
+        .rotate(&old.info.id, Duration::from_secs(86_400))
+        .await
+        .unwrap()
+        .unwrap();
+    let refilled = key_with(&store, "svc-refilled", None, refilling()).await;
+    let plain = key_with(&store, "svc-plain", None, credits(5)).await;
+
+    // Two minutes on: `brief` expired, `refilled`'s refill due.
+    let later = now + Duration::from_secs(120);
+    assert_eq!(store.scan_webhook_events(later).await.unwrap(), 2);
+    assert_eq!(store.scan_webhook_events(later).await.unwrap(), 0);
+    let all = queued(&store, &low.id).await;
+    assert_eq!(
+        low_ids(&all),
+        BTreeSet::from([new.info.id.clone(), plain.info.id.clone()]),
+        "{all:?}"
+    );
+    for (d, owner) in [
+        (one(&all, "credits.low", &plain.info.id), "svc-plain"),
+        (one(&all, "credits.low", &new.info.id), "svc-rotated"),
+    ] {
+        let (_, data) = event_data(d);
+        assert_eq!(
+            (&data["owner"], &data["remaining"], &data["nextRefillAt"]),
+            (&json!(owner), &json!(5), &Value::Null),
+            "{data}"
+        );
+    }
+
+    // Now (not yet expired, no refill due yet), those two are low; the
+    // old key never is.
+    assert_eq!(store.scan_webhook_events(now).await.unwrap(), 2);
+    assert_eq!(store.scan_webhook_events(now).await.unwrap(), 0);
+    let all = queued(&store, &low.id).await;
+    assert_eq!(
+        low_ids(&all),
+        BTreeSet::from([
+            new.info.id.clone(),
+            plain.info.id.clone(),
+            brief.info.id.clone(),
+            refilled.info.id.clone(),
+        ]),
+        "{all:?}"
+    );
+    assert_eq!(
+        event_data(one(&all, "credits.low", &refilled.info.id)).1["remaining"],
+        json!(0)
+    );
+    assert!(
+        all.iter().all(|d| !d.payload.contains(&old.info.id)),
+        "{all:?}"
+    );
+}
+
+on_both_backends!(
+    credits_low_skips_keys_that_are_not_low,
+    "webhooks_low_skips"
+);
+
+/// A scan reaches a low key behind more than a page of keys that do not
+/// qualify (a refill due), and one scan queues more than a page of keys
+/// that do (SQLite only: it makes 1,002 keys).
 #[tokio::test]
-async fn endpoints_are_checked_and_deleted_with_their_deliveries_on_sqlite() {
+async fn a_scan_reaches_a_low_key_behind_a_page_of_others() {
     let (store, _dir) = sqlite().await;
-    endpoints_are_checked_and_deleted_with_their_deliveries(store).await;
+    let low = endpoint(&store, &[EventType::CreditsLow]).await.webhook;
+    let now = SystemTime::now();
+    let mut ids = Vec::new();
+    for i in 0..1002 {
+        let k = key_with(&store, &format!("svc-{i}"), None, refilling()).await;
+        ids.push(k.info.id);
+    }
+    // The genuinely low one sorts after the 1,001 others.
+    let genuine = ids.iter().max().unwrap().clone();
+    assert!(store.set_credits(&genuine, credits(5)).await.unwrap());
+
+    let scan_at = now + Duration::from_secs(120);
+    assert_eq!(store.scan_webhook_events(scan_at).await.unwrap(), 1);
+    let all = queued(&store, &low.id).await;
+    assert_eq!(low_ids(&all), BTreeSet::from([genuine]), "{all:?}");
+
+    // Before their refill is due, the 1,001 others are low: one scan
+    // queues them all.
+    assert_eq!(store.scan_webhook_events(now).await.unwrap(), 1001);
+    assert_eq!(store.scan_webhook_events(now).await.unwrap(), 0);
+}
+
+/// A delivery past the policy's `give_up_after` is failed by the next
+/// claim, attempted or not (and not claimed); not one a live claim holds,
+/// until that claim lapses.
+async fn deliveries_past_give_up_are_failed_unless_claimed(store: SqlKeyStore) {
+    let wh = endpoint(&store, &[EventType::KeyDisabled]).await.webhook;
+    let policy = RetryPolicy {
+        give_up_after: Duration::from_secs(3600),
+        ..RetryPolicy::default()
+    };
+    let claim = Duration::from_secs(30);
+    let first = key(&store, "svc-a").await.info.id;
+    assert!(store.disable(&first).await.unwrap());
+    let all = queued(&store, &wh.id).await;
+    assert_eq!(all.len(), 1);
+    let d = all[0].clone();
+
+    // A second before: kept (a claim of none still gives up what is due).
+    let deadline = d.created_at + policy.give_up_after;
+    assert!(
+        claims(
+            &store,
+            "w",
+            deadline - Duration::from_secs(1),
+            claim,
+            0,
+            policy
+        )
+        .await
+        .is_empty()
+    );
+    assert_eq!(queued(&store, &wh.id).await, std::slice::from_ref(&d));
+
+    // Past it, never attempted: failed, not claimed.
+    let late = deadline + Duration::from_secs(1);
+    let got = claims(&store, "w", late, claim, 10, policy).await;
+    assert!(got.is_empty(), "{got:?}");
+    let failed = queued(&store, &wh.id).await.remove(0);
+    assert_eq!(
+        (
+            failed.status,
+            failed.attempts,
+            failed.next_at,
+            failed.done_at,
+            failed.last_status
+        ),
+        (DeliveryStatus::Failed, 0, None, Some(late), None)
+    );
+    let error = failed.last_error.unwrap();
+    assert!(error.contains("given up"), "{error}");
+    assert!(
+        claims(&store, "w", late + claim, claim, 10, KEEP_TRYING)
+            .await
+            .is_empty(),
+        "never claimed again"
+    );
+
+    // Held by a live claim: another worker's call past the deadline
+    // leaves it be.
+    let second = key(&store, "svc-b").await.info.id;
+    assert!(store.disable(&second).await.unwrap());
+    let d2 = queued(&store, &wh.id)
+        .await
+        .into_iter()
+        .find(|x| x.id != d.id)
+        .unwrap();
+    let held = Duration::from_secs(2 * 3600);
+    let mine = claims(
+        &store,
+        "a",
+        d2.created_at + Duration::from_secs(1),
+        held,
+        10,
+        KEEP_TRYING,
+    )
+    .await;
+    assert_eq!(
+        mine.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        [d2.id.as_str()]
+    );
+    let late = d2.created_at + policy.give_up_after + Duration::from_secs(1);
+    assert!(late < mine[0].claimed_until);
+    assert!(
+        claims(&store, "b", late, claim, 10, policy)
+            .await
+            .is_empty()
+    );
+    let still = delivery(&store, &wh.id, &d2.id).await;
+    assert_eq!(still, d2, "pending, as it was");
+
+    // Once that claim lapsed: failed, and its holder's record too late.
+    let lapsed = mine[0].claimed_until + Duration::from_secs(1);
+    assert!(
+        claims(&store, "b", lapsed, claim, 10, policy)
+            .await
+            .is_empty()
+    );
+    let failed = delivery(&store, &wh.id, &d2.id).await;
+    assert_eq!(
+        (failed.status, failed.attempts, failed.done_at),
+        (DeliveryStatus::Failed, 0, Some(ms(lapsed)))
+    );
+    assert!(!store.delivered(&d2.id, "a", 200, lapsed).await.unwrap());
+}
+
+on_both_backends!(
+    deliveries_past_give_up_are_failed_unless_claimed,
+    "webhooks_give_up"
+);
+
+/// The secrets a claim carries, as text.
+fn secret_texts(c: &Claimed) -> Vec<String> {
+    c.secrets.iter().map(|s| s.reveal().to_string()).collect()
+}
+
+/// A secret rotation returns a new secret; claims carry it first and the
+/// old one during the overlap, the new one only after; an overlap over
+/// `MAX_SECRET_OVERLAP` is refused (nothing changed); an unknown endpoint
+/// has none.
+async fn a_rotated_secret_signs_beside_the_old_one_for_the_overlap(store: SqlKeyStore) {
+    let created = endpoint(&store, &[EventType::KeyDisabled]).await;
+    let id = created.webhook.id.clone();
+    let old = created.secret.reveal().to_string();
+    let k = key(&store, "svc-a").await.info.id;
+    assert!(store.disable(&k).await.unwrap());
+
+    let new = store
+        .rotate_webhook_secret(&id, Duration::from_secs(3600))
+        .await
+        .unwrap()
+        .unwrap()
+        .reveal()
+        .to_string();
+    assert!(new.starts_with("whsec_"), "a secret's prefix");
+    assert_ne!(new, old);
+    let claim = Duration::from_secs(30);
+    let during = SystemTime::now() + Duration::from_secs(1);
+    let first = claims(&store, "a", during, claim, 10, KEEP_TRYING).await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(secret_texts(&first[0]), [new.clone(), old.clone()]);
+    assert!(!format!("{:?}", first[0]).contains(&old[6..]));
+
+    // After the overlap ("a"'s claim lapsed): the new one only.
+    let after = SystemTime::now() + Duration::from_secs(3601);
+    let second = claims(&store, "b", after, claim, 10, KEEP_TRYING).await;
+    assert_eq!(second.len(), 1);
+    assert_eq!(secret_texts(&second[0]), std::slice::from_ref(&new));
+
+    // Too long an overlap: refused, nothing changed.
+    let refused = store
+        .rotate_webhook_secret(&id, MAX_SECRET_OVERLAP + Duration::from_secs(1))
+        .await;
+    assert!(matches!(refused, Err(Error::Invalid(_))), "{refused:?}");
+    // No such endpoint: none (the longest overlap is fine).
+    assert!(
+        store
+            .rotate_webhook_secret("wh_0000000000000000", MAX_SECRET_OVERLAP)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let again = after + claim + Duration::from_secs(1);
+    let third = claims(&store, "c", again, claim, 10, KEEP_TRYING).await;
+    assert_eq!(secret_texts(&third[0]), std::slice::from_ref(&new));
+
+    // No overlap: the newest only, at once.
+    let newest = store
+        .rotate_webhook_secret(&id, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap()
+        .reveal()
+        .to_string();
+    assert!(newest != new && newest != old);
+    let fourth = claims(
+        &store,
+        "d",
+        again + claim + Duration::from_secs(1),
+        claim,
+        10,
+        KEEP_TRYING,
+    )
+    .await;
+    assert_eq!(secret_texts(&fourth[0]), [newest]);
+}
+
+on_both_backends!(
+    a_rotated_secret_signs_beside_the_old_one_for_the_overlap,
+    "webhooks_secret"
+);
+
+/// The audit trail of endpoint `id`, newest first.
+async fn trail(store: &SqlKeyStore, id: &str) -> Vec<AuditRecord> {
+    store
+        .audit(AuditFilter {
+            key_id: Some(id),
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap()
+}
+
+/// Making an endpoint, changing its secret and deleting it each append
+/// one audit record (`webhook`, `create` / `rotate` / `delete`, by the
+/// acting actor), never with a secret; refused or missing ones none.
+async fn webhook_writes_are_audited_without_secrets(store: SqlKeyStore) {
+    let ops = store.acting(Actor::Cli { user: "ops".into() });
+    let url = "https://hooks.example.com/audit";
+    let created = ops
+        .create_webhook(NewWebhook {
+            description: "billing alerts".into(),
+            ..NewWebhook::new(url, vec![EventType::KeyLeaked, EventType::KeyDisabled])
+        })
+        .await
+        .unwrap();
+    let id = created.webhook.id.clone();
+    let first = created.secret.reveal().to_string();
+    let records = trail(&store, &id).await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    let changes = records[0].changes_json();
+    assert_eq!(changes["url"], json!({"from": null, "to": url}));
+    assert_eq!(
+        changes["events"],
+        json!({"from": null, "to": "key.disabled key.leaked"})
+    );
+    assert_eq!(
+        changes["description"],
+        json!({"from": null, "to": "billing alerts"})
+    );
+
+    // Refused or missing: no record.
+    assert!(
+        ops.rotate_webhook_secret(&id, MAX_SECRET_OVERLAP + Duration::from_secs(1))
+            .await
+            .is_err()
+    );
+    let missing = "wh_0000000000000000";
+    assert!(
+        ops.rotate_webhook_secret(missing, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(!ops.delete_webhook(missing).await.unwrap());
+    assert_eq!(trail(&store, &id).await.len(), 1);
+    assert!(trail(&store, missing).await.is_empty());
+
+    let second = ops
+        .rotate_webhook_secret(&id, Duration::from_secs(3600))
+        .await
+        .unwrap()
+        .unwrap()
+        .reveal()
+        .to_string();
+    let records = trail(&store, &id).await;
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(
+        records[0].changes.keys().collect::<Vec<_>>(),
+        ["previousSecretUntil"]
+    );
+
+    assert!(ops.delete_webhook(&id).await.unwrap());
+    let records = trail(&store, &id).await;
+    assert_eq!(records.len(), 3, "{records:?}");
+    assert_eq!(
+        records[0].changes_json()["url"],
+        json!({"from": url, "to": null})
+    );
+    assert_eq!(
+        records
+            .iter()
+            .map(|r| r.action.as_str())
+            .collect::<Vec<_>>(),
+        ["delete", "rotate", "create"]
+    );
+    for r in &records {
+        assert_eq!(
+            (r.actor.as_str(), r.resource.as_str(), r.key_id.as_str()),
+            ("cli:ops", "webhook", id.as_str()),
+            "{r:?}"
+        );
+        let text = r.changes_json().to_string();
+        for secret in [&first, &second] {
+            assert!(!text.contains(&secret[6..]), "{text}");
+        }
+    }
+    assert_eq!(
+        store.audit(AuditFilter::default()).await.unwrap().len(),
+        3,
+        "no other record"
+    );
+}
+
+on_both_backends!(webhook_writes_are_audited_without_secrets, "webhooks_audit");
+
+/// `Debug` of an endpoint, a new endpoint's settings and a claimed
+/// delivery shows the URL's origin, never its path or query (which may
+/// carry a token); the URL itself is kept whole.
+async fn debug_shows_only_a_urls_origin(store: SqlKeyStore) {
+    const URL: &str = "https://hooks.example.com/services/T000/B000/XXXXsecretpath?token=abc";
+    let new = NewWebhook::new(URL, vec![EventType::KeyDisabled]);
+    let created = store.create_webhook(new.clone()).await.unwrap();
+    assert_eq!(created.webhook.url, URL, "kept whole");
+    let k = key(&store, "svc-a").await.info.id;
+    assert!(store.disable(&k).await.unwrap());
+    let claimed = sweep(&store, 10).await;
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].url, URL);
+    let listed = store.webhooks().await.unwrap();
+    for shown in [
+        format!("{:?}", created.webhook),
+        format!("{new:?}"),
+        format!("{:?}", claimed[0]),
+        format!("{created:?}"),
+        format!("{listed:?}"),
+    ] {
+        assert!(shown.contains("https://hooks.example.com"), "{shown}");
+        for hidden in ["XXXXsecretpath", "token=abc", "/services/"] {
+            assert!(!shown.contains(hidden), "{hidden}: {shown}");
+        }
+    }
+    assert_eq!(url_origin(URL), "https://hooks.example.com");
+}
+
+on_both_backends!(debug_shows_only_a_urls_origin, "webhooks_debug_url");
+
+/// A key's row that does not read is skipped by a scan, not the scan: the
+/// other keys' events are queued. `spoil` makes the row of `id` unreadable
+/// (statements for the backend).
+async fn a_row_that_does_not_read_is_skipped_not_the_scan(
+    store: SqlKeyStore,
+    spoil: fn(&str) -> Vec<String>,
+) {
+    let low = endpoint(&store, &[EventType::CreditsLow]).await.webhook;
+    let bad = key_with(&store, "svc-bad", None, credits(5)).await.info.id;
+    let good = key_with(&store, "svc-good", None, credits(5)).await.info.id;
+    for sql in spoil(&bad) {
+        execute_raw(&store, &sql).await.unwrap();
+    }
+    assert!(store.get(&bad).await.is_err(), "the row does not read");
+    assert!(store.get(&good).await.unwrap().is_some());
+    assert_eq!(
+        store.scan_webhook_events(SystemTime::now()).await.unwrap(),
+        1
+    );
+    let all = queued(&store, &low.id).await;
+    assert_eq!(low_ids(&all), BTreeSet::from([good]), "{all:?}");
 }
 
 #[tokio::test]
-async fn endpoints_are_checked_and_deleted_with_their_deliveries_on_postgres() {
-    endpoints_are_checked_and_deleted_with_their_deliveries(postgres("webhooks_input").await).await;
+async fn a_row_that_does_not_read_is_skipped_not_the_scan_on_sqlite() {
+    let (store, _dir) = sqlite().await;
+    // Text in an integer column (SQLite keeps it as text).
+    a_row_that_does_not_read_is_skipped_not_the_scan(store, |id| {
+        vec![format!(
+            "UPDATE auth_keys SET created_at = 'not a time' WHERE id = '{id}'"
+        )]
+    })
+    .await;
 }
+
+#[tokio::test]
+async fn a_row_that_does_not_read_is_skipped_not_the_scan_on_postgres() {
+    let store = postgres("webhooks_bad_row").await;
+    // No owner (the test's own schema, its constraint dropped).
+    a_row_that_does_not_read_is_skipped_not_the_scan(store, |id| {
+        vec![
+            "ALTER TABLE auth_keys ALTER COLUMN owner DROP NOT NULL".to_owned(),
+            format!("UPDATE auth_keys SET owner = NULL WHERE id = '{id}'"),
+        ]
+    })
+    .await;
+}
+
+/// A `credits.low` whose key stays low through its refills (the refill's
+/// amount is under the threshold) and is not used: pruning its delivered
+/// row must not let the scan queue the same event (the same key and
+/// credit period, the period's start unchanged) again. FAILS at the time
+/// of writing: the row's `keep_until` is the next refill, after which the
+/// period is taken to be over, but with no spend the stored period does
+/// not move on and the key is still below the threshold.
+async fn a_key_low_through_its_refills_is_not_told_again_after_pruning(store: SqlKeyStore) {
+    let low = endpoint(&store, &[EventType::CreditsLow]).await.webhook;
+    let now = SystemTime::now();
+    let meagre = key_with(
+        &store,
+        "svc-meagre",
+        None,
+        Some(Credits {
+            remaining: 5,
+            refill: Some(Refill {
+                amount: 50,
+                every: Duration::from_secs(3600),
+            }),
+        }),
+    )
+    .await;
+    assert_eq!(store.scan_webhook_events(now).await.unwrap(), 1);
+    // Below the threshold through each refill: the same event, not queued
+    // again.
+    let hours_on = now + Duration::from_secs(5 * 3600);
+    assert_eq!(store.scan_webhook_events(hours_on).await.unwrap(), 0);
+
+    let t = ms(SystemTime::now()) + Duration::from_secs(1);
+    let claimed = claims(&store, "w", t, Duration::from_secs(30), 10, KEEP_TRYING).await;
+    assert_eq!(claimed.len(), 1);
+    assert!(store.delivered(&claimed[0].id, "w", 200, t).await.unwrap());
+    let period = store
+        .get(&meagre.info.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .credits
+        .unwrap()
+        .period_start;
+
+    let month_on = t + DELIVERIES_KEEP + Duration::from_secs(86_400);
+    store.prune_deliveries(month_on).await.unwrap();
+    let again = store.scan_webhook_events(month_on).await.unwrap();
+    let after = store
+        .get(&meagre.info.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .credits
+        .unwrap()
+        .period_start;
+    assert_eq!(after, period, "no spend: the same credit period");
+    assert_eq!(
+        again,
+        0,
+        "the same credits.low queued again: {:?}",
+        queued(&store, &low.id).await
+    );
+}
+
+on_both_backends!(
+    a_key_low_through_its_refills_is_not_told_again_after_pruning,
+    "webhooks_low_again"
+);

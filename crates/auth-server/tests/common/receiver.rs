@@ -22,6 +22,8 @@ pub(crate) struct Attempt {
     pub(crate) id: String,
     /// `webhook-timestamp`, read.
     pub(crate) timestamp: u64,
+    /// `webhook-signature`, as sent.
+    pub(crate) signature: String,
     /// The body.
     pub(crate) body: String,
     /// When it arrived.
@@ -101,6 +103,7 @@ async fn hook(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) 
         attempts.push(Attempt {
             id,
             timestamp: timestamp.parse().unwrap_or(0),
+            signature: signature.clone(),
             body: String::from_utf8_lossy(&body).into_owned(),
             at: Instant::now(),
             verified,

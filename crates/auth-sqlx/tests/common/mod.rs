@@ -22,3 +22,34 @@ pub(crate) async fn postgres(test: &str) -> SqlKeyStore {
     store.migrate().await.unwrap();
     store
 }
+
+/// Two tests running `$test(store)`: `$test::on_sqlite` on a fresh SQLite
+/// file and `$test::on_postgres` on a fresh schema named after `$schema`
+/// (short: PostgreSQL cuts names at 63 bytes). `multi_thread` runs them on
+/// two worker threads.
+// (Not every test binary uses it.)
+#[allow(unused_macros)]
+macro_rules! on_both_backends {
+    ($test:ident, $schema:literal) => {
+        on_both_backends!(@ $test, $schema, tokio::test);
+    };
+    ($test:ident, $schema:literal, multi_thread) => {
+        on_both_backends!(@ $test, $schema, tokio::test(flavor = "multi_thread", worker_threads = 2));
+    };
+    (@ $test:ident, $schema:literal, $($attr:tt)+) => {
+        mod $test {
+            #[$($attr)+]
+            async fn on_sqlite() {
+                let (store, _dir) = crate::common::sqlite().await;
+                super::$test(store).await;
+            }
+
+            #[$($attr)+]
+            async fn on_postgres() {
+                super::$test(crate::common::postgres($schema).await).await;
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on_both_backends;
