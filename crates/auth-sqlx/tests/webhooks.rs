@@ -1113,7 +1113,7 @@ async fn claims_lapse_and_failures_back_off(store: SqlKeyStore) {
     assert_eq!(mine.len(), 1);
     assert!(store.delivered(delivered_id, "e", 204, t4).await.unwrap());
     assert!(!store.delivered(delivered_id, "e", 204, t4).await.unwrap());
-    let done = delivery(&store, &wh, &delivered_id).await;
+    let done = delivery(&store, &wh, delivered_id).await;
     assert_eq!(
         (
             done.status,
