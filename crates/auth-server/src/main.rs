@@ -1170,6 +1170,41 @@ mod tests {
     }
 
     #[test]
+    fn webhook_flags_parse() {
+        let options = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args).map_err(|e| e.to_string())?;
+            match cli.command {
+                Command::Serve { webhooks, .. } => Ok(webhooks.options()),
+                _ => Err("not serve".to_owned()),
+            }
+        };
+        assert!(options(&["auth-server", "serve"]).unwrap().deliver);
+        let off = options(&["auth-server", "serve", "--no-webhook-delivery"]).unwrap();
+        assert!(!off.deliver);
+        let quick = options(&[
+            "auth-server",
+            "serve",
+            "--webhook-poll",
+            "250ms",
+            "--webhook-retry-first",
+            "2s",
+            "--webhook-retry-max",
+            "1s",
+        ])
+        .unwrap();
+        assert_eq!(quick.poll, Duration::from_millis(250));
+        // A maximum below the first wait is the first wait.
+        assert_eq!(quick.retry.max_delay, Duration::from_secs(2));
+        for bad in [
+            &["auth-server", "serve", "--webhook-poll", "50ms"][..],
+            &["auth-server", "serve", "--webhook-timeout", "10m"],
+            &["auth-server", "serve", "--webhook-give-up-after", "31d"],
+        ] {
+            assert!(options(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn webhook_settings_are_bounded() {
         assert_eq!(
             bounded::<100, 3_600_000>("100ms"),
