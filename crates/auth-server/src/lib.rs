@@ -193,7 +193,10 @@ impl AppState {
     /// A store error as an answer: 400 for input the store refused, else
     /// 503 — a database failure, counted.
     fn store_error(&self, e: &auth_sqlx::Error) -> Response {
-        if !matches!(e, auth_sqlx::Error::Invalid(_)) {
+        if !matches!(
+            e,
+            auth_sqlx::Error::Invalid(_) | auth_sqlx::Error::Conflict(_)
+        ) {
             self.metrics.store_error();
         }
         store_error(e)
@@ -406,7 +409,8 @@ pub async fn build(store: SqlKeyStore, data_dir: &Path, options: Options) -> Res
 /// An error answer's body.
 #[derive(Serialize, ToSchema)]
 pub struct ErrorBody {
-    /// A fixed code: `invalid_request`, `not_found`, `unavailable`.
+    /// A fixed code: `invalid_request`, `not_found`, `conflict`,
+    /// `unavailable`.
     pub error: &'static str,
     /// What went wrong, for people.
     pub message: String,
@@ -427,6 +431,7 @@ fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> 
 fn store_error(e: &auth_sqlx::Error) -> Response {
     match e {
         auth_sqlx::Error::Invalid(why) => error(StatusCode::BAD_REQUEST, "invalid_request", why),
+        auth_sqlx::Error::Conflict(why) => error(StatusCode::CONFLICT, "conflict", why),
         other => {
             tracing::warn!(error = %other, "key store error");
             error(

@@ -273,9 +273,14 @@ enum WebhooksCommand {
     RotateSecret {
         /// The endpoint's id (wh_…).
         id: String,
-        /// How long the old secret still signs, e.g. 24h (at most 7d).
-        #[arg(long, value_parser = parse_duration, default_value = "24h")]
+        /// How long the old secret still signs, e.g. 24h: 0s (at once: a
+        /// leaked secret) to 7d.
+        #[arg(long, value_parser = parse_overlap, default_value = "24h")]
         overlap: Duration,
+        /// Change it even while an earlier change's overlap runs (the
+        /// secret before that stops signing at once).
+        #[arg(long)]
+        force: bool,
     },
     /// Prints an endpoint's deliveries, newest first, with their status.
     Deliveries {
@@ -377,6 +382,20 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     let d = parse_span(text)?;
     if d.subsec_nanos() != 0 {
         return Err(format!("`{}`: the unit must be s, m, h or d", text.trim()));
+    }
+    Ok(d)
+}
+
+/// A webhook secret's overlap: `0s` (none) to `7d`.
+fn parse_overlap(text: &str) -> Result<Duration, String> {
+    let trimmed = text.trim();
+    let d = match trimmed.strip_prefix('0') {
+        // `0s`, `0h`…: none (what `parse_duration` refuses elsewhere).
+        Some("s" | "m" | "h" | "d") => Duration::ZERO,
+        _ => parse_duration(trimmed)?,
+    };
+    if d > auth_sqlx::MAX_SECRET_OVERLAP {
+        return Err(format!("`{trimmed}`: at most 7d"));
     }
     Ok(d)
 }
@@ -942,8 +961,8 @@ async fn webhooks(
             }
             println!("removed {}", shown(&id));
         }
-        WebhooksCommand::RotateSecret { id, overlap } => {
-            let Some(secret) = store.rotate_webhook_secret(&id, overlap).await? else {
+        WebhooksCommand::RotateSecret { id, overlap, force } => {
+            let Some((secret, _)) = store.rotate_webhook_secret(&id, overlap, force).await? else {
                 return Err(format!("no webhook with id {}", shown(&id)).into());
             };
             println!(
@@ -1212,6 +1231,12 @@ mod tests {
         );
         for bad in ["99ms", "2h", "0s", "1x", "", "18446744073709551615d"] {
             assert!(bounded::<100, 3_600_000>(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_overlap("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_overlap("0h"), Ok(Duration::ZERO));
+        assert_eq!(parse_overlap("24h"), Ok(Duration::from_secs(86_400)));
+        for bad in ["8d", "0", "0x", "-1s", "10", "0ms"] {
+            assert!(parse_overlap(bad).is_err(), "{bad}");
         }
         assert_eq!(humantime(Duration::from_secs(86_400)), "1d");
         assert_eq!(humantime(Duration::from_secs(90)), "90s");

@@ -486,13 +486,31 @@ pub(crate) struct RotateSecretBody {
     /// Seconds the old secret still signs (a second signature): 0 to
     /// 604800 (7 days); default 86400.
     overlap: Option<i64>,
+    /// Change it even while an earlier change's overlap runs (the secret
+    /// before that stops signing at once).
+    #[serde(default)]
+    force: bool,
+}
+
+/// A new secret, shown once.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct RotatedSecret {
+    /// The endpoint's id.
+    id: String,
+    /// The new signing secret, `whsec_…`.
+    secret: String,
+    /// Until when (Unix seconds) the old secret still signs; `null` with
+    /// no overlap.
+    previous_secret_until: Option<u64>,
 }
 
 #[utoipa::path(post, path = "/api/v1/webhooks/{id}/secret", tag = "webhooks",
     params(("id" = String, Path)), request_body = RotateSecretBody,
     security(("adminKey" = []), ("adminBearer" = [])),
-    responses((status = 200, description = "the new secret, shown once"),
+    responses((status = 200, description = "the new secret, shown once", body = RotatedSecret),
         (status = 400, body = ErrorBody), (status = 401), (status = 404, body = ErrorBody),
+        (status = 409, description = "an earlier change's overlap still runs", body = ErrorBody),
         (status = 503, body = ErrorBody)))]
 pub(crate) async fn rotate_secret(
     State(s): State<AppState>,
@@ -507,15 +525,19 @@ pub(crate) async fn rotate_secret(
             _ => return bad("overlap is 0 to 604800 seconds"),
         },
     };
-    match s.as_admin.rotate_webhook_secret(&id, overlap).await {
-        Ok(Some(secret)) => {
+    match s
+        .as_admin
+        .rotate_webhook_secret(&id, overlap, b.force)
+        .await
+    {
+        Ok(Some((secret, until))) => {
             s.wrote(Resource::Webhook, Action::Rotate);
             tracing::info!(webhook = %id, "webhook secret changed");
-            Json(serde_json::json!({
-                "id": id,
-                "secret": secret.reveal().as_str(),
-                "previousSecretUntil": unix(SystemTime::now() + overlap),
-            }))
+            Json(RotatedSecret {
+                id,
+                secret: secret.reveal().to_string(),
+                previous_secret_until: (!overlap.is_zero()).then(|| unix(until)),
+            })
             .into_response()
         }
         Ok(None) => no_webhook(),

@@ -370,14 +370,30 @@ async fn a_changed_secret_signs_beside_the_old_one_for_the_overlap() {
     assert_eq!(accepted[0].signature.split(' ').count(), 2);
     assert!(verifies(&accepted[0], &old) && verifies(&accepted[0], &new));
 
-    // No overlap: the new secret alone.
-    let (_, changed) = s
+    assert!(changed["previousSecretUntil"].as_u64().unwrap() >= unix_now() + 3599);
+    // While that overlap runs, another change is a conflict…
+    let (status, refused) = s
         .call(
             "POST",
             &format!("/api/v1/webhooks/{webhook}/secret"),
             Some(json!({"overlap": 0})),
         )
         .await;
+    assert_eq!(
+        (status, &refused["error"]),
+        (409, &json!("conflict")),
+        "{refused}"
+    );
+    // … unless forced. No overlap: the new secret alone.
+    let (status, changed) = s
+        .call(
+            "POST",
+            &format!("/api/v1/webhooks/{webhook}/secret"),
+            Some(json!({"overlap": 0, "force": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(changed["previousSecretUntil"], Value::Null);
     let newest = changed["secret"].as_str().unwrap().to_owned();
     receiver.trust(&newest);
     let (other, _) = key(&s, json!({"owner": "acme"})).await;

@@ -72,6 +72,11 @@ pub enum Error {
     /// A key could not be generated (the OS random source failed).
     #[error("auth-sqlx: {0}")]
     Core(#[from] auth_core::Error),
+    /// The write conflicts with the state it would change (a webhook
+    /// secret's change while an earlier one's overlap runs); the message
+    /// says how to go on.
+    #[error("auth-sqlx: {0}")]
+    Conflict(String),
 }
 
 /// A change other processes' caches must hear about.

@@ -351,8 +351,12 @@ fn webhook_of(row: &AnyRow) -> Result<Webhook, sqlx::Error> {
 /// `t + d`, or the far future (a duration too large for the clock never
 /// panics).
 fn later(t: SystemTime, d: Duration) -> SystemTime {
+    // The end of the year 9999: past any time this crate stores, and
+    // within every platform's clock.
+    const FAR: Duration = Duration::from_secs(253_402_300_799);
     t.checked_add(d)
-        .unwrap_or_else(|| SystemTime::UNIX_EPOCH + Duration::from_millis(i64::MAX.unsigned_abs()))
+        .filter(|at| *at < SystemTime::UNIX_EPOCH + FAR)
+        .unwrap_or(SystemTime::UNIX_EPOCH + FAR)
 }
 
 fn from_millis(ms: i64) -> SystemTime {
@@ -399,11 +403,31 @@ fn kind_name(kind: &str) -> &'static str {
     }
 }
 
+/// The SQL of a `credits.low` event's name for key `k` and threshold
+/// `below` (an SQL expression), after `credits.low:<id>:`: the credit
+/// period's start — once per period — or, when the key's refill leaves it
+/// below the threshold anyway, the refill itself (`r<amount>/<secs>`):
+/// once until its settings change, not once a period.
+fn credits_name(below: &str) -> String {
+    format!(
+        "(CASE WHEN k.credits_refill_amount IS NOT NULL AND k.credits_refill_amount < {below} \
+         THEN 'r' || CAST(k.credits_refill_amount AS TEXT) || '/' \
+           || CAST(k.credits_refill_secs AS TEXT) \
+         ELSE CAST(COALESCE(k.credits_period_start, k.created_at) AS TEXT) END)"
+    )
+}
+
 /// An endpoint's fields as the audit trail records them (never its
 /// secret).
 fn webhook_fields(w: &Webhook) -> Vec<(&'static str, Value)> {
     vec![
-        ("url", json!(w.url)),
+        // Its origin and a fingerprint, never the whole URL: its path or
+        // query may hold a token, and the trail is kept for ever.
+        ("url", json!(url_origin(&w.url))),
+        (
+            "urlFingerprint",
+            json!(auth_core::Digest::of(w.url.as_bytes()).fingerprint()),
+        ),
         ("events", json!(events_text(&w.events))),
         ("expiringDays", json!(w.expiring_days)),
         ("creditsBelow", json!(w.credits_below)),
@@ -562,19 +586,24 @@ impl SqlKeyStore {
         Ok(true)
     }
 
-    /// Gives an endpoint a new secret (returned: shown once); deliveries
-    /// are signed with the old one too, a second signature, for `overlap`
-    /// (at most [`MAX_SECRET_OVERLAP`]) — receivers switch meanwhile.
-    /// `None` when there is no such endpoint. Recorded in the audit trail
-    /// (never the secrets).
+    /// Gives an endpoint a new secret (returned, with when the old one
+    /// stops signing: shown once); deliveries are signed with the old one
+    /// too, a second signature, for `overlap` (at most
+    /// [`MAX_SECRET_OVERLAP`]; 0: the old one no more) — receivers switch
+    /// meanwhile. While an earlier change's overlap runs, a change is
+    /// refused unless `force` (which ends that overlap: the secret before
+    /// stops signing at once). `None` when there is no such endpoint.
+    /// Recorded in the audit trail (never the secrets).
     ///
     /// # Errors
-    /// [`Error::Invalid`] for an overlap over [`MAX_SECRET_OVERLAP`].
+    /// [`Error::Invalid`] for an overlap over [`MAX_SECRET_OVERLAP`];
+    /// [`Error::Conflict`] while an earlier change's overlap runs.
     pub async fn rotate_webhook_secret(
         &self,
         id: &str,
         overlap: Duration,
-    ) -> Result<Option<WebhookSecret>, Error> {
+        force: bool,
+    ) -> Result<Option<(WebhookSecret, SystemTime)>, Error> {
         if overlap > MAX_SECRET_OVERLAP {
             return Err(Error::Invalid(
                 "the old secret's overlap is 0 s to 7 days".into(),
@@ -582,33 +611,55 @@ impl SqlKeyStore {
         }
         let secret = WebhookSecret::generate()
             .map_err(|e| Error::Core(auth_core::Error::Random(e.to_string())))?;
-        let until = millis(later(SystemTime::now(), overlap));
         let mut tx = self.begin_write().await?;
-        let done = sqlx::query(
-            "UPDATE auth_webhooks SET previous_secret = secret, previous_until = $2, \
-             secret = $3 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(until)
-        .bind(secret.reveal().as_str())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if done == 0 {
+        // The row locked (a write first), then read.
+        sqlx::query("UPDATE auth_webhooks SET id = id WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query("SELECT previous_until FROM auth_webhooks WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
             tx.rollback().await?;
             return Ok(None);
+        };
+        // Times from after the lock: what is stored is what is said.
+        let now = SystemTime::now();
+        if let Some(running) = row.try_get::<Option<i64>, _>("previous_until")? {
+            if running > millis(now) && !force {
+                tx.rollback().await?;
+                return Err(Error::Conflict(format!(
+                    "the secret before the last change still signs until {}: change it again \
+                     after that, or force (that secret then stops signing at once)",
+                    rfc3339(from_millis(running))
+                )));
+            }
         }
+        let until = later(now, overlap);
+        let keep = !overlap.is_zero();
+        sqlx::query(
+            "UPDATE auth_webhooks SET previous_secret = CASE WHEN $4 THEN secret END, \
+             previous_until = CASE WHEN $4 THEN $2 END, secret = $3 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(millis(until))
+        .bind(secret.reveal().as_str())
+        .bind(keep)
+        .execute(&mut *tx)
+        .await?;
         let changes = BTreeMap::from([(
             "previousSecretUntil".to_owned(),
             FieldChange {
                 from: Value::Null,
-                to: json!(until / 1000),
+                to: json!(secs(until)),
             },
         )]);
         self.append(&mut tx, Action::Rotate, "webhook", id, &changes)
             .await?;
         tx.commit().await?;
-        Ok(Some(secret))
+        Ok(Some((secret, until)))
     }
 
     /// An endpoint's deliveries, newest first, at most `limit`.
@@ -788,8 +839,8 @@ impl SqlKeyStore {
                 format!(
                     "k.credits_remaining IS NOT NULL AND $2 = 0 AND {AVAILABLE} < $3 \
                      AND (k.expires_at IS NULL OR k.expires_at > $4) \
-                     AND NOT EXISTS (SELECT 1 FROM auth_audit a \
-                       WHERE a.key_id = k.id AND a.action = 'rotate')"
+                     AND NOT EXISTS (SELECT 1 FROM auth_audit a WHERE a.key_id = k.id \
+                       AND a.action = 'rotate' AND a.resource IN ('key', 'service'))"
                 ),
                 0,
                 i64::try_from(webhook.credits_below).unwrap_or(i64::MAX),
@@ -798,8 +849,8 @@ impl SqlKeyStore {
         // The name that makes the event one, built in SQL so that keys
         // already queued are left out before they are read.
         let name = match event {
-            EventType::CreditsLow => "CAST(COALESCE(k.credits_period_start, k.created_at) AS TEXT)",
-            _ => "CAST(k.expires_at AS TEXT)",
+            EventType::CreditsLow => credits_name("$3"),
+            _ => "CAST(k.expires_at AS TEXT)".to_owned(),
         };
         let query = format!(
             "SELECT {COLUMNS}, kind, '{event}:' || k.id || ':' || {name} AS dedupe \
@@ -884,7 +935,9 @@ impl SqlKeyStore {
         let oldest = now.checked_sub(policy.give_up_after).map_or(0, millis);
         // Read first: a write per poll (SQLite's one writer) only when
         // there is something to give up.
-        const OVERDUE: &str = "status = 'pending' AND created_at < $2 \
+        // Due before `give_up_after` ago and still pending: no attempt was
+        // made when due (a retry scheduled within the time is left be).
+        const OVERDUE: &str = "status = 'pending' AND next_at < $2 \
              AND (claimed_until IS NULL OR claimed_until <= $1)";
         let overdue = sqlx::query(&format!(
             "SELECT id FROM auth_webhook_deliveries WHERE {OVERDUE} LIMIT 1"
@@ -896,7 +949,8 @@ impl SqlKeyStore {
         if overdue.is_some() {
             sqlx::query(&format!(
                 "UPDATE auth_webhook_deliveries SET status = 'failed', done_at = $1, \
-                 last_error = 'given up: not delivered in time', claimed_by = NULL, \
+                 last_error = COALESCE(last_error || '; ', '') || 'given up: not attempted in time', \
+                 claimed_by = NULL, \
                  claimed_until = NULL WHERE {OVERDUE}"
             ))
             .bind(at)
@@ -1063,17 +1117,34 @@ impl SqlKeyStore {
     }
 
     /// Deletes deliveries finished more than [`DELIVERIES_KEEP`] before
-    /// `now` whose name no longer needs keeping (past `keep_until`, or
-    /// their key is gone); how many.
+    /// `now` whose name no longer needs keeping (past `keep_until`, their
+    /// key gone, or — `credits.low` — no longer the key's current name);
+    /// how many. Also forgets secrets past their overlap.
     pub async fn prune_deliveries(&self, now: SystemTime) -> Result<u64, Error> {
         let before = now.checked_sub(DELIVERIES_KEEP).map_or(0, millis);
-        let done = sqlx::query(
+        // A `credits.low` whose name is no longer the key's current one
+        // (its period passed, its refill changed) cannot come back.
+        let current = credits_name("w.credits_below");
+        let done = sqlx::query(&format!(
             "DELETE FROM auth_webhook_deliveries WHERE status <> 'pending' AND done_at < $1 \
              AND (keep_until < $2 OR auth_webhook_deliveries.key_id IS NULL \
                OR NOT EXISTS (SELECT 1 FROM auth_keys k \
-                 WHERE k.id = auth_webhook_deliveries.key_id))",
-        )
+                 WHERE k.id = auth_webhook_deliveries.key_id) \
+               OR (auth_webhook_deliveries.event = 'credits.low' AND NOT EXISTS ( \
+                 SELECT 1 FROM auth_keys k JOIN auth_webhooks w \
+                   ON w.id = auth_webhook_deliveries.webhook_id \
+                 WHERE k.id = auth_webhook_deliveries.key_id \
+                   AND auth_webhook_deliveries.dedupe = 'credits.low:' || k.id || ':' || {current})))"
+        ))
         .bind(before)
+        .bind(millis(now))
+        .execute(&self.inner.pool)
+        .await?;
+        // Secrets past their overlap: gone from the database too.
+        sqlx::query(
+            "UPDATE auth_webhooks SET previous_secret = NULL, previous_until = NULL \
+             WHERE previous_until <= $1",
+        )
         .bind(millis(now))
         .execute(&self.inner.pool)
         .await?;

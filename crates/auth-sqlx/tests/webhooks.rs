@@ -19,7 +19,7 @@ use auth_sqlx::testing::{execute_raw, postgres_schema};
 use auth_sqlx::{
     Actor, AuditFilter, AuditRecord, Claimed, CreatedKey, CreatedWebhook, Credits, DELIVERIES_KEEP,
     Delivery, DeliveryStatus, Error, Failure, MAX_CREDITS, MAX_DELIVERY_READ, MAX_SECRET_OVERLAP,
-    MAX_URL_CHARS, MAX_WEBHOOKS, NewKey, NewWebhook, Refill, RetryPolicy, SqlKeyStore,
+    MAX_URL_CHARS, MAX_WEBHOOKS, NewKey, NewWebhook, Refill, RetryPolicy, Spend, SqlKeyStore,
     check_webhook_url, url_origin,
 };
 use serde_json::{Value, json};
@@ -1723,10 +1723,11 @@ async fn a_rotated_secret_signs_beside_the_old_one_for_the_overlap(store: SqlKey
     assert!(store.disable(&k).await.unwrap());
 
     let new = store
-        .rotate_webhook_secret(&id, Duration::from_secs(3600))
+        .rotate_webhook_secret(&id, Duration::from_secs(3600), false)
         .await
         .unwrap()
         .unwrap()
+        .0
         .reveal()
         .to_string();
     assert!(new.starts_with("whsec_"), "a secret's prefix");
@@ -1746,13 +1747,13 @@ async fn a_rotated_secret_signs_beside_the_old_one_for_the_overlap(store: SqlKey
 
     // Too long an overlap: refused, nothing changed.
     let refused = store
-        .rotate_webhook_secret(&id, MAX_SECRET_OVERLAP + Duration::from_secs(1))
+        .rotate_webhook_secret(&id, MAX_SECRET_OVERLAP + Duration::from_secs(1), false)
         .await;
     assert!(matches!(refused, Err(Error::Invalid(_))), "{refused:?}");
     // No such endpoint: none (the longest overlap is fine).
     assert!(
         store
-            .rotate_webhook_secret("wh_0000000000000000", MAX_SECRET_OVERLAP)
+            .rotate_webhook_secret("wh_0000000000000000", MAX_SECRET_OVERLAP, false)
             .await
             .unwrap()
             .is_none()
@@ -1761,24 +1762,25 @@ async fn a_rotated_secret_signs_beside_the_old_one_for_the_overlap(store: SqlKey
     let third = claims(&store, "c", again, claim, 10, KEEP_TRYING).await;
     assert_eq!(secret_texts(&third[0]), std::slice::from_ref(&new));
 
-    // No overlap: the newest only, at once.
+    // While the overlap runs, another change is refused (the secret
+    // before would stop signing early), nothing changed…
+    let early = store
+        .rotate_webhook_secret(&id, Duration::ZERO, false)
+        .await;
+    assert!(matches!(early, Err(Error::Conflict(_))), "{early:?}");
+    let unchanged = claims(&store, "c2", again + claim * 2, claim, 10, KEEP_TRYING).await;
+    assert_eq!(secret_texts(&unchanged[0]), std::slice::from_ref(&new));
+    // … unless forced. No overlap: the newest only, at once.
     let newest = store
-        .rotate_webhook_secret(&id, Duration::ZERO)
+        .rotate_webhook_secret(&id, Duration::ZERO, true)
         .await
         .unwrap()
         .unwrap()
+        .0
         .reveal()
         .to_string();
     assert!(newest != new && newest != old);
-    let fourth = claims(
-        &store,
-        "d",
-        again + claim + Duration::from_secs(1),
-        claim,
-        10,
-        KEEP_TRYING,
-    )
-    .await;
+    let fourth = claims(&store, "d", again + claim * 4, claim, 10, KEEP_TRYING).await;
     assert_eq!(secret_texts(&fourth[0]), [newest]);
 }
 
@@ -1816,7 +1818,13 @@ async fn webhook_writes_are_audited_without_secrets(store: SqlKeyStore) {
     let records = trail(&store, &id).await;
     assert_eq!(records.len(), 1, "{records:?}");
     let changes = records[0].changes_json();
-    assert_eq!(changes["url"], json!({"from": null, "to": url}));
+    // The origin and a fingerprint, never the path (it may hold a token).
+    assert_eq!(
+        changes["url"],
+        json!({"from": null, "to": "https://hooks.example.com"})
+    );
+    assert_eq!(changes["urlFingerprint"]["to"].as_str().unwrap().len(), 8);
+    assert!(!changes.to_string().contains("/audit"));
     assert_eq!(
         changes["events"],
         json!({"from": null, "to": "key.disabled key.leaked"})
@@ -1828,13 +1836,13 @@ async fn webhook_writes_are_audited_without_secrets(store: SqlKeyStore) {
 
     // Refused or missing: no record.
     assert!(
-        ops.rotate_webhook_secret(&id, MAX_SECRET_OVERLAP + Duration::from_secs(1))
+        ops.rotate_webhook_secret(&id, MAX_SECRET_OVERLAP + Duration::from_secs(1), false)
             .await
             .is_err()
     );
     let missing = "wh_0000000000000000";
     assert!(
-        ops.rotate_webhook_secret(missing, Duration::from_secs(60))
+        ops.rotate_webhook_secret(missing, Duration::from_secs(60), false)
             .await
             .unwrap()
             .is_none()
@@ -1844,10 +1852,11 @@ async fn webhook_writes_are_audited_without_secrets(store: SqlKeyStore) {
     assert!(trail(&store, missing).await.is_empty());
 
     let second = ops
-        .rotate_webhook_secret(&id, Duration::from_secs(3600))
+        .rotate_webhook_secret(&id, Duration::from_secs(3600), false)
         .await
         .unwrap()
         .unwrap()
+        .0
         .reveal()
         .to_string();
     let records = trail(&store, &id).await;
@@ -1862,7 +1871,7 @@ async fn webhook_writes_are_audited_without_secrets(store: SqlKeyStore) {
     assert_eq!(records.len(), 3, "{records:?}");
     assert_eq!(
         records[0].changes_json()["url"],
-        json!({"from": url, "to": null})
+        json!({"from": "https://hooks.example.com", "to": null})
     );
     assert_eq!(
         records
@@ -2035,4 +2044,104 @@ async fn a_key_low_through_its_refills_is_not_told_again_after_pruning(store: Sq
 on_both_backends!(
     a_key_low_through_its_refills_is_not_told_again_after_pruning,
     "webhooks_low_again"
+);
+
+/// A key whose refill leaves it below the threshold is told once, not once
+/// a period, however it is spent from; a key whose refill lifts it is told
+/// once per low period. Pruning keeps only what could come back: the
+/// current name of a key low through its refills; an old period's name
+/// goes.
+async fn credits_low_is_once_per_low_period_and_old_periods_are_pruned(store: SqlKeyStore) {
+    let wh = endpoint(&store, &[EventType::CreditsLow]).await.webhook;
+    assert_eq!(wh.credits_below, 100);
+    let refilled = |amount| {
+        Some(Credits {
+            remaining: 5,
+            refill: Some(Refill {
+                amount,
+                every: Duration::from_secs(60),
+            }),
+        })
+    };
+    let meagre = key_with(&store, "svc-meagre", None, refilled(50)).await;
+    let ample = key_with(&store, "svc-ample", None, refilled(500)).await;
+    let now = SystemTime::now();
+    assert_eq!(store.scan_webhook_events(now).await.unwrap(), 2);
+    // A minute on, each spent from after its refill: the meagre key is
+    // still low (50 - 1), the ample one too once 450 are spent (50 left).
+    let minute = now + Duration::from_secs(61);
+    for (k, cost) in [(&meagre, 1), (&ample, 450)] {
+        let spent = store.spend(&k.key.digest(), cost, minute).await.unwrap();
+        assert!(matches!(spent, Spend::Spent { .. }), "{spent:?}");
+    }
+    // Only the ample key's new period is news.
+    assert_eq!(store.scan_webhook_events(minute).await.unwrap(), 1);
+    let all = queued(&store, &wh.id).await;
+    let count = |id: &str| all.iter().filter(|d| d.payload.contains(id)).count();
+    assert_eq!((count(&meagre.info.id), count(&ample.info.id)), (1, 2));
+
+    // Delivered; a month on, pruned: the meagre key's name stays (it is
+    // still its current one), the ample key's old periods go.
+    let due = claims(
+        &store,
+        "w",
+        minute,
+        Duration::from_secs(30),
+        10,
+        KEEP_TRYING,
+    )
+    .await;
+    assert_eq!(due.len(), 3);
+    for c in due {
+        assert!(store.delivered(&c.id, "w", 204, minute).await.unwrap());
+    }
+    let month_on = minute + DELIVERIES_KEEP + Duration::from_secs(86_400);
+    assert_eq!(store.prune_deliveries(month_on).await.unwrap(), 2);
+    let left = queued(&store, &wh.id).await;
+    assert_eq!(left.len(), 1);
+    assert!(left[0].payload.contains(&meagre.info.id));
+    // And nothing comes back: the meagre key still low, the ample one
+    // refilled (500).
+    assert_eq!(store.scan_webhook_events(month_on).await.unwrap(), 0);
+
+    // Its refill changed (still below): news once more; the name before
+    // is no longer its current one, and is pruned.
+    assert!(
+        store
+            .set_credits(
+                &meagre.info.id,
+                refilled(40).map(|c| Credits { remaining: 5, ..c })
+            )
+            .await
+            .unwrap()
+    );
+    // (Time goes on from the month: the ample key refilled.)
+    let later_on = month_on + Duration::from_secs(1);
+    assert_eq!(store.scan_webhook_events(later_on).await.unwrap(), 1);
+    let due = claims(
+        &store,
+        "w",
+        later_on,
+        Duration::from_secs(30),
+        10,
+        KEEP_TRYING,
+    )
+    .await;
+    assert_eq!(due.len(), 1);
+    assert!(
+        store
+            .delivered(&due[0].id, "w", 204, later_on)
+            .await
+            .unwrap()
+    );
+    let two_months_on = later_on + DELIVERIES_KEEP + Duration::from_secs(86_400);
+    assert_eq!(store.prune_deliveries(two_months_on).await.unwrap(), 1);
+    let left = queued(&store, &wh.id).await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].id, due[0].id, "the current name stays");
+}
+
+on_both_backends!(
+    credits_low_is_once_per_low_period_and_old_periods_are_pruned,
+    "webhooks_low_periods"
 );
