@@ -43,7 +43,8 @@ pub struct WebhookOptions {
     pub scan_every: Duration,
     /// One attempt's time limit (connect, send, the answer's head).
     pub timeout: Duration,
-    /// Attempts made at once, at most.
+    /// Attempts under way at once, at most (each slot taken up again as
+    /// soon as its attempt ends).
     pub concurrency: u32,
     /// Retries after a failed attempt.
     pub retry: RetryPolicy,
@@ -114,7 +115,20 @@ pub(crate) fn spawn(
     let worker: Arc<str> = worker.into();
     Some(tokio::spawn(async move {
         let mut scanned: Option<std::time::Instant> = None;
+        // Attempts under way, each a task of its own holding a permit: a
+        // slow receiver holds one permit, never the others' deliveries; an
+        // attempt that panics is that attempt lost (its claim lapses, it
+        // is retried), never the deliverer.
+        let permits = Arc::new(tokio::sync::Semaphore::new(
+            usize::try_from(options.concurrency.max(1)).unwrap_or(1),
+        ));
+        let mut running = tokio::task::JoinSet::new();
         loop {
+            while let Some(done) = running.try_join_next() {
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "a webhook attempt panicked");
+                }
+            }
             if scanned.is_none_or(|at| at.elapsed() >= options.scan_every) {
                 scanned = Some(std::time::Instant::now());
                 match store.scan_webhook_events(SystemTime::now()).await {
@@ -123,36 +137,40 @@ pub(crate) fn spawn(
                     Err(e) => tracing::warn!(error = %e, "could not look for webhook events"),
                 }
             }
+            let free = permits.available_permits();
+            if free == 0 {
+                // All busy: on when one ends (or to scan, after a poll).
+                tokio::select! {
+                    _ = running.join_next() => {}
+                    () = tokio::time::sleep(options.poll) => {}
+                }
+                continue;
+            }
             let claimed = store
                 .claim_deliveries(
                     &worker,
                     SystemTime::now(),
                     options.claim(),
-                    options.concurrency,
+                    u32::try_from(free).unwrap_or(u32::MAX),
                     options.retry,
                 )
                 .await;
             match claimed {
                 Ok(batch) if !batch.is_empty() => {
-                    // Each attempt a task of its own: one that panics is
-                    // that attempt lost (its claim lapses, it is retried),
-                    // never the deliverer.
-                    let mut attempts = tokio::task::JoinSet::new();
                     for claimed in batch {
+                        let Ok(permit) = permits.clone().acquire_owned().await else {
+                            return; // closed: never, it is ours
+                        };
                         let (client, store, worker, metrics) = (
                             client.clone(),
                             store.clone(),
                             worker.clone(),
                             metrics.clone(),
                         );
-                        attempts.spawn(async move {
+                        running.spawn(async move {
+                            let _permit = permit;
                             attempt(&client, &store, &worker, &claimed, &options, &metrics).await;
                         });
-                    }
-                    while let Some(done) = attempts.join_next().await {
-                        if let Err(e) = done {
-                            tracing::error!(error = %e, "a webhook attempt panicked");
-                        }
                     }
                     // More may be due: no sleep.
                     continue;

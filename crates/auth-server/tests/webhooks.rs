@@ -248,6 +248,11 @@ async fn events_of_time_are_sent_once_each() {
     let dir = tempfile::tempdir().unwrap();
     let s = instance(dir.path(), None, quick(Duration::from_secs(60))).await;
     let receiver = Receiver::start().await;
+    let now = unix_now();
+    // Disabled before any scan could see it expiring.
+    let (off, _) = key(&s, json!({"owner": "f", "expiresAt": now + 86_400})).await;
+    s.call("POST", &format!("/api/v1/keys/{off}/disable"), None)
+        .await;
     register(
         &s,
         &receiver,
@@ -255,15 +260,11 @@ async fn events_of_time_are_sent_once_each() {
         json!({"expiringDays": 3, "creditsBelow": 10}),
     )
     .await;
-    let now = unix_now();
     let (soon, _) = key(&s, json!({"owner": "a", "expiresAt": now + 2 * 86_400})).await;
     let (later, _) = key(&s, json!({"owner": "b", "expiresAt": now + 30 * 86_400})).await;
     let (lapsing, _) = key(&s, json!({"owner": "c", "expiresAt": now + 2})).await;
     let (low, _) = key(&s, json!({"owner": "d", "credits": {"remaining": 5}})).await;
     let (plenty, _) = key(&s, json!({"owner": "e", "credits": {"remaining": 500}})).await;
-    let (off, _) = key(&s, json!({"owner": "f", "expiresAt": now + 86_400})).await;
-    s.call("POST", &format!("/api/v1/keys/{off}/disable"), None)
-        .await;
 
     // `lapsing` is expiring first, then expired (after ≥ 2 s).
     let accepted = receiver.accepted_within(4, Duration::from_secs(10)).await;
@@ -300,6 +301,52 @@ async fn events_of_time_are_sent_once_each() {
         .unwrap();
     assert_eq!(credits["data"]["remaining"], 5);
     assert_eq!(credits["data"]["threshold"], 10);
+}
+
+/// A receiver that hangs holds one attempt's slot, never the others':
+/// with two slots, another endpoint's three deliveries go through the
+/// other slot while a hanging endpoint's attempt waits 5 s for its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_receiver_does_not_hold_up_other_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = quick(Duration::from_secs(60));
+    options.webhooks.concurrency = 2;
+    // Longer than the hang (5 s): the slow attempt holds its slot 5 s.
+    options.webhooks.timeout = Duration::from_secs(10);
+    let s = instance(dir.path(), None, options).await;
+    let slow = Receiver::start().await;
+    slow.hang(true);
+    let quick_one = Receiver::start().await;
+    register(&s, &slow, &["key.rotated"], json!({})).await;
+    register(&s, &quick_one, &["key.disabled"], json!({})).await;
+    let (rotated, _) = key(&s, json!({"owner": "acme"})).await;
+    s.call(
+        "POST",
+        &format!("/api/v1/keys/{rotated}/rotate"),
+        Some(json!({"overlap": 60})),
+    )
+    .await;
+    // The slow endpoint's attempt under way (2 s before it times out)…
+    for _ in 0..200 {
+        if !slow.attempts().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(slow.attempts().len(), 1);
+    for i in 0..3 {
+        let (id, _) = key(&s, json!({"owner": format!("o{i}")})).await;
+        s.call("POST", &format!("/api/v1/keys/{id}/disable"), None)
+            .await;
+    }
+    // … the other's three arrive before it ends (5 s after it began).
+    let accepted = quick_one.accepted_within(3, Duration::from_secs(10)).await;
+    assert_eq!(accepted.len(), 3);
+    let hang_ends = slow.attempts()[0].at + Duration::from_secs(5);
+    for a in &accepted {
+        assert!(a.at < hang_ends, "held up by the hanging receiver");
+    }
+    assert_eq!(slow.accepted().len(), 0);
 }
 
 /// Whether `attempt` verifies with `secret`.
