@@ -249,6 +249,36 @@ impl Page {
         }
     }
 
+    /// Clicks the `action` button of row `id` in table `table`.
+    async fn row_button(&mut self, table: &str, id: &str, action: &str) {
+        self.click(&format!(
+            "#{table} tr[data-id=\"{id}\"] button[data-action={action}]"
+        ))
+        .await;
+    }
+
+    /// Opens `dialog` with the `action` button of key `id`'s row, as a
+    /// person does, and waits until it shows.
+    async fn open_dialog(&mut self, id: &str, action: &str, dialog: &str) {
+        self.row_button("keys", id, action).await;
+        self.wait_for(
+            &format!("the {dialog}"),
+            &format!("document.getElementById('{dialog}').open"),
+        )
+        .await;
+    }
+
+    /// Saves the edit dialog and waits until it closed and `expression`
+    /// holds.
+    async fn save_edit(&mut self, what: &str, expression: &str) {
+        self.click("#edit-save").await;
+        self.wait_for(
+            what,
+            &format!("!document.getElementById('edit-dialog').open && ({expression})"),
+        )
+        .await;
+    }
+
     /// Clicks into a field, selects what it holds and types `text` over it.
     async fn fill(&mut self, selector: &str, text: &str) {
         self.click(selector).await;
@@ -478,8 +508,7 @@ async fn shown_once(page: &mut Page, box_id: &str, not: &[&str]) -> (String, Str
 /// Deletes a row through its Delete button and the confirmation in the row.
 async fn delete_row(page: &mut Page, server: &Instance, table: &str, id: &str, path: &str) {
     let row = format!("#{table} tr[data-id=\"{id}\"]");
-    page.click(&format!("{row} button[data-action=delete]"))
-        .await;
+    page.row_button(table, id, "delete").await;
     // Asked first: nothing deleted yet; Cancel puts the Delete button back.
     page.wait_for(
         "the confirmation",
@@ -487,12 +516,9 @@ async fn delete_row(page: &mut Page, server: &Instance, table: &str, id: &str, p
     )
     .await;
     assert_eq!(server.call("GET", path, None).await.0, 200);
-    page.click(&format!("{row} button[data-action=cancel-delete]"))
-        .await;
-    page.click(&format!("{row} button[data-action=delete]"))
-        .await;
-    page.click(&format!("{row} button[data-action=confirm-delete]"))
-        .await;
+    page.row_button(table, id, "cancel-delete").await;
+    page.row_button(table, id, "delete").await;
+    page.row_button(table, id, "confirm-delete").await;
     page.wait_for(
         &format!("{id}'s row to go"),
         &format!("!document.querySelector('{row}')"),
@@ -551,10 +577,7 @@ async fn a_person_runs_keys_and_credentials_from_the_admin_page() {
     .await;
 
     // The second is disabled from its row.
-    page.click(&format!(
-        "#keys tr[data-id=\"{b}\"] button[data-action=disable]"
-    ))
-    .await;
+    page.row_button("keys", &b, "disable").await;
     wait_state(&mut page, "keys", &b, "disabled").await;
     assert_eq!(cell(&mut page, "keys", &a, "state").await, "active");
     assert_eq!(cell(&mut page, "keys", &a, "owner").await, "svc-page-a");
@@ -638,15 +661,7 @@ async fn a_person_runs_keys_and_credentials_from_the_admin_page() {
     .await;
 
     // Edited: a refused value shows the server's message, in the dialog.
-    page.click(&format!(
-        "#keys tr[data-id=\"{a}\"] button[data-action=edit]"
-    ))
-    .await;
-    page.wait_for(
-        "the edit dialog",
-        "document.getElementById('edit-dialog').open",
-    )
-    .await;
+    page.open_dialog(&a, "edit", "edit-dialog").await;
     assert_eq!(
         page.eval("document.getElementById('edit-scopes').value")
             .await,
@@ -678,12 +693,10 @@ async fn a_person_runs_keys_and_credentials_from_the_admin_page() {
     page.fill("#edit-refill-amount", "1000").await;
     page.fill("#edit-refill-every", "1d").await;
     page.fill("#edit-expires", "2099-12-31 23:59").await;
-    page.click("#edit-save").await;
-    page.wait_for(
+    page.save_edit(
         "the edited row",
         &format!(
-            "!document.getElementById('edit-dialog').open &&
-            document.querySelector('#keys tr[data-id=\"{a}\"] td.c-credits')?.textContent
+            "document.querySelector('#keys tr[data-id=\"{a}\"] td.c-credits')?.textContent
                 === '120 / refill 1000 every 1d'"
         ),
     )
@@ -710,23 +723,13 @@ async fn a_person_runs_keys_and_credentials_from_the_admin_page() {
     // Only what changed is sent: emptied rate limit fields remove it
     // (`null`), and the credits spent meanwhile are not reset.
     assert_eq!(validate(&server, &token, &key_a).await, "valid");
-    page.click(&format!(
-        "#keys tr[data-id=\"{a}\"] button[data-action=edit]"
-    ))
-    .await;
-    page.wait_for(
-        "the edit dialog",
-        "document.getElementById('edit-dialog').open",
-    )
-    .await;
+    page.open_dialog(&a, "edit", "edit-dialog").await;
     page.fill("#edit-rate-requests", "").await;
     page.fill("#edit-rate-window", "").await;
-    page.click("#edit-save").await;
-    page.wait_for(
+    page.save_edit(
         "no rate limit",
         &format!(
-            "!document.getElementById('edit-dialog').open &&
-            document.querySelector('#keys tr[data-id=\"{a}\"] td.c-rate')?.textContent === '—'"
+            "document.querySelector('#keys tr[data-id=\"{a}\"] td.c-rate')?.textContent === '—'"
         ),
     )
     .await;
@@ -737,23 +740,13 @@ async fn a_person_runs_keys_and_credentials_from_the_admin_page() {
 
     // A new refill alone keeps what remains now — not the 119 the dialog
     // read before one more credit was spent.
-    page.click(&format!(
-        "#keys tr[data-id=\"{a}\"] button[data-action=edit]"
-    ))
-    .await;
-    page.wait_for(
-        "the edit dialog",
-        "document.getElementById('edit-dialog').open",
-    )
-    .await;
+    page.open_dialog(&a, "edit", "edit-dialog").await;
     assert_eq!(validate(&server, &token, &key_a).await, "valid");
     page.fill("#edit-refill-every", "12h").await;
-    page.click("#edit-save").await;
-    page.wait_for(
+    page.save_edit(
         "the new refill",
         &format!(
-            "!document.getElementById('edit-dialog').open &&
-            document.querySelector('#keys tr[data-id=\"{a}\"] td.c-credits')?.textContent
+            "document.querySelector('#keys tr[data-id=\"{a}\"] td.c-credits')?.textContent
                 === '118 / refill 1000 every 12h'"
         ),
     )
@@ -773,10 +766,7 @@ async fn a_person_runs_keys_and_credentials_from_the_admin_page() {
         (&a, json!(["update", "update", "update", "create"])),
         (&b, json!(["disable", "create"])),
     ] {
-        page.click(&format!(
-            "#keys tr[data-id=\"{id}\"] button[data-action=history]"
-        ))
-        .await;
+        page.row_button("keys", &id, "history").await;
         let actions = page
             .wait_for(
                 &format!("{id}'s history"),
@@ -810,10 +800,7 @@ async fn a_person_runs_keys_and_credentials_from_the_admin_page() {
             .starts_with("disabledAt: none → "),
         "{disabled}"
     );
-    page.click(&format!(
-        "#keys tr[data-id=\"{a}\"] button[data-action=history]"
-    ))
-    .await;
+    page.row_button("keys", &a, "history").await;
     let changes = page
         .wait_for(
             "the first edit's changes",
@@ -838,15 +825,7 @@ async fn a_person_runs_keys_and_credentials_from_the_admin_page() {
     page.refreshed(before).await;
 
     // Rotated: the new key shown once, and until when the old one works.
-    page.click(&format!(
-        "#keys tr[data-id=\"{a}\"] button[data-action=rotate]"
-    ))
-    .await;
-    page.wait_for(
-        "the rotate dialog",
-        "document.getElementById('rotate-dialog').open",
-    )
-    .await;
+    page.open_dialog(&a, "rotate", "rotate-dialog").await;
     assert_eq!(
         page.eval("document.getElementById('rotate-overlap').value")
             .await,
@@ -895,10 +874,7 @@ async fn a_person_runs_keys_and_credentials_from_the_admin_page() {
     page.click("#create-service button[type=submit]").await;
     let (reports, reports_token) = shown_once(&mut page, "new-service", &[&billing]).await;
     wait_state(&mut page, "services", &reports, "active").await;
-    page.click(&format!(
-        "#services tr[data-id=\"{reports}\"] button[data-action=rotate]"
-    ))
-    .await;
+    page.row_button("services", &reports, "rotate").await;
     page.wait_for(
         "the rotate dialog",
         "document.getElementById('rotate-dialog').open",
@@ -928,10 +904,7 @@ async fn a_person_runs_keys_and_credentials_from_the_admin_page() {
         &format!("/api/v1/services/{reports}"),
     )
     .await;
-    page.click(&format!(
-        "#services tr[data-id=\"{reports2}\"] button[data-action=disable]"
-    ))
-    .await;
+    page.row_button("services", &reports2, "disable").await;
     wait_state(&mut page, "services", &reports2, "disabled").await;
     wait_state(&mut page, "services", &billing, "active").await;
     let (_, listed) = server.call("GET", "/api/v1/services", None).await;
