@@ -766,7 +766,7 @@ async fn a_person_runs_keys_and_credentials_from_the_admin_page() {
         (&a, json!(["update", "update", "update", "create"])),
         (&b, json!(["disable", "create"])),
     ] {
-        page.row_button("keys", &id, "history").await;
+        page.row_button("keys", id, "history").await;
         let actions = page
             .wait_for(
                 &format!("{id}'s history"),
