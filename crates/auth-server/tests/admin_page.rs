@@ -543,6 +543,27 @@ async fn a_person_runs_keys_and_credentials_from_the_admin_page() {
     page.navigate(&format!("{base}/admin#key={admin}")).await;
     page.wait_for("the first refresh", "document.body.dataset.refreshes")
         .await;
+    // Under its Content-Security-Policy (the page ran: its script and
+    // style are the ones allowed); anything it refuses from now on is
+    // counted.
+    let policy = reqwest::get(format!("{base}/admin")).await.unwrap();
+    let csp = policy.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for part in [
+        "default-src 'none'",
+        "script-src 'sha256-",
+        "connect-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(part), "{csp}");
+    }
+    page.eval(
+        "window.refused = []; document.addEventListener('securitypolicyviolation', \
+         (e) => window.refused.push(e.violatedDirective)); true",
+    )
+    .await;
     assert_eq!(page.eval("location.href").await, format!("{base}/admin"));
     page.never_shows(&admin, "the admin key").await;
 
@@ -911,11 +932,24 @@ async fn a_person_runs_keys_and_credentials_from_the_admin_page() {
     assert_eq!(listed["services"].as_array().unwrap().len(), 2, "{listed}");
     page.screenshot(shots.path(), "5-services").await;
 
-    // Every API call went well.
+    // Every API call went well, and nothing the page did was refused by
+    // its policy (an injected script would be).
     assert_eq!(
         page.eval("document.getElementById('status').className")
             .await,
         "ok"
+    );
+    assert_eq!(page.eval("window.refused").await, json!([]));
+    page.eval(
+        "(() => { const s = document.createElement('script'); \
+         s.textContent = 'window.injected = true'; document.body.append(s); })()",
+    )
+    .await;
+    page.wait_for("the refusal of an injected script", "window.refused.length")
+        .await;
+    assert_eq!(
+        page.eval("window.injected === undefined").await,
+        json!(true)
     );
 
     // The admin key from the form: a wrong one is said so, and the page
