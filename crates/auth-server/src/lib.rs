@@ -1105,7 +1105,7 @@ static ADMIN_CSP: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let hash = |open: &str, close: &str| {
         let start = ADMIN_PAGE.find(open).map_or(0, |i| i + open.len());
         let end = ADMIN_PAGE[start..].find(close).map_or(start, |i| start + i);
-        let digest = sha2::Sha256::digest(ADMIN_PAGE[start..end].as_bytes());
+        let digest = sha2::Sha256::digest(&ADMIN_PAGE.as_bytes()[start..end]);
         format!(
             "'sha256-{}'",
             base64::engine::general_purpose::STANDARD.encode(digest)
