@@ -212,11 +212,35 @@ fn guard(c: &mut Criterion) {
     });
 }
 
+/// A webhook delivery's signature and its check (issue 17), on a body the
+/// size of a `key.disabled` event.
+fn webhooks(c: &mut Criterion) {
+    use auth_core::webhook::{WebhookHeaders, WebhookSecret};
+    let secret = WebhookSecret::generate().unwrap();
+    let body = br#"{"data":{"actor":"admin:1a2b3c4d","disabledAt":"2026-12-02T01:02:03.000Z","id":"key_0123456789abcdef","kind":"key","owner":"svc-billing"},"timestamp":"2026-12-02T01:02:03.456Z","type":"key.disabled"}"#;
+    let id = "msg_0123456789abcdef0123456789abcdef";
+    let ts = 1_796_000_000u64;
+    c.bench_function("webhook/sign (a key.disabled body)", |b| {
+        b.iter(|| secret.sign(black_box(id), black_box(ts), black_box(body)))
+    });
+    let signature = secret.sign(id, ts, body);
+    let timestamp = ts.to_string();
+    let headers = WebhookHeaders {
+        id,
+        timestamp: &timestamp,
+        signature: &signature,
+    };
+    let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(ts);
+    c.bench_function("webhook/verify (a key.disabled body)", |b| {
+        b.iter(|| secret.verify(black_box(&headers), black_box(body), now))
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(std::time::Duration::from_millis(500))
         .measurement_time(std::time::Duration::from_secs(2));
-    targets = floor, verifiers, parts, contention, guard
+    targets = floor, verifiers, parts, contention, guard, webhooks
 }
 criterion_main!(benches);
