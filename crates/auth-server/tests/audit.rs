@@ -408,25 +408,7 @@ async fn every_admin_write_leaves_one_record_naming_the_admin_key() {
 /// The CLI on `dir`'s SQLite database with these environment variables
 /// (`None`: removed): its stdout.
 fn cli(dir: &Path, env: &[(&str, Option<&str>)], args: &[&str]) -> String {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_auth-server"));
-    command
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .env_remove("DATABASE_URL");
-    for (name, value) in env {
-        match value {
-            Some(v) => command.env(name, v),
-            None => command.env_remove(name),
-        };
-    }
-    let out = command.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    common::process::cli_on(dir, None, env, args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

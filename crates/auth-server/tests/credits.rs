@@ -5,6 +5,7 @@
 #![allow(unused_crate_dependencies)]
 
 mod common;
+use common::process::KillOnDrop;
 use common::{Instance, instance};
 
 use std::net::SocketAddr;
@@ -241,31 +242,9 @@ async fn credits_given_through_one_instance_bind_the_other_within_a_second() {
     assert_eq!(a.credits(id).await["remaining"], 5, "nothing spent");
 }
 
-/// A child process killed when dropped, however the test ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The CLI on `dir`'s SQLite database: its stdout as JSON.
 fn cli(dir: &Path, args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_auth-server"))
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_str(&common::process::cli_on(dir, None, &[], args)).unwrap()
 }
 
 fn unix_now() -> u64 {

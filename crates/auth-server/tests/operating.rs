@@ -4,6 +4,7 @@
 #![allow(unused_crate_dependencies)]
 
 mod common;
+use common::process::KillOnDrop;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -12,16 +13,6 @@ use std::time::Duration;
 
 use auth_core::Digest;
 use serde_json::{Value, json};
-
-/// A child process killed when dropped, however the test ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")

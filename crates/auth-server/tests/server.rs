@@ -3,6 +3,9 @@
 //! administered through its REST API.
 #![allow(unused_crate_dependencies)]
 
+mod common;
+use common::process::KillOnDrop;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
@@ -1339,16 +1342,6 @@ async fn serve_speaks_https_with_the_given_certificate() {
                 .build()
                 .is_err()
         );
-    }
-}
-
-/// A child process that is killed when the test ends, however it ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

@@ -2,15 +2,16 @@
 //! be killed and restarted), on 127.0.0.1.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 
-/// A child process killed when dropped.
-pub(crate) struct Child(std::process::Child);
+/// A child process killed when dropped, however the test ends.
+pub(crate) struct KillOnDrop(pub(crate) std::process::Child);
 
-impl Drop for Child {
+impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -34,7 +35,7 @@ pub(crate) struct KeyService {
     pub(crate) database_url: Option<String>,
     /// Environment variables set on each (re)start.
     pub(crate) env: Vec<(String, String)>,
-    child: Option<Child>,
+    child: Option<KillOnDrop>,
 }
 
 impl KeyService {
@@ -77,7 +78,7 @@ impl KeyService {
             None => command.env_remove("DATABASE_URL"),
         };
         command.envs(self.env.iter().map(|(k, v)| (k, v)));
-        self.child = Some(Child(command.spawn().unwrap()));
+        self.child = Some(KillOnDrop(command.spawn().unwrap()));
         for _ in 0..200 {
             if let Ok(r) = reqwest::get(format!("http://{}/health", self.addr)).await {
                 if r.status() == 200 {
@@ -115,18 +116,36 @@ impl KeyService {
     /// The CLI on this key service's database: its stdout (asserting
     /// success).
     pub(crate) fn cli(&self, args: &[&str]) -> String {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_auth-server"));
-        command.arg("--data-dir").arg(self.dir.path()).args(args);
-        match &self.database_url {
-            Some(url) => command.env("DATABASE_URL", url),
-            None => command.env_remove("DATABASE_URL"),
-        };
-        let out = command.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        cli_on(self.dir.path(), self.database_url.as_deref(), &[], args)
     }
+}
+
+/// The CLI on the database of `data_dir` (PostgreSQL at `database_url`
+/// when given), with these environment variables (`None`: removed): its
+/// stdout, asserting success.
+pub(crate) fn cli_on(
+    data_dir: &Path,
+    database_url: Option<&str>,
+    env: &[(&str, Option<&str>)],
+    args: &[&str],
+) -> String {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_auth-server"));
+    command.arg("--data-dir").arg(data_dir).args(args);
+    match database_url {
+        Some(url) => command.env("DATABASE_URL", url),
+        None => command.env_remove("DATABASE_URL"),
+    };
+    for (name, value) in env {
+        match value {
+            Some(v) => command.env(name, v),
+            None => command.env_remove(name),
+        };
+    }
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
