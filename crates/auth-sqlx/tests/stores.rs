@@ -4,7 +4,7 @@
 #![allow(unused_crate_dependencies)]
 
 mod common;
-use common::{postgres, sqlite};
+use common::{postgres, postgres_pair, sqlite};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -213,10 +213,7 @@ async fn sqlite_writes_invalidate_the_local_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_on_one_instance_reaches_another_within_a_second() {
-    let url = pg_schema("notify").await;
-    let a = SqlKeyStore::connect(&url).await.unwrap();
-    a.migrate().await.unwrap();
-    let b = SqlKeyStore::connect(&url).await.unwrap();
+    let (a, b) = postgres_pair("notify").await;
     b.listen().await.unwrap();
     let on_b = cached(&b);
     let created = plain_key(&a).await;
@@ -920,10 +917,7 @@ async fn concurrent_spends_never_overspend(a: SqlKeyStore, b: SqlKeyStore) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_spends_never_overspend_on_postgres() {
-    let url = pg_schema("spends").await;
-    let a = SqlKeyStore::connect(&url).await.unwrap();
-    a.migrate().await.unwrap();
-    let b = SqlKeyStore::connect(&url).await.unwrap();
+    let (a, b) = postgres_pair("spends").await;
     concurrent_spends_never_overspend(a, b).await;
 }
 
@@ -1261,10 +1255,7 @@ async fn concurrent_leases_never_overspend(a: SqlKeyStore, b: SqlKeyStore) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_leases_never_overspend_on_postgres() {
-    let url = pg_schema("leases_race").await;
-    let a = SqlKeyStore::connect(&url).await.unwrap();
-    a.migrate().await.unwrap();
-    let b = SqlKeyStore::connect(&url).await.unwrap();
+    let (a, b) = postgres_pair("leases_race").await;
     concurrent_leases_never_overspend(a, b).await;
 }
 
@@ -1307,10 +1298,7 @@ async fn a_lease_grant_never_shows_its_id() {
 /// return after the last write is honoured in full.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_returns_and_credit_writes_never_deadlock_on_postgres() {
-    let url = pg_schema("leases_locks").await;
-    let a = SqlKeyStore::connect(&url).await.unwrap();
-    a.migrate().await.unwrap();
-    let b = SqlKeyStore::connect(&url).await.unwrap();
+    let (a, b) = postgres_pair("leases_locks").await;
     let key = key_with(&a, credits(100_000, None)).await;
     let digest = key.key.digest();
     let mut tasks: Vec<_> = (0..8)

@@ -4,13 +4,12 @@
 #![allow(unused_crate_dependencies)]
 
 mod common;
-use common::{postgres, sqlite};
+use common::{on_both_backends, postgres, sqlite};
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use auth_core::Digest;
 use auth_core::protocol::{Code, UsageCounts};
-use auth_sqlx::testing::postgres_schema;
 use auth_sqlx::{MAX_PENDING_USAGE, NewKey, SqlKeyStore, UsageBucket, hour_of};
 
 /// A key for `owner`: its id and digest.
@@ -175,22 +174,7 @@ async fn instances_add_up(a: SqlKeyStore, b: SqlKeyStore) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn instances_add_up_on_postgres() {
-    let url = postgres_schema("usage_two").await;
-    let a = SqlKeyStore::connect(&url).await.unwrap();
-    a.migrate().await.unwrap();
-    let b = SqlKeyStore::connect(&url).await.unwrap();
-    instances_add_up(a, b).await;
-}
-
-#[tokio::test]
-async fn instances_add_up_on_sqlite() {
-    let (a, dir) = sqlite().await;
-    let url = format!("sqlite://{}", dir.path().join("keys.db").display());
-    let b = SqlKeyStore::connect(&url).await.unwrap();
-    instances_add_up(a, b).await;
-}
+on_both_backends!(instances_add_up, "usage_two", two_instances);
 
 /// Counts that could not be written wait for the next flush; the pending
 /// counts are bounded, and say so when full; reports, however many, never

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use auth_core::Digest;
 use auth_core::webhook::{EventType, WebhookSecret, rfc3339};
-use auth_sqlx::testing::{execute_raw, postgres_schema};
+use auth_sqlx::testing::execute_raw;
 use auth_sqlx::{
     Actor, AuditFilter, AuditRecord, Claimed, CreatedKey, CreatedWebhook, Credits, DELIVERIES_KEEP,
     Delivery, DeliveryStatus, Error, Failure, MAX_CREDITS, MAX_DELIVERY_READ, MAX_SECRET_OVERLAP,
@@ -729,22 +729,11 @@ async fn instances_scanning_at_once_queue_each_event_once(a: SqlKeyStore, b: Sql
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn instances_scanning_at_once_queue_each_event_once_on_postgres() {
-    let url = postgres_schema("webhooks_scan_race").await;
-    let a = SqlKeyStore::connect(&url).await.unwrap();
-    a.migrate().await.unwrap();
-    let b = SqlKeyStore::connect(&url).await.unwrap();
-    instances_scanning_at_once_queue_each_event_once(a, b).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn instances_scanning_at_once_queue_each_event_once_on_sqlite() {
-    let (a, dir) = sqlite().await;
-    let url = format!("sqlite://{}", dir.path().join("keys.db").display());
-    let b = SqlKeyStore::connect(&url).await.unwrap();
-    instances_scanning_at_once_queue_each_event_once(a, b).await;
-}
+on_both_backends!(
+    instances_scanning_at_once_queue_each_event_once,
+    "webhooks_scan_race",
+    two_instances
+);
 
 /// An endpoint deleted while a scan is under way keeps no deliveries: the
 /// scan queues nothing for an endpoint that is gone (a delivery left
@@ -899,22 +888,11 @@ async fn instances_claiming_at_once_take_each_delivery_once(a: SqlKeyStore, b: S
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn instances_claiming_at_once_take_each_delivery_once_on_postgres() {
-    let url = postgres_schema("webhooks_claim_race").await;
-    let a = SqlKeyStore::connect(&url).await.unwrap();
-    a.migrate().await.unwrap();
-    let b = SqlKeyStore::connect(&url).await.unwrap();
-    instances_claiming_at_once_take_each_delivery_once(a, b).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn instances_claiming_at_once_take_each_delivery_once_on_sqlite() {
-    let (a, dir) = sqlite().await;
-    let url = format!("sqlite://{}", dir.path().join("keys.db").display());
-    let b = SqlKeyStore::connect(&url).await.unwrap();
-    instances_claiming_at_once_take_each_delivery_once(a, b).await;
-}
+on_both_backends!(
+    instances_claiming_at_once_take_each_delivery_once,
+    "webhooks_claim_race",
+    two_instances
+);
 
 /// A claim holds until it lapses, then another worker takes it over (and
 /// the first can no longer record the attempt); a failed attempt is

@@ -27,6 +27,24 @@ pub(crate) async fn postgres(test: &str) -> SqlKeyStore {
 /// file and `$test::on_postgres` on a fresh schema named after `$schema`
 /// (short: PostgreSQL cuts names at 63 bytes). `multi_thread` runs them on
 /// two worker threads.
+/// Two stores on one fresh PostgreSQL schema, as two instances share one
+/// database (migrated once).
+pub(crate) async fn postgres_pair(test: &str) -> (SqlKeyStore, SqlKeyStore) {
+    let url = auth_sqlx::testing::postgres_schema(test).await;
+    let a = SqlKeyStore::connect(&url).await.unwrap();
+    a.migrate().await.unwrap();
+    let b = SqlKeyStore::connect(&url).await.unwrap();
+    (a, b)
+}
+
+/// Two stores on one fresh SQLite file (kept while the directory lives).
+pub(crate) async fn sqlite_pair() -> (SqlKeyStore, SqlKeyStore, tempfile::TempDir) {
+    let (a, dir) = sqlite().await;
+    let url = format!("sqlite://{}", dir.path().join("keys.db").display());
+    let b = SqlKeyStore::connect(&url).await.unwrap();
+    (a, b, dir)
+}
+
 // (Not every test binary uses it.)
 #[allow(unused_macros)]
 macro_rules! on_both_backends {
@@ -35,6 +53,21 @@ macro_rules! on_both_backends {
     };
     ($test:ident, $schema:literal, multi_thread) => {
         on_both_backends!(@ $test, $schema, tokio::test(flavor = "multi_thread", worker_threads = 2));
+    };
+    ($test:ident, $schema:literal, two_instances) => {
+        mod $test {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_sqlite() {
+                let (a, b, _dir) = crate::common::sqlite_pair().await;
+                super::$test(a, b).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_postgres() {
+                let (a, b) = crate::common::postgres_pair($schema).await;
+                super::$test(a, b).await;
+            }
+        }
     };
     (@ $test:ident, $schema:literal, $($attr:tt)+) => {
         mod $test {
