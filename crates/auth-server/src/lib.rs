@@ -234,6 +234,8 @@ pub struct App {
     /// | `auth_server_usage_dropped_total` | counter | decisions not counted: too many waiting to be written |
     /// | `auth_server_usage_pending` | gauge | key-hours waiting to be written |
     /// | `auth_server_webhook_attempts_total` | counter | `outcome`: `delivered` (a 2xx), `retry` (failed, another attempt scheduled), `failed` (retries exhausted) |
+    /// | `auth_server_webhook_given_up_total` | counter | deliveries failed for being due longer than the give-up time without an attempt |
+    /// | `auth_server_webhook_pending` | gauge | deliveries waiting in the database, as of this instance's last scan |
     /// | `auth_server_db_pool_connections` | gauge | `state`: `in_use`, `idle` |
     /// | `auth_server_changes_following` | gauge | |
     /// | `auth_server_changes_applied_seq` | gauge | |

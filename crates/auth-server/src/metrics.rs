@@ -346,6 +346,20 @@ impl MetricSource for StoreSource {
             Vec::new(),
             self.0.pending_usage() as f64,
         );
+        samples.counter(
+            "auth_server_webhook_given_up",
+            "Webhook deliveries this instance marked failed for being due longer than the \
+             give-up time without an attempt (no instance delivered them in time).",
+            Vec::new(),
+            self.0.webhook_deliveries_given_up(),
+        );
+        samples.gauge(
+            "auth_server_webhook_pending",
+            "Webhook deliveries waiting in the database (every instance's), as this \
+             instance's last scan counted them.",
+            Vec::new(),
+            self.0.webhook_deliveries_pending() as f64,
+        );
         samples.gauge(
             "auth_server_changes_following",
             "1 while this instance follows the change log (its changes streams are live).",

@@ -221,11 +221,20 @@ async fn a_delivery_never_accepted_is_marked_failed_after_the_bounded_time() {
     let (id, _) = key(&s, json!({"owner": "acme"})).await;
     s.call("POST", &format!("/api/v1/keys/{id}/disable"), None)
         .await;
+    // Waiting while it is retried (the scans count it)…
+    for _ in 0..200 {
+        if s.metric("auth_server_webhook_pending").await == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(s.metric("auth_server_webhook_pending").await, 1.0);
     let list = settled(&s, webhook, 1, "failed").await;
     let attempts = receiver.attempts().len();
-    // 0, 0.2, 0.6, 1.4 s; the next (2.4 s) would be past 2 s.
-    assert_eq!(list[0]["attempts"], 4, "{list:?}");
-    assert_eq!(attempts, 4);
+    // 0, 0.2, 0.6, 1.4 s; the next (2.4 s) would be past 2 s. (A loaded
+    // machine that makes each late may fit one fewer: never more.)
+    assert!((3..=4).contains(&attempts), "{attempts}");
+    assert_eq!(list[0]["attempts"], attempts, "{list:?}");
     assert_eq!(list[0]["lastStatus"], 500);
     assert_eq!(list[0]["lastError"], "status 500");
     assert!(list[0]["doneAt"].is_u64());
@@ -238,6 +247,9 @@ async fn a_delivery_never_accepted_is_marked_failed_after_the_bounded_time() {
     receiver.refuse(false);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(receiver.attempts().len(), attempts);
+    // … and no more once failed (several scans since).
+    assert_eq!(s.metric("auth_server_webhook_pending").await, 0.0);
+    assert_eq!(s.metric("auth_server_webhook_given_up_total").await, 0.0);
 }
 
 /// `key.expiring` (within the endpoint's notice), `key.expired` and

@@ -433,6 +433,10 @@ struct Inner {
     usage: Mutex<usage::PendingUsage>,
     /// One usage flush at a time (see `flush_usage`).
     usage_flush: tokio::sync::Mutex<()>,
+    /// Webhook deliveries this process failed for being overdue.
+    webhooks_given_up: AtomicU64,
+    /// Webhook deliveries pending, as this process's last scan counted.
+    webhooks_pending: AtomicU64,
     format: ApiKeyFormat,
     service_format: ApiKeyFormat,
 }
@@ -886,6 +890,8 @@ impl SqlKeyStore {
                 used: Mutex::new(HashSet::new()),
                 usage: Mutex::new(usage::PendingUsage::default()),
                 usage_flush: tokio::sync::Mutex::new(()),
+                webhooks_given_up: AtomicU64::new(0),
+                webhooks_pending: AtomicU64::new(0),
                 format: ApiKeyFormat::default(),
                 service_format: ApiKeyFormat::new("sk_svc", 256)?,
             }),

@@ -662,6 +662,23 @@ impl SqlKeyStore {
         Ok(Some((secret, until)))
     }
 
+    /// Deliveries this process marked failed for being overdue (due for
+    /// longer than the give-up time without an attempt), since it started.
+    pub fn webhook_deliveries_given_up(&self) -> u64 {
+        self.inner
+            .webhooks_given_up
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Deliveries pending in the database (every instance's), as this
+    /// process's last [`scan_webhook_events`](Self::scan_webhook_events)
+    /// counted them.
+    pub fn webhook_deliveries_pending(&self) -> u64 {
+        self.inner
+            .webhooks_pending
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// An endpoint's deliveries, newest first, at most `limit`.
     ///
     /// # Errors
@@ -797,6 +814,17 @@ impl SqlKeyStore {
     /// how many deliveries it queued.
     pub async fn scan_webhook_events(&self, now: SystemTime) -> Result<usize, Error> {
         let mut queued = 0;
+        // What waits, for the metrics (one count a scan).
+        let pending: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM auth_webhook_deliveries WHERE status = 'pending'",
+        )
+        .fetch_one(&self.inner.pool)
+        .await?
+        .try_get("n")?;
+        self.inner.webhooks_pending.store(
+            u64::try_from(pending).unwrap_or(0),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         for webhook in self.webhooks().await? {
             for event in webhook.events.iter().copied() {
                 if matches!(
@@ -947,7 +975,7 @@ impl SqlKeyStore {
         .fetch_optional(&self.inner.pool)
         .await?;
         if overdue.is_some() {
-            sqlx::query(&format!(
+            let failed = sqlx::query(&format!(
                 "UPDATE auth_webhook_deliveries SET status = 'failed', done_at = $1, \
                  last_error = COALESCE(last_error || '; ', '') || 'given up: not attempted in time', \
                  claimed_by = NULL, \
@@ -956,7 +984,11 @@ impl SqlKeyStore {
             .bind(at)
             .bind(oldest)
             .execute(&self.inner.pool)
-            .await?;
+            .await?
+            .rows_affected();
+            self.inner
+                .webhooks_given_up
+                .fetch_add(failed, std::sync::atomic::Ordering::Relaxed);
         }
         let due = sqlx::query(
             "SELECT id FROM auth_webhook_deliveries WHERE status = 'pending' AND next_at <= $1 \

@@ -520,6 +520,10 @@ async fn scans_queue_each_event_of_time_once(store: SqlKeyStore) {
     assert_eq!(store.scan_webhook_events(now).await.unwrap(), 1);
     let all = queued(&store, &times.id).await;
     assert_eq!(all.len(), 1, "{all:?}");
+    // Counted at the start of each scan: none before this one, one after.
+    assert_eq!(store.webhook_deliveries_pending(), 0);
+    assert_eq!(store.scan_webhook_events(now).await.unwrap(), 0);
+    assert_eq!(store.webhook_deliveries_pending(), 1);
     let expiring = json!({
         "id": soon.info.id,
         "kind": "key",
@@ -1624,6 +1628,7 @@ async fn deliveries_past_give_up_are_failed_unless_claimed(store: SqlKeyStore) {
     );
     let error = failed.last_error.unwrap();
     assert!(error.contains("given up"), "{error}");
+    assert_eq!(store.webhook_deliveries_given_up(), 1, "counted");
     assert!(
         claims(&store, "w", late + claim, claim, 10, KEEP_TRYING)
             .await
