@@ -125,9 +125,13 @@ async fn a_key_made_with_the_cli_is_accepted_then_revoked() {
     assert_eq!(listed["services"][0]["name"], "svc-stt");
     assert!(!listed.to_string().contains(service_key));
 
+    // No changes stream: this test is of the cache and its invalidate (a
+    // stream would evict the grant at its own pace — fleet.rs and the
+    // auth-remote stream tests cover that).
     let remote = RemoteVerifier::builder(&format!("http://{addr}"))
         .service_credential(auth_server::SERVICE_HEADER, service_key)
         .scope("stt")
+        .changes_stream(false)
         .build()
         .unwrap();
     let ctx = VerifyContext::default();
