@@ -69,10 +69,7 @@ pub(crate) struct AuditList {
 fn view(r: &AuditRecord) -> AuditRecordView {
     AuditRecordView {
         seq: r.seq,
-        at: r
-            .at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        at: crate::unix_ms(r.at),
         actor: r.actor.clone(),
         action: r.action.clone(),
         resource: r.resource.clone(),

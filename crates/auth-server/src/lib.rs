@@ -475,6 +475,12 @@ fn unix(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Unix milliseconds (the audit trail's and deliveries' times).
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// A key's record as the API shows it: never the key, never its digest.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::metrics::{Action, Resource, ServerMetrics};
-use crate::{AppState, Body, ErrorBody, bad, error, unix};
+use crate::{AppState, Body, ErrorBody, bad, error, unix, unix_ms};
 
 /// What a claim lasts past an attempt's time limit: for the outcome's
 /// write.
@@ -391,11 +391,6 @@ pub(crate) struct DeliveryView {
     payload: Value,
 }
 
-fn ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 impl From<&Delivery> for DeliveryView {
     fn from(d: &Delivery) -> Self {
         Self {
@@ -403,9 +398,9 @@ impl From<&Delivery> for DeliveryView {
             event: d.event.clone(),
             status: d.status.as_str(),
             attempts: d.attempts,
-            created_at: ms(d.created_at),
-            next_at: d.next_at.map(ms),
-            done_at: d.done_at.map(ms),
+            created_at: unix_ms(d.created_at),
+            next_at: d.next_at.map(unix_ms),
+            done_at: d.done_at.map(unix_ms),
             last_status: d.last_status,
             last_error: d.last_error.clone(),
             payload: serde_json::from_str(&d.payload).unwrap_or(Value::Null),
